@@ -1,0 +1,1 @@
+//! bench (placeholder crate; filled in by its issue).

@@ -1,0 +1,1 @@
+//! conf (placeholder crate; filled in by its issue).

@@ -1,0 +1,1 @@
+//! map-server (placeholder crate; filled in by its issue).

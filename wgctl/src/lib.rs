@@ -1,0 +1,1 @@
+//! wgctl (placeholder crate; filled in by its issue).

@@ -1,0 +1,1 @@
+//! xtr (placeholder crate; filled in by its issue).
