@@ -1,1 +1,88 @@
-//! lisp-wire
+//! # lisp-wire: the LISP control-plane codec of lispwg
+//!
+//! A pure codec, no I/O: typed messages in, exact bytes out, and the
+//! reverse. It covers what lispwg and standard LISP peers exchange (RFC 9301):
+//! Map-Request, Map-Reply, Map-Register, Map-Notify, Map-Notify-Ack and the
+//! Encapsulated Control Message, with EID- and RLOC-records, AFI 1/2 addresses
+//! and the Instance-ID (2), NAT-Traversal (7) and Security Key (11) LCAFs.
+//!
+//! * [`parse`] never panics, on any byte string. Every defect is a typed
+//!   [`ParseError`] with the offset where it was found; unknown LCAF types and
+//!   trailing bytes are errors, never silently dropped.
+//! * [`Message::encode`] checks the whole message before writing, so a
+//!   message that cannot be expressed is an [`EncodeError`], not bad bytes.
+//! * [`auth`] signs and verifies Map-Register/-Notify/-Notify-Ack MACs
+//!   (HMAC-SHA-1 and HMAC-SHA-256, constant-time comparison).
+//! * [`mapping`] documents how a WireGuard public key and data port travel in
+//!   a locator, and reads them back.
+
+pub mod addr;
+pub mod auth;
+pub mod ecm;
+pub mod error;
+pub mod mapping;
+pub mod msg;
+mod parse;
+pub mod record;
+
+pub use addr::{Address, NatTraversal, SecurityKey};
+pub use auth::{Authentication, KeyId};
+pub use ecm::{Ecm, InnerHeader};
+pub use error::{AuthError, EncodeError, ParseError, ParseErrorKind};
+pub use mapping::{wireguard_locator, EidPrefix, LocatorInfo, LISP_CONTROL_PORT};
+pub use msg::{
+    parse, MapNotify, MapRegister, MapReply, MapRequest, Message, RequestRecord, XtrSiteId,
+    TYPE_ECM, TYPE_MAP_NOTIFY, TYPE_MAP_NOTIFY_ACK, TYPE_MAP_REGISTER, TYPE_MAP_REPLY,
+    TYPE_MAP_REQUEST,
+};
+pub use record::{Action, EidRecord, RlocRecord};
+
+impl MapRegister {
+    /// Encodes and signs with `key` using `self.auth.key_id` (the
+    /// authentication data in `self` is ignored).
+    pub fn encode_signed(&self, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
+        let msg = MapRegister {
+            auth: Authentication::unsigned(self.auth.key_id),
+            ..self.clone()
+        };
+        sign_encoded(Message::MapRegister(msg), key)
+    }
+}
+
+impl MapNotify {
+    /// Encodes as a Map-Notify and signs with `key`.
+    pub fn encode_signed_notify(&self, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
+        let msg = MapNotify {
+            auth: Authentication::unsigned(self.auth.key_id),
+            ..self.clone()
+        };
+        sign_encoded(Message::MapNotify(msg), key)
+    }
+
+    /// Encodes as a Map-Notify-Ack and signs with `key`.
+    pub fn encode_signed_ack(&self, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
+        let msg = MapNotify {
+            auth: Authentication::unsigned(self.auth.key_id),
+            ..self.clone()
+        };
+        sign_encoded(Message::MapNotifyAck(msg), key)
+    }
+}
+
+fn sign_encoded(msg: Message, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
+    let key_id = match &msg {
+        Message::MapRegister(m) => m.auth.key_id,
+        Message::MapNotify(m) | Message::MapNotifyAck(m) => m.auth.key_id,
+        _ => KeyId::None,
+    };
+    let mut bytes = msg.encode()?;
+    if key_id != KeyId::None {
+        // The message was just encoded with a matching key-id and length, so
+        // signing cannot fail.
+        auth::sign(&mut bytes, key).map_err(|_| EncodeError::BadAuthLength {
+            key_id: key_id.wire(),
+            len: 0,
+        })?;
+    }
+    Ok(bytes)
+}

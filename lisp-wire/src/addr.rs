@@ -1,0 +1,345 @@
+//! AFI-encoded addresses and the LCAF types lispwg speaks (RFC 8060).
+//!
+//! The LCAFs nest (an Instance-ID around an IPv4 address, a Security Key
+//! around a NAT-Traversal around an RLOC), so [`Address`] is recursive. Nesting
+//! is bounded by [`MAX_LCAF_DEPTH`] so that a hostile packet cannot exhaust the
+//! stack.
+
+use crate::error::{EncodeError, ParseErrorKind};
+use crate::parse::{array, be_u16, be_u32, be_u8, fail, take, Res};
+use bytes::BufMut;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const AFI_NONE: u16 = 0;
+pub const AFI_IPV4: u16 = 1;
+pub const AFI_IPV6: u16 = 2;
+pub const AFI_LCAF: u16 = 16387;
+
+pub const LCAF_INSTANCE_ID: u8 = 2;
+pub const LCAF_NAT_TRAVERSAL: u8 = 7;
+pub const LCAF_SECURITY_KEY: u8 = 11;
+
+/// Security Key LCAF algorithm 6: Curve25519 + ChaCha20-Poly1305, i.e. a
+/// WireGuard public key.
+pub const KEY_ALG_WIREGUARD: u8 = 6;
+/// A WireGuard (X25519) public key is 32 bytes.
+pub const WIREGUARD_KEY_LEN: usize = 32;
+
+/// Deepest LCAF nesting accepted or produced. Two levels are all lispwg
+/// needs (Security Key → NAT-Traversal → IP); four leaves room for peers.
+pub const MAX_LCAF_DEPTH: usize = 4;
+
+/// One address as it appears on the wire after its AFI.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Address {
+    /// AFI 0: no address.
+    None,
+    Ipv4(Ipv4Addr),
+    Ipv6(Ipv6Addr),
+    /// Instance-ID LCAF (type 2): which overlay network the address is in.
+    InstanceId {
+        iid: u32,
+        /// The IID mask length (Rsvd2); 0 for a single instance.
+        iid_mask_len: u8,
+        address: Box<Address>,
+    },
+    /// Security Key LCAF (type 11, RFC 8061): keys bound to an address.
+    SecurityKey(SecurityKey),
+    /// NAT-Traversal LCAF (type 7): an RLOC with the UDP ports it is reached on.
+    NatTraversal(NatTraversal),
+}
+
+/// Body of the Security Key LCAF.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecurityKey {
+    pub algorithm: u8,
+    pub revoke: bool,
+    /// Key material, one entry per key (Key Count ≥ 1).
+    pub keys: Vec<Vec<u8>>,
+    /// The address the key belongs to (the RLOC in an RLOC-record).
+    pub address: Box<Address>,
+}
+
+/// Body of the NAT-Traversal LCAF.
+///
+/// lispwg uses it to carry the WireGuard data port: `etr_port` is the port and
+/// `global_etr_rloc` the address the node's WireGuard socket is reached on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NatTraversal {
+    pub ms_port: u16,
+    pub etr_port: u16,
+    pub global_etr_rloc: Box<Address>,
+    pub ms_rloc: Box<Address>,
+    pub private_etr_rloc: Box<Address>,
+    pub rtr_rlocs: Vec<Address>,
+}
+
+impl From<IpAddr> for Address {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => Address::Ipv4(a),
+            IpAddr::V6(a) => Address::Ipv6(a),
+        }
+    }
+}
+
+impl Address {
+    /// The address as a plain IP, if it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Address::Ipv4(a) => Some(IpAddr::V4(*a)),
+            Address::Ipv6(a) => Some(IpAddr::V6(*a)),
+            _ => None,
+        }
+    }
+
+    /// Length of the encoding, AFI included.
+    pub fn encoded_len(&self) -> usize {
+        2 + match self {
+            Address::None => 0,
+            Address::Ipv4(_) => 4,
+            Address::Ipv6(_) => 16,
+            other => 6 + other.lcaf_body_len(),
+        }
+    }
+
+    fn lcaf_body_len(&self) -> usize {
+        match self {
+            Address::InstanceId { address, .. } => 4 + address.encoded_len(),
+            Address::SecurityKey(sk) => {
+                4 + sk.keys.iter().map(|k| 2 + k.len()).sum::<usize>() + sk.address.encoded_len()
+            }
+            Address::NatTraversal(n) => {
+                4 + n.global_etr_rloc.encoded_len()
+                    + n.ms_rloc.encoded_len()
+                    + n.private_etr_rloc.encoded_len()
+                    + n.rtr_rlocs.iter().map(Address::encoded_len).sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
+
+    /// Checks what the wire format cannot express, before any byte is written.
+    pub(crate) fn validate(&self, depth: usize) -> Result<(), EncodeError> {
+        let nested: Vec<&Address> = match self {
+            Address::None | Address::Ipv4(_) | Address::Ipv6(_) => return Ok(()),
+            Address::InstanceId { address, .. } => vec![address],
+            Address::SecurityKey(sk) => {
+                if sk.keys.is_empty() || sk.keys.len() > u8::MAX as usize {
+                    return Err(EncodeError::BadSecurityKey("key count must be 1 to 255"));
+                }
+                if sk.keys.iter().any(|k| k.len() > u16::MAX as usize) {
+                    return Err(EncodeError::BadSecurityKey("key longer than 65535 bytes"));
+                }
+                if sk.algorithm == KEY_ALG_WIREGUARD
+                    && sk.keys.iter().any(|k| k.len() != WIREGUARD_KEY_LEN)
+                {
+                    return Err(EncodeError::BadSecurityKey("algorithm 6 keys are 32 bytes"));
+                }
+                vec![&sk.address]
+            }
+            Address::NatTraversal(n) => {
+                let mut v: Vec<&Address> =
+                    vec![&n.global_etr_rloc, &n.ms_rloc, &n.private_etr_rloc];
+                v.extend(n.rtr_rlocs.iter());
+                v
+            }
+        };
+        if depth >= MAX_LCAF_DEPTH {
+            return Err(EncodeError::LcafTooDeep(MAX_LCAF_DEPTH));
+        }
+        let body = self.lcaf_body_len();
+        if body > u16::MAX as usize {
+            return Err(EncodeError::LcafTooLong(body));
+        }
+        nested.into_iter().try_for_each(|a| a.validate(depth + 1))
+    }
+
+    /// Writes AFI and address. Call [`Address::validate`] first.
+    pub(crate) fn write(&self, out: &mut impl BufMut) {
+        match self {
+            Address::None => out.put_u16(AFI_NONE),
+            Address::Ipv4(a) => {
+                out.put_u16(AFI_IPV4);
+                out.put_slice(&a.octets());
+            }
+            Address::Ipv6(a) => {
+                out.put_u16(AFI_IPV6);
+                out.put_slice(&a.octets());
+            }
+            Address::InstanceId {
+                iid,
+                iid_mask_len,
+                address,
+            } => {
+                self.write_lcaf_header(out, LCAF_INSTANCE_ID, *iid_mask_len);
+                out.put_u32(*iid);
+                address.write(out);
+            }
+            Address::SecurityKey(sk) => {
+                self.write_lcaf_header(out, LCAF_SECURITY_KEY, 0);
+                out.put_u8(sk.keys.len() as u8);
+                out.put_u8(0);
+                out.put_u8(sk.algorithm);
+                out.put_u8(sk.revoke as u8);
+                for k in &sk.keys {
+                    out.put_u16(k.len() as u16);
+                    out.put_slice(k);
+                }
+                sk.address.write(out);
+            }
+            Address::NatTraversal(n) => {
+                self.write_lcaf_header(out, LCAF_NAT_TRAVERSAL, 0);
+                out.put_u16(n.ms_port);
+                out.put_u16(n.etr_port);
+                n.global_etr_rloc.write(out);
+                n.ms_rloc.write(out);
+                n.private_etr_rloc.write(out);
+                for r in &n.rtr_rlocs {
+                    r.write(out);
+                }
+            }
+        }
+    }
+
+    fn write_lcaf_header(&self, out: &mut impl BufMut, lcaf_type: u8, rsvd2: u8) {
+        out.put_u16(AFI_LCAF);
+        out.put_u8(0); // Rsvd1
+        out.put_u8(0); // Flags
+        out.put_u8(lcaf_type);
+        out.put_u8(rsvd2);
+        out.put_u16(self.lcaf_body_len() as u16);
+    }
+
+    /// The innermost IP address, looking through Instance-ID, Security Key and
+    /// (the global ETR RLOC of) NAT-Traversal LCAFs.
+    pub fn innermost_ip(&self) -> Option<IpAddr> {
+        match self {
+            Address::Ipv4(_) | Address::Ipv6(_) => self.ip(),
+            Address::InstanceId { address, .. } => address.innermost_ip(),
+            Address::SecurityKey(sk) => sk.address.innermost_ip(),
+            Address::NatTraversal(n) => n.global_etr_rloc.innermost_ip(),
+            Address::None => None,
+        }
+    }
+}
+
+/// Parses an AFI and its address.
+pub(crate) fn parse_address(input: &[u8], depth: usize) -> Res<'_, Address> {
+    let start = input;
+    let (input, afi) = be_u16(input)?;
+    match afi {
+        AFI_NONE => Ok((input, Address::None)),
+        AFI_IPV4 => {
+            let (input, o) = array::<4>(input)?;
+            Ok((input, Address::Ipv4(Ipv4Addr::from(o))))
+        }
+        AFI_IPV6 => {
+            let (input, o) = array::<16>(input)?;
+            Ok((input, Address::Ipv6(Ipv6Addr::from(o))))
+        }
+        AFI_LCAF => parse_lcaf(input, start, depth),
+        other => fail(start, ParseErrorKind::UnknownAfi(other)),
+    }
+}
+
+fn parse_lcaf<'a>(input: &'a [u8], start: &'a [u8], depth: usize) -> Res<'a, Address> {
+    if depth >= MAX_LCAF_DEPTH {
+        return fail(start, ParseErrorKind::LcafTooDeep(MAX_LCAF_DEPTH));
+    }
+    let (input, _rsvd1) = be_u8(input)?;
+    let (input, _flags) = be_u8(input)?;
+    let type_at = input;
+    let (input, lcaf_type) = be_u8(input)?;
+    let (input, rsvd2) = be_u8(input)?;
+    let (input, declared) = be_u16(input)?;
+    let (rest, body) = take(input, declared as usize)?;
+    let (left, address) = match lcaf_type {
+        LCAF_INSTANCE_ID => {
+            let (b, iid) = be_u32(body)?;
+            let (b, address) = parse_address(b, depth + 1)?;
+            (
+                b,
+                Address::InstanceId {
+                    iid,
+                    iid_mask_len: rsvd2,
+                    address: Box::new(address),
+                },
+            )
+        }
+        LCAF_SECURITY_KEY => parse_security_key(body, depth)?,
+        LCAF_NAT_TRAVERSAL => {
+            let (b, ms_port) = be_u16(body)?;
+            let (b, etr_port) = be_u16(b)?;
+            let (b, global) = parse_address(b, depth + 1)?;
+            let (b, ms) = parse_address(b, depth + 1)?;
+            let (mut b, private) = parse_address(b, depth + 1)?;
+            let mut rtr_rlocs = Vec::new();
+            while !b.is_empty() {
+                let (nb, r) = parse_address(b, depth + 1)?;
+                rtr_rlocs.push(r);
+                b = nb;
+            }
+            (
+                b,
+                Address::NatTraversal(NatTraversal {
+                    ms_port,
+                    etr_port,
+                    global_etr_rloc: Box::new(global),
+                    ms_rloc: Box::new(ms),
+                    private_etr_rloc: Box::new(private),
+                    rtr_rlocs,
+                }),
+            )
+        }
+        other => return fail(type_at, ParseErrorKind::UnknownLcafType(other)),
+    };
+    if !left.is_empty() {
+        return fail(
+            left,
+            ParseErrorKind::BadLcafLength {
+                declared,
+                used: body.len() - left.len(),
+            },
+        );
+    }
+    Ok((rest, address))
+}
+
+fn parse_security_key(body: &[u8], depth: usize) -> Res<'_, Address> {
+    let (b, key_count) = be_u8(body)?;
+    if key_count == 0 {
+        return fail(body, ParseErrorKind::BadKeyCount(key_count));
+    }
+    let (b, _rsvd3) = be_u8(b)?;
+    let (b, algorithm) = be_u8(b)?;
+    let (mut b, flags) = be_u8(b)?;
+    let mut keys = Vec::with_capacity(key_count as usize);
+    for _ in 0..key_count {
+        let len_at = b;
+        let (nb, len) = be_u16(b)?;
+        if algorithm == KEY_ALG_WIREGUARD && len as usize != WIREGUARD_KEY_LEN {
+            return fail(
+                len_at,
+                ParseErrorKind::BadKeyLength {
+                    algorithm,
+                    expected: WIREGUARD_KEY_LEN as u16,
+                    len,
+                },
+            );
+        }
+        let (nb, key) = take(nb, len as usize)?;
+        keys.push(key.to_vec());
+        b = nb;
+    }
+    let (b, address) = parse_address(b, depth + 1)?;
+    Ok((
+        b,
+        Address::SecurityKey(SecurityKey {
+            algorithm,
+            revoke: flags & 1 == 1,
+            keys,
+            address: Box::new(address),
+        }),
+    ))
+}

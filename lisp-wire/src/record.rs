@@ -1,0 +1,271 @@
+//! EID-records and RLOC-records, shared by Map-Reply, Map-Register,
+//! Map-Notify and Map-Notify-Ack (and the Map-Reply record of a Map-Request).
+
+use crate::addr::{parse_address, Address};
+use crate::error::{EncodeError, ParseErrorKind};
+use crate::parse::{be_u16, be_u32, be_u8, fail, Res};
+use bytes::BufMut;
+use std::net::IpAddr;
+
+/// What an ITR does with packets for the EID when there are no usable RLOCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    NoAction,
+    NativelyForward,
+    SendMapRequest,
+    Drop,
+    DropPolicyDenied,
+    DropAuthFailure,
+    /// Values 6 and 7 (not assigned by RFC 9301), kept as seen.
+    Other(u8),
+}
+
+impl Action {
+    pub fn from_bits(v: u8) -> Self {
+        match v & 7 {
+            0 => Action::NoAction,
+            1 => Action::NativelyForward,
+            2 => Action::SendMapRequest,
+            3 => Action::Drop,
+            4 => Action::DropPolicyDenied,
+            5 => Action::DropAuthFailure,
+            n => Action::Other(n),
+        }
+    }
+
+    pub fn bits(self) -> u8 {
+        match self {
+            Action::NoAction => 0,
+            Action::NativelyForward => 1,
+            Action::SendMapRequest => 2,
+            Action::Drop => 3,
+            Action::DropPolicyDenied => 4,
+            Action::DropAuthFailure => 5,
+            Action::Other(n) => n,
+        }
+    }
+}
+
+/// One locator of a mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RlocRecord {
+    /// 255 means "do not use".
+    pub priority: u8,
+    pub weight: u8,
+    pub m_priority: u8,
+    pub m_weight: u8,
+    /// L: the locator is local to the sender.
+    pub local: bool,
+    /// p: the locator is the one probed.
+    pub probed: bool,
+    /// R: the locator is reachable.
+    pub reachable: bool,
+    pub locator: Address,
+}
+
+/// One mapping: an EID prefix and its locators.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EidRecord {
+    /// In minutes; 0xffff_ffff means forever.
+    pub ttl: u32,
+    pub eid_mask_len: u8,
+    pub action: Action,
+    pub authoritative: bool,
+    /// 12 bits.
+    pub map_version: u16,
+    pub eid: Address,
+    pub rlocs: Vec<RlocRecord>,
+}
+
+/// The longest mask an EID prefix may have, from its innermost address.
+pub(crate) fn max_mask_len(eid: &Address) -> Option<u8> {
+    match eid {
+        Address::None => Some(0),
+        Address::InstanceId { address, .. } => max_mask_len(address),
+        Address::SecurityKey(sk) => max_mask_len(&sk.address),
+        _ => match eid.ip()? {
+            IpAddr::V4(_) => Some(32),
+            IpAddr::V6(_) => Some(128),
+        },
+    }
+}
+
+impl RlocRecord {
+    pub(crate) fn encoded_len(&self) -> usize {
+        6 + self.locator.encoded_len()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), EncodeError> {
+        self.locator.validate(0)
+    }
+
+    pub(crate) fn write(&self, out: &mut impl BufMut) {
+        out.put_u8(self.priority);
+        out.put_u8(self.weight);
+        out.put_u8(self.m_priority);
+        out.put_u8(self.m_weight);
+        let flags = (self.local as u16) << 2 | (self.probed as u16) << 1 | self.reachable as u16;
+        out.put_u16(flags);
+        self.locator.write(out);
+    }
+}
+
+pub(crate) fn parse_rloc_record(input: &[u8]) -> Res<'_, RlocRecord> {
+    let (input, priority) = be_u8(input)?;
+    let (input, weight) = be_u8(input)?;
+    let (input, m_priority) = be_u8(input)?;
+    let (input, m_weight) = be_u8(input)?;
+    let (input, flags) = be_u16(input)?;
+    let (input, locator) = parse_address(input, 0)?;
+    Ok((
+        input,
+        RlocRecord {
+            priority,
+            weight,
+            m_priority,
+            m_weight,
+            local: flags & 4 != 0,
+            probed: flags & 2 != 0,
+            reachable: flags & 1 != 0,
+            locator,
+        },
+    ))
+}
+
+impl EidRecord {
+    pub(crate) fn encoded_len(&self) -> usize {
+        10 + self.eid.encoded_len()
+            + self
+                .rlocs
+                .iter()
+                .map(RlocRecord::encoded_len)
+                .sum::<usize>()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), EncodeError> {
+        if self.rlocs.len() > u8::MAX as usize {
+            return Err(EncodeError::TooMany {
+                what: "locators",
+                count: self.rlocs.len(),
+                max: u8::MAX as usize,
+            });
+        }
+        if self.map_version > 0x0fff {
+            return Err(EncodeError::MapVersion(self.map_version));
+        }
+        if self.action.bits() > 7 {
+            return Err(EncodeError::Action(self.action.bits()));
+        }
+        self.eid.validate(0)?;
+        match max_mask_len(&self.eid) {
+            Some(max) if self.eid_mask_len <= max => {}
+            Some(max) => {
+                return Err(EncodeError::BadMaskLen {
+                    mask_len: self.eid_mask_len,
+                    max,
+                })
+            }
+            None => {
+                return Err(EncodeError::BadMaskLen {
+                    mask_len: self.eid_mask_len,
+                    max: 0,
+                })
+            }
+        }
+        self.rlocs.iter().try_for_each(RlocRecord::validate)
+    }
+
+    pub(crate) fn write(&self, out: &mut impl BufMut) {
+        out.put_u32(self.ttl);
+        out.put_u8(self.rlocs.len() as u8);
+        out.put_u8(self.eid_mask_len);
+        out.put_u16((self.action.bits() as u16) << 13 | (self.authoritative as u16) << 12);
+        out.put_u16(self.map_version & 0x0fff);
+        self.eid.write(out);
+        for r in &self.rlocs {
+            r.write(out);
+        }
+    }
+}
+
+pub(crate) fn parse_eid_record(input: &[u8]) -> Res<'_, EidRecord> {
+    let (input, ttl) = be_u32(input)?;
+    let (input, loc_count) = be_u8(input)?;
+    let mask_at = input;
+    let (input, eid_mask_len) = be_u8(input)?;
+    let (input, act) = be_u16(input)?;
+    let (input, version) = be_u16(input)?;
+    let eid_at = input;
+    let (mut input, eid) = parse_address(input, 0)?;
+    match max_mask_len(&eid) {
+        Some(max) if eid_mask_len <= max => {}
+        Some(max) => {
+            return fail(
+                mask_at,
+                ParseErrorKind::BadMaskLen {
+                    mask_len: eid_mask_len,
+                    max,
+                },
+            )
+        }
+        None => return fail(eid_at, ParseErrorKind::BadEidPrefix),
+    }
+    let mut rlocs = Vec::with_capacity(loc_count as usize);
+    for found in 0..loc_count as usize {
+        if input.is_empty() {
+            return fail(
+                input,
+                ParseErrorKind::LocatorCountMismatch {
+                    declared: loc_count as usize,
+                    found,
+                },
+            );
+        }
+        let (rest, r) = parse_rloc_record(input)?;
+        rlocs.push(r);
+        input = rest;
+    }
+    Ok((
+        input,
+        EidRecord {
+            ttl,
+            eid_mask_len,
+            action: Action::from_bits((act >> 13) as u8),
+            authoritative: act & 0x1000 != 0,
+            map_version: version & 0x0fff,
+            eid,
+            rlocs,
+        },
+    ))
+}
+
+/// Parses `count` EID-records, reporting a short message as a count mismatch.
+pub(crate) fn parse_eid_records(mut input: &[u8], count: usize) -> Res<'_, Vec<EidRecord>> {
+    let mut records = Vec::with_capacity(count.min(64));
+    for found in 0..count {
+        if input.is_empty() {
+            return fail(
+                input,
+                ParseErrorKind::RecordCountMismatch {
+                    declared: count,
+                    found,
+                },
+            );
+        }
+        let (rest, r) = parse_eid_record(input)?;
+        records.push(r);
+        input = rest;
+    }
+    Ok((input, records))
+}
+
+pub(crate) fn validate_records(records: &[EidRecord]) -> Result<(), EncodeError> {
+    if records.len() > u8::MAX as usize {
+        return Err(EncodeError::TooMany {
+            what: "EID-records",
+            count: records.len(),
+            max: u8::MAX as usize,
+        });
+    }
+    records.iter().try_for_each(EidRecord::validate)
+}
