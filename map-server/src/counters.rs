@@ -1,0 +1,151 @@
+//! Counters of everything the map-server does or refuses, exported as
+//! Prometheus metrics by the shell.
+
+use crate::server::Refusal;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub registers_received: u64,
+    /// Records accepted (stored or removed).
+    pub registrations: u64,
+    pub requests: u64,
+    pub replies: u64,
+    pub negative_replies: u64,
+    pub notifies: u64,
+    pub notify_retransmits: u64,
+    pub notify_acks: u64,
+    pub notify_giveups: u64,
+    pub pushes: u64,
+    pub expired: u64,
+    pub auth_failures: u64,
+    pub replays: u64,
+    pub unauthorised: u64,
+    pub unknown_peers: u64,
+    pub malformed: u64,
+    pub unexpected: u64,
+    /// Gauge: mappings held.
+    pub entries: u64,
+}
+
+impl Counters {
+    pub(crate) fn count_refusal(&mut self, r: &Refusal) {
+        let c = match r {
+            Refusal::Malformed(_) => &mut self.malformed,
+            Refusal::UnknownPeer => &mut self.unknown_peers,
+            Refusal::Auth(_) => &mut self.auth_failures,
+            Refusal::Replay(_) => &mut self.replays,
+            Refusal::Unauthorised(_) => &mut self.unauthorised,
+            Refusal::Unexpected(_) => &mut self.unexpected,
+        };
+        *c += 1;
+    }
+
+    /// (name, help, kind, value) for every metric.
+    pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        vec![
+            (
+                "lispwg_ms_map_registers_total",
+                "Map-Register messages received",
+                "counter",
+                self.registers_received,
+            ),
+            (
+                "lispwg_ms_registrations_total",
+                "EID-records accepted from Map-Registers",
+                "counter",
+                self.registrations,
+            ),
+            (
+                "lispwg_ms_map_requests_total",
+                "Map-Requests received",
+                "counter",
+                self.requests,
+            ),
+            (
+                "lispwg_ms_map_replies_total",
+                "Map-Replies sent",
+                "counter",
+                self.replies,
+            ),
+            (
+                "lispwg_ms_negative_replies_total",
+                "negative Map-Reply records sent",
+                "counter",
+                self.negative_replies,
+            ),
+            (
+                "lispwg_ms_map_notifies_total",
+                "Map-Notifies sent (first transmissions)",
+                "counter",
+                self.notifies,
+            ),
+            (
+                "lispwg_ms_notify_retransmits_total",
+                "Map-Notify retransmissions",
+                "counter",
+                self.notify_retransmits,
+            ),
+            (
+                "lispwg_ms_notify_acks_total",
+                "Map-Notify-Acks matched",
+                "counter",
+                self.notify_acks,
+            ),
+            (
+                "lispwg_ms_notify_giveups_total",
+                "Map-Notifies never acknowledged",
+                "counter",
+                self.notify_giveups,
+            ),
+            (
+                "lispwg_ms_pushes_total",
+                "mapping changes pushed to correspondents",
+                "counter",
+                self.pushes,
+            ),
+            (
+                "lispwg_ms_expired_total",
+                "registrations expired",
+                "counter",
+                self.expired,
+            ),
+            (
+                "lispwg_ms_auth_failures_total",
+                "messages with a bad HMAC",
+                "counter",
+                self.auth_failures,
+            ),
+            (
+                "lispwg_ms_replays_total",
+                "Map-Registers with a replayed nonce",
+                "counter",
+                self.replays,
+            ),
+            (
+                "lispwg_ms_unauthorised_total",
+                "Map-Registers for EIDs or keys the peer may not register",
+                "counter",
+                self.unauthorised,
+            ),
+            (
+                "lispwg_ms_unknown_peers_total",
+                "messages from no configured control peer",
+                "counter",
+                self.unknown_peers,
+            ),
+            (
+                "lispwg_ms_malformed_total",
+                "malformed messages",
+                "counter",
+                self.malformed,
+            ),
+            (
+                "lispwg_ms_unexpected_total",
+                "well-formed messages of a type the map-server does not take",
+                "counter",
+                self.unexpected,
+            ),
+            ("lispwg_ms_entries", "mappings held", "gauge", self.entries),
+        ]
+    }
+}

@@ -1,0 +1,107 @@
+//! What the map-server trusts, compiled from the configuration: which control
+//! peers exist, what each may register, and the protocol timings.
+
+use crate::registry::{Mapping, Origin};
+use lisp_wire::EidPrefix;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// An EID prefix a peer may register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedEid {
+    pub prefix: EidPrefix,
+    /// Whether prefixes inside `prefix` may be registered too.
+    pub more_specifics: bool,
+}
+
+impl AllowedEid {
+    pub fn permits(&self, p: &EidPrefix) -> bool {
+        if self.more_specifics {
+            self.prefix.contains(p)
+        } else {
+            self.prefix == *p
+        }
+    }
+}
+
+/// One manually configured control peer.
+#[derive(Debug, Clone)]
+pub struct PeerPolicy {
+    pub name: String,
+    /// The address it speaks from: inside the control tunnel for WireGuard
+    /// peers, on the plain listener for keyless LISP peers.
+    pub control_address: IpAddr,
+    /// Its WireGuard public key. `None` marks a keyless LISP peer, accepted
+    /// only on the plain listener and only for keyless mappings.
+    pub wg_key: Option<[u8; 32]>,
+    /// The HMAC key of its Map-Registers and Map-Notify-Acks.
+    pub site_key: Vec<u8>,
+    pub allowed: Vec<AllowedEid>,
+}
+
+impl PeerPolicy {
+    pub fn permits(&self, p: &EidPrefix) -> bool {
+        self.allowed.iter().any(|a| a.permits(p))
+    }
+}
+
+/// Retransmission and hold timings for map-server-initiated Map-Notifies.
+#[derive(Debug, Clone, Copy)]
+pub struct NotifyTiming {
+    /// First retransmission; doubles after each.
+    pub first_retransmit: Duration,
+    /// Retransmissions before giving up.
+    pub max_retransmits: u32,
+    /// How long a proxy Map-Reply waits for the destination to acknowledge
+    /// the Map-Notify that tells it about the requester. Holding the reply
+    /// until the destination has programmed its peer means the requester's
+    /// first WireGuard handshake finds the peer in place; otherwise it would be
+    /// dropped and WireGuard would only retry after 5 s.
+    pub reply_hold: Duration,
+}
+
+impl Default for NotifyTiming {
+    fn default() -> Self {
+        NotifyTiming {
+            first_retransmit: Duration::from_millis(100),
+            max_retransmits: 6,
+            reply_hold: Duration::from_millis(150),
+        }
+    }
+}
+
+/// Everything the protocol core needs to decide.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub peers: Vec<PeerPolicy>,
+    /// How long a registration lives after its last refresh.
+    pub registration_lifetime: Duration,
+    /// TTL of negative Map-Replies, in minutes.
+    pub negative_ttl_minutes: u32,
+    /// Upper bound on the TTL handed out for registered mappings, in minutes.
+    pub max_ttl_minutes: u32,
+    pub notify: NotifyTiming,
+    pub static_mappings: Vec<(EidPrefix, Mapping)>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            peers: Vec::new(),
+            registration_lifetime: Duration::from_secs(180),
+            negative_ttl_minutes: 1,
+            max_ttl_minutes: 1440,
+            notify: NotifyTiming::default(),
+            static_mappings: Vec::new(),
+        }
+    }
+}
+
+impl Policy {
+    pub fn peer(&self, origin: Origin) -> Option<&PeerPolicy> {
+        match origin {
+            Origin::Peer(i) => self.peers.get(i as usize),
+            Origin::Static => None,
+        }
+    }
+}

@@ -1,0 +1,636 @@
+//! The map-server core driven in memory with fake time.
+
+use lisp_wire::*;
+use map_server::*;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+const MS: &str = "100.64.0.1";
+const A_CTL: &str = "100.64.0.2";
+const B_CTL: &str = "100.64.0.3";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn key_of(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+fn host(s: &str) -> EidPrefix {
+    EidPrefix::host(0, ip(s))
+}
+
+struct Node {
+    ctl: IpAddr,
+    key: [u8; 32],
+    site_key: Vec<u8>,
+    eid: EidPrefix,
+    rloc: SocketAddr,
+}
+
+fn node_a() -> Node {
+    Node {
+        ctl: ip(A_CTL),
+        key: key_of(0xa),
+        site_key: b"site-a".to_vec(),
+        eid: host("10.0.0.1"),
+        rloc: "192.0.2.10:51820".parse().unwrap(),
+    }
+}
+
+fn node_b() -> Node {
+    Node {
+        ctl: ip(B_CTL),
+        key: key_of(0xb),
+        site_key: b"site-b".to_vec(),
+        eid: host("10.0.0.2"),
+        rloc: "198.51.100.20:51821".parse().unwrap(),
+    }
+}
+
+fn peer_policy(name: &str, n: &Node) -> PeerPolicy {
+    PeerPolicy {
+        name: name.into(),
+        control_address: n.ctl,
+        wg_key: Some(n.key),
+        site_key: n.site_key.clone(),
+        allowed: vec![AllowedEid {
+            prefix: n.eid,
+            more_specifics: false,
+        }],
+    }
+}
+
+fn server(now: Instant) -> MapServer {
+    let policy = Policy {
+        peers: vec![
+            peer_policy("robot-a", &node_a()),
+            peer_policy("robot-b", &node_b()),
+        ],
+        ..Policy::default()
+    };
+    MapServer::new(policy, now, 42)
+}
+
+fn record(eid: EidPrefix, key: [u8; 32], rloc: SocketAddr) -> EidRecord {
+    EidRecord::new(
+        eid,
+        10,
+        vec![RlocRecord::new(1, 100, wireguard_locator(rloc, key))],
+    )
+}
+
+fn register_bytes(n: &Node, nonce: u64, records: Vec<EidRecord>) -> Vec<u8> {
+    MapRegister {
+        proxy_reply: true,
+        security: false,
+        rtr: false,
+        want_map_notify: true,
+        nonce,
+        auth: Authentication::unsigned(KeyId::HmacSha256),
+        records,
+        xtr_site: None,
+    }
+    .encode_signed(&n.site_key)
+    .unwrap()
+}
+
+fn from(n: &Node) -> SocketAddr {
+    SocketAddr::new(n.ctl, 4342)
+}
+
+fn drain(ms: &mut MapServer) -> Vec<Transmit> {
+    std::iter::from_fn(|| ms.poll_transmit()).collect()
+}
+
+fn drain_store(ms: &mut MapServer) -> Vec<StoreOp> {
+    std::iter::from_fn(|| ms.poll_store()).collect()
+}
+
+fn register(ms: &mut MapServer, now: Instant, n: &Node, nonce: u64) -> Vec<Transmit> {
+    let bytes = register_bytes(n, nonce, vec![record(n.eid, n.key, n.rloc)]);
+    ms.handle_datagram(now, from(n), Via::Tunnel, &bytes);
+    drain(ms)
+}
+
+fn ecm_request(n: &Node, nonce: u64, target: EidPrefix) -> Vec<u8> {
+    let req = MapRequest {
+        authoritative: false,
+        probe: false,
+        smr: false,
+        pitr: false,
+        smr_invoked: false,
+        local_xtr: false,
+        dont_map_reply: false,
+        nonce,
+        source_eid: n.eid.to_address(),
+        itr_rlocs: vec![Address::from(n.ctl)],
+        records: vec![RequestRecord {
+            eid_mask_len: target.len(),
+            eid: target.to_address(),
+        }],
+        map_reply_record: None,
+    };
+    Message::Ecm(Ecm {
+        security: false,
+        ddt: false,
+        to_etr: false,
+        to_ms: false,
+        inner: InnerHeader {
+            src: n.ctl,
+            dst: ip(MS),
+            ttl: 64,
+            src_port: 61000,
+            dst_port: 4342,
+        },
+        message: Box::new(Message::MapRequest(req)),
+    })
+    .encode()
+    .unwrap()
+}
+
+fn parse_notify(t: &Transmit, site_key: &[u8]) -> MapNotify {
+    auth::verify(&t.payload, site_key).expect("notify signed with the peer's site key");
+    match parse(&t.payload).unwrap() {
+        Message::MapNotify(n) => n,
+        other => panic!("expected Map-Notify, got {other:?}"),
+    }
+}
+
+fn ack_bytes(n: &Node, notify: &MapNotify) -> Vec<u8> {
+    MapNotify {
+        auth: Authentication::unsigned(KeyId::HmacSha256),
+        ..notify.clone()
+    }
+    .encode_signed_ack(&n.site_key)
+    .unwrap()
+}
+
+fn snapshot(ms: &MapServer) -> Vec<(EidPrefix, Mapping)> {
+    let mut v: Vec<_> = ms.registry().iter().map(|(p, m)| (p, m.clone())).collect();
+    v.sort_by_key(|(p, _)| *p);
+    v
+}
+
+#[test]
+fn register_is_stored_persisted_and_answered_with_a_signed_notify() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    let out = register(&mut ms, now, &a, 7);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, from(&a));
+    assert_eq!(out[0].via, Via::Tunnel);
+    let notify = parse_notify(&out[0], &a.site_key);
+    assert_eq!(notify.nonce, 7);
+    assert_eq!(EidPrefix::of_record(&notify.records[0]).unwrap(), a.eid);
+
+    let (prefix, m) = ms.registry().lookup(0, a.eid.addr(), now).unwrap();
+    assert_eq!(prefix, a.eid);
+    assert_eq!(m.wg_key, Some(a.key));
+    assert_eq!(m.rlocs[0].addr, a.rloc.ip());
+    assert_eq!(m.rlocs[0].port, Some(a.rloc.port()));
+    assert!(
+        matches!(drain_store(&mut ms).as_slice(), [StoreOp::Put { prefix, peer, .. }] if *prefix == a.eid && peer == "robot-a")
+    );
+    assert_eq!(ms.counters().registrations, 1);
+}
+
+#[test]
+fn resolve_gets_a_proxy_reply_after_the_destination_acks_its_notify() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    drain_store(&mut ms);
+
+    // A asks for B: B is told about A first; A's reply waits for B's Ack.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 99, b.eid),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(
+        out.len(),
+        1,
+        "only the notify goes out before B acks: {out:?}"
+    );
+    assert_eq!(out[0].dst, SocketAddr::new(b.ctl, 4342));
+    let notify = parse_notify(&out[0], &b.site_key);
+    let rec = &notify.records[0];
+    assert_eq!(
+        EidPrefix::of_record(rec).unwrap(),
+        a.eid,
+        "B learns A's mapping from A's registration"
+    );
+    let (_, info) = rec.best_locator().unwrap();
+    assert_eq!(
+        (info.rloc, info.port, info.wg_key),
+        (a.rloc.ip(), Some(a.rloc.port()), Some(a.key))
+    );
+
+    let t1 = now + Duration::from_millis(2);
+    ms.handle_datagram(t1, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    // The reply goes to the ITR-RLOC at the ECM's inner source port.
+    assert_eq!(out[0].dst, SocketAddr::new(a.ctl, 61000));
+    let Message::MapReply(reply) = parse(&out[0].payload).unwrap() else {
+        panic!("not a reply")
+    };
+    assert_eq!(reply.nonce, 99);
+    let (_, info) = reply.records[0].best_locator().unwrap();
+    assert_eq!(
+        (info.rloc, info.port, info.wg_key),
+        (b.rloc.ip(), Some(b.rloc.port()), Some(b.key))
+    );
+    assert_eq!(ms.pending_notifies(), 0);
+    assert_eq!(ms.subscribers(&b.eid), 1, "A is subscribed to B");
+    assert_eq!(ms.subscribers(&a.eid), 1, "B is subscribed to A");
+    assert_eq!(ms.counters().notify_acks, 1);
+}
+
+#[test]
+fn unacknowledged_notify_is_retransmitted_with_backoff_and_the_reply_released() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let first = drain(&mut ms);
+    assert_eq!(first.len(), 1);
+
+    // Walk the clock: the reply is released at the hold time, and the notify
+    // is retransmitted at growing intervals, then given up.
+    let mut t = now;
+    let mut retransmit_times = Vec::new();
+    let mut reply_at = None;
+    for _ in 0..200 {
+        let Some(next) = ms.poll_timeout() else { break };
+        if next > now + Duration::from_secs(30) {
+            break;
+        }
+        t = next.max(t);
+        ms.handle_timeout(t);
+        for tx in drain(&mut ms) {
+            match parse(&tx.payload).unwrap() {
+                Message::MapNotify(_) => retransmit_times.push(t - now),
+                Message::MapReply(_) => reply_at = Some(t - now),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(reply_at, Some(ms.policy().notify.reply_hold));
+    let timing = ms.policy().notify;
+    assert_eq!(retransmit_times.len(), timing.max_retransmits as usize);
+    let gaps: Vec<_> = retransmit_times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "backoff grows: {gaps:?}"
+    );
+    assert_eq!(ms.pending_notifies(), 0);
+    assert_eq!(ms.counters().notify_giveups, 1);
+}
+
+#[test]
+fn registrations_expire_after_the_lifetime() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    register(&mut ms, now, &a, 1);
+    let lifetime = ms.policy().registration_lifetime;
+    let almost = now + lifetime - Duration::from_secs(1);
+    ms.handle_timeout(almost);
+    assert!(ms.registry().lookup(0, a.eid.addr(), almost).is_some());
+    let after = now + lifetime + Duration::from_secs(6);
+    ms.handle_timeout(after);
+    assert!(ms.registry().lookup(0, a.eid.addr(), after).is_none());
+    assert_eq!(ms.registry().len(), 0, "swept");
+    assert!(drain_store(&mut ms).contains(&StoreOp::Delete(a.eid)));
+
+    // A refresh before expiry extends it.
+    let mut ms = server(now);
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now + Duration::from_secs(60), &a, 2);
+    let t = now + lifetime + Duration::from_secs(6);
+    ms.handle_timeout(t);
+    assert!(ms.registry().lookup(0, a.eid.addr(), t).is_some());
+}
+
+#[test]
+fn unregistered_eid_gets_a_negative_reply_covering_the_largest_hole() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    register(&mut ms, now, &a, 1);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 3, host("10.0.0.9")),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    let Message::MapReply(reply) = parse(&out[0].payload).unwrap() else {
+        panic!()
+    };
+    let rec = &reply.records[0];
+    assert!(rec.rlocs.is_empty());
+    assert_eq!(rec.action, Action::NativelyForward);
+    assert_eq!(rec.ttl, ms.policy().negative_ttl_minutes);
+    // 10.0.0.1 is registered, so the hole around 10.0.0.9 is 10.0.0.8/29.
+    assert_eq!(
+        EidPrefix::of_record(rec).unwrap(),
+        EidPrefix::new(0, ip("10.0.0.8"), 29).unwrap()
+    );
+    assert_eq!(ms.counters().negative_replies, 1);
+}
+
+/// Sends `bytes` and checks that nothing changed, nothing was sent, and the
+/// refusal was counted.
+fn assert_refused(ms: &mut MapServer, now: Instant, src: SocketAddr, via: Via, bytes: &[u8]) {
+    let before = snapshot(ms);
+    let counters_before = ms.counters().clone();
+    ms.handle_datagram(now, src, via, bytes);
+    assert!(drain(ms).is_empty(), "a refused message gets no answer");
+    assert!(
+        drain_store(ms).is_empty(),
+        "a refused message persists nothing"
+    );
+    assert_eq!(
+        snapshot(ms),
+        before,
+        "a refused message leaves the registry unchanged"
+    );
+    assert_ne!(ms.counters(), &counters_before, "a refusal is counted");
+}
+
+#[test]
+fn refusals_leave_the_registry_unchanged() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    drain_store(&mut ms);
+
+    // An EID outside A's authorisation, next to a valid record: the valid
+    // record is not stored either.
+    let outside = register_bytes(
+        &a,
+        10,
+        vec![
+            record(a.eid, a.key, a.rloc),
+            record(host("10.0.0.77"), a.key, a.rloc),
+        ],
+    );
+    assert_refused(&mut ms, now, from(&a), Via::Tunnel, &outside);
+    assert_eq!(ms.counters().unauthorised, 1);
+
+    // B's EID, registered by A.
+    let hijack = register_bytes(&a, 11, vec![record(b.eid, a.key, a.rloc)]);
+    assert_refused(&mut ms, now, from(&a), Via::Tunnel, &hijack);
+
+    // A's EID with someone else's WireGuard key.
+    let wrong_key = register_bytes(
+        &a,
+        12,
+        vec![record(
+            a.eid,
+            key_of(0xee),
+            "203.0.113.9:51820".parse().unwrap(),
+        )],
+    );
+    assert_refused(&mut ms, now, from(&a), Via::Tunnel, &wrong_key);
+    assert_eq!(ms.counters().unauthorised, 3);
+
+    // Bad HMAC: signed with B's site key.
+    let bad_mac = MapRegister {
+        proxy_reply: true,
+        security: false,
+        rtr: false,
+        want_map_notify: true,
+        nonce: 13,
+        auth: Authentication::unsigned(KeyId::HmacSha256),
+        records: vec![record(a.eid, a.key, "203.0.113.9:51820".parse().unwrap())],
+        xtr_site: None,
+    }
+    .encode_signed(&b.site_key)
+    .unwrap();
+    assert_refused(&mut ms, now, from(&a), Via::Tunnel, &bad_mac);
+    assert_eq!(ms.counters().auth_failures, 1);
+
+    // A replayed register (same nonce as the accepted one), even though its
+    // content would move A.
+    let replay = register_bytes(
+        &a,
+        1,
+        vec![record(a.eid, a.key, "203.0.113.9:51820".parse().unwrap())],
+    );
+    assert_refused(&mut ms, now, from(&a), Via::Tunnel, &replay);
+    assert_eq!(ms.counters().replays, 1);
+
+    // Malformed: truncated, and a record whose locator count lies.
+    let good = register_bytes(&a, 14, vec![record(a.eid, a.key, a.rloc)]);
+    assert_refused(&mut ms, now, from(&a), Via::Tunnel, &good[..good.len() - 3]);
+    let mut lying = good.clone();
+    lying[48 + 4] = 2; // locator count of the first record
+    assert_refused(&mut ms, now, from(&a), Via::Tunnel, &lying);
+    assert_eq!(ms.counters().malformed, 2);
+
+    // A valid register sent to the plain listener (not through the tunnel),
+    // or from an unknown tunnel address.
+    assert_refused(&mut ms, now, from(&a), Via::Plain, &good);
+    assert_refused(
+        &mut ms,
+        now,
+        "100.64.0.99:4342".parse().unwrap(),
+        Via::Tunnel,
+        &good,
+    );
+    assert_eq!(ms.counters().unknown_peers, 2);
+
+    // The same message is accepted once it is sent properly.
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &good);
+    assert_eq!(drain(&mut ms).len(), 1);
+}
+
+#[test]
+fn a_move_is_pushed_to_correspondents_which_ack() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let notify = parse_notify(&drain(&mut ms)[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    drain(&mut ms);
+
+    // B moves: A (which resolved B) is pushed B's new RLOC.
+    let t = now + Duration::from_secs(1);
+    let moved = "203.0.113.5:51821".parse().unwrap();
+    let bytes = register_bytes(&b, 3, vec![record(b.eid, b.key, moved)]);
+    ms.handle_datagram(t, from(&b), Via::Tunnel, &bytes);
+    let out = drain(&mut ms);
+    let push: Vec<_> = out
+        .iter()
+        .filter(|tx| tx.dst == SocketAddr::new(a.ctl, 4342))
+        .collect();
+    assert_eq!(push.len(), 1, "{out:?}");
+    let pushed = parse_notify(push[0], &a.site_key);
+    let (_, info) = pushed.records[0].best_locator().unwrap();
+    assert_eq!(SocketAddr::new(info.rloc, info.port.unwrap()), moved);
+    assert_eq!(ms.counters().pushes, 1);
+    ms.handle_datagram(t, from(&a), Via::Tunnel, &ack_bytes(&a, &pushed));
+    assert_eq!(ms.pending_notifies(), 0);
+}
+
+#[test]
+fn keyless_lisp_peers_register_and_resolve_on_the_plain_listener() {
+    let now = Instant::now();
+    let oor = PeerPolicy {
+        name: "oor".into(),
+        control_address: ip("192.0.2.77"),
+        wg_key: None,
+        site_key: b"oor-key".to_vec(),
+        allowed: vec![AllowedEid {
+            prefix: EidPrefix::new(3, ip("10.3.0.0"), 16).unwrap(),
+            more_specifics: true,
+        }],
+    };
+    let mut ms = MapServer::new(
+        Policy {
+            peers: vec![oor],
+            ..Policy::default()
+        },
+        now,
+        1,
+    );
+    let eid = EidPrefix::new(3, ip("10.3.1.0"), 24).unwrap();
+    let rec = EidRecord::new(
+        eid,
+        10,
+        vec![RlocRecord::new(1, 50, Address::from(ip("192.0.2.77")))],
+    );
+    let reg = MapRegister {
+        proxy_reply: true,
+        security: false,
+        rtr: false,
+        want_map_notify: true,
+        nonce: 8,
+        auth: Authentication::unsigned(KeyId::HmacSha1),
+        records: vec![rec],
+        xtr_site: None,
+    }
+    .encode_signed(b"oor-key")
+    .unwrap();
+    ms.handle_datagram(now, "192.0.2.77:4342".parse().unwrap(), Via::Plain, &reg);
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        auth::verify(&out[0].payload, b"oor-key"),
+        Ok(KeyId::HmacSha1),
+        "notify uses the register's algorithm"
+    );
+
+    // Anyone may ask on the plain listener (like lig); the reply is keyless.
+    let asker = Node {
+        ctl: ip("192.0.2.200"),
+        key: [0; 32],
+        site_key: vec![],
+        eid: EidPrefix::host(3, ip("10.3.9.9")),
+        rloc: "192.0.2.200:1".parse().unwrap(),
+    };
+    ms.handle_datagram(
+        now,
+        "192.0.2.200:4342".parse().unwrap(),
+        Via::Plain,
+        &ecm_request(&asker, 4, EidPrefix::host(3, ip("10.3.1.7"))),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, "192.0.2.200:61000".parse().unwrap());
+    let Message::MapReply(reply) = parse(&out[0].payload).unwrap() else {
+        panic!()
+    };
+    let (rloc, info) = reply.records[0].best_locator().unwrap();
+    assert_eq!(
+        (rloc.weight, info.rloc, info.wg_key, info.port),
+        (50, ip("192.0.2.77"), None, None)
+    );
+}
+
+#[test]
+fn deregistration_with_ttl_zero_removes_the_mapping() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    register(&mut ms, now, &a, 1);
+    let mut rec = record(a.eid, a.key, a.rloc);
+    rec.ttl = 0;
+    ms.handle_datagram(
+        now,
+        from(&a),
+        Via::Tunnel,
+        &register_bytes(&a, 2, vec![rec]),
+    );
+    assert!(ms.registry().lookup(0, a.eid.addr(), now).is_none());
+}
+
+#[test]
+fn restore_rechecks_persisted_mappings_against_the_policy() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    let m = Mapping {
+        rlocs: vec![Rloc {
+            addr: a.rloc.ip(),
+            port: Some(a.rloc.port()),
+            priority: 1,
+            weight: 100,
+        }]
+        .into_boxed_slice(),
+        wg_key: Some(a.key),
+        origin: Origin::Static,
+        ttl_minutes: 10,
+        map_version: 0,
+        expires: Some(now + Duration::from_secs(100)),
+    };
+    assert!(ms.restore(a.eid, "robot-a", m.clone(), now));
+    assert!(
+        !ms.restore(host("10.0.0.50"), "robot-a", m.clone(), now),
+        "not authorised"
+    );
+    assert!(!ms.restore(a.eid, "gone", m.clone(), now), "unknown peer");
+    assert!(
+        !ms.restore(
+            a.eid,
+            "robot-a",
+            Mapping {
+                wg_key: Some([1; 32]),
+                ..m
+            },
+            now
+        ),
+        "key changed"
+    );
+    assert_eq!(
+        ms.registry().lookup(0, a.eid.addr(), now).unwrap().1.origin,
+        Origin::Peer(0)
+    );
+}

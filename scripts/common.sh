@@ -1,0 +1,49 @@
+# Shared helpers for the lispwg scripts. Sourced, not run.
+
+# Re-run the calling script ($LISPWG_SELF, an absolute path) as root: through sudo when the user has it,
+# otherwise stop with a clear reason (the lab needs namespaces and TUN).
+lispwg_need_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        return 0
+    fi
+    if command -v sudo >/dev/null 2>&1; then
+        echo ">> $0 needs root (network namespaces, TUN, WireGuard); re-running through sudo" >&2
+        exec sudo -E "$LISPWG_SELF" "$@"
+    fi
+    echo "error: $0 must run as root (network namespaces, TUN, WireGuard) and sudo is not installed" >&2
+    exit 1
+}
+
+# Debian packages the tests, the lab and the benchmarks use.
+LISPWG_APT_PACKAGES=(tshark wireguard-go wireguard-tools iproute2 iputils-ping iperf3 tcpdump openssl procps)
+
+# Installs whatever of LISPWG_APT_PACKAGES is missing, without prompts.
+lispwg_install_packages() {
+    local missing=()
+    for p in "${LISPWG_APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        return 0
+    fi
+    echo ">> installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # tshark asks whether non-root users may capture; answer no, without a prompt.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Makes sure a Rust toolchain with rustfmt and clippy is on PATH.
+lispwg_need_rust() {
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "error: cargo not found. Install Rust with rustup (https://rustup.rs), then re-run $0" >&2
+        exit 1
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        rustup component add rustfmt clippy >/dev/null 2>&1 || true
+    fi
+}
