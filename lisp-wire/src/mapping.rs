@@ -74,7 +74,7 @@ impl EidPrefix {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -257,7 +257,7 @@ impl EidRecord {
     pub fn new(prefix: EidPrefix, ttl_minutes: u32, rlocs: Vec<RlocRecord>) -> Self {
         EidRecord {
             ttl: ttl_minutes,
-            eid_mask_len: prefix.len(),
+            eid_mask_len: prefix.prefix_len(),
             action: Action::NoAction,
             authoritative: false,
             map_version: 0,

@@ -42,7 +42,7 @@ pub(crate) fn finish<'a, T>(
 ) -> Result<T, ParseError> {
     let base = buf.as_ptr() as usize;
     match parser(buf) {
-        Ok((rest, value)) if rest.is_empty() => Ok(value),
+        Ok(([], value)) => Ok(value),
         Ok((rest, _)) => Err(ParseError {
             kind: ParseErrorKind::TrailingData(rest.len()),
             offset: buf.len() - rest.len(),

@@ -215,8 +215,8 @@ impl Registry {
     pub fn insert(&mut self, prefix: EidPrefix, m: Mapping) -> Option<Mapping> {
         let inst = self.instance_mut(prefix.iid);
         let old = match prefix.addr() {
-            IpAddr::V4(a) => inst.v4.insert(u32::from(a), prefix.len(), m),
-            IpAddr::V6(a) => inst.v6.insert(u128::from(a), prefix.len(), m),
+            IpAddr::V4(a) => inst.v4.insert(u32::from(a), prefix.prefix_len(), m),
+            IpAddr::V6(a) => inst.v6.insert(u128::from(a), prefix.prefix_len(), m),
         };
         if old.is_none() {
             self.len += 1;
@@ -227,8 +227,8 @@ impl Registry {
     pub fn remove(&mut self, prefix: &EidPrefix) -> Option<Mapping> {
         let inst = self.instances.get_mut(&prefix.iid)?;
         let old = match prefix.addr() {
-            IpAddr::V4(a) => inst.v4.remove(u32::from(a), prefix.len()),
-            IpAddr::V6(a) => inst.v6.remove(u128::from(a), prefix.len()),
+            IpAddr::V4(a) => inst.v4.remove(u32::from(a), prefix.prefix_len()),
+            IpAddr::V6(a) => inst.v6.remove(u128::from(a), prefix.prefix_len()),
         };
         if old.is_some() {
             self.len -= 1;
@@ -240,8 +240,8 @@ impl Registry {
     pub fn get(&self, prefix: &EidPrefix) -> Option<&Mapping> {
         let inst = self.instances.get(&prefix.iid)?;
         match prefix.addr() {
-            IpAddr::V4(a) => inst.v4.get(u32::from(a), prefix.len()),
-            IpAddr::V6(a) => inst.v6.get(u128::from(a), prefix.len()),
+            IpAddr::V4(a) => inst.v4.get(u32::from(a), prefix.prefix_len()),
+            IpAddr::V6(a) => inst.v6.get(u128::from(a), prefix.prefix_len()),
         }
     }
 
@@ -349,7 +349,7 @@ mod tests {
         let (hit, _) = r.lookup(0, "10.1.2.3".parse().unwrap(), now).unwrap();
         assert_eq!(hit, p("10.1.0.0", 16));
         let (hit, _) = r.lookup(5, "10.1.2.3".parse().unwrap(), now).unwrap();
-        assert_eq!(hit.len(), 24);
+        assert_eq!(hit.prefix_len(), 24);
         assert!(r.lookup(5, "10.1.3.1".parse().unwrap(), now).is_none());
         assert!(r.lookup(0, "11.0.0.1".parse().unwrap(), now).is_none());
         assert_eq!(
@@ -379,7 +379,7 @@ mod tests {
             p("128.0.0.0", 1)
         );
         // An empty instance: everything is free.
-        assert_eq!(r.uncovered_prefix(9, "10.0.0.2".parse().unwrap()).len(), 0);
+        assert_eq!(r.uncovered_prefix(9, "10.0.0.2".parse().unwrap()).prefix_len(), 0);
     }
 
     #[test]

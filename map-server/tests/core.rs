@@ -127,7 +127,7 @@ fn ecm_request(n: &Node, nonce: u64, target: EidPrefix) -> Vec<u8> {
         source_eid: n.eid.to_address(),
         itr_rlocs: vec![Address::from(n.ctl)],
         records: vec![RequestRecord {
-            eid_mask_len: target.len(),
+            eid_mask_len: target.prefix_len(),
             eid: target.to_address(),
         }],
         map_reply_record: None,
