@@ -1,0 +1,394 @@
+//! Map-server configuration.
+//!
+//! ```toml
+//! [control]                          # the WireGuard control tunnel
+//! interface = "lwms0"
+//! private_key_file = "ms.key"        # 0600, as `xtr genkey` writes
+//! listen_port = 4340                 # its WireGuard UDP port
+//! address = "100.64.0.1/16"          # control address and tunnel prefix
+//! backend = "auto"                   # auto | kernel | userspace
+//!
+//! [server]
+//! registration_lifetime_secs = 180   # 3 refresh intervals
+//! state_dir = "/var/lib/lispwg/map-server"
+//! metrics = "127.0.0.1:9342"         # Prometheus; omit to disable
+//! # plain_listen = "192.0.2.1:4342"  # keyless LISP peers and benchmarks
+//!
+//! [[peers]]
+//! name = "robot-a"
+//! public_key = "…"                   # omit for a keyless LISP peer
+//! control_address = "100.64.0.2"
+//! site_key_file = "robot-a.site"     # or site_key = "…" in a 0600 file
+//! eids = [{ prefix = "10.1.0.1/32", iid = 0, more_specifics = false }]
+//!
+//! [[static_mappings]]
+//! prefix = "10.9.0.0/16"
+//! rlocs = [{ address = "203.0.113.5", priority = 1, weight = 100 }]
+//! ```
+
+use crate::{
+    backend, checker, default_backend, load_raw, BackendKind, ConfigError, PrivateKey, PublicKey,
+    SiteKey,
+};
+use lisp_wire::EidPrefix;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variables overriding the file start with this.
+pub const ENV_PREFIX: &str = "LISPWG_MS";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    control: Option<RawControl>,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    peers: Vec<RawPeer>,
+    #[serde(default)]
+    static_mappings: Vec<RawStatic>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    interface: String,
+    private_key_file: String,
+    listen_port: u16,
+    address: String,
+    #[serde(default = "default_backend")]
+    backend: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    #[serde(default = "default_lifetime")]
+    registration_lifetime_secs: u64,
+    #[serde(default = "default_negative_ttl")]
+    negative_ttl_minutes: u32,
+    #[serde(default = "default_state_dir")]
+    state_dir: String,
+    metrics: Option<String>,
+    plain_listen: Option<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            registration_lifetime_secs: default_lifetime(),
+            negative_ttl_minutes: default_negative_ttl(),
+            state_dir: default_state_dir(),
+            metrics: None,
+            plain_listen: None,
+        }
+    }
+}
+
+fn default_lifetime() -> u64 {
+    180
+}
+fn default_negative_ttl() -> u32 {
+    1
+}
+fn default_state_dir() -> String {
+    "/var/lib/lispwg/map-server".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    name: String,
+    public_key: Option<String>,
+    control_address: String,
+    site_key: Option<String>,
+    site_key_file: Option<String>,
+    #[serde(default)]
+    eids: Vec<RawAllowed>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllowed {
+    prefix: String,
+    #[serde(default)]
+    iid: u32,
+    #[serde(default)]
+    more_specifics: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatic {
+    prefix: String,
+    #[serde(default)]
+    iid: u32,
+    public_key: Option<String>,
+    port: Option<u16>,
+    #[serde(default = "default_static_ttl")]
+    ttl_minutes: u32,
+    rlocs: Vec<RawRloc>,
+}
+
+fn default_static_ttl() -> u32 {
+    60
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRloc {
+    address: String,
+    #[serde(default = "default_priority")]
+    priority: u8,
+    #[serde(default = "default_weight")]
+    weight: u8,
+}
+
+fn default_priority() -> u8 {
+    1
+}
+fn default_weight() -> u8 {
+    100
+}
+
+/// The WireGuard control interface of the map-server.
+#[derive(Debug, Clone)]
+pub struct ControlInterface {
+    pub interface: String,
+    pub private_key: PrivateKey,
+    pub listen_port: u16,
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    pub backend: BackendKind,
+}
+
+/// An EID prefix a peer may register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedEid {
+    pub prefix: EidPrefix,
+    pub more_specifics: bool,
+}
+
+/// A manually configured control peer.
+#[derive(Debug, Clone)]
+pub struct ControlPeer {
+    pub name: String,
+    /// `None` for a keyless LISP peer (heard on the plain listener only).
+    pub public_key: Option<PublicKey>,
+    pub control_address: IpAddr,
+    pub site_key: SiteKey,
+    pub eids: Vec<AllowedEid>,
+}
+
+/// One locator of a static mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticRloc {
+    pub address: IpAddr,
+    pub priority: u8,
+    pub weight: u8,
+}
+
+/// A mapping served from configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticMapping {
+    pub prefix: EidPrefix,
+    pub public_key: Option<PublicKey>,
+    pub port: Option<u16>,
+    pub ttl_minutes: u32,
+    pub rlocs: Vec<StaticRloc>,
+}
+
+/// The validated map-server configuration.
+#[derive(Debug, Clone)]
+pub struct MapServerConfig {
+    pub file: PathBuf,
+    pub control: Option<ControlInterface>,
+    pub plain_listen: Option<SocketAddr>,
+    pub registration_lifetime: Duration,
+    pub negative_ttl_minutes: u32,
+    pub state_dir: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub peers: Vec<ControlPeer>,
+    pub static_mappings: Vec<StaticMapping>,
+    /// Environment variables with our prefix that matched no setting.
+    pub ignored_env: Vec<String>,
+}
+
+impl MapServerConfig {
+    /// Loads and validates `file` with its environment overrides.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let (raw, ignored_env) = load_raw::<Raw>(
+            file,
+            ENV_PREFIX,
+            &["control", "server", "peers", "static_mappings"],
+        )?;
+        let c = checker(file);
+
+        let control = match &raw.control {
+            None => None,
+            Some(rc) => {
+                let (address, prefix_len) = c.prefix("control.address", &rc.address)?;
+                if prefix_len == if address.is_ipv4() { 32 } else { 128 } {
+                    return Err(c.err(
+                        "control.address",
+                        "give the tunnel prefix too, e.g. 100.64.0.1/16",
+                    ));
+                }
+                Some(ControlInterface {
+                    interface: c.ifname("control.interface", &rc.interface)?,
+                    private_key: c
+                        .private_key_file("control.private_key_file", &rc.private_key_file)?,
+                    listen_port: rc.listen_port,
+                    address,
+                    prefix_len,
+                    backend: backend(&c, "control.backend", &rc.backend)?,
+                })
+            }
+        };
+        let plain_listen = raw
+            .server
+            .plain_listen
+            .as_deref()
+            .map(|s| c.socket("server.plain_listen", s))
+            .transpose()?;
+        if control.is_none() && plain_listen.is_none() {
+            return Err(c.err("-", "nothing to listen on: configure [control] (the WireGuard control tunnel) or server.plain_listen"));
+        }
+        if raw.server.registration_lifetime_secs < 10 {
+            return Err(c.err(
+                "server.registration_lifetime_secs",
+                "must be at least 10 seconds",
+            ));
+        }
+        if raw.server.negative_ttl_minutes == 0 {
+            return Err(c.err("server.negative_ttl_minutes", "must be at least 1 minute"));
+        }
+        let metrics = raw
+            .server
+            .metrics
+            .as_deref()
+            .map(|s| c.socket("server.metrics", s))
+            .transpose()?;
+
+        let mut peers = Vec::with_capacity(raw.peers.len());
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (i, rp) in raw.peers.iter().enumerate() {
+            let f = format!("peers[{i}]");
+            if rp.name.is_empty() || !names.insert(rp.name.clone()) {
+                return Err(c.err(
+                    format!("{f}.name"),
+                    format!("`{}` is empty or used by another peer", rp.name),
+                ));
+            }
+            let control_address = c.ip(&format!("{f}.control_address"), &rp.control_address)?;
+            if !addresses.insert(control_address) {
+                return Err(c.err(
+                    format!("{f}.control_address"),
+                    format!("{control_address} is used by another peer"),
+                ));
+            }
+            let public_key = rp
+                .public_key
+                .as_deref()
+                .map(|k| c.public_key(&format!("{f}.public_key"), k))
+                .transpose()?;
+            if public_key.is_none() && plain_listen.is_none() {
+                return Err(c.err(
+                    format!("{f}.public_key"),
+                    "a keyless peer needs server.plain_listen to be heard",
+                ));
+            }
+            if let (Some(ctl), Some(_)) = (&control, &public_key) {
+                let tunnel = EidPrefix::new(0, ctl.address, ctl.prefix_len)
+                    .map_err(|e| c.err("control.address", e.to_string()))?;
+                if !tunnel.contains_addr(0, control_address) {
+                    return Err(c.err(
+                        format!("{f}.control_address"),
+                        format!(
+                            "{control_address} is outside the control tunnel {}/{}",
+                            ctl.address, ctl.prefix_len
+                        ),
+                    ));
+                }
+            }
+            if rp.eids.is_empty() {
+                return Err(c.err(
+                    format!("{f}.eids"),
+                    "a peer must be allowed at least one EID prefix",
+                ));
+            }
+            let eids = rp
+                .eids
+                .iter()
+                .enumerate()
+                .map(|(j, a)| {
+                    Ok(AllowedEid {
+                        prefix: c.eid(&format!("{f}.eids[{j}].prefix"), a.iid, &a.prefix)?,
+                        more_specifics: a.more_specifics,
+                    })
+                })
+                .collect::<Result<Vec<_>, ConfigError>>()?;
+            peers.push(ControlPeer {
+                name: rp.name.clone(),
+                public_key,
+                control_address,
+                site_key: c.site_key(&f, &rp.site_key, &rp.site_key_file)?,
+                eids,
+            });
+        }
+
+        let static_mappings = raw
+            .static_mappings
+            .iter()
+            .enumerate()
+            .map(|(i, rs)| {
+                let f = format!("static_mappings[{i}]");
+                if rs.rlocs.is_empty() {
+                    return Err(c.err(
+                        format!("{f}.rlocs"),
+                        "a static mapping needs at least one RLOC",
+                    ));
+                }
+                Ok(StaticMapping {
+                    prefix: c.eid(&format!("{f}.prefix"), rs.iid, &rs.prefix)?,
+                    public_key: rs
+                        .public_key
+                        .as_deref()
+                        .map(|k| c.public_key(&format!("{f}.public_key"), k))
+                        .transpose()?,
+                    port: rs.port,
+                    ttl_minutes: rs.ttl_minutes,
+                    rlocs: rs
+                        .rlocs
+                        .iter()
+                        .enumerate()
+                        .map(|(j, r)| {
+                            Ok(StaticRloc {
+                                address: c.ip(&format!("{f}.rlocs[{j}].address"), &r.address)?,
+                                priority: r.priority,
+                                weight: r.weight,
+                            })
+                        })
+                        .collect::<Result<_, ConfigError>>()?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+
+        Ok(MapServerConfig {
+            file: file.to_path_buf(),
+            control,
+            plain_listen,
+            registration_lifetime: Duration::from_secs(raw.server.registration_lifetime_secs),
+            negative_ttl_minutes: raw.server.negative_ttl_minutes,
+            state_dir: c.path(&raw.server.state_dir),
+            metrics,
+            peers,
+            static_mappings,
+            ignored_env,
+        })
+    }
+}

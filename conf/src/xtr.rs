@@ -1,0 +1,1 @@
+//! xtr configuration (filled in by the xtr issue).
