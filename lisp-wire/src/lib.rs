@@ -24,6 +24,7 @@ pub mod mapping;
 pub mod msg;
 mod parse;
 pub mod record;
+pub mod table;
 
 pub use addr::{Address, NatTraversal, SecurityKey};
 pub use auth::{Authentication, KeyId};
@@ -36,6 +37,7 @@ pub use msg::{
     TYPE_MAP_REQUEST,
 };
 pub use record::{Action, EidRecord, RlocRecord};
+pub use table::EidTable;
 
 impl MapRegister {
     /// Encodes and signs with `key` using `self.auth.key_id` (the
