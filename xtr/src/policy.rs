@@ -1,0 +1,90 @@
+//! What the xtr core needs to know, compiled from the configuration.
+
+use lisp_wire::EidPrefix;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A manually keyed map-server, reached over the control tunnel.
+#[derive(Debug, Clone)]
+pub struct MapServerPeer {
+    pub name: String,
+    /// Its address inside the control tunnel; control messages are only
+    /// accepted from here.
+    pub control_address: IpAddr,
+    /// HMAC key for our Map-Registers and its Map-Notifies.
+    pub site_key: Vec<u8>,
+}
+
+/// One of our underlay addresses, as registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalRloc {
+    pub addr: IpAddr,
+    pub priority: u8,
+    pub weight: u8,
+}
+
+/// Timings and limits of the xtr.
+#[derive(Debug, Clone)]
+pub struct XtrPolicy {
+    /// Our address inside the control tunnel: the ITR-RLOC of our requests.
+    pub control_address: IpAddr,
+    pub wg_public_key: [u8; 32],
+    /// Our WireGuard listen port: the data port of our mapping.
+    pub wg_port: u16,
+    /// Our EID prefixes (one IID for all of them).
+    pub eids: Vec<EidPrefix>,
+    pub map_servers: Vec<MapServerPeer>,
+    /// TTL we register with: how long resolvers cache us, and how long the
+    /// map-server keeps pushing our moves to them.
+    pub record_ttl_minutes: u32,
+    /// Refresh period of registrations (jittered by ±10 %).
+    pub register_interval: Duration,
+    /// Retry period until a map-server confirms a registration.
+    pub register_retry: Duration,
+    /// First Map-Request retransmission; doubles after each.
+    pub request_timeout: Duration,
+    pub request_retries: u32,
+    /// Packets held per pending EID, at most, and their total bytes.
+    pub held_packets_per_eid: usize,
+    pub held_bytes_per_eid: usize,
+    /// Resolutions in flight, at most.
+    pub max_pending: usize,
+    /// Map-cache entries, at most.
+    pub max_cache_entries: usize,
+    /// A data peer with no traffic and no handshake for this long is removed.
+    pub idle_timeout: Duration,
+}
+
+impl XtrPolicy {
+    /// Defaults for everything but identity.
+    pub fn new(
+        control_address: IpAddr,
+        wg_public_key: [u8; 32],
+        wg_port: u16,
+        eids: Vec<EidPrefix>,
+        map_servers: Vec<MapServerPeer>,
+    ) -> Self {
+        XtrPolicy {
+            control_address,
+            wg_public_key,
+            wg_port,
+            eids,
+            map_servers,
+            record_ttl_minutes: 10,
+            register_interval: Duration::from_secs(60),
+            register_retry: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(400),
+            request_retries: 3,
+            held_packets_per_eid: 32,
+            held_bytes_per_eid: 64 * 1024,
+            max_pending: 1024,
+            max_cache_entries: 10_000,
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// The instance our EIDs live in.
+    pub fn iid(&self) -> u32 {
+        self.eids.first().map_or(0, |e| e.iid)
+    }
+}

@@ -1,0 +1,660 @@
+//! The whole control plane in memory with fake time: map-server cores and
+//! xtr cores wired by a fake network, each xtr with a fake data plane.
+
+use lisp_wire::*;
+use map_server::{AllowedEid, MapServer, PeerPolicy, Policy, Via};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use xtr::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// What the shell would have done to the host.
+#[derive(Debug, Default)]
+struct Dataplane {
+    peers: HashMap<[u8; 32], (SocketAddr, Vec<EidPrefix>)>,
+    routes: BTreeSet<EidPrefix>,
+    reinjected: Vec<Vec<u8>>,
+    delivered: Vec<Vec<u8>>,
+    reapplied_port: u32,
+    /// Every output in order, for ordering checks.
+    log: Vec<String>,
+}
+
+struct Node {
+    name: &'static str,
+    ctl: IpAddr,
+    eid: EidPrefix,
+    key: [u8; 32],
+    xtr: Xtr,
+    dp: Dataplane,
+}
+
+struct Ms {
+    ctl: IpAddr,
+    core: MapServer,
+    alive: bool,
+}
+
+struct Sim {
+    now: Instant,
+    nodes: Vec<Node>,
+    servers: Vec<Ms>,
+    /// Drop the next N control messages sent to this address.
+    drop_to: HashMap<IpAddr, u32>,
+    delivered: u64,
+}
+
+const NODES: [(&str, &str, &str, u8, &str); 3] = [
+    ("A", "100.64.0.2", "10.0.0.1", 0xa, "192.0.2.10"),
+    ("B", "100.64.0.3", "10.0.0.2", 0xb, "198.51.100.20"),
+    ("C", "100.64.0.4", "10.0.0.3", 0xc, "203.0.113.30"),
+];
+
+impl Sim {
+    fn new(n_servers: usize) -> Self {
+        let now = Instant::now();
+        let ms_ctl: Vec<IpAddr> = (0..n_servers)
+            .map(|i| ip(&format!("100.64.0.{}", 250 - i)))
+            .collect();
+        let peers: Vec<PeerPolicy> = NODES
+            .iter()
+            .map(|&(name, ctl, eid, k, _)| PeerPolicy {
+                name: name.into(),
+                control_address: ip(ctl),
+                wg_key: Some([k; 32]),
+                site_key: format!("site-{name}").into_bytes(),
+                allowed: vec![AllowedEid {
+                    prefix: EidPrefix::host(0, ip(eid)),
+                    more_specifics: false,
+                }],
+            })
+            .collect();
+        let servers = ms_ctl
+            .iter()
+            .enumerate()
+            .map(|(i, &ctl)| Ms {
+                ctl,
+                core: MapServer::new(
+                    Policy {
+                        peers: peers.clone(),
+                        ..Policy::default()
+                    },
+                    now,
+                    100 + i as u64,
+                ),
+                alive: true,
+            })
+            .collect();
+        let nodes = NODES
+            .iter()
+            .enumerate()
+            .map(|(i, &(name, ctl, eid, k, rloc))| {
+                let site_key = format!("site-{name}").into_bytes();
+                let map_servers = ms_ctl
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &c)| MapServerPeer {
+                        name: format!("ms{j}"),
+                        control_address: c,
+                        site_key: site_key.clone(),
+                    })
+                    .collect();
+                let eid = EidPrefix::host(0, ip(eid));
+                let policy =
+                    XtrPolicy::new(ip(ctl), [k; 32], 51820 + i as u16, vec![eid], map_servers);
+                let mut xtr = Xtr::new(policy, now, 7 + i as u64);
+                xtr.handle_rlocs(
+                    now,
+                    vec![LocalRloc {
+                        addr: ip(rloc),
+                        priority: 1,
+                        weight: 100,
+                    }],
+                );
+                Node {
+                    name,
+                    ctl: ip(ctl),
+                    eid,
+                    key: [k; 32],
+                    site_key,
+                    rloc: ip(rloc),
+                    xtr,
+                    dp: Dataplane::default(),
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            now,
+            nodes,
+            servers,
+            drop_to: HashMap::new(),
+            delivered: 0,
+        };
+        sim.settle();
+        sim
+    }
+
+    fn node(&mut self, name: &str) -> &mut Node {
+        self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    /// Delivers every queued message until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some(out) = self.nodes[i].xtr.poll_output() {
+                    moved = true;
+                    self.carry_out(i, out);
+                }
+            }
+            for s in 0..self.servers.len() {
+                while let Some(t) = self.servers[s].core.poll_transmit() {
+                    moved = true;
+                    let from = SocketAddr::new(self.servers[s].ctl, 4342);
+                    if self.dropped(t.dst.ip()) {
+                        continue;
+                    }
+                    if let Some(n) = self.nodes.iter_mut().find(|n| n.ctl == t.dst.ip()) {
+                        self.delivered += 1;
+                        n.xtr.handle_control(self.now, from, &t.payload);
+                    }
+                }
+                while self.servers[s].core.poll_store().is_some() {}
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("simulation does not settle");
+    }
+
+    fn dropped(&mut self, to: IpAddr) -> bool {
+        match self.drop_to.get_mut(&to) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn carry_out(&mut self, i: usize, out: Output) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        node.dp.log.push(match &out {
+            Output::Transmit { payload, .. } => format!(
+                "transmit {}",
+                lisp_wire::parse(payload).map(|m| m.name()).unwrap_or("?")
+            ),
+            Output::UpsertPeer { .. } => "upsert".into(),
+            Output::RemovePeer { .. } => "remove".into(),
+            Output::AddRoute(_) => "route+".into(),
+            Output::DelRoute(_) => "route-".into(),
+            Output::Reinject(_) => "reinject".into(),
+            Output::Deliver(_) => "deliver".into(),
+            Output::ReapplyListenPort => "reapply-port".into(),
+        });
+        match out {
+            Output::Transmit { dst, payload } => {
+                let from = SocketAddr::new(node.ctl, 4342);
+                if self.dropped(dst.ip()) {
+                    return;
+                }
+                if let Some(ms) = self
+                    .servers
+                    .iter_mut()
+                    .find(|m| m.ctl == dst.ip() && m.alive)
+                {
+                    self.delivered += 1;
+                    ms.core.handle_datagram(now, from, Via::Tunnel, &payload);
+                }
+            }
+            Output::UpsertPeer {
+                key,
+                endpoint,
+                allowed,
+            } => {
+                node.dp.peers.insert(key, (endpoint, allowed));
+            }
+            Output::RemovePeer { key } => {
+                node.dp.peers.remove(&key);
+            }
+            Output::AddRoute(p) => {
+                node.dp.routes.insert(p);
+            }
+            Output::DelRoute(p) => {
+                node.dp.routes.remove(&p);
+            }
+            Output::Reinject(p) => node.dp.reinjected.push(p),
+            Output::Deliver(p) => node.dp.delivered.push(p),
+            Output::ReapplyListenPort => node.dp.reapplied_port += 1,
+        }
+    }
+
+    /// Runs every timer up to `until`, settling the network after each.
+    fn advance(&mut self, by: Duration) {
+        let until = self.now + by;
+        for _ in 0..100_000 {
+            let next = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.xtr.poll_timeout())
+                .chain(
+                    self.servers
+                        .iter()
+                        .filter(|m| m.alive)
+                        .filter_map(|m| m.core.poll_timeout()),
+                )
+                .min();
+            match next {
+                Some(t) if t <= until => {
+                    self.now = self.now.max(t);
+                    let now = self.now;
+                    for n in &mut self.nodes {
+                        n.xtr.handle_timeout(now);
+                    }
+                    for m in self.servers.iter_mut().filter(|m| m.alive) {
+                        m.core.handle_timeout(now);
+                    }
+                    self.settle();
+                }
+                _ => {
+                    self.now = until;
+                    return;
+                }
+            }
+        }
+        panic!("timers never reach {by:?}");
+    }
+
+    /// A packet from `from`'s EID to `to`, captured by `from`'s miss TUN.
+    fn miss(&mut self, from: &str, to: &str, seq: u8) -> Vec<u8> {
+        let src = self.node(from).eid.addr();
+        let packet = icmp_echo(src, ip(to), seq);
+        let now = self.now;
+        self.node(from).xtr.handle_miss(now, packet.clone());
+        self.settle();
+        packet
+    }
+}
+
+fn icmp_echo(src: IpAddr, dst: IpAddr, seq: u8) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        panic!("v4 only")
+    };
+    let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, 64, 1, 0, 0];
+    p.extend_from_slice(&s.octets());
+    p.extend_from_slice(&d.octets());
+    p.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, seq]);
+    p
+}
+
+#[test]
+fn nodes_register_with_every_map_server_and_refresh_with_jitter() {
+    let mut sim = Sim::new(2);
+    for n in &sim.nodes {
+        assert!(
+            n.xtr.map_servers().iter().all(|m| m.up && m.registered),
+            "{}: {:?}",
+            n.name,
+            n.xtr.map_servers()
+        );
+    }
+    for ms in &sim.servers {
+        assert_eq!(ms.core.registry().len(), 3);
+    }
+    let before = sim.nodes[0].xtr.counters().registers;
+    sim.advance(Duration::from_secs(300));
+    let refreshes = sim.nodes[0].xtr.counters().registers - before;
+    // Every 60 s ± 10 % to each of 2 map-servers over 300 s.
+    assert!((8..=12).contains(&refreshes), "{refreshes} refreshes");
+    assert_eq!(
+        sim.servers[0].core.registry().len(),
+        3,
+        "refreshes keep registrations alive past the 180 s lifetime"
+    );
+}
+
+#[test]
+fn registration_retries_fast_until_the_first_notify() {
+    let mut sim = Sim::new(1);
+    let ms = sim.servers[0].ctl;
+    // A fresh node whose first two registers are lost.
+    sim.servers[0].alive = true;
+    let a = sim.node("A");
+    let mut fresh = Xtr::new(a.xtr.policy().clone(), sim.now, 99);
+    sim.drop_to.insert(ms, 2);
+    fresh.handle_rlocs(
+        sim.now,
+        vec![LocalRloc {
+            addr: ip("192.0.2.10"),
+            priority: 1,
+            weight: 100,
+        }],
+    );
+    sim.nodes[0].xtr = fresh;
+    sim.settle();
+    assert!(!sim.nodes[0].xtr.map_servers()[0].registered);
+    sim.advance(Duration::from_millis(2500));
+    assert!(
+        sim.nodes[0].xtr.map_servers()[0].registered,
+        "registered within ~2 s of retries"
+    );
+    assert_eq!(sim.nodes[0].xtr.counters().registers, 3);
+}
+
+#[test]
+fn first_packet_is_held_resolved_programmed_and_reinjected_and_the_destination_learns_the_source() {
+    let mut sim = Sim::new(1);
+    assert!(
+        sim.node("B").dp.peers.is_empty(),
+        "B knows nothing about A yet"
+    );
+    let packet = sim.miss("A", "10.0.0.2", 1);
+
+    let (a_key, b_key) = (sim.node("A").key, sim.node("B").key);
+    let a = sim.node("A");
+    assert_eq!(
+        a.dp.reinjected,
+        vec![packet],
+        "the first packet is delivered, not dropped"
+    );
+    let (endpoint, allowed) = &a.dp.peers[&b_key];
+    assert_eq!(*endpoint, SocketAddr::new(ip("198.51.100.20"), 51821));
+    assert_eq!(allowed, &vec![EidPrefix::host(0, ip("10.0.0.2"))]);
+    assert!(a.dp.routes.contains(&EidPrefix::host(0, ip("10.0.0.2"))));
+    let order: Vec<&str> =
+        a.dp.log
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !s.starts_with("transmit"))
+            .collect();
+    assert_eq!(
+        order,
+        ["upsert", "route+", "reinject"],
+        "peer and route before re-injection"
+    );
+
+    let b = sim.node("B");
+    let (endpoint, allowed) = &b.dp.peers[&a_key];
+    assert_eq!(*endpoint, SocketAddr::new(ip("192.0.2.10"), 51820));
+    assert_eq!(allowed, &vec![EidPrefix::host(0, ip("10.0.0.1"))]);
+    let ack_pos =
+        b.dp.log
+            .iter()
+            .position(|s| s == "transmit map-notify-ack")
+            .unwrap();
+    let upsert_pos = b.dp.log.iter().position(|s| s == "upsert").unwrap();
+    assert!(
+        upsert_pos < ack_pos,
+        "B programs A before it acks: {:?}",
+        b.dp.log
+    );
+
+    // A second packet to B raced the route: it is simply re-injected.
+    sim.miss("A", "10.0.0.2", 2);
+    assert_eq!(
+        sim.node("A").xtr.counters().requests,
+        1,
+        "no second resolution"
+    );
+    assert_eq!(sim.node("A").dp.reinjected.len(), 2);
+}
+
+#[test]
+fn unregistered_eid_gets_icmp_unreachable_and_is_negatively_cached() {
+    let mut sim = Sim::new(1);
+    let packet = sim.miss("A", "10.0.0.99", 1);
+    let a = sim.node("A");
+    assert_eq!(a.dp.delivered.len(), 1);
+    let icmp = &a.dp.delivered[0];
+    assert_eq!((icmp[20], icmp[21]), (3, 1), "ICMP host unreachable");
+    assert_eq!(&icmp[28..], &packet[..]);
+    assert!(a.dp.peers.is_empty());
+    assert_eq!(a.xtr.counters().negative_replies, 1);
+    sim.miss("A", "10.0.0.99", 2);
+    assert_eq!(
+        sim.node("A").xtr.counters().requests,
+        1,
+        "answered from the negative cache"
+    );
+    assert_eq!(sim.node("A").dp.delivered.len(), 2);
+    // After the negative TTL (1 minute) the entry is gone.
+    sim.advance(Duration::from_secs(62));
+    sim.miss("A", "10.0.0.99", 3);
+    assert_eq!(sim.node("A").xtr.counters().requests, 2);
+}
+
+#[test]
+fn held_packets_are_bounded_in_count_and_bytes() {
+    let mut sim = Sim::new(1);
+    sim.servers[0].alive = false; // nothing answers: packets pile up
+    let now = sim.now;
+    let a = sim.node("A");
+    let limit = a.xtr.policy().held_packets_per_eid;
+    for i in 0..limit + 10 {
+        a.xtr
+            .handle_miss(now, icmp_echo(ip("10.0.0.1"), ip("10.0.0.2"), i as u8));
+    }
+    assert_eq!(a.xtr.counters().held_packets as usize, limit);
+    assert_eq!(a.xtr.counters().dropped_packets, 10);
+    // Byte bound: one big packet beyond the budget is dropped.
+    let mut big = icmp_echo(ip("10.0.0.1"), ip("10.0.0.3"), 0);
+    big.resize(a.xtr.policy().held_bytes_per_eid + 1, 0);
+    a.xtr.handle_miss(now, big);
+    assert_eq!(a.xtr.counters().dropped_packets, 11);
+}
+
+#[test]
+fn requests_retry_with_backoff_then_answer_held_packets_with_icmp() {
+    let mut sim = Sim::new(1);
+    sim.servers[0].alive = false;
+    sim.miss("A", "10.0.0.2", 1);
+    let mut sends = Vec::new();
+    let start = sim.now;
+    for _ in 0..300 {
+        sim.advance(Duration::from_millis(50));
+        let c = sim.node("A").xtr.counters().clone();
+        if sends.len() < c.requests as usize {
+            sends.push(sim.now - start);
+        }
+        if c.request_timeouts > 0 {
+            break;
+        }
+    }
+    let gaps: Vec<Duration> = sends.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(
+        sends.len(),
+        4,
+        "one request and three retransmissions: {sends:?}"
+    );
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "backoff grows: {gaps:?}"
+    );
+    assert_eq!(
+        sim.node("A").dp.delivered.len(),
+        1,
+        "held packet answered with ICMP on timeout"
+    );
+    assert!(
+        sim.now - start < Duration::from_secs(8),
+        "gave up after {:?}",
+        sim.now - start
+    );
+}
+
+#[test]
+fn idle_peers_are_removed_only_when_idle_at_both_ends() {
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    let (a_key, b_key) = (sim.node("A").key, sim.node("B").key);
+    let idle = sim.node("A").xtr.policy().idle_timeout;
+    let stats = |key, bytes: u64, since: u64| PeerStats {
+        key,
+        rx_bytes: bytes,
+        tx_bytes: bytes,
+        since_handshake: Some(Duration::from_secs(since)),
+    };
+
+    // Traffic keeps counters moving: nothing is removed.
+    let t0 = sim.now;
+    sim.node("A")
+        .xtr
+        .handle_peer_stats(t0, &[stats(b_key, 100, 1)]);
+    sim.node("B")
+        .xtr
+        .handle_peer_stats(t0, &[stats(a_key, 100, 1)]);
+    let t1 = t0 + idle / 2;
+    sim.node("A")
+        .xtr
+        .handle_peer_stats(t1, &[stats(b_key, 200, 1)]);
+    sim.node("B")
+        .xtr
+        .handle_peer_stats(t1, &[stats(a_key, 200, 1)]);
+    let t2 = t1 + idle - Duration::from_secs(1);
+    sim.node("A")
+        .xtr
+        .handle_peer_stats(t2, &[stats(b_key, 200, idle.as_secs() - 1)]);
+    sim.settle();
+    assert!(
+        sim.node("A").dp.peers.contains_key(&b_key),
+        "not idle long enough"
+    );
+
+    // Idle past the timeout with an old handshake, on both ends.
+    let t3 = t1 + idle + Duration::from_secs(1);
+    sim.node("A")
+        .xtr
+        .handle_peer_stats(t3, &[stats(b_key, 200, idle.as_secs() + 1)]);
+    sim.node("B")
+        .xtr
+        .handle_peer_stats(t3, &[stats(a_key, 200, idle.as_secs() + 1)]);
+    sim.settle();
+    assert!(sim.node("A").dp.peers.is_empty() && sim.node("A").dp.routes.is_empty());
+    assert!(sim.node("B").dp.peers.is_empty() && sim.node("B").dp.routes.is_empty());
+
+    // A recent handshake keeps a peer even with flat counters.
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    let t = sim.now;
+    sim.node("A")
+        .xtr
+        .handle_peer_stats(t, &[stats(b_key, 5, 1)]);
+    sim.node("A")
+        .xtr
+        .handle_peer_stats(t + idle * 2, &[stats(b_key, 5, 10)]);
+    sim.settle();
+    assert!(sim.node("A").dp.peers.contains_key(&b_key));
+}
+
+#[test]
+fn a_mobile_node_moves_mid_flow_and_the_correspondent_is_pushed_the_new_rloc() {
+    let mut sim = Sim::new(2);
+    sim.miss("A", "10.0.0.2", 1);
+    let b_key = sim.node("B").key;
+    let new_rloc = ip("203.0.113.77");
+    let now = sim.now;
+    sim.node("B").xtr.handle_rlocs(
+        now,
+        vec![LocalRloc {
+            addr: new_rloc,
+            priority: 1,
+            weight: 100,
+        }],
+    );
+    sim.settle();
+    assert_eq!(
+        sim.node("B").dp.reapplied_port,
+        1,
+        "wireguard-go told to send from the new address"
+    );
+    let (endpoint, _) = sim.node("A").dp.peers[&b_key];
+    assert_eq!(
+        endpoint,
+        SocketAddr::new(new_rloc, 51821),
+        "endpoint updated in place by the push"
+    );
+    assert_eq!(sim.node("A").xtr.counters().peers_updated, 1);
+    assert_eq!(sim.node("A").xtr.counters().peers_removed, 0, "no teardown");
+    for ms in &sim.servers {
+        assert_eq!(
+            ms.core
+                .registry()
+                .lookup(0, ip("10.0.0.2"), now)
+                .unwrap()
+                .1
+                .rlocs[0]
+                .addr,
+            new_rloc
+        );
+    }
+}
+
+#[test]
+fn one_map_server_dies_and_resolution_continues_then_it_is_re_registered_with() {
+    let mut sim = Sim::new(2);
+    sim.servers[0].alive = false;
+    sim.advance(Duration::from_secs(200));
+    let a = sim.node("A");
+    let status = a.xtr.map_servers();
+    assert!(!status[0].up && status[1].up, "{status:?}");
+
+    sim.miss("A", "10.0.0.3", 1);
+    assert_eq!(
+        sim.node("A").dp.reinjected.len(),
+        1,
+        "resolved through the surviving map-server"
+    );
+    let a_key = sim.nodes[0].key;
+    assert!(sim.node("C").dp.peers.contains_key(&a_key));
+
+    // The dead one restarts empty; nodes re-register within a retry period.
+    let policy = sim.servers[1].core.policy().clone();
+    sim.servers[0].core = MapServer::new(policy, sim.now, 555);
+    sim.servers[0].alive = true;
+    sim.advance(Duration::from_millis(1200));
+    assert_eq!(
+        sim.servers[0].core.registry().len(),
+        3,
+        "every node re-registered with it"
+    );
+    assert!(sim.node("A").xtr.map_servers()[0].up);
+}
+
+#[test]
+fn a_correspondent_that_misses_a_push_recovers_at_the_retransmission() {
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    let b_key = sim.node("B").key;
+    let a_ctl = sim.node("A").ctl;
+    sim.drop_to.insert(a_ctl, 1);
+    let new_rloc = ip("203.0.113.88");
+    let now = sim.now;
+    sim.node("B").xtr.handle_rlocs(
+        now,
+        vec![LocalRloc {
+            addr: new_rloc,
+            priority: 1,
+            weight: 100,
+        }],
+    );
+    sim.settle();
+    assert_ne!(
+        sim.node("A").dp.peers[&b_key].0.ip(),
+        new_rloc,
+        "the push was lost"
+    );
+    sim.advance(Duration::from_millis(150));
+    assert_eq!(
+        sim.node("A").dp.peers[&b_key].0.ip(),
+        new_rloc,
+        "recovered by the map-server's retransmission"
+    );
+    assert_eq!(sim.servers[0].core.pending_notifies(), 0, "acknowledged");
+}
