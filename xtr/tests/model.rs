@@ -120,8 +120,6 @@ impl Sim {
                     ctl: ip(ctl),
                     eid,
                     key: [k; 32],
-                    site_key,
-                    rloc: ip(rloc),
                     xtr,
                     dp: Dataplane::default(),
                 }
