@@ -52,6 +52,10 @@ pub enum ParseErrorKind {
     BadUdpChecksum,
     #[error("an ECM may not carry another ECM")]
     NestedEcm,
+    #[error("an ITR-RLOC must be an IPv4 or IPv6 address")]
+    ItrRlocNotIp,
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
 }
 
 /// A parse failure: what went wrong, and the byte offset where it was found.
@@ -73,6 +77,8 @@ pub enum EncodeError {
     },
     #[error("a Map-Request needs between 1 and 32 ITR-RLOCs, got {0}")]
     ItrRlocCount(usize),
+    #[error("an ITR-RLOC must be an IPv4 or IPv6 address")]
+    ItrRlocNotIp,
     #[error("map-version {0} does not fit in 12 bits")]
     MapVersion(u16),
     #[error("action {0} does not fit in 3 bits")]

@@ -88,10 +88,12 @@ pub struct MapRegister {
 }
 
 /// Map-Notify (type 4) and Map-Notify-Ack (type 5) share this layout.
+///
+/// The R bit ("built for an RTR") is not supported: it announces an MS-RTR
+/// authentication block after the records (NAT-traversal draft), which
+/// lispwg neither sends nor reads. A message with it set is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MapNotify {
-    /// R: built for an RTR.
-    pub rtr: bool,
     pub nonce: u64,
     pub auth: Authentication,
     pub records: Vec<EidRecord>,
@@ -207,7 +209,7 @@ impl Message {
                 write_authenticated(out, t | flags, m.nonce, &m.auth, &m.records, &m.xtr_site);
             }
             Message::MapNotify(m) | Message::MapNotifyAck(m) => {
-                let flags = bit(m.xtr_site.is_some(), 0x0800_0000) | bit(m.rtr, 0x0400_0000);
+                let flags = bit(m.xtr_site.is_some(), 0x0800_0000);
                 write_authenticated(out, t | flags, m.nonce, &m.auth, &m.records, &m.xtr_site);
             }
             Message::Ecm(e) => e.write(out),
@@ -259,10 +261,15 @@ pub(crate) fn parse_message(input: &[u8], allow_ecm: bool) -> Res<'_, Message> {
             ))
         }
         t @ (TYPE_MAP_NOTIFY | TYPE_MAP_NOTIFY_ACK) => {
+            if word & 0x0400_0000 != 0 {
+                return fail(
+                    start,
+                    ParseErrorKind::Unsupported("Map-Notify R bit (MS-RTR authentication)"),
+                );
+            }
             let (input, (nonce, auth, records, xtr_site)) =
                 parse_authenticated(input, count, word & 0x0800_0000 != 0)?;
             let notify = MapNotify {
-                rtr: word & 0x0400_0000 != 0,
                 nonce,
                 auth,
                 records,
@@ -384,7 +391,9 @@ impl MapRequest {
             });
         }
         self.source_eid.validate(0)?;
-        self.itr_rlocs.iter().try_for_each(|a| a.validate(0))?;
+        if self.itr_rlocs.iter().any(|a| a.ip().is_none()) {
+            return Err(EncodeError::ItrRlocNotIp);
+        }
         for r in &self.records {
             r.eid.validate(0)?;
             let max = max_mask_len(&r.eid).unwrap_or(0);
@@ -433,7 +442,11 @@ fn parse_map_request(input: &[u8], word: u32) -> Res<'_, Message> {
     let (mut input, source_eid) = parse_address(input, 0)?;
     let mut itr_rlocs = Vec::with_capacity(irc);
     for _ in 0..irc {
+        // A reply goes to an ITR-RLOC: it has to be an address.
         let (rest, a) = parse_address(input, 0)?;
+        if a.ip().is_none() {
+            return fail(input, ParseErrorKind::ItrRlocNotIp);
+        }
         itr_rlocs.push(a);
         input = rest;
     }

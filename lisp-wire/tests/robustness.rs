@@ -129,7 +129,7 @@ fn malformed_inputs_get_typed_errors_with_offsets() {
         r.extend_from_slice(&[10, 0, 0, 1]);
         r
     };
-    let cases: Vec<(&str, Vec<u8>, ParseErrorKind, usize)> = vec![
+    let mut cases: Vec<(&str, Vec<u8>, ParseErrorKind, usize)> = vec![
         ("empty", vec![], ParseErrorKind::Truncated, 0),
         (
             "type 6",
@@ -260,6 +260,25 @@ fn malformed_inputs_get_typed_errors_with_offsets() {
             32,
         ),
     ];
+    cases.push((
+        "Map-Notify with the R bit",
+        [&[0x44, 0, 0, 0][..], &[0; 8], &[0, 0, 0, 0]].concat(),
+        ParseErrorKind::Unsupported("Map-Notify R bit (MS-RTR authentication)"),
+        0,
+    ));
+    cases.push((
+        "ITR-RLOC of AFI 0",
+        [
+            &[0x10, 0, 0, 1][..],
+            &[0; 8],
+            &[0, 0],
+            &[0, 0],
+            &[0, 32, 0, 1, 10, 0, 0, 1],
+        ]
+        .concat(),
+        ParseErrorKind::ItrRlocNotIp,
+        14,
+    ));
     for (name, bytes, kind, offset) in cases {
         let err = parse(&bytes).expect_err(name);
         assert_eq!(

@@ -163,7 +163,6 @@ fn map_register_hmac_sha1_matches_openssl() {
 
 fn notify() -> MapNotify {
     MapNotify {
-        rtr: false,
         nonce: 0x0102030405060708,
         auth: Authentication::unsigned(KeyId::HmacSha256),
         records: vec![robot_b_record()],

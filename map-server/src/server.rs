@@ -425,7 +425,6 @@ impl MapServer {
 
         if reg.want_map_notify {
             let notify = MapNotify {
-                rtr: false,
                 nonce: reg.nonce,
                 auth: Authentication::unsigned(reg.auth.key_id),
                 records: reg.records,
@@ -615,7 +614,6 @@ impl MapServer {
         let nonce = self.nonce();
         let peer = &self.policy.peers[peer_idx as usize];
         let notify = MapNotify {
-            rtr: false,
             nonce,
             auth: Authentication::unsigned(KeyId::HmacSha256),
             records: vec![record],

@@ -160,7 +160,7 @@ pub fn map_request() -> impl Strategy<Value = MapRequest> {
         any::<[bool; 7]>(),
         any::<u64>(),
         prop_oneof![Just(Address::None), eid().prop_map(|e| e.0)],
-        vec(plain(), 1..4),
+        vec(ip().prop_map(Address::from), 1..4),
         vec(
             eid().prop_map(|(eid, eid_mask_len)| RequestRecord { eid_mask_len, eid }),
             0..3,
@@ -193,8 +193,7 @@ pub fn map_notify() -> impl Strategy<Value = MapNotify> {
         vec(eid_record(), 0..3),
         xtr_site(),
     )
-        .prop_map(|(rtr, nonce, auth, records, xtr_site)| MapNotify {
-            rtr,
+        .prop_map(|(_, nonce, auth, records, xtr_site)| MapNotify {
             nonce,
             auth,
             records,
