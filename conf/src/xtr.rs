@@ -1,1 +1,459 @@
-//! xtr configuration (filled in by the xtr issue).
+//! xtr configuration.
+//!
+//! ```toml
+//! mode = "mobile-node"                # or "xtr" (forwards for hosts behind `lan`)
+//!
+//! [wireguard]                         # the node's one WireGuard interface
+//! interface = "lwrobota"
+//! private_key_file = "robot-a.key"    # 0600, as `xtr genkey` writes
+//! listen_port = 51820
+//! backend = "auto"                    # auto | kernel | userspace
+//!
+//! [control]
+//! address = "100.64.0.2/16"           # our address in the control tunnel
+//!
+//! [[map_servers]]
+//! name = "ms1"
+//! endpoint = "192.0.2.1:4340"         # the map-server's WireGuard endpoint
+//! public_key = "…"
+//! control_address = "100.64.0.1"
+//! site_key_file = "robot-a.site"      # or site_key = "…" in a 0600 file
+//!
+//! [[eids]]
+//! prefix = "10.0.0.1/32"              # a host EID (mobile node) or a prefix (xtr)
+//! iid = 0
+//!
+//! [[rlocs]]                           # underlay interfaces, best first
+//! interface = "eth0"
+//! priority = 1
+//! weight = 100
+//!
+//! [overlay]
+//! capture = ["10.0.0.0/8"]            # EID space routed to the miss TUN
+//! miss_interface = "lwrobotam"        # default: the WireGuard name + "m"
+//!
+//! [cache]                             # all optional
+//! max_entries = 10000
+//! idle_timeout_secs = 600
+//! held_packets = 32
+//! held_bytes = 65536
+//! record_ttl_minutes = 10
+//!
+//! # [lan]                             # xtr mode only
+//! # interface = "eth1"
+//!
+//! metrics = "127.0.0.1:9343"          # status and Prometheus; "" disables
+//! ```
+
+use crate::{
+    backend, checker, default_backend, load_raw, BackendKind, ConfigError, PrivateKey, PublicKey,
+    SiteKey,
+};
+use lisp_wire::EidPrefix;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variables overriding the file start with this.
+pub const ENV_PREFIX: &str = "LISPWG_XTR";
+/// Where `xtr status` looks when the file does not say.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9343";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    mode: String,
+    wireguard: RawWireguard,
+    control: RawControl,
+    map_servers: Vec<RawMapServer>,
+    eids: Vec<RawEid>,
+    #[serde(default)]
+    rlocs: Vec<RawRloc>,
+    overlay: RawOverlay,
+    #[serde(default)]
+    cache: RawCache,
+    lan: Option<RawLan>,
+    metrics: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWireguard {
+    interface: String,
+    private_key_file: String,
+    #[serde(default = "default_port")]
+    listen_port: u16,
+    #[serde(default = "default_backend")]
+    backend: String,
+}
+
+fn default_port() -> u16 {
+    51820
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    address: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMapServer {
+    name: String,
+    endpoint: String,
+    public_key: String,
+    control_address: String,
+    site_key: Option<String>,
+    site_key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEid {
+    prefix: String,
+    #[serde(default)]
+    iid: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRloc {
+    interface: String,
+    #[serde(default = "one")]
+    priority: u8,
+    #[serde(default = "hundred")]
+    weight: u8,
+}
+
+fn one() -> u8 {
+    1
+}
+fn hundred() -> u8 {
+    100
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverlay {
+    capture: Vec<String>,
+    miss_interface: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    #[serde(default = "default_max_entries")]
+    max_entries: usize,
+    #[serde(default = "default_idle")]
+    idle_timeout_secs: u64,
+    #[serde(default = "default_held_packets")]
+    held_packets: usize,
+    #[serde(default = "default_held_bytes")]
+    held_bytes: usize,
+    #[serde(default = "default_record_ttl")]
+    record_ttl_minutes: u32,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            max_entries: default_max_entries(),
+            idle_timeout_secs: default_idle(),
+            held_packets: default_held_packets(),
+            held_bytes: default_held_bytes(),
+            record_ttl_minutes: default_record_ttl(),
+        }
+    }
+}
+
+fn default_max_entries() -> usize {
+    10_000
+}
+fn default_idle() -> u64 {
+    600
+}
+fn default_held_packets() -> usize {
+    32
+}
+fn default_held_bytes() -> usize {
+    64 * 1024
+}
+fn default_record_ttl() -> u32 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLan {
+    interface: String,
+}
+
+/// How the node holds its EIDs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The EID is an address of this node (a robot).
+    MobileNode,
+    /// The EID is a prefix of hosts behind `lan` (an edge router).
+    Xtr,
+}
+
+#[derive(Debug, Clone)]
+pub struct WireguardConfig {
+    pub interface: String,
+    pub private_key: PrivateKey,
+    pub listen_port: u16,
+    pub backend: BackendKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct MapServerConfig {
+    pub name: String,
+    pub endpoint: SocketAddr,
+    pub public_key: PublicKey,
+    pub control_address: IpAddr,
+    pub site_key: SiteKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RlocInterface {
+    pub interface: String,
+    pub priority: u8,
+    pub weight: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub max_entries: usize,
+    pub idle_timeout: Duration,
+    pub held_packets: usize,
+    pub held_bytes: usize,
+    pub record_ttl_minutes: u32,
+}
+
+/// The validated xtr configuration.
+#[derive(Debug, Clone)]
+pub struct XtrConfig {
+    pub file: PathBuf,
+    pub mode: Mode,
+    pub wireguard: WireguardConfig,
+    pub control_address: IpAddr,
+    pub control_prefix_len: u8,
+    pub map_servers: Vec<MapServerConfig>,
+    pub eids: Vec<EidPrefix>,
+    pub rlocs: Vec<RlocInterface>,
+    /// (network, length) of each captured overlay prefix.
+    pub capture: Vec<(IpAddr, u8)>,
+    pub miss_interface: String,
+    pub cache: CacheConfig,
+    pub lan_interface: Option<String>,
+    pub metrics: Option<SocketAddr>,
+    pub ignored_env: Vec<String>,
+}
+
+impl XtrConfig {
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let known = [
+            "mode",
+            "wireguard",
+            "control",
+            "map_servers",
+            "eids",
+            "rlocs",
+            "overlay",
+            "cache",
+            "lan",
+            "metrics",
+        ];
+        let (raw, ignored_env) = load_raw::<Raw>(file, ENV_PREFIX, &known)?;
+        let c = checker(file);
+
+        let mode = match raw.mode.as_str() {
+            "mobile-node" => Mode::MobileNode,
+            "xtr" => Mode::Xtr,
+            other => {
+                return Err(c.err(
+                    "mode",
+                    format!("`{other}` is not a mode: use mobile-node or xtr"),
+                ))
+            }
+        };
+        let wireguard = WireguardConfig {
+            interface: c.ifname("wireguard.interface", &raw.wireguard.interface)?,
+            private_key: c.private_key_file(
+                "wireguard.private_key_file",
+                &raw.wireguard.private_key_file,
+            )?,
+            listen_port: raw.wireguard.listen_port,
+            backend: backend(&c, "wireguard.backend", &raw.wireguard.backend)?,
+        };
+        let (control_address, control_prefix_len) =
+            c.prefix("control.address", &raw.control.address)?;
+        if control_prefix_len == if control_address.is_ipv4() { 32 } else { 128 } {
+            return Err(c.err(
+                "control.address",
+                "give the tunnel prefix too, e.g. 100.64.0.2/16",
+            ));
+        }
+
+        if raw.map_servers.is_empty() {
+            return Err(c.err("map_servers", "at least one map-server is needed"));
+        }
+        let mut names = HashSet::new();
+        let map_servers = raw
+            .map_servers
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let f = format!("map_servers[{i}]");
+                if m.name.is_empty() || !names.insert(m.name.clone()) {
+                    return Err(c.err(
+                        format!("{f}.name"),
+                        format!("`{}` is empty or used by another map-server", m.name),
+                    ));
+                }
+                Ok(MapServerConfig {
+                    name: m.name.clone(),
+                    endpoint: c.socket(&format!("{f}.endpoint"), &m.endpoint)?,
+                    public_key: c.public_key(&format!("{f}.public_key"), &m.public_key)?,
+                    control_address: c.ip(&format!("{f}.control_address"), &m.control_address)?,
+                    site_key: c.site_key(&f, &m.site_key, &m.site_key_file)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        if map_servers
+            .iter()
+            .any(|m| m.public_key == wireguard.private_key.public_key())
+        {
+            return Err(c.err("map_servers", "a map-server has this node's own public key"));
+        }
+
+        if raw.eids.is_empty() {
+            return Err(c.err("eids", "at least one EID prefix is needed"));
+        }
+        let eids = raw
+            .eids
+            .iter()
+            .enumerate()
+            .map(|(i, e)| c.eid(&format!("eids[{i}].prefix"), e.iid, &e.prefix))
+            .collect::<Result<Vec<_>, _>>()?;
+        if eids.iter().any(|e| e.iid != eids[0].iid) {
+            return Err(c.err(
+                "eids",
+                "all EIDs of a node must be in the same instance (iid)",
+            ));
+        }
+        if mode == Mode::MobileNode && eids.iter().any(|e| !e.is_host()) {
+            return Err(c.err("eids", "a mobile node's EIDs are host addresses (/32 or /128); use mode = \"xtr\" for a prefix"));
+        }
+
+        if raw.rlocs.is_empty() {
+            return Err(c.err("rlocs", "at least one RLOC interface is needed"));
+        }
+        let rlocs = raw
+            .rlocs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Ok(RlocInterface {
+                    interface: c.ifname(&format!("rlocs[{i}].interface"), &r.interface)?,
+                    priority: r.priority,
+                    weight: r.weight,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+
+        if raw.overlay.capture.is_empty() {
+            return Err(c.err(
+                "overlay.capture",
+                "name the overlay EID space to capture, e.g. [\"10.0.0.0/8\"]",
+            ));
+        }
+        let capture = raw
+            .overlay
+            .capture
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let e = c.eid(&format!("overlay.capture[{i}]"), 0, p)?;
+                Ok((e.addr(), e.prefix_len()))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let miss_default = format!("{}m", wireguard.interface);
+        let miss_interface = c.ifname(
+            "overlay.miss_interface",
+            raw.overlay
+                .miss_interface
+                .as_deref()
+                .unwrap_or(&miss_default),
+        )?;
+        if miss_interface == wireguard.interface {
+            return Err(c.err(
+                "overlay.miss_interface",
+                "must differ from wireguard.interface",
+            ));
+        }
+
+        let rc = &raw.cache;
+        if rc.max_entries == 0 || rc.held_packets == 0 || rc.held_bytes == 0 {
+            return Err(c.err(
+                "cache",
+                "max_entries, held_packets and held_bytes must be at least 1",
+            ));
+        }
+        if rc.record_ttl_minutes == 0 {
+            return Err(c.err("cache.record_ttl_minutes", "must be at least 1"));
+        }
+        let cache = CacheConfig {
+            max_entries: rc.max_entries,
+            idle_timeout: Duration::from_secs(rc.idle_timeout_secs.max(1)),
+            held_packets: rc.held_packets,
+            held_bytes: rc.held_bytes,
+            record_ttl_minutes: rc.record_ttl_minutes,
+        };
+
+        let lan_interface = raw
+            .lan
+            .as_ref()
+            .map(|l| c.ifname("lan.interface", &l.interface))
+            .transpose()?;
+        match (mode, &lan_interface) {
+            (Mode::Xtr, None) => {
+                return Err(c.err(
+                    "lan",
+                    "xtr mode needs [lan] interface = \"…\" (the hosts behind this router)",
+                ))
+            }
+            (Mode::MobileNode, Some(_)) => {
+                return Err(c.err(
+                    "lan",
+                    "a mobile node has no LAN; remove [lan] or use mode = \"xtr\"",
+                ))
+            }
+            _ => {}
+        }
+        let metrics = match raw.metrics.as_deref() {
+            Some("") => None,
+            Some(s) => Some(c.socket("metrics", s)?),
+            None => Some(DEFAULT_METRICS.parse().expect("valid default")),
+        };
+        Ok(XtrConfig {
+            file: file.to_path_buf(),
+            mode,
+            wireguard,
+            control_address,
+            control_prefix_len,
+            map_servers,
+            eids,
+            rlocs,
+            capture,
+            miss_interface,
+            cache,
+            lan_interface,
+            metrics,
+            ignored_env,
+        })
+    }
+}

@@ -44,6 +44,18 @@ impl MissTun {
         buf.truncate(len);
         Ok(buf)
     }
+
+    /// Hands a packet to the host as if it arrived on the TUN: how an ICMP
+    /// error about an unreachable EID reaches the local sender (or, on a
+    /// router, is forwarded to the host that sent the original packet).
+    pub async fn deliver(&self, packet: &[u8]) -> Result<()> {
+        packet_destination(packet)?;
+        self.device
+            .send(packet)
+            .await
+            .map_err(|e| Error::io(format!("write miss TUN {}", self.name), e))?;
+        Ok(())
+    }
 }
 
 /// The destination address of an IP packet, or why it has none.

@@ -199,6 +199,39 @@ impl Rtnl {
         }
     }
 
+    /// The addresses on `ifname`, with their prefix lengths.
+    pub(crate) async fn addresses(&self, ifname: &str) -> Result<Vec<IpPrefix>> {
+        let index = self.link_index(ifname).await?;
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let mut out = Vec::new();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink(format!("list addresses of {ifname}"), e))?
+        {
+            if msg.header.index != index {
+                continue;
+            }
+            let (mut local, mut address) = (None, None);
+            for attr in &msg.attributes {
+                match attr {
+                    AddressAttribute::Local(a) => local = Some(*a),
+                    AddressAttribute::Address(a) => address = Some(*a),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = local.or(address) {
+                out.push(IpPrefix::new(ip, msg.header.prefix_len)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds an address; returns false when it was already there.
     pub(crate) async fn add_address(&self, ifname: &str, address: IpPrefix) -> Result<bool> {
         let index = self.link_index(ifname).await?;
@@ -383,6 +416,12 @@ impl Netlink {
         self.registry.forget_route(route);
         tracing::debug!(dst = %route.dst, ifname = %route.ifname, removed, "route removed");
         Ok(())
+    }
+
+    /// The addresses currently on `ifname` (IPv4 and IPv6), e.g. a mobile
+    /// node's RLOCs at start-up, before any event arrives.
+    pub async fn addresses(&self, ifname: &str) -> Result<Vec<IpPrefix>> {
+        self.rtnl.addresses(ifname).await
     }
 
     /// Subscribes to address and link events of this namespace. The

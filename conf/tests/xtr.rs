@@ -1,0 +1,100 @@
+//! xtr configuration: a good file loads; bad ones name file, field, problem.
+
+use conf::xtr::{Mode, XtrConfig};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+const PUB_MS: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
+const PRIV: &str = "GHuYXrGdVLXXZHPXvhWkoQEjWkNW6Fo0Bj6r2Hy0sVo=";
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn good() -> String {
+    format!(
+        r#"
+mode = "mobile-node"
+[wireguard]
+interface = "lwra"
+private_key_file = "a.key"
+[control]
+address = "100.64.0.2/16"
+[[map_servers]]
+name = "ms1"
+endpoint = "192.0.2.1:4340"
+public_key = "{PUB_MS}"
+control_address = "100.64.0.1"
+site_key = "s3cret"
+[[eids]]
+prefix = "10.0.0.1/32"
+[[rlocs]]
+interface = "eth0"
+[overlay]
+capture = ["10.0.0.0/8"]
+"#
+    )
+}
+
+fn load(text: &str) -> Result<XtrConfig, conf::ConfigError> {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.key", PRIV);
+    let path = write(d.path(), "xtr.toml", text);
+    XtrConfig::load(&path)
+}
+
+#[test]
+fn a_good_file_loads_with_defaults() {
+    let cfg = load(&good()).unwrap();
+    assert_eq!(cfg.mode, Mode::MobileNode);
+    assert_eq!(cfg.wireguard.listen_port, 51820);
+    assert_eq!(cfg.miss_interface, "lwram");
+    assert_eq!(cfg.cache.idle_timeout.as_secs(), 600);
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9343".parse().unwrap()));
+    assert_eq!(cfg.capture, vec![("10.0.0.0".parse().unwrap(), 8)]);
+    assert_eq!(cfg.map_servers[0].site_key.as_bytes(), b"s3cret");
+}
+
+#[test]
+fn bad_values_are_named() {
+    let cases = [
+        (good().replace("mobile-node", "robot"), "mode"),
+        (good().replace("10.0.0.1/32", "10.0.0.0/24"), "eids"),
+        (
+            good().replace("192.0.2.1:4340", "192.0.2.1"),
+            "map_servers[0].endpoint",
+        ),
+        (
+            good().replace("100.64.0.2/16", "100.64.0.2"),
+            "control.address",
+        ),
+        (good().replace("[\"10.0.0.0/8\"]", "[]"), "overlay.capture"),
+        (
+            good().replace("mode = \"mobile-node\"", "mode = \"xtr\""),
+            "lan",
+        ),
+        (
+            good().replace("interface = \"eth0\"", "interface = \"eth0/bad\""),
+            "rlocs[0].interface",
+        ),
+    ];
+    for (text, field) in cases {
+        let e = load(&text).expect_err(field);
+        assert_eq!(e.field, field, "{e}");
+    }
+}
+
+#[test]
+fn xtr_mode_takes_a_prefix_and_a_lan() {
+    let text = good()
+        .replace("mode = \"mobile-node\"", "mode = \"xtr\"")
+        .replace("10.0.0.1/32", "10.1.0.0/24")
+        + "[lan]\ninterface = \"eth1\"\n";
+    let cfg = load(&text).unwrap();
+    assert_eq!(cfg.mode, Mode::Xtr);
+    assert_eq!(cfg.lan_interface.as_deref(), Some("eth1"));
+    assert_eq!(cfg.eids[0].prefix_len(), 24);
+}
