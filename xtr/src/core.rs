@@ -89,6 +89,134 @@ pub struct Counters {
     pub unusable_mappings: u64,
 }
 
+impl Counters {
+    /// (name, help, kind, value) for every counter.
+    pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        vec![
+            (
+                "lispwg_xtr_misses_total",
+                "packets that started a resolution",
+                "counter",
+                self.misses,
+            ),
+            (
+                "lispwg_xtr_map_requests_total",
+                "Map-Requests sent (to each map-server)",
+                "counter",
+                self.requests,
+            ),
+            (
+                "lispwg_xtr_request_retransmits_total",
+                "Map-Request retransmissions",
+                "counter",
+                self.request_retransmits,
+            ),
+            (
+                "lispwg_xtr_request_timeouts_total",
+                "resolutions no map-server answered",
+                "counter",
+                self.request_timeouts,
+            ),
+            (
+                "lispwg_xtr_map_replies_total",
+                "Map-Replies accepted",
+                "counter",
+                self.replies,
+            ),
+            (
+                "lispwg_xtr_negative_replies_total",
+                "negative Map-Replies",
+                "counter",
+                self.negative_replies,
+            ),
+            (
+                "lispwg_xtr_held_packets_total",
+                "packets held while resolving",
+                "counter",
+                self.held_packets,
+            ),
+            (
+                "lispwg_xtr_dropped_packets_total",
+                "packets dropped (limits, garbage, own EID)",
+                "counter",
+                self.dropped_packets,
+            ),
+            (
+                "lispwg_xtr_reinjected_packets_total",
+                "held packets re-injected",
+                "counter",
+                self.reinjected_packets,
+            ),
+            (
+                "lispwg_xtr_icmp_unreachable_total",
+                "ICMP unreachable errors sent to local senders",
+                "counter",
+                self.icmp_unreachable,
+            ),
+            (
+                "lispwg_xtr_map_notifies_total",
+                "Map-Notifies received",
+                "counter",
+                self.notifies,
+            ),
+            (
+                "lispwg_xtr_notify_acks_total",
+                "Map-Notify-Acks sent",
+                "counter",
+                self.acks,
+            ),
+            (
+                "lispwg_xtr_map_registers_total",
+                "Map-Registers sent",
+                "counter",
+                self.registers,
+            ),
+            (
+                "lispwg_xtr_peers_added_total",
+                "data peers programmed",
+                "counter",
+                self.peers_added,
+            ),
+            (
+                "lispwg_xtr_peers_updated_total",
+                "data peers updated in place (moves)",
+                "counter",
+                self.peers_updated,
+            ),
+            (
+                "lispwg_xtr_peers_removed_total",
+                "data peers removed",
+                "counter",
+                self.peers_removed,
+            ),
+            (
+                "lispwg_xtr_auth_failures_total",
+                "Map-Notifies with a bad HMAC",
+                "counter",
+                self.auth_failures,
+            ),
+            (
+                "lispwg_xtr_malformed_total",
+                "malformed or unexpected control messages",
+                "counter",
+                self.malformed,
+            ),
+            (
+                "lispwg_xtr_unknown_senders_total",
+                "control messages from no configured map-server",
+                "counter",
+                self.unknown_senders,
+            ),
+            (
+                "lispwg_xtr_unusable_mappings_total",
+                "mappings without a usable WireGuard key or locator",
+                "counter",
+                self.unusable_mappings,
+            ),
+        ]
+    }
+}
+
 #[derive(Debug, Clone)]
 struct CacheEntry {
     /// `None` for a negative entry.

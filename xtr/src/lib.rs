@@ -8,6 +8,7 @@
 pub mod core;
 pub mod packet;
 pub mod policy;
+pub mod shell;
 
 pub use crate::core::{CacheStatus, Counters, MapServerStatus, Output, PeerStats, Xtr};
 pub use policy::{LocalRloc, MapServerPeer, XtrPolicy};

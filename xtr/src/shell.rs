@@ -1,0 +1,598 @@
+//! The tokio shell of the xtr: brings up the WireGuard interface and the miss
+//! TUN through wgctl, then feeds the core with packets, control messages,
+//! address events, peer statistics and time, and carries out its outputs.
+
+use crate::core::{Output, PeerStats, Xtr};
+use crate::policy::{LocalRloc, MapServerPeer, XtrPolicy};
+use anyhow::{Context, Result};
+use conf::telemetry::{self, Page, PageRequest};
+use conf::xtr::{Mode, XtrConfig};
+use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::UdpSocket;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+use wgctl::{Host, IpPrefix, MissTun, NetEvent, PeerConfig, Reinjector, RouteSpec, WgInterface};
+
+/// Metric of the per-peer routes: below the miss route's, though being more
+/// specific they win anyway.
+const PEER_ROUTE_METRIC: u32 = 100;
+const MISS_ROUTE_METRIC: u32 = 1000;
+/// Keepalive towards the map-servers, so they always know our current
+/// endpoint (and NATs keep it open).
+const MS_KEEPALIVE_SECS: u16 = 25;
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Everything the shell set up, for the event loop.
+struct Agent {
+    cfg: XtrConfig,
+    core: Xtr,
+    wg: WgInterface,
+    miss: MissTun,
+    reinjector: Reinjector,
+    control: UdpSocket,
+    netlink: wgctl::Netlink,
+    /// Addresses seen on each RLOC interface, and whether it is up.
+    rloc_state: HashMap<String, (bool, BTreeSet<IpAddr>)>,
+    started: SystemTime,
+    output_errors: u64,
+}
+
+fn prefix(p: &EidPrefix) -> Result<IpPrefix> {
+    Ok(IpPrefix::new(p.addr(), p.prefix_len())?)
+}
+
+/// Runs the agent until SIGINT or SIGTERM, then removes everything it made.
+pub async fn run(cfg: XtrConfig) -> Result<()> {
+    for v in &cfg.ignored_env {
+        warn!(variable = %v, "ignoring environment variable: it names no xtr setting");
+    }
+    let host = Host::open().await.context("opening netlink")?;
+    let result = run_with(&host, cfg).await;
+    if let Err(e) = host.shutdown().await {
+        error!(error = %e, "cleanup after shutdown failed");
+    }
+    result
+}
+
+async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
+    let netlink = host.netlink();
+    let wg_if = cfg.wireguard.interface.clone();
+    let wg = host
+        .create_wireguard(
+            &wg_if,
+            cfg.wireguard.backend,
+            &cfg.wireguard.private_key,
+            Some(cfg.wireguard.listen_port),
+        )
+        .await
+        .with_context(|| format!("creating WireGuard interface {wg_if}"))?;
+    info!(interface = %wg_if, backend = ?wg.backend(), port = cfg.wireguard.listen_port, "WireGuard interface up");
+    netlink
+        .add_address(
+            &wg_if,
+            IpPrefix::new(cfg.control_address, cfg.control_prefix_len)?,
+        )
+        .await?;
+    if cfg.mode == Mode::MobileNode {
+        // The EID lives on the node itself.
+        for e in &cfg.eids {
+            netlink.add_address(&wg_if, prefix(e)?).await?;
+        }
+    }
+    netlink.link_up(&wg_if).await?;
+    for ms in &cfg.map_servers {
+        wg.upsert_peer(PeerConfig {
+            public_key: ms.public_key,
+            endpoint: Some(ms.endpoint),
+            allowed_ips: vec![IpPrefix::host(ms.control_address)],
+            persistent_keepalive: Some(MS_KEEPALIVE_SECS),
+        })
+        .await
+        .with_context(|| format!("adding map-server peer {}", ms.name))?;
+    }
+
+    let miss = host
+        .create_miss_tun(&cfg.miss_interface)
+        .await
+        .with_context(|| format!("creating miss TUN {}", cfg.miss_interface))?;
+    netlink.link_up(&cfg.miss_interface).await?;
+    for &(addr, len) in &cfg.capture {
+        let mut route = RouteSpec::via_interface(IpPrefix::new(addr, len)?, &cfg.miss_interface)
+            .with_metric(MISS_ROUTE_METRIC);
+        if let Some(src) = source_for(&cfg, addr) {
+            route = route.with_src(src);
+        }
+        netlink.add_route(&route).await?;
+    }
+    let _forwarding = match cfg.mode {
+        Mode::Xtr => Some(Forwarding::enable()?),
+        Mode::MobileNode => None,
+    };
+
+    let control = control_socket(&cfg).context("binding the control socket")?;
+    let reinjector = Reinjector::new().context("opening the re-injection socket")?;
+    let mut events = netlink.events().await?;
+    let mut rloc_state = HashMap::new();
+    for r in &cfg.rlocs {
+        let addrs = match netlink.addresses(&r.interface).await {
+            Ok(a) => a.into_iter().map(|p| p.addr()).collect(),
+            Err(e) => {
+                warn!(interface = %r.interface, error = %e, "RLOC interface not available yet");
+                BTreeSet::new()
+            }
+        };
+        rloc_state.insert(r.interface.clone(), (true, addrs));
+    }
+
+    let policy = policy_of(&cfg);
+    let seed = rand::random::<u64>();
+    let now = Instant::now();
+    let mut agent = Agent {
+        core: Xtr::new(policy, now, seed),
+        cfg,
+        wg,
+        miss,
+        reinjector,
+        control,
+        netlink,
+        rloc_state,
+        started: SystemTime::now(),
+        output_errors: 0,
+    };
+    let rlocs = agent.current_rlocs();
+    agent.core.handle_rlocs(now, rlocs);
+    agent.flush().await;
+
+    let mut telemetry = match agent.cfg.metrics {
+        Some(addr) => Some(telemetry::serve(addr).await?),
+        None => None,
+    };
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let stats_every =
+        (agent.cfg.cache.idle_timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let mut stats_tick = tokio::time::interval(stats_every);
+    let mut buf = vec![0u8; 65_535];
+    info!(eids = ?agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "xtr running");
+    loop {
+        let deadline = agent
+            .core
+            .poll_timeout()
+            .map(tokio::time::Instant::from_std);
+        tokio::select! {
+            r = agent.control.recv_from(&mut buf) => match r {
+                Ok((n, from)) => agent.core.handle_control(Instant::now(), from, &buf[..n]),
+                Err(e) => warn!(error = %e, "control socket receive failed"),
+            },
+            r = agent.miss.recv() => match r {
+                Ok(packet) => agent.core.handle_miss(Instant::now(), packet),
+                Err(e) => warn!(error = %e, "miss TUN read failed"),
+            },
+            ev = events.recv() => match ev {
+                Some(ev) => agent.on_net_event(ev),
+                None => anyhow::bail!("netlink event stream ended"),
+            },
+            _ = sleep_until(deadline) => agent.core.handle_timeout(Instant::now()),
+            _ = stats_tick.tick() => agent.poll_peer_stats().await,
+            Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+        }
+        agent.flush().await;
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_request(t: &mut Option<telemetry::Telemetry>) -> Option<PageRequest> {
+    match t {
+        Some(t) => t.requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The address routes to the overlay use as source: the node's own EID of
+/// that family (mobile nodes only; a router forwards for others).
+fn source_for(cfg: &XtrConfig, dst: IpAddr) -> Option<IpAddr> {
+    match cfg.mode {
+        Mode::MobileNode => cfg
+            .eids
+            .iter()
+            .map(|e| e.addr())
+            .find(|a| a.is_ipv4() == dst.is_ipv4()),
+        Mode::Xtr => None,
+    }
+}
+
+fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
+    let servers = cfg
+        .map_servers
+        .iter()
+        .map(|m| MapServerPeer {
+            name: m.name.clone(),
+            control_address: m.control_address,
+            site_key: m.site_key.as_bytes().to_vec(),
+        })
+        .collect();
+    let mut p = XtrPolicy::new(
+        cfg.control_address,
+        *cfg.wireguard.private_key.public_key().as_bytes(),
+        cfg.wireguard.listen_port,
+        cfg.eids.clone(),
+        servers,
+    );
+    p.record_ttl_minutes = cfg.cache.record_ttl_minutes;
+    p.held_packets_per_eid = cfg.cache.held_packets;
+    p.held_bytes_per_eid = cfg.cache.held_bytes;
+    p.max_cache_entries = cfg.cache.max_entries;
+    p.idle_timeout = cfg.cache.idle_timeout;
+    p
+}
+
+/// The control socket: our control address, port 4342, bound to the
+/// WireGuard interface so nothing arriving over the underlay reaches it.
+fn control_socket(cfg: &XtrConfig) -> Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(cfg.control_address, LISP_CONTROL_PORT);
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.bind_device(Some(cfg.wireguard.interface.as_bytes()))?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())
+        .with_context(|| format!("bind {addr}"))?;
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// IPv4 forwarding for xtr mode, restored to its old value on drop.
+struct Forwarding {
+    previous: String,
+}
+
+impl Forwarding {
+    fn enable() -> Result<Self> {
+        let previous =
+            std::fs::read_to_string(IP_FORWARD).context("reading net.ipv4.ip_forward")?;
+        if previous.trim() != "1" {
+            std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward for xtr mode")?;
+            info!("enabled IPv4 forwarding");
+        }
+        Ok(Forwarding { previous })
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        if self.previous.trim() != "1" {
+            if let Err(e) = std::fs::write(IP_FORWARD, self.previous.trim()) {
+                warn!(error = %e, "could not restore net.ipv4.ip_forward");
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Up RLOCs by configured priority: IPv4 and global IPv6 addresses of
+    /// the RLOC interfaces.
+    fn current_rlocs(&self) -> Vec<LocalRloc> {
+        let mut out = Vec::new();
+        for r in &self.cfg.rlocs {
+            let Some((up, addrs)) = self.rloc_state.get(&r.interface) else {
+                continue;
+            };
+            if !up {
+                continue;
+            }
+            for &addr in addrs {
+                let usable = match addr {
+                    IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+                    IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
+                };
+                if usable {
+                    out.push(LocalRloc {
+                        addr,
+                        priority: r.priority,
+                        weight: r.weight,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn on_net_event(&mut self, ev: NetEvent) {
+        let ifname = match &ev {
+            NetEvent::AddressAdded { ifname, .. }
+            | NetEvent::AddressRemoved { ifname, .. }
+            | NetEvent::LinkUp { ifname, .. }
+            | NetEvent::LinkDown { ifname, .. } => ifname,
+        };
+        let Some((up, addrs)) = self.rloc_state.get_mut(ifname) else {
+            return;
+        };
+        match ev {
+            NetEvent::AddressAdded { address, .. } => {
+                addrs.insert(address);
+            }
+            NetEvent::AddressRemoved { address, .. } => {
+                addrs.remove(&address);
+            }
+            NetEvent::LinkUp { .. } => *up = true,
+            NetEvent::LinkDown { .. } => *up = false,
+        }
+        let rlocs = self.current_rlocs();
+        self.core.handle_rlocs(Instant::now(), rlocs);
+    }
+
+    async fn poll_peer_stats(&mut self) {
+        let info = match self.wg.read().await {
+            Ok(i) => i,
+            Err(e) => {
+                warn!(error = %e, "reading WireGuard peer statistics failed");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let stats: Vec<PeerStats> = info
+            .peers
+            .iter()
+            .map(|p| PeerStats {
+                key: *p.public_key.as_bytes(),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                since_handshake: p.last_handshake.and_then(|t| now.duration_since(t).ok()),
+            })
+            .collect();
+        self.core.handle_peer_stats(Instant::now(), &stats);
+    }
+
+    /// Carries out the core's outputs in order.
+    async fn flush(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            if let Err(e) = self.carry_out(&out).await {
+                self.output_errors += 1;
+                warn!(error = format!("{e:#}"), output = ?short(&out), "could not carry out");
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, out: &Output) -> Result<()> {
+        let wg_if = &self.cfg.wireguard.interface;
+        match out {
+            Output::Transmit { dst, payload } => {
+                self.control
+                    .send_to(payload, dst)
+                    .await
+                    .with_context(|| format!("send to {dst}"))?;
+            }
+            Output::UpsertPeer {
+                key,
+                endpoint,
+                allowed,
+            } => {
+                let allowed_ips = allowed.iter().map(prefix).collect::<Result<Vec<_>>>()?;
+                self.wg
+                    .upsert_peer(PeerConfig {
+                        public_key: wgctl::keys::PublicKey::from_bytes(*key),
+                        endpoint: Some(*endpoint),
+                        allowed_ips,
+                        persistent_keepalive: None,
+                    })
+                    .await?;
+            }
+            Output::RemovePeer { key } => {
+                self.wg
+                    .remove_peer(&wgctl::keys::PublicKey::from_bytes(*key))
+                    .await?
+            }
+            Output::AddRoute(p) => self.netlink.add_route(&self.peer_route(p, wg_if)?).await?,
+            Output::DelRoute(p) => self.netlink.del_route(&self.peer_route(p, wg_if)?).await?,
+            Output::Reinject(packet) => self.reinjector.send(packet).await?,
+            Output::Deliver(packet) => self.miss.deliver(packet).await?,
+            Output::ReapplyListenPort => {
+                self.wg.reapply_listen_port().await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn peer_route(&self, p: &EidPrefix, wg_if: &str) -> Result<RouteSpec> {
+        let mut r = RouteSpec::via_interface(prefix(p)?, wg_if).with_metric(PEER_ROUTE_METRIC);
+        if let Some(src) = source_for(&self.cfg, p.addr()) {
+            r = r.with_src(src);
+        }
+        Ok(r)
+    }
+
+    async fn answer(&mut self, req: PageRequest) {
+        let body = match req.page {
+            Page::Metrics => {
+                let c = self.core.counters();
+                let mut m = c.metrics();
+                m.push((
+                    "lispwg_xtr_peers",
+                    "data peers programmed now",
+                    "gauge",
+                    self.core.peer_count() as u64,
+                ));
+                m.push((
+                    "lispwg_xtr_pending",
+                    "resolutions in flight",
+                    "gauge",
+                    self.core.pending_count() as u64,
+                ));
+                m.push((
+                    "lispwg_xtr_output_errors_total",
+                    "dataplane or send operations that failed",
+                    "counter",
+                    self.output_errors,
+                ));
+                telemetry::render_metrics(m)
+            }
+            Page::Status => self.status().await,
+        };
+        req.respond(body);
+    }
+
+    /// What `xtr status` prints, laid out like `wg show`.
+    async fn status(&self) -> String {
+        let now = Instant::now();
+        let mut s = String::new();
+        let pubkey = self.cfg.wireguard.private_key.public_key();
+        let _ = writeln!(s, "interface: {}", self.cfg.wireguard.interface);
+        let _ = writeln!(
+            s,
+            "  mode: {}",
+            if self.cfg.mode == Mode::MobileNode {
+                "mobile-node"
+            } else {
+                "xtr"
+            }
+        );
+        let _ = writeln!(s, "  public key: {pubkey}");
+        let _ = writeln!(s, "  listening port: {}", self.cfg.wireguard.listen_port);
+        let _ = writeln!(
+            s,
+            "  eids: {}",
+            self.cfg
+                .eids
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "  rlocs: {}",
+            self.current_rlocs()
+                .iter()
+                .map(|r| format!("{} (priority {}, weight {})", r.addr, r.priority, r.weight))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "  up for: {}",
+            human(self.started.elapsed().unwrap_or_default())
+        );
+        for m in self.core.map_servers() {
+            let _ = writeln!(
+                s,
+                "  map-server {}: {}{}",
+                m.name,
+                if m.up { "up" } else { "down" },
+                if m.registered {
+                    ", registered"
+                } else {
+                    ", not registered yet"
+                }
+            );
+        }
+        let info = self.wg.read().await.ok();
+        let _ = writeln!(s, "\nmap-cache:");
+        let entries = self.core.cache_entries(now);
+        if entries.is_empty() {
+            let _ = writeln!(s, "  (empty)");
+        }
+        for e in &entries {
+            match e.peer {
+                Some((key, endpoint)) => {
+                    let _ = writeln!(
+                        s,
+                        "  {}  -> {} key {}  ttl {}",
+                        e.prefix,
+                        endpoint,
+                        wgctl::keys::PublicKey::from_bytes(key),
+                        human(e.expires_in)
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "  {}  negative  ttl {}", e.prefix, human(e.expires_in));
+                }
+            }
+        }
+        if let Some(info) = info {
+            let wall = SystemTime::now();
+            for p in &info.peers {
+                let role = match self
+                    .cfg
+                    .map_servers
+                    .iter()
+                    .find(|m| m.public_key == p.public_key)
+                {
+                    Some(m) => format!(" (map-server {})", m.name),
+                    None => String::new(),
+                };
+                let _ = writeln!(s, "\npeer: {}{role}", p.public_key);
+                if let Some(ep) = p.endpoint {
+                    let _ = writeln!(s, "  endpoint: {ep}");
+                }
+                let _ = writeln!(
+                    s,
+                    "  allowed ips: {}",
+                    p.allowed_ips
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                match p.last_handshake.and_then(|t| wall.duration_since(t).ok()) {
+                    Some(d) => {
+                        let _ = writeln!(s, "  latest handshake: {} ago", human(d));
+                    }
+                    None => {
+                        let _ = writeln!(s, "  latest handshake: none");
+                    }
+                }
+                let _ = writeln!(
+                    s,
+                    "  transfer: {} received, {} sent",
+                    bytes(p.rx_bytes),
+                    bytes(p.tx_bytes)
+                );
+            }
+        }
+        s
+    }
+}
+
+fn short(out: &Output) -> String {
+    match out {
+        Output::Transmit { dst, .. } => format!("transmit to {dst}"),
+        Output::UpsertPeer {
+            endpoint, allowed, ..
+        } => format!("upsert peer {endpoint} {allowed:?}"),
+        Output::RemovePeer { .. } => "remove peer".into(),
+        Output::AddRoute(p) => format!("add route {p}"),
+        Output::DelRoute(p) => format!("delete route {p}"),
+        Output::Reinject(_) => "re-inject packet".into(),
+        Output::Deliver(_) => "deliver ICMP".into(),
+        Output::ReapplyListenPort => "re-apply listen port".into(),
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..=1023 => format!("{n} B"),
+        1024..=1_048_575 => format!("{:.2} KiB", n as f64 / 1024.0),
+        1_048_576..=1_073_741_823 => format!("{:.2} MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+    }
+}
