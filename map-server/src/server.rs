@@ -25,6 +25,9 @@ pub const DEFAULT_WG_PORT: u16 = 51820;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Register nonces remembered per peer, at most.
 const NONCE_WINDOW: usize = 4096;
+/// Control peers a map-server can tell apart: they are indexed by `u16`.
+/// Peers beyond this are ignored (the shell refuses such a configuration).
+pub const MAX_PEERS: usize = u16::MAX as usize + 1;
 
 /// Which socket a datagram came in on, or goes out of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,6 +126,8 @@ pub struct MapServer {
     policy: Policy,
     tunnel_peers: HashMap<IpAddr, u16>,
     plain_peers: HashMap<IpAddr, u16>,
+    /// Peer index by name, for [`MapServer::restore`] at a million entries.
+    peers_by_name: HashMap<String, u16>,
     registry: Registry,
     nonces: Vec<NonceWindow>,
     subscriptions: HashMap<EidPrefix, Vec<Subscriber>>,
@@ -137,9 +142,18 @@ pub struct MapServer {
 impl MapServer {
     /// A map-server with the static mappings of `policy` loaded. `seed`
     /// makes its nonces unpredictable (and tests reproducible).
-    pub fn new(policy: Policy, now: Instant, seed: u64) -> Self {
+    pub fn new(mut policy: Policy, now: Instant, seed: u64) -> Self {
+        if policy.peers.len() > MAX_PEERS {
+            tracing::error!(
+                peers = policy.peers.len(),
+                max = MAX_PEERS,
+                "too many control peers; ignoring those beyond the limit"
+            );
+            policy.peers.truncate(MAX_PEERS);
+        }
         let mut tunnel_peers = HashMap::new();
         let mut plain_peers = HashMap::new();
+        let mut peers_by_name = HashMap::new();
         for (i, p) in policy.peers.iter().enumerate() {
             let table = if p.wg_key.is_some() {
                 &mut tunnel_peers
@@ -147,6 +161,7 @@ impl MapServer {
                 &mut plain_peers
             };
             table.insert(p.control_address, i as u16);
+            peers_by_name.insert(p.name.clone(), i as u16);
         }
         let mut registry = Registry::new();
         for (prefix, m) in &policy.static_mappings {
@@ -164,10 +179,15 @@ impl MapServer {
             .iter()
             .map(|_| NonceWindow::default())
             .collect();
+        let counters = Counters {
+            entries: registry.len() as u64,
+            ..Counters::default()
+        };
         MapServer {
             policy,
             tunnel_peers,
             plain_peers,
+            peers_by_name,
             registry,
             nonces,
             subscriptions: HashMap::new(),
@@ -176,7 +196,7 @@ impl MapServer {
             store_ops: VecDeque::new(),
             next_sweep: now + SWEEP_INTERVAL,
             rng: seed | 1,
-            counters: Counters::default(),
+            counters,
         }
     }
 
@@ -212,14 +232,24 @@ impl MapServer {
         mapping: Mapping,
         now: Instant,
     ) -> bool {
-        let Some(idx) = self.policy.peers.iter().position(|p| p.name == peer_name) else {
+        let Some(idx) = self.peers_by_name.get(peer_name).map(|&i| i as usize) else {
             warn!(%prefix, peer = peer_name, "dropping persisted mapping: peer no longer configured");
             self.store_ops.push_back(StoreOp::Delete(prefix));
             return false;
         };
         let peer = &self.policy.peers[idx];
-        if !peer.permits(&prefix) || peer.wg_key != mapping.wg_key || !mapping.is_live(now) {
-            debug!(%prefix, peer = peer_name, "dropping persisted mapping: expired or no longer authorised");
+        // A static mapping configured since wins, as it would over a new
+        // registration.
+        let shadowed = self
+            .registry
+            .get(&prefix)
+            .is_some_and(|m| m.origin == Origin::Static);
+        if shadowed
+            || !peer.permits(&prefix)
+            || peer.wg_key != mapping.wg_key
+            || !mapping.is_live(now)
+        {
+            debug!(%prefix, peer = peer_name, "dropping persisted mapping: expired, no longer authorised or now static");
             self.store_ops.push_back(StoreOp::Delete(prefix));
             return false;
         }
@@ -230,6 +260,7 @@ impl MapServer {
                 ..mapping
             },
         );
+        self.counters.entries = self.registry.len() as u64;
         true
     }
 

@@ -634,3 +634,46 @@ fn restore_rechecks_persisted_mappings_against_the_policy() {
         Origin::Peer(0)
     );
 }
+
+#[test]
+fn restore_counts_entries_and_never_overrides_a_static_mapping() {
+    let now = Instant::now();
+    let a = node_a();
+    let m = Mapping {
+        rlocs: vec![Rloc {
+            addr: a.rloc.ip(),
+            port: Some(a.rloc.port()),
+            priority: 1,
+            weight: 100,
+        }]
+        .into_boxed_slice(),
+        wg_key: Some(a.key),
+        origin: Origin::Static,
+        ttl_minutes: 10,
+        map_version: 0,
+        expires: Some(now + Duration::from_secs(100)),
+    };
+    let mut ms = server(now);
+    assert!(ms.restore(a.eid, "robot-a", m.clone(), now));
+    assert_eq!(
+        ms.counters().entries,
+        1,
+        "the gauge counts restored entries"
+    );
+
+    // The operator has since made A's EID a static mapping: it stays static.
+    let fixed = Mapping {
+        wg_key: None,
+        expires: None,
+        ..m.clone()
+    };
+    let policy = Policy {
+        static_mappings: vec![(a.eid, fixed)],
+        ..ms.policy().clone()
+    };
+    let mut ms = MapServer::new(policy, now, 1);
+    assert_eq!(ms.counters().entries, 1, "static mappings are counted");
+    assert!(!ms.restore(a.eid, "robot-a", m, now));
+    assert_eq!(ms.registry().get(&a.eid).unwrap().origin, Origin::Static);
+    assert!(drain_store(&mut ms).contains(&StoreOp::Delete(a.eid)));
+}
