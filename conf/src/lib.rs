@@ -12,6 +12,7 @@
 //! configuration file holding an inline site key under the same rule.
 
 pub mod map_server;
+pub mod telemetry;
 pub mod xtr;
 
 use std::fmt;
