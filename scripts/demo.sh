@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The newcomer's demo: installs what it needs, builds, brings up the
+# namespace lab (map-server, two robots, an edge xTR with a host behind it),
+# shows on-demand WireGuard tunnels carrying traffic, prints the agents'
+# status, and tears everything down again.
+set -euo pipefail
+LISPWG_SELF="$(readlink -f "$0")"
+cd "$(dirname "$LISPWG_SELF")/.."
+source scripts/common.sh
+lispwg_need_root "$@"
+lispwg_install_packages
+lispwg_need_rust
+
+echo ">> building (debug profile; the first build takes a few minutes)"
+cargo build --bins --locked
+
+export LAB_DIR="${LAB_DIR:-$(mktemp -d /tmp/lispwg-demo.XXXXXX)}"
+export LAB_PREFIX="${LAB_PREFIX:-lwdemo}"
+lab() { ./scripts/lab.sh "$@"; }
+trap 'lab down >/dev/null 2>&1 || true; rm -rf "$LAB_DIR"' EXIT
+
+echo ">> bringing up the lab"
+lab up
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+say "robot-a has no tunnel to robot-b yet:"
+lab exec robot-a ./target/debug/xtr status -c "$LAB_DIR/robot-a.toml" | sed -n '/^map-cache/,/^$/p'
+
+say "robot-a pings robot-b (10.0.0.2): the first packet is held, resolved and delivered"
+lab exec robot-a ping -c 4 -i 0.2 -W 2 10.0.0.2
+
+say "robot-a pings the host behind the edge xTR (10.1.0.10)"
+lab exec robot-a ping -c 3 -i 0.2 -W 2 10.1.0.10
+
+say "the host pings robot-b back through its edge xTR"
+lab exec host ping -c 3 -i 0.2 -W 2 10.0.0.2
+
+say "an EID nobody registered (10.0.0.99) is answered with ICMP unreachable at once"
+lab exec robot-a ping -c 1 -W 2 10.0.0.99 || true
+
+say "xtr status on robot-a"
+lab exec robot-a ./target/debug/xtr status -c "$LAB_DIR/robot-a.toml"
+
+say "xtr status on robot-b (it learned robot-a from the map-server's Map-Notify)"
+lab exec robot-b ./target/debug/xtr status -c "$LAB_DIR/robot-b.toml"
+
+say "map-server status"
+lab exec ms ./target/debug/map-server status -c "$LAB_DIR/map-server.toml"
+
+say "tearing down"
+lab down
+trap - EXIT
+rm -rf "$LAB_DIR"
+echo "demo finished: every namespace, interface and process it made is gone"
