@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 /// How often cache expiry is checked.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Consecutive unanswered registrations after which a map-server is down.
-const DOWN_AFTER_MISSES: u32 = 2;
+const DOWN_AFTER_MISSES: u32 = 4;
 
 /// Something for the shell to do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +248,8 @@ struct Pending {
 struct MapServerState {
     /// Nonce of the last Map-Register not yet confirmed.
     outstanding: Option<u64>,
+    /// Wait before the next retry while unconfirmed.
+    backoff: Duration,
     next_register: Instant,
     up: bool,
     misses: u32,
@@ -275,6 +277,8 @@ pub struct CacheStatus {
 pub struct Xtr {
     policy: XtrPolicy,
     rlocs: Vec<LocalRloc>,
+    /// False until the first RLOC report (start-up is not a move).
+    rlocs_known: bool,
     servers: Vec<MapServerState>,
     cache: EidTable<CacheEntry>,
     peers: HashMap<[u8; 32], Peer>,
@@ -293,6 +297,7 @@ impl Xtr {
             .iter()
             .map(|_| MapServerState {
                 outstanding: None,
+                backoff: policy.register_retry_first,
                 next_register: now,
                 up: false,
                 misses: 0,
@@ -302,6 +307,7 @@ impl Xtr {
         Xtr {
             policy,
             rlocs: Vec::new(),
+            rlocs_known: false,
             servers,
             cache: EidTable::new(),
             peers: HashMap::new(),
@@ -394,17 +400,21 @@ impl Xtr {
     /// with every map-server at once.
     pub fn handle_rlocs(&mut self, now: Instant, mut rlocs: Vec<LocalRloc>) {
         rlocs.sort_by_key(|r| (r.priority, std::cmp::Reverse(r.weight), r.addr));
-        if rlocs == self.rlocs {
+        if rlocs == self.rlocs && self.rlocs_known {
             return;
         }
         info!(old = ?self.rlocs.iter().map(|r| r.addr).collect::<Vec<_>>(), new = ?rlocs.iter().map(|r| r.addr).collect::<Vec<_>>(), "RLOCs changed; re-registering");
-        let had_rloc = !self.rlocs.is_empty();
+        let moved = self.rlocs_known && !rlocs.is_empty();
         self.rlocs = rlocs;
-        if had_rloc {
+        self.rlocs_known = true;
+        if moved {
+            // wireguard-go sends nothing from a new address until its port
+            // is set again; this must follow the new address, not the removal.
             self.outputs.push_back(Output::ReapplyListenPort);
         }
         for s in &mut self.servers {
             s.next_register = now;
+            s.backoff = self.policy.register_retry_first;
         }
         self.send_registers(now);
     }
@@ -478,14 +488,11 @@ impl Xtr {
                 }
                 Err(e) => warn!(error = %e, "cannot encode our Map-Register"),
             }
-            // Until confirmed, retry quickly; a down map-server is thus
-            // re-registered with as soon as it is back.
-            let confirmed = self.servers[i].up;
-            let wait = if confirmed {
-                self.policy.register_interval
-            } else {
-                self.policy.register_retry
-            };
+            // Until confirmed, retry quickly (backing off to register_retry);
+            // a down map-server is thus re-registered with soon after it is
+            // back, and a register lost during a move is repeated at once.
+            let wait = self.servers[i].backoff;
+            self.servers[i].backoff = (wait * 2).min(self.policy.register_retry);
             let wait = self.jitter(wait);
             self.servers[i].next_register = now + wait;
         }
@@ -855,6 +862,7 @@ impl Xtr {
             }
             s.up = true;
             s.confirmed_once = true;
+            s.backoff = self.policy.register_retry_first;
             let wait = self.jitter(self.policy.register_interval);
             self.servers[ms].next_register = now + wait;
             return;

@@ -39,7 +39,11 @@ pub struct XtrPolicy {
     pub record_ttl_minutes: u32,
     /// Refresh period of registrations (jittered by ±10 %).
     pub register_interval: Duration,
-    /// Retry period until a map-server confirms a registration.
+    /// First retry of an unconfirmed registration; doubles up to
+    /// `register_retry`. Short, because after a move the first register can
+    /// be lost while the new default route is still being installed.
+    pub register_retry_first: Duration,
+    /// Longest retry period until a map-server confirms a registration.
     pub register_retry: Duration,
     /// First Map-Request retransmission; doubles after each.
     pub request_timeout: Duration,
@@ -72,6 +76,7 @@ impl XtrPolicy {
             map_servers,
             record_ttl_minutes: 10,
             register_interval: Duration::from_secs(60),
+            register_retry_first: Duration::from_millis(20),
             register_retry: Duration::from_secs(1),
             request_timeout: Duration::from_millis(400),
             request_retries: 3,

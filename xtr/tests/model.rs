@@ -656,3 +656,39 @@ fn a_correspondent_that_misses_a_push_recovers_at_the_retransmission() {
     );
     assert_eq!(sim.servers[0].core.pending_notifies(), 0, "acknowledged");
 }
+
+#[test]
+fn a_register_lost_during_a_move_is_repeated_within_milliseconds() {
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    let b_key = sim.node("B").key;
+    let ms = sim.servers[0].ctl;
+    let now = sim.now;
+    // The address goes away, then the new one comes; the first register
+    // from it is lost (the new default route is not in place yet).
+    sim.node("B").xtr.handle_rlocs(now, vec![]);
+    sim.settle();
+    sim.drop_to.insert(ms, 1);
+    let new_rloc = ip("198.51.100.30");
+    sim.node("B").xtr.handle_rlocs(
+        now,
+        vec![LocalRloc {
+            addr: new_rloc,
+            priority: 1,
+            weight: 100,
+        }],
+    );
+    sim.settle();
+    assert_eq!(
+        sim.node("B").dp.reapplied_port,
+        1,
+        "port re-applied once the new address is there"
+    );
+    assert_ne!(sim.node("A").dp.peers[&b_key].0.ip(), new_rloc);
+    sim.advance(Duration::from_millis(80));
+    assert_eq!(
+        sim.node("A").dp.peers[&b_key].0.ip(),
+        new_rloc,
+        "repeated register reached the map-server and A was pushed"
+    );
+}
