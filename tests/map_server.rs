@@ -1,0 +1,674 @@
+//! The map-server binary in network namespaces, with nodes played by the test
+//! through wgctl (their own WireGuard interface, keyed to the map-server) and
+//! LISP messages built with lisp-wire.
+//!
+//! Topology of the tunnel tests:
+//!
+//! ```text
+//!  ns A: wg 100.64.0.2/16 ── veth 192.0.2.2 ───┐
+//!                                              ├── 192.0.2.1 / 198.51.100.1  ns MS
+//!  ns B: wg 100.64.0.3/16 ── veth 198.51.100.2 ┘     wg 100.64.0.1/16 (control)
+//! ```
+
+use conf::telemetry;
+use lisp_wire::*;
+use lispwg_tests::*;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use wgctl::PeerConfig;
+
+const MS_CTL: &str = "100.64.0.1";
+const MS_WG_PORT: u16 = 4340;
+const METRICS: &str = "127.0.0.1:9342";
+const WAIT: Duration = Duration::from_secs(3);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A node played by the test: a WireGuard interface keyed to the map-server,
+/// a control socket on its control address (port 4342, where map-server
+/// notifies arrive) and a request socket on an ephemeral port.
+struct Client {
+    name: &'static str,
+    ctl_addr: IpAddr,
+    eid: EidPrefix,
+    /// Its WireGuard endpoint on the underlay, which it registers as RLOC.
+    rloc: SocketAddr,
+    site_key: Vec<u8>,
+    ms_endpoint: SocketAddr,
+    ctl: UdpSocket,
+    req: UdpSocket,
+    node: WgNode,
+}
+
+impl Client {
+    fn new(
+        ns: &Netns,
+        name: &'static str,
+        ctl: &str,
+        eid: &str,
+        rloc: &str,
+        port: u16,
+        ms_underlay: &str,
+    ) -> Client {
+        let ifname = unique("c");
+        let node = WgNode::new(ns, &ifname, port, &format!("{ctl}/16"));
+        let ctl_addr = ip(ctl);
+        let (ctl_sock, req_sock) = ns.run(|| {
+            (
+                UdpSocket::bind(SocketAddr::new(ctl_addr, LISP_CONTROL_PORT)).expect("bind 4342"),
+                UdpSocket::bind(SocketAddr::new(ctl_addr, 0)).expect("bind request socket"),
+            )
+        });
+        for s in [&ctl_sock, &req_sock] {
+            s.set_read_timeout(Some(WAIT)).unwrap();
+        }
+        Client {
+            name,
+            ctl_addr,
+            eid: EidPrefix::host(0, ip(eid)),
+            rloc: SocketAddr::new(ip(rloc), port),
+            site_key: format!("site-{name}").into_bytes(),
+            ms_endpoint: SocketAddr::new(ip(ms_underlay), MS_WG_PORT),
+            ctl: ctl_sock,
+            req: req_sock,
+            node,
+        }
+    }
+
+    /// Adds the map-server as a WireGuard peer, replacing any earlier one
+    /// (and its session). Done once the map-server runs: a handshake sent
+    /// before would only be retried 5 s later.
+    fn peer_with_ms(&self) {
+        let ms_pub = ms_key().public_key();
+        if self.node.read().peer(&ms_pub).is_some() {
+            self.node.remove_peer(ms_pub);
+        }
+        self.node.upsert_peer(PeerConfig {
+            public_key: ms_pub,
+            endpoint: Some(self.ms_endpoint),
+            allowed_ips: vec![format!("{MS_CTL}/32").parse().unwrap()],
+            persistent_keepalive: Some(25),
+        });
+    }
+
+    fn ifname(&self) -> String {
+        self.node.wg.name().to_owned()
+    }
+
+    fn register_bytes(&self, nonce: u64) -> Vec<u8> {
+        let key = *self.node.public_key().as_bytes();
+        MapRegister {
+            proxy_reply: true,
+            security: false,
+            rtr: false,
+            want_map_notify: true,
+            nonce,
+            auth: Authentication::unsigned(KeyId::HmacSha256),
+            records: vec![EidRecord::new(
+                self.eid,
+                1,
+                vec![RlocRecord::new(1, 100, wireguard_locator(self.rloc, key))],
+            )],
+            xtr_site: None,
+        }
+        .encode_signed(&self.site_key)
+        .unwrap()
+    }
+
+    /// Registers over the control tunnel and returns the Map-Notify, checked:
+    /// signed with our site key, our nonce, our EID.
+    fn register(&self, nonce: &mut u64) -> Vec<u8> {
+        *nonce += 1;
+        let ms = SocketAddr::new(ip(MS_CTL), LISP_CONTROL_PORT);
+        self.ctl.send_to(&self.register_bytes(*nonce), ms).unwrap();
+        let bytes = recv(&self.ctl)
+            .unwrap_or_else(|| panic!("{}: no Map-Notify for its Map-Register", self.name));
+        assert_eq!(
+            auth::verify(&bytes, &self.site_key),
+            Ok(KeyId::HmacSha256),
+            "Map-Notify to {} is signed with its site key",
+            self.name
+        );
+        let Ok(Message::MapNotify(n)) = parse(&bytes) else {
+            panic!(
+                "{}: expected a Map-Notify, got {:?}",
+                self.name,
+                parse(&bytes)
+            );
+        };
+        assert_eq!(n.nonce, *nonce);
+        assert_eq!(EidPrefix::of_record(&n.records[0]).unwrap(), self.eid);
+        bytes
+    }
+
+    /// An ECM-encapsulated Map-Request for `target`, from the request socket.
+    fn request_bytes(&self, nonce: u64, target: IpAddr) -> Vec<u8> {
+        let target = EidPrefix::host(0, target);
+        let req = MapRequest {
+            authoritative: false,
+            probe: false,
+            smr: false,
+            pitr: false,
+            smr_invoked: false,
+            local_xtr: false,
+            dont_map_reply: false,
+            nonce,
+            source_eid: self.eid.to_address(),
+            itr_rlocs: vec![Address::from(self.ctl_addr)],
+            records: vec![RequestRecord {
+                eid_mask_len: target.prefix_len(),
+                eid: target.to_address(),
+            }],
+            map_reply_record: None,
+        };
+        Message::Ecm(Ecm {
+            security: false,
+            ddt: false,
+            to_etr: false,
+            to_ms: false,
+            inner: InnerHeader {
+                src: self.ctl_addr,
+                dst: ip(MS_CTL),
+                ttl: 64,
+                src_port: self.req.local_addr().unwrap().port(),
+                dst_port: LISP_CONTROL_PORT,
+            },
+            message: Box::new(Message::MapRequest(req)),
+        })
+        .encode()
+        .unwrap()
+    }
+
+    fn send_request(&self, nonce: u64, target: &str) {
+        let ms = SocketAddr::new(ip(MS_CTL), LISP_CONTROL_PORT);
+        self.req
+            .send_to(&self.request_bytes(nonce, ip(target)), ms)
+            .unwrap();
+    }
+
+    /// Waits for the Map-Reply with `nonce` on the request socket.
+    fn reply(&self, nonce: u64) -> (Vec<u8>, MapReply) {
+        let bytes = recv(&self.req).unwrap_or_else(|| panic!("{}: no Map-Reply", self.name));
+        match parse(&bytes) {
+            Ok(Message::MapReply(r)) if r.nonce == nonce => (bytes, r),
+            other => panic!(
+                "{}: expected the Map-Reply {nonce}, got {other:?}",
+                self.name
+            ),
+        }
+    }
+}
+
+fn recv(sock: &UdpSocket) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 65_535];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => Some(buf[..n].to_vec()),
+        Err(_) => None,
+    }
+}
+
+/// The map-server's key, the same for every test of this process.
+fn ms_key() -> wgctl::keys::PrivateKey {
+    static KEY: std::sync::OnceLock<wgctl::keys::PrivateKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(wgctl::keys::PrivateKey::generate).clone()
+}
+
+/// Writes the map-server's configuration, key and site-key files into `dir`.
+fn write_config(dir: &Path, ifname: &str, clients: &[&Client]) -> PathBuf {
+    secret_file(dir, "ms.key", &ms_key().to_base64());
+    let mut peers = String::new();
+    for c in clients {
+        secret_file(
+            dir,
+            &format!("{}.site", c.name),
+            &String::from_utf8_lossy(&c.site_key),
+        );
+        peers += &format!(
+            r#"
+[[peers]]
+name = "{name}"
+public_key = "{key}"
+control_address = "{ctl}"
+site_key_file = "{name}.site"
+eids = [{{ prefix = "{eid}/32" }}]
+"#,
+            name = c.name,
+            key = c.node.public_key(),
+            ctl = c.ctl_addr,
+            eid = c.eid.addr(),
+        );
+    }
+    let text = format!(
+        r#"
+[control]
+interface = "{ifname}"
+private_key_file = "ms.key"
+listen_port = {MS_WG_PORT}
+address = "{MS_CTL}/16"
+backend = "userspace"
+
+[server]
+state_dir = "state"
+metrics = "{METRICS}"
+{peers}"#
+    );
+    secret_file(dir, "ms.toml", &text)
+}
+
+fn start_ms(ns: &Netns, config: &Path) -> Daemon {
+    let mut ms = ns.spawn(
+        &binary("map-server"),
+        &["run", "-c", config.to_str().unwrap()],
+    );
+    assert!(
+        ms.wait_for_log("map-server ready", Duration::from_secs(15)),
+        "the map-server did not start:\n{}",
+        ms.log()
+    );
+    ms
+}
+
+fn metrics(ns: &Netns) -> String {
+    ns.run(|| telemetry::fetch(METRICS.parse().unwrap(), "/metrics"))
+        .expect("fetch /metrics")
+}
+
+/// The kernel's count of UDP datagrams for which no socket was found.
+fn udp_no_ports(ns: &Netns) -> u64 {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "NoPorts")
+        .unwrap();
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Runs `body`, then checks that it left nothing behind.
+fn checked(body: impl FnOnce(&mut Vec<String>, &mut Vec<String>)) {
+    require_root_and_tools();
+    let (mut namespaces, mut ifnames) = (Vec::new(), Vec::new());
+    body(&mut namespaces, &mut ifnames);
+    assert_no_leftovers(&namespaces, &ifnames);
+}
+
+#[test]
+fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
+    checked(|namespaces, ifnames| {
+        let dir = tempdir();
+        let ms_ns = Netns::new("m");
+        let a_ns = Netns::new("a");
+        let b_ns = Netns::new("b");
+        namespaces.extend([&ms_ns, &a_ns, &b_ns].map(|n| n.name().to_owned()));
+        let (_, a_veth) = veth(&ms_ns, "192.0.2.1/24", &a_ns, "192.0.2.2/24");
+        veth(&ms_ns, "198.51.100.1/24", &b_ns, "198.51.100.2/24");
+        let a = Client::new(
+            &a_ns,
+            "robot-a",
+            "100.64.0.2",
+            "10.1.0.1",
+            "192.0.2.2",
+            51820,
+            "192.0.2.1",
+        );
+        let b = Client::new(
+            &b_ns,
+            "robot-b",
+            "100.64.0.3",
+            "10.1.0.2",
+            "198.51.100.2",
+            51821,
+            "198.51.100.1",
+        );
+        let ms_if = unique("ms");
+        ifnames.extend([ms_if.clone(), a.ifname(), b.ifname()]);
+        let config = write_config(dir.path(), &ms_if, &[&a, &b]);
+        let mut ms = start_ms(&ms_ns, &config);
+        a.peer_with_ms();
+        b.peer_with_ms();
+        let mut emitted = Vec::new();
+
+        // Register both nodes: each gets a signed Map-Notify.
+        let mut nonce = 0x1000;
+        emitted.push(("Map-Notify to A", a.register(&mut nonce)));
+        emitted.push(("Map-Notify to B", b.register(&mut nonce)));
+
+        // `map-server status` lists both, with their peer names.
+        let status = ms_ns.exec(&[
+            binary("map-server").to_str().unwrap(),
+            "status",
+            "-c",
+            config.to_str().unwrap(),
+        ]);
+        for needle in [
+            "[0]10.1.0.1/32",
+            "robot-a",
+            "192.0.2.2:51820",
+            "[0]10.1.0.2/32",
+            "robot-b",
+        ] {
+            assert!(status.contains(needle), "status lacks {needle}:\n{status}");
+        }
+
+        // A resolves B: B is told about A first (Map-Notify, acked), then A
+        // gets the proxy reply with B's key, RLOC and port.
+        let t0 = Instant::now();
+        a.send_request(0xa1, "10.1.0.2");
+        let notify = recv(&b.ctl).expect("B gets a Map-Notify about A");
+        assert_eq!(auth::verify(&notify, &b.site_key), Ok(KeyId::HmacSha256));
+        let Ok(Message::MapNotify(n)) = parse(&notify) else {
+            panic!("not a Map-Notify: {:?}", parse(&notify))
+        };
+        let (_, about_a) = n.records[0].best_locator().unwrap();
+        assert_eq!(EidPrefix::of_record(&n.records[0]).unwrap(), a.eid);
+        assert_eq!(
+            (about_a.rloc, about_a.port, about_a.wg_key),
+            (
+                a.rloc.ip(),
+                Some(a.rloc.port()),
+                Some(*a.node.public_key().as_bytes())
+            )
+        );
+        let ack = MapNotify {
+            auth: Authentication::unsigned(KeyId::HmacSha256),
+            ..n
+        }
+        .encode_signed_ack(&b.site_key)
+        .unwrap();
+        b.ctl
+            .send_to(&ack, SocketAddr::new(ip(MS_CTL), LISP_CONTROL_PORT))
+            .unwrap();
+        emitted.push(("Map-Notify to B about A", notify));
+        let (bytes, reply) = a.reply(0xa1);
+        println!("A's Map-Request for B answered in {:?}", t0.elapsed());
+        let (_, info) = reply.records[0].best_locator().expect("a positive reply");
+        assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
+        assert_eq!(
+            (info.rloc, info.port, info.wg_key),
+            (
+                b.rloc.ip(),
+                Some(b.rloc.port()),
+                Some(*b.node.public_key().as_bytes())
+            )
+        );
+        emitted.push(("Map-Reply to A for B", bytes));
+
+        // An unregistered EID: a negative reply.
+        a.send_request(0xa2, "10.1.0.99");
+        let (bytes, reply) = a.reply(0xa2);
+        assert!(reply.records[0].rlocs.is_empty(), "{reply:?}");
+        assert_eq!(reply.records[0].action, Action::NativelyForward);
+        assert!(EidPrefix::of_record(&reply.records[0])
+            .unwrap()
+            .contains_addr(0, ip("10.1.0.99")));
+        emitted.push(("negative Map-Reply", bytes));
+
+        let before = metrics(&ms_ns);
+        let registers = |m: &str| metric(m, "lispwg_ms_map_registers_total").unwrap();
+        assert_eq!(metric(&before, "lispwg_ms_entries"), Some(2));
+        assert_eq!(metric(&before, "lispwg_ms_negative_replies_total"), Some(1));
+
+        // The same kind of Map-Register sent over the underlay, to the
+        // map-server's underlay address: no answer, nothing changes.
+        let no_ports = udp_no_ports(&ms_ns);
+        let under = a_ns.run(|| UdpSocket::bind("192.0.2.2:0").unwrap());
+        under
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        nonce += 1;
+        under
+            .send_to(&a.register_bytes(nonce), "192.0.2.1:4342")
+            .unwrap();
+        assert!(recv(&under).is_none(), "an answer over the underlay");
+
+        // And to the control address, routed over the underlay (no tunnel),
+        // from A's own control address: the host accepts it (weak host model,
+        // no reverse-path filter), but the control socket is bound to the
+        // WireGuard interface and never sees it.
+        ms_ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
+        ms_ns.sysctl("net.ipv4.conf.default.rp_filter", "0");
+        a_ns.ip(&[
+            "route",
+            "add",
+            "100.64.0.1/32",
+            "via",
+            "192.0.2.1",
+            "dev",
+            &a_veth,
+        ]);
+        let spoof = a_ns.run(|| UdpSocket::bind("100.64.0.2:0").unwrap());
+        spoof
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        nonce += 1;
+        spoof
+            .send_to(&a.register_bytes(nonce), "100.64.0.1:4342")
+            .unwrap();
+        assert!(
+            recv(&spoof).is_none(),
+            "an answer to a register over the underlay"
+        );
+        assert!(
+            wait_until(WAIT, || udp_no_ports(&ms_ns) >= no_ports + 2),
+            "both underlay datagrams reached the map-server's host and found no socket \
+             (NoPorts {} -> {})",
+            no_ports,
+            udp_no_ports(&ms_ns)
+        );
+        let after = metrics(&ms_ns);
+        assert_eq!(
+            registers(&after),
+            registers(&before),
+            "the LISP code saw nothing"
+        );
+        for m in [
+            "lispwg_ms_unknown_peers_total",
+            "lispwg_ms_malformed_total",
+            "lispwg_ms_entries",
+        ] {
+            assert_eq!(metric(&after, m), metric(&before, m), "{m}");
+        }
+
+        // Everything the map-server sent decodes cleanly in Wireshark.
+        let payloads: Vec<Vec<u8>> = emitted.iter().map(|(_, p)| p.clone()).collect();
+        for ((what, _), frame) in emitted.iter().zip(tshark_decode_all(&payloads)) {
+            assert_tshark_clean(&frame, what);
+            let want = if what.starts_with("Map-Notify") {
+                "4"
+            } else {
+                "2"
+            };
+            assert_eq!(tshark_field(&frame, "lisp.type"), [want], "{what}");
+        }
+
+        // A clean stop removes the control interface and its wireguard-go.
+        let status = ms.stop().expect("the map-server stops on SIGTERM");
+        assert!(status.success(), "exit status {status}:\n{}", ms.log());
+        assert!(wireguard_go_pids(&ms_if).is_empty());
+        assert!(
+            ms_ns
+                .exec_output(&["ip", "link", "show", "dev", &ms_if])
+                .status
+                .code()
+                != Some(0)
+        );
+    });
+}
+
+#[test]
+fn restart_after_kill_9_serves_registrations_without_re_registration() {
+    checked(|namespaces, ifnames| {
+        let dir = tempdir();
+        let ms_ns = Netns::new("m");
+        let a_ns = Netns::new("a");
+        namespaces.extend([&ms_ns, &a_ns].map(|n| n.name().to_owned()));
+        veth(&ms_ns, "203.0.113.1/24", &a_ns, "203.0.113.2/24");
+        let a = Client::new(
+            &a_ns,
+            "robot-a",
+            "100.64.0.2",
+            "10.1.0.1",
+            "203.0.113.2",
+            51820,
+            "203.0.113.1",
+        );
+        let ms_if = unique("ms");
+        ifnames.extend([ms_if.clone(), a.ifname()]);
+        let config = write_config(dir.path(), &ms_if, &[&a]);
+
+        let mut ms = start_ms(&ms_ns, &config);
+        a.peer_with_ms();
+        let mut nonce = 0x2000;
+        a.register(&mut nonce);
+        let wg_go = wireguard_go_pids(&ms_if);
+        assert_eq!(wg_go.len(), 1, "one wireguard-go for the control interface");
+
+        ms.kill9();
+        // wireguard-go follows its parent (PR_SET_PDEATHSIG).
+        assert!(
+            wait_until(WAIT, || wireguard_go_pids(&ms_if).is_empty()),
+            "wireguard-go outlived the killed map-server"
+        );
+
+        let t0 = Instant::now();
+        let mut ms = start_ms(&ms_ns, &config);
+        let ready = t0.elapsed();
+        assert!(
+            ms.log().contains("restored=1"),
+            "the registration is restored from the store:\n{}",
+            ms.log()
+        );
+
+        // The new wireguard-go has no session with A. A WireGuard peer that
+        // keeps sending into a dead session only re-handshakes after 15 s, so
+        // the node re-keys its map-server peer (as an agent does when a
+        // request goes unanswered); it does not re-register.
+        a.peer_with_ms();
+        a.send_request(0xb1, "10.1.0.1");
+        let (bytes, reply) = a.reply(0xb1);
+        let answered = t0.elapsed();
+        let (_, info) = reply.records[0].best_locator().expect("a positive reply");
+        assert_eq!(
+            (info.rloc, info.port, info.wg_key),
+            (
+                a.rloc.ip(),
+                Some(a.rloc.port()),
+                Some(*a.node.public_key().as_bytes())
+            )
+        );
+        let m = metrics(&ms_ns);
+        assert_eq!(
+            metric(&m, "lispwg_ms_map_registers_total"),
+            Some(0),
+            "no re-registration"
+        );
+        assert_eq!(metric(&m, "lispwg_ms_entries"), Some(1));
+        assert_tshark_clean(&tshark_decode(&bytes), "Map-Reply after restart");
+        println!(
+            "restart: ready {} ms after spawn, first positive Map-Reply {} ms after spawn",
+            ready.as_millis(),
+            answered.as_millis()
+        );
+        assert!(ms.stop().is_some_and(|s| s.success()));
+    });
+}
+
+#[test]
+fn check_config_and_status_report_problems_clearly() {
+    require_root_and_tools();
+    let ms = binary("map-server");
+    let dir = tempdir();
+    secret_file(dir.path(), "ms.key", &ms_key().to_base64());
+    secret_file(dir.path(), "a.site", "site-a");
+    let a_pub = wgctl::keys::PrivateKey::generate().public_key();
+    let config = |control_address: &str, metrics: &str| {
+        format!(
+            r#"
+[control]
+interface = "lwcheck0"
+private_key_file = "ms.key"
+listen_port = 4340
+address = "100.64.0.1/16"
+
+[server]
+state_dir = "state"
+{metrics}
+
+[[peers]]
+name = "robot-a"
+public_key = "{a_pub}"
+control_address = "{control_address}"
+site_key_file = "a.site"
+eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_specifics = true }}]
+"#
+        )
+    };
+    let run = |args: &[&str]| {
+        std::process::Command::new(&ms)
+            .args(args)
+            .output()
+            .expect("run map-server")
+    };
+
+    let good = secret_file(dir.path(), "good.toml", &config("100.64.0.2", ""));
+    let out = run(&["check-config", "-c", good.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "OK",
+        "lwcheck0",
+        "100.64.0.1/16",
+        "robot-a",
+        "[0]10.1.0.1/32",
+        "[7]10.7.0.0/16 (and more-specifics)",
+    ] {
+        assert!(text.contains(needle), "summary lacks {needle}:\n{text}");
+    }
+
+    let bad = secret_file(dir.path(), "bad.toml", &config("100.64.0.300", ""));
+    let out = run(&["check-config", "-c", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for needle in [
+        bad.to_str().unwrap(),
+        "peers[0].control_address",
+        "100.64.0.300",
+    ] {
+        assert!(err.contains(needle), "the error lacks {needle}: {err}");
+    }
+
+    // status: metrics disabled, then configured but nothing running there.
+    let out = run(&["status", "-c", good.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("server.metrics is not set"), "{err}");
+    let ns = Netns::new("s");
+    let silent = secret_file(
+        dir.path(),
+        "silent.toml",
+        &config("100.64.0.2", &format!("metrics = \"{METRICS}\"")),
+    );
+    let out = ns.exec_output(&[
+        ms.to_str().unwrap(),
+        "status",
+        "-c",
+        silent.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(METRICS) && err.contains("is the daemon running"),
+        "{err}"
+    );
+    let name = ns.name().to_owned();
+    drop(ns);
+    assert_no_leftovers(&[name], &[]);
+}
