@@ -74,6 +74,8 @@ struct RawServer {
     state_dir: String,
     metrics: Option<String>,
     plain_listen: Option<String>,
+    #[serde(default = "yes")]
+    push_moves: bool,
 }
 
 impl Default for RawServer {
@@ -84,8 +86,13 @@ impl Default for RawServer {
             state_dir: default_state_dir(),
             metrics: None,
             plain_listen: None,
+            push_moves: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_lifetime() -> u64 {
@@ -213,6 +220,8 @@ pub struct MapServerConfig {
     pub metrics: Option<SocketAddr>,
     pub peers: Vec<ControlPeer>,
     pub static_mappings: Vec<StaticMapping>,
+    /// Push moved mappings to resolvers (off only for baseline benchmarks).
+    pub push_moves: bool,
     /// Environment variables with our prefix that matched no setting.
     pub ignored_env: Vec<String>,
 }
@@ -388,6 +397,7 @@ impl MapServerConfig {
             metrics,
             peers,
             static_mappings,
+            push_moves: raw.server.push_moves,
             ignored_env,
         })
     }

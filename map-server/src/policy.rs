@@ -82,6 +82,9 @@ pub struct Policy {
     pub max_ttl_minutes: u32,
     pub notify: NotifyTiming,
     pub static_mappings: Vec<(EidPrefix, Mapping)>,
+    /// Push a moved mapping to the resolvers that hold it. Off only to
+    /// measure the WireGuard-roaming-only baseline.
+    pub push_moves: bool,
 }
 
 impl Default for Policy {
@@ -93,6 +96,7 @@ impl Default for Policy {
             max_ttl_minutes: 1440,
             notify: NotifyTiming::default(),
             static_mappings: Vec::new(),
+            push_moves: true,
         }
     }
 }

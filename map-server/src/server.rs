@@ -439,7 +439,7 @@ impl MapServer {
                         mapping,
                         peer: peer_name.clone(),
                     });
-                    if moved {
+                    if moved && self.policy.push_moves {
                         self.push_to_subscribers(now, prefix, peer_idx);
                     }
                 }

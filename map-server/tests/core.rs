@@ -677,3 +677,45 @@ fn restore_counts_entries_and_never_overrides_a_static_mapping() {
     assert_eq!(ms.registry().get(&a.eid).unwrap().origin, Origin::Static);
     assert!(drain_store(&mut ms).contains(&StoreOp::Delete(a.eid)));
 }
+
+#[test]
+fn with_push_moves_off_a_move_is_not_pushed() {
+    let now = Instant::now();
+    let policy = Policy {
+        peers: vec![
+            peer_policy("robot-a", &node_a()),
+            peer_policy("robot-b", &node_b()),
+        ],
+        push_moves: false,
+        ..Policy::default()
+    };
+    let mut ms = MapServer::new(policy, now, 42);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let notify = parse_notify(&drain(&mut ms)[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    drain(&mut ms);
+    let moved: SocketAddr = "203.0.113.5:51821".parse().unwrap();
+    ms.handle_datagram(
+        now,
+        from(&b),
+        Via::Tunnel,
+        &register_bytes(&b, 3, vec![record(b.eid, b.key, moved)]),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "only B's own Map-Notify: {out:?}");
+    assert_eq!(out[0].dst, from(&b));
+    assert_eq!(
+        ms.registry().lookup(0, b.eid.addr(), now).unwrap().1.rlocs[0].addr,
+        moved.ip(),
+        "the move is stored"
+    );
+    assert_eq!(ms.counters().pushes, 0);
+}
