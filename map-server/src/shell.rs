@@ -121,6 +121,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
         registration_lifetime: cfg.registration_lifetime,
         negative_ttl_minutes: cfg.negative_ttl_minutes,
         static_mappings,
+        push_moves: cfg.push_moves,
         ..Policy::default()
     })
 }
