@@ -24,6 +24,10 @@ use tracing::{debug, info, warn};
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Consecutive unanswered registrations after which a map-server is down.
 const DOWN_AFTER_MISSES: u32 = 4;
+/// A map-server that has not answered a Map-Request for this long is probed
+/// with a registration (another map-server may have answered it): a dead
+/// map-server is noticed at the next resolution, not the next refresh.
+const PROBE_AFTER: Duration = Duration::from_secs(1);
 
 /// Something for the shell to do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,12 @@ pub enum Output {
     Deliver(Vec<u8>),
     /// Our address changed: wireguard-go needs its port set again to send.
     ReapplyListenPort,
+    /// Re-create the WireGuard peer of this map-server (index in the
+    /// policy), dropping its session: after a map-server restart the old
+    /// session is dead, and WireGuard alone would only notice after ~15 s.
+    RenewControlPeer {
+        map_server: usize,
+    },
 }
 
 /// Traffic counters of one data peer, as read from WireGuard.
@@ -254,6 +264,8 @@ struct MapServerState {
     up: bool,
     misses: u32,
     confirmed_once: bool,
+    /// When we first asked it something it has not answered yet.
+    unanswered_since: Option<Instant>,
 }
 
 /// Status of one map-server, for `xtr status`.
@@ -302,6 +314,7 @@ impl Xtr {
                 up: false,
                 misses: 0,
                 confirmed_once: false,
+                unanswered_since: None,
             })
             .collect();
         Xtr {
@@ -373,7 +386,11 @@ impl Xtr {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let servers = self.servers.iter().map(|s| s.next_register);
+        let probes = self
+            .servers
+            .iter()
+            .filter_map(|s| s.unanswered_since.map(|t| t + PROBE_AFTER));
+        let servers = self.servers.iter().map(|s| s.next_register).chain(probes);
         let pending = self.pending.values().map(|p| p.next);
         servers
             .chain(pending)
@@ -466,6 +483,13 @@ impl Xtr {
                     warn!(map_server = %self.policy.map_servers[i].name, "map-server not answering: marked down");
                 }
             }
+            if !s.up && s.misses >= DOWN_AFTER_MISSES {
+                // Each retry while down starts from a fresh WireGuard session,
+                // so a restarted map-server is reached at once.
+                self.outputs
+                    .push_back(Output::RenewControlPeer { map_server: i });
+            }
+            let s = &mut self.servers[i];
             s.outstanding = Some(nonce);
             let reg = MapRegister {
                 proxy_reply: true,
@@ -570,15 +594,17 @@ impl Xtr {
         }
         self.pending.insert(dst, p);
         self.by_nonce.insert(nonce, dst);
-        self.send_request(dst, nonce, source);
+        self.send_request(now, dst, nonce, source);
     }
 
     /// Sends an ECM Map-Request to every map-server; the first valid reply
     /// wins.
-    fn send_request(&mut self, dst: IpAddr, nonce: u64, source: EidPrefix) {
+    fn send_request(&mut self, now: Instant, dst: IpAddr, nonce: u64, source: EidPrefix) {
         let target = EidPrefix::host(self.policy.iid(), dst);
         let ctl = self.policy.control_address;
-        for ms in &self.policy.map_servers {
+        for (i, ms) in self.policy.map_servers.iter().enumerate() {
+            let s = &mut self.servers[i];
+            s.unanswered_since = s.unanswered_since.or(Some(now));
             let req = MapRequest {
                 authoritative: false,
                 probe: false,
@@ -654,13 +680,17 @@ impl Xtr {
             }
         };
         match msg {
-            Message::MapReply(reply) => self.handle_map_reply(now, reply),
+            Message::MapReply(reply) => {
+                self.servers[ms].unanswered_since = None;
+                self.handle_map_reply(now, reply)
+            }
             Message::MapNotify(notify) => {
                 if let Err(e) = auth::verify(bytes, &self.policy.map_servers[ms].site_key) {
                     self.counters.auth_failures += 1;
                     warn!(%from, error = %e, "Map-Notify failed authentication");
                     return;
                 }
+                self.servers[ms].unanswered_since = None;
                 self.handle_map_notify(now, ms, notify);
             }
             other => {
@@ -943,6 +973,15 @@ impl Xtr {
     // ---- timers -------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        for s in &mut self.servers {
+            if s.unanswered_since.is_some_and(|t| now >= t + PROBE_AFTER) {
+                s.unanswered_since = None;
+                // An outstanding register is already a probe.
+                if s.outstanding.is_none() {
+                    s.next_register = now;
+                }
+            }
+        }
         self.send_registers(now);
         self.retransmit_requests(now);
         if now >= self.next_housekeeping {
@@ -981,7 +1020,7 @@ impl Xtr {
             p.next = now + self.policy.request_timeout * 2u32.pow(p.retransmits);
             let (nonce, source) = (p.nonce, p.source);
             self.counters.request_retransmits += 1;
-            self.send_request(dst, nonce, source);
+            self.send_request(now, dst, nonce, source);
         }
     }
 

@@ -85,14 +85,9 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     }
     netlink.link_up(&wg_if).await?;
     for ms in &cfg.map_servers {
-        wg.upsert_peer(PeerConfig {
-            public_key: ms.public_key,
-            endpoint: Some(ms.endpoint),
-            allowed_ips: vec![IpPrefix::host(ms.control_address)],
-            persistent_keepalive: Some(MS_KEEPALIVE_SECS),
-        })
-        .await
-        .with_context(|| format!("adding map-server peer {}", ms.name))?;
+        wg.upsert_peer(control_peer(ms))
+            .await
+            .with_context(|| format!("adding map-server peer {}", ms.name))?;
     }
 
     let miss = host
@@ -198,6 +193,16 @@ async fn next_request(t: &mut Option<telemetry::Telemetry>) -> Option<PageReques
     match t {
         Some(t) => t.requests.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The manually keyed WireGuard peer of a map-server.
+fn control_peer(ms: &conf::xtr::MapServerConfig) -> PeerConfig {
+    PeerConfig {
+        public_key: ms.public_key,
+        endpoint: Some(ms.endpoint),
+        allowed_ips: vec![IpPrefix::host(ms.control_address)],
+        persistent_keepalive: Some(MS_KEEPALIVE_SECS),
     }
 }
 
@@ -400,6 +405,15 @@ impl Agent {
             Output::ReapplyListenPort => {
                 self.wg.reapply_listen_port().await?;
             }
+            Output::RenewControlPeer { map_server } => {
+                let ms = self
+                    .cfg
+                    .map_servers
+                    .get(*map_server)
+                    .context("no such map-server")?;
+                self.wg.remove_peer(&ms.public_key).await?;
+                self.wg.upsert_peer(control_peer(ms)).await?;
+            }
         }
         Ok(())
     }
@@ -576,6 +590,7 @@ fn short(out: &Output) -> String {
         Output::Reinject(_) => "re-inject packet".into(),
         Output::Deliver(_) => "deliver ICMP".into(),
         Output::ReapplyListenPort => "re-apply listen port".into(),
+        Output::RenewControlPeer { map_server } => format!("renew control peer {map_server}"),
     }
 }
 

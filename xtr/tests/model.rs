@@ -20,6 +20,7 @@ struct Dataplane {
     reinjected: Vec<Vec<u8>>,
     delivered: Vec<Vec<u8>>,
     reapplied_port: u32,
+    renewed_control_peers: Vec<usize>,
     /// Every output in order, for ordering checks.
     log: Vec<String>,
 }
@@ -196,6 +197,7 @@ impl Sim {
             Output::Reinject(_) => "reinject".into(),
             Output::Deliver(_) => "deliver".into(),
             Output::ReapplyListenPort => "reapply-port".into(),
+            Output::RenewControlPeer { .. } => "renew-control-peer".into(),
         });
         match out {
             Output::Transmit { dst, payload } => {
@@ -231,6 +233,9 @@ impl Sim {
             Output::Reinject(p) => node.dp.reinjected.push(p),
             Output::Deliver(p) => node.dp.delivered.push(p),
             Output::ReapplyListenPort => node.dp.reapplied_port += 1,
+            Output::RenewControlPeer { map_server } => {
+                node.dp.renewed_control_peers.push(map_server)
+            }
         }
     }
 
@@ -598,11 +603,6 @@ fn a_mobile_node_moves_mid_flow_and_the_correspondent_is_pushed_the_new_rloc() {
 fn one_map_server_dies_and_resolution_continues_then_it_is_re_registered_with() {
     let mut sim = Sim::new(2);
     sim.servers[0].alive = false;
-    sim.advance(Duration::from_secs(200));
-    let a = sim.node("A");
-    let status = a.xtr.map_servers();
-    assert!(!status[0].up && status[1].up, "{status:?}");
-
     sim.miss("A", "10.0.0.3", 1);
     assert_eq!(
         sim.node("A").dp.reinjected.len(),
@@ -612,17 +612,41 @@ fn one_map_server_dies_and_resolution_continues_then_it_is_re_registered_with() 
     let a_key = sim.nodes[0].key;
     assert!(sim.node("C").dp.peers.contains_key(&a_key));
 
-    // The dead one restarts empty; nodes re-register within a retry period.
+    // A noticed at this resolution, not at the next refresh: the dead
+    // map-server is probed, marked down, and its WireGuard peer renewed.
+    sim.advance(Duration::from_secs(2));
+    let a = sim.node("A");
+    let status = a.xtr.map_servers();
+    assert!(!status[0].up && status[1].up, "{status:?}");
+    assert!(
+        a.dp.renewed_control_peers.contains(&0),
+        "control peer of the dead map-server renewed"
+    );
+    assert!(!a.dp.renewed_control_peers.contains(&1));
+
+    // The dead one restarts empty; A re-registers within a retry period.
     let policy = sim.servers[1].core.policy().clone();
     sim.servers[0].core = MapServer::new(policy, sim.now, 555);
     sim.servers[0].alive = true;
     sim.advance(Duration::from_millis(1200));
+    let t = sim.now;
+    assert!(
+        sim.servers[0]
+            .core
+            .registry()
+            .lookup(0, ip("10.0.0.1"), t)
+            .is_some(),
+        "A re-registered with it"
+    );
+    assert!(sim.node("A").xtr.map_servers()[0].up);
+
+    // Nodes that asked it nothing find out at their next refresh.
+    sim.advance(Duration::from_secs(70));
     assert_eq!(
         sim.servers[0].core.registry().len(),
         3,
         "every node re-registered with it"
     );
-    assert!(sim.node("A").xtr.map_servers()[0].up);
 }
 
 #[test]
