@@ -1020,6 +1020,14 @@ impl Xtr {
             p.next = now + self.policy.request_timeout * 2u32.pow(p.retransmits);
             let (nonce, source) = (p.nonce, p.source);
             self.counters.request_retransmits += 1;
+            // A map-server that has not answered may sit behind a dead
+            // WireGuard session (it restarted): retransmit on a fresh one.
+            for (i, s) in self.servers.iter().enumerate() {
+                if s.unanswered_since.is_some() {
+                    self.outputs
+                        .push_back(Output::RenewControlPeer { map_server: i });
+                }
+            }
             self.send_request(now, dst, nonce, source);
         }
     }
