@@ -523,7 +523,7 @@ fn restart_after_kill_9_serves_registrations_without_re_registration() {
         let mut ms = start_ms(&ms_ns, &config);
         a.peer_with_ms();
         let mut nonce = 0x2000;
-        a.register(&mut nonce);
+        let notify = a.register(&mut nonce);
         let wg_go = wireguard_go_pids(&ms_if);
         assert_eq!(wg_go.len(), 1, "one wireguard-go for the control interface");
 
@@ -567,7 +567,9 @@ fn restart_after_kill_9_serves_registrations_without_re_registration() {
             "no re-registration"
         );
         assert_eq!(metric(&m, "lispwg_ms_entries"), Some(1));
-        assert_tshark_clean(&tshark_decode(&bytes), "Map-Reply after restart");
+        let frames = tshark_decode_all(&[notify, bytes]);
+        assert_tshark_clean(&frames[0], "Map-Notify before the restart");
+        assert_tshark_clean(&frames[1], "Map-Reply after the restart");
         println!(
             "restart: ready {} ms after spawn, first positive Map-Reply {} ms after spawn",
             ready.as_millis(),
