@@ -11,13 +11,13 @@
 use crate::counters::Counters;
 use crate::policy::{AllowedEid, PeerPolicy, Policy};
 use crate::registry::{Mapping, Origin, Rloc};
-use crate::server::{MapServer, StoreOp, Transmit, Via, MAX_PEERS};
+use crate::server::{MapServer, StoreOp, Transmit, Via, DEFAULT_WG_PORT, MAX_PEERS};
 use crate::store::{Clock, Store, StoreError, DEFAULT_CACHE_BYTES};
 use conf::map_server::{ControlInterface, MapServerConfig};
 use conf::telemetry::{self, Page, PageRequest, Telemetry, TelemetryError};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT, TYPE_MAP_NOTIFY};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
@@ -172,7 +172,8 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
     };
     let result = async {
         if let (Some(host), Some(ctl)) = (&host, &cfg.control) {
-            bring_up_control(host, ctl, &cfg).await?;
+            let hints = endpoint_hints(&shell.core);
+            bring_up_control(host, ctl, &cfg, &hints).await?;
             let addr = SocketAddr::new(ctl.address, LISP_CONTROL_PORT);
             shell.tunnel = Some(bind_udp(addr, Some(&ctl.interface))?);
             info!(%addr, ifname = %ctl.interface, "listening for control messages inside the WireGuard tunnel only");
@@ -228,10 +229,37 @@ fn restore(store: &Store, core: &mut MapServer) -> Result<usize, ShellError> {
     Ok(restored)
 }
 
+/// Where the restored registrations say each keyed control peer's WireGuard
+/// socket is (its first RLOC and data port: one socket serves both planes).
+fn endpoint_hints(core: &MapServer) -> HashMap<String, SocketAddr> {
+    let mut hints = HashMap::new();
+    for (_, m) in core.registry().iter() {
+        let Some(peer) = core.policy().peer(m.origin) else {
+            continue;
+        };
+        if peer.wg_key.is_none() || hints.contains_key(&peer.name) {
+            continue;
+        }
+        if let Some(r) = m.rlocs.first() {
+            hints.insert(
+                peer.name.clone(),
+                SocketAddr::new(r.addr, r.port.unwrap_or(DEFAULT_WG_PORT)),
+            );
+        }
+    }
+    hints
+}
+
+/// Brings up the control tunnel. Peers with an endpoint hint (a restart with
+/// restored registrations) get it, and a one-off keepalive that makes
+/// WireGuard start a handshake at once: their old sessions died with the old
+/// process, and without this the nodes' WireGuard would only re-handshake
+/// after about 15 s, dropping the Map-Notifies meant for them meanwhile.
 async fn bring_up_control(
     host: &Host,
     ctl: &ControlInterface,
     cfg: &MapServerConfig,
+    hints: &HashMap<String, SocketAddr>,
 ) -> Result<WgInterface, ShellError> {
     let err = |context| {
         move |error| ShellError::WireGuard {
@@ -266,15 +294,28 @@ async fn bring_up_control(
     net.link_up(&ctl.interface).await.map_err(err("link up"))?;
     for peer in &cfg.peers {
         let Some(key) = peer.public_key else { continue };
-        // No endpoint: the nodes initiate, and WireGuard learns where they are.
+        // Normally no endpoint: the nodes initiate, and WireGuard learns
+        // where they are.
+        let hint = hints.get(&peer.name).copied();
         let config = PeerConfig {
             public_key: key,
-            endpoint: None,
+            endpoint: hint,
             allowed_ips: vec![IpPrefix::host(peer.control_address)],
-            persistent_keepalive: None,
+            persistent_keepalive: hint.map(|_| 1),
         };
-        wg.upsert_peer(config).await.map_err(err("add peer"))?;
-        debug!(peer = %peer.name, control_address = %peer.control_address, "control peer configured");
+        wg.upsert_peer(config.clone())
+            .await
+            .map_err(err("add peer"))?;
+        if hint.is_some() {
+            // The keepalive was sent when it was switched on; switch it off.
+            let config = PeerConfig {
+                endpoint: None,
+                persistent_keepalive: None,
+                ..config
+            };
+            wg.upsert_peer(config).await.map_err(err("add peer"))?;
+        }
+        debug!(peer = %peer.name, control_address = %peer.control_address, endpoint = ?hint, "control peer configured");
     }
     info!(
         ifname = %ctl.interface,
