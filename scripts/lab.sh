@@ -7,20 +7,27 @@
 #   ./scripts/lab.sh down     stop every process it started (by PID) and
 #                             delete its namespaces
 #   ./scripts/lab.sh exec NODE CMD...   run CMD in a node's namespace
-#                             (NODE: router ms robot-a robot-b edge host)
+#                             (NODE: router ms ms2 robot-a robot-b edge host)
+#   ./scripts/lab.sh stop|kill9|start DAEMON   stop (SIGTERM), kill -9 or
+#                             start one daemon (map-server map-server2 robot-a
+#                             robot-b edge), waiting until it is ready
+#   ./scripts/lab.sh move     move robot-b to its other subnet (one ip -batch:
+#                             old address off, new address on, default route)
 #
 # Addresses (documentation ranges, inside the lab only):
-#   public segment 192.0.2.0/24      router .1, map-server .10
+#   public segment 192.0.2.0/24      router .1, map-server .10, map-server2 .11
 #   subnet A       198.51.100.0/24   router .1, robot-a .10, edge .20,
 #                                    robot-b's second interface .30 (handover)
 #   subnet B       203.0.113.0/24    router .1, robot-b .10
-#   control tunnel 100.64.0.0/16     map-server .1, robot-a .2, robot-b .3, edge .4
+#   control tunnel 100.64.0.0/16     map-server .1, robot-a .2, robot-b .3, edge .4,
+#                                    map-server2 .254
 #   overlay        robot-a 10.0.0.1, robot-b 10.0.0.2, edge LAN 10.1.0.0/24
 #                  (edge .1, host .10)
 #
 # Environment: LAB_DIR (state: configs, keys, logs, PIDs; default
 # /tmp/lispwg-lab), LAB_PREFIX (namespace/interface prefix, default "lwl"),
-# LISPWG_BIN (folder of the binaries, default target/debug).
+# LISPWG_BIN (folder of the binaries, default target/debug), LAB_MAP_SERVERS
+# (1 or 2, default 1), LAB_PUSH_MOVES (true/false, default true).
 set -euo pipefail
 LISPWG_SELF="$(readlink -f "$0")"
 ROOT="$(dirname "$LISPWG_SELF")/.."
@@ -30,7 +37,10 @@ lispwg_need_root "$@"
 LAB_DIR="${LAB_DIR:-/tmp/lispwg-lab}"
 P="${LAB_PREFIX:-lwl}"
 BIN="${LISPWG_BIN:-$ROOT/target/debug}"
+MAP_SERVERS="${LAB_MAP_SERVERS:-1}"
+PUSH_MOVES="${LAB_PUSH_MOVES:-true}"
 NODES=(router ms robot-a robot-b edge host)
+[ "$MAP_SERVERS" = 2 ] && NODES+=(ms2)
 
 ns() { echo "${P}-$1"; }
 in_ns() { local n="$1"; shift; ip netns exec "$(ns "$n")" "$@"; }
@@ -83,6 +93,10 @@ topology() {
         if [ -n "$addr" ]; then in_ns "$node" ip addr add "$addr" dev "$ifname"; fi
     }
     attach ms eth0 pub 192.0.2.10/24
+    if [ "$MAP_SERVERS" = 2 ]; then
+        attach ms2 eth0 pub 192.0.2.11/24
+        in_ns ms2 ip route add default via 192.0.2.1
+    fi
     attach robot-a eth0 suba 198.51.100.10/24
     attach robot-b eth0 subb 203.0.113.10/24
     attach robot-b eth1 suba ""          # for handover: no address yet
@@ -101,21 +115,31 @@ topology() {
 }
 
 configs() {
-    local ms_pub a_pub b_pub e_pub
+    local ms_pub ms2_pub a_pub b_pub e_pub
     ms_pub="$(keypair ms)"; a_pub="$(keypair robot-a)"; b_pub="$(keypair robot-b)"; e_pub="$(keypair edge)"
+    ms2_pub="$(keypair ms2)"
     for n in robot-a robot-b edge; do
         [ -f "$LAB_DIR/$n.site" ] || (umask 077; head -c 24 /dev/urandom | base64 >"$LAB_DIR/$n.site")
     done
-    (umask 077; cat >"$LAB_DIR/map-server.toml" <<TOML
+    ms_config map-server "${P}-ms" ms 100.64.0.1
+    [ "$MAP_SERVERS" = 2 ] && ms_config map-server2 "${P}-ms2" ms2 100.64.0.254
+    node_configs
+}
+
+# ms_config NAME WG_IF KEY CONTROL_ADDRESS -> NAME.toml
+ms_config() {
+    local name="$1" wg="$2" key="$3" ctl="$4"
+    (umask 077; cat >"$LAB_DIR/$name.toml" <<TOML
 [control]
-interface = "${P}-ms"
-private_key_file = "ms.key"
+interface = "$wg"
+private_key_file = "$key.key"
 listen_port = 4340
-address = "100.64.0.1/16"
+address = "$ctl/16"
 
 [server]
-state_dir = "ms-state"
+state_dir = "$name-state"
 metrics = "127.0.0.1:9342"
+push_moves = $PUSH_MOVES
 
 [[peers]]
 name = "robot-a"
@@ -139,6 +163,9 @@ site_key_file = "edge.site"
 eids = [{ prefix = "10.1.0.0/24" }]
 TOML
     )
+}
+
+node_configs() {
     # node_config NAME WG_IF CTL EID MODE RLOC_IFS... -> NAME.toml
     node_config() {
         local name="$1" wg="$2" ctl="$3" eid="$4" mode="$5"; shift 5
@@ -154,9 +181,17 @@ TOML
             echo "[[map_servers]]"
             echo "name = \"ms\""
             echo "endpoint = \"192.0.2.10:4340\""
-            echo "public_key = \"$ms_pub\""
+            echo "public_key = \"$("$BIN/xtr" pubkey <"$LAB_DIR/ms.key")\""
             echo "control_address = \"100.64.0.1\""
             echo "site_key_file = \"$name.site\""
+            if [ "$MAP_SERVERS" = 2 ]; then
+                echo "[[map_servers]]"
+                echo "name = \"ms2\""
+                echo "endpoint = \"192.0.2.11:4340\""
+                echo "public_key = \"$("$BIN/xtr" pubkey <"$LAB_DIR/ms2.key")\""
+                echo "control_address = \"100.64.0.254\""
+                echo "site_key_file = \"$name.site\""
+            fi
             echo "[[eids]]"
             echo "prefix = \"$eid\""
             local prio=1
@@ -195,15 +230,42 @@ up() {
     chmod 700 "$LAB_DIR"
     topology
     configs
-    start ms map-server "$BIN/map-server" run -c "$LAB_DIR/map-server.toml"
-    wait_for 10 "the map-server" in_ns ms "$BIN/map-server" status -c "$LAB_DIR/map-server.toml"
-    for n in robot-a robot-b edge; do
-        start "$n" "$n" "$BIN/xtr" run -c "$LAB_DIR/$n.toml"
-    done
+    start_daemon map-server
+    [ "$MAP_SERVERS" = 2 ] && start_daemon map-server2
+    for n in robot-a robot-b edge; do start_daemon "$n" nowait; done
     for n in robot-a robot-b edge; do
         wait_for 15 "$n to register" status_ok "$n"
     done
     echo "lab: up (state in $LAB_DIR)"
+}
+
+# start_daemon NAME [nowait]: map-server, map-server2, robot-a, robot-b, edge
+start_daemon() {
+    local name="$1"
+    case "$name" in
+        map-server) start ms "$name" "$BIN/map-server" run -c "$LAB_DIR/$name.toml"
+            wait_for 10 "$name" in_ns ms "$BIN/map-server" status -c "$LAB_DIR/$name.toml" ;;
+        map-server2) start ms2 "$name" "$BIN/map-server" run -c "$LAB_DIR/$name.toml"
+            wait_for 10 "$name" in_ns ms2 "$BIN/map-server" status -c "$LAB_DIR/$name.toml" ;;
+        robot-a|robot-b|edge) start "$name" "$name" "$BIN/xtr" run -c "$LAB_DIR/$name.toml"
+            [ "${2:-}" = nowait ] || wait_for 15 "$name to register" status_ok "$name" ;;
+        *) echo "lab: no daemon $name" >&2; return 2 ;;
+    esac
+}
+
+# move: robot-b to its other subnet, in one ip -batch.
+move() {
+    local batch
+    if in_ns robot-b ip -4 addr show dev eth0 | grep -q 203.0.113.10; then
+        batch="address del 203.0.113.10/24 dev eth0
+address add 198.51.100.30/24 dev eth1
+route replace default via 198.51.100.1"
+    else
+        batch="address del 198.51.100.30/24 dev eth1
+address add 203.0.113.10/24 dev eth0
+route replace default via 203.0.113.1"
+    fi
+    echo "$batch" | in_ns robot-b ip -batch -
 }
 
 stop_pid() { # stop_pid FILE : SIGTERM, wait up to 5 s, then SIGKILL
@@ -219,8 +281,8 @@ stop_pid() { # stop_pid FILE : SIGTERM, wait up to 5 s, then SIGKILL
 }
 
 down() {
-    for n in robot-a robot-b edge map-server; do stop_pid "$LAB_DIR/$n.pid"; done
-    for n in "${NODES[@]}"; do
+    for n in robot-a robot-b edge map-server map-server2; do stop_pid "$LAB_DIR/$n.pid"; done
+    for n in "${NODES[@]}" ms2; do
         ip netns del "$(ns "$n")" 2>/dev/null || true
     done
     echo "lab: down"
@@ -230,5 +292,9 @@ case "${1:-}" in
     up) up ;;
     down) down ;;
     exec) shift; node="$1"; shift; in_ns "$node" "$@" ;;
-    *) sed -n '2,25p' "$LISPWG_SELF"; exit 2 ;;
+    stop) stop_pid "$LAB_DIR/$2.pid" ;;
+    kill9) kill -KILL "$(cat "$LAB_DIR/$2.pid")"; rm -f "$LAB_DIR/$2.pid" ;;
+    start) start_daemon "$2" ;;
+    move) move ;;
+    *) sed -n '2,32p' "$LISPWG_SELF"; exit 2 ;;
 esac

@@ -183,22 +183,13 @@ impl Netns {
             .file_name()
             .map_or("daemon".into(), |n| n.to_string_lossy().into_owned());
         let log = std::env::temp_dir().join(format!("{}-{label}-{}.log", self.name, unique("d")));
-        let file = File::create(&log).expect("create daemon log");
-        let child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.name])
             .arg(binary)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup log"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            .args(args);
         // `ip netns exec` execs the binary: the PID is the daemon's.
-        Daemon {
-            child: Some(child),
-            log,
-            label,
-        }
+        Daemon::from_command(command, log)
     }
 
     /// Runs `f` on a thread inside the namespace and returns its result.
@@ -294,6 +285,24 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `command` with stdin closed and its output in `log`; it is
+    /// stopped by PID on drop.
+    pub fn from_command(mut command: Command, log: PathBuf) -> Daemon {
+        let file = File::create(&log).expect("create daemon log");
+        let label = command.get_program().to_string_lossy().into_owned();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        Daemon {
+            child: Some(child),
+            log,
+            label,
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -829,3 +838,6 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .expect("tempdir")
 }
+
+#[path = "lab.rs"]
+pub mod lab;
