@@ -131,7 +131,7 @@ fn robot_traffic_on_the_underlay_is_only_wireguard() {
         .output()
         .unwrap();
     let frames = String::from_utf8_lossy(&out.stdout).into_owned();
-    let robots = |l: &&str| (l.contains("198.51.100.10") && l.contains("203.0.113.10"));
+    let robots = |l: &&str| l.contains("198.51.100.10") && l.contains("203.0.113.10");
     let between: Vec<&str> = frames.lines().filter(robots).collect();
     assert!(
         between.len() >= 10,
