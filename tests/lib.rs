@@ -189,7 +189,9 @@ impl Netns {
             .arg(binary)
             .args(args);
         // `ip netns exec` execs the binary: the PID is the daemon's.
-        Daemon::from_command(command, log)
+        let mut daemon = Daemon::from_command(command, log);
+        daemon.label = label;
+        daemon
     }
 
     /// Runs `f` on a thread inside the namespace and returns its result.
