@@ -16,6 +16,15 @@ pub struct Lab {
     map_servers: u8,
 }
 
+/// A command's stdout and stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab.sh")
 }
@@ -89,6 +98,21 @@ impl Lab {
         let mut all = vec!["exec", node];
         all.extend_from_slice(args);
         self.sh(&all)
+    }
+
+    /// Pings `to` from `from` `count` times (0.2 s apart) and panics, with
+    /// the daemons' logs, unless every request is answered. Returns ping's
+    /// output.
+    #[track_caller]
+    pub fn ping_ok(&self, from: &str, to: &str, count: u32) -> String {
+        let n = count.to_string();
+        let t = output_text(&self.exec(from, &["ping", "-c", &n, "-i", "0.2", "-W", "2", to]));
+        assert!(
+            t.contains(&format!("{count} packets transmitted, {count} received")),
+            "{from} -> {to} lost packets:\n{t}\n{}",
+            self.logs()
+        );
+        t
     }
 
     /// The namespace of a node.

@@ -2,29 +2,9 @@
 //! map-server's push, the push reaching a correspondent the moved robot
 //! never talks to, and failover between two map-servers.
 
-use lispwg_tests::lab::Lab;
+use lispwg_tests::lab::{output_text as text, Lab};
 use lispwg_tests::{wait_until, Daemon};
 use std::time::Duration;
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-#[track_caller]
-fn ping_ok(lab: &Lab, from: &str, to: &str, count: u32) {
-    let n = count.to_string();
-    let out = lab.exec(from, &["ping", "-c", &n, "-i", "0.2", "-W", "2", to]);
-    let t = text(&out);
-    assert!(
-        t.contains(&format!("{count} packets transmitted, {count} received")),
-        "{from} -> {to}:\n{t}\n{}",
-        lab.logs()
-    );
-}
 
 /// Reply timestamps (seconds) from `ping -D` output.
 fn reply_times(output: &str) -> Vec<f64> {
@@ -38,7 +18,7 @@ fn reply_times(output: &str) -> Vec<f64> {
 #[test]
 fn handover_outage_is_short_and_recovers_by_itself() {
     let lab = Lab::up("mh", 1);
-    ping_ok(&lab, "robot-a", "10.0.0.2", 2);
+    lab.ping_ok("robot-a", "10.0.0.2", 2);
     let moves = 3;
     let log = lab.dir().join("handover-ping.log");
     let mut cmd = std::process::Command::new("ip");
@@ -93,7 +73,7 @@ fn handover_outage_is_short_and_recovers_by_itself() {
 #[test]
 fn the_push_updates_the_correspondent_even_when_the_moved_robot_sends_nothing() {
     let lab = Lab::up("mp", 1);
-    ping_ok(&lab, "robot-a", "10.0.0.2", 1);
+    lab.ping_ok("robot-a", "10.0.0.2", 1);
     let b_key = lab.public_key("robot-b");
     let endpoint_of_b = || {
         lab.wg_show("robot-a", &lab.wg("a"), "endpoints")
@@ -116,7 +96,7 @@ fn the_push_updates_the_correspondent_even_when_the_moved_robot_sends_nothing() 
     // WireGuard roaming did not do it: robot-b sent robot-a nothing.
     let log = std::fs::read_to_string(lab.dir().join("robot-a.log")).unwrap();
     assert!(log.contains("updating data peer"), "{log}");
-    ping_ok(&lab, "robot-a", "10.0.0.2", 2);
+    lab.ping_ok("robot-a", "10.0.0.2", 2);
 }
 
 #[test]
@@ -124,8 +104,8 @@ fn with_one_of_two_map_servers_dead_new_pairs_resolve_and_it_is_re_registered_wi
     let lab = Lab::up("mf", 2);
     lab.must(&["kill9", "map-server"]);
     // A pair that never talked: robot-a and the host behind the edge.
-    ping_ok(&lab, "robot-a", "10.1.0.10", 3);
-    ping_ok(&lab, "host", "10.0.0.2", 3);
+    lab.ping_ok("robot-a", "10.1.0.10", 3);
+    lab.ping_ok("host", "10.0.0.2", 3);
     // Restart it with no state: what it knows, it must learn again.
     std::fs::remove_dir_all(lab.dir().join("map-server-state")).unwrap();
     lab.must(&["start", "map-server"]);

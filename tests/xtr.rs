@@ -2,30 +2,9 @@
 //! first packet delivered, robot ↔ host through an edge xTR, an encrypted
 //! underlay, fast ICMP unreachable, map-server restarts, clean exit.
 
-use lispwg_tests::lab::Lab;
+use lispwg_tests::lab::{output_text as text, Lab};
 use lispwg_tests::Daemon;
 use std::time::{Duration, Instant};
-
-fn text(o: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-#[track_caller]
-fn ping_ok(lab: &Lab, from: &str, to: &str, count: u32) -> String {
-    let n = count.to_string();
-    let out = lab.exec(from, &["ping", "-c", &n, "-i", "0.2", "-W", "2", to]);
-    let t = text(&out);
-    assert!(
-        t.contains(&format!("{count} packets transmitted, {count} received")),
-        "{from} -> {to} lost packets:\n{t}\n{}",
-        lab.logs()
-    );
-    t
-}
 
 #[test]
 fn the_first_ping_to_a_never_resolved_robot_is_answered_and_the_destination_learns_the_source() {
@@ -39,7 +18,7 @@ fn the_first_ping_to_a_never_resolved_robot_is_answered_and_the_destination_lear
     );
     assert!(!b_peers.iter().any(|(k, _)| *k == a_key));
 
-    let t = ping_ok(&lab, "robot-a", "10.0.0.2", 5);
+    let t = lab.ping_ok("robot-a", "10.0.0.2", 5);
     assert!(
         t.contains("icmp_seq=1 "),
         "the very first request is answered:\n{t}"
@@ -63,8 +42,8 @@ fn the_first_ping_to_a_never_resolved_robot_is_answered_and_the_destination_lear
 #[test]
 fn a_robot_reaches_a_host_behind_an_edge_xtr_and_back() {
     let lab = Lab::up("xh", 1);
-    ping_ok(&lab, "robot-a", "10.1.0.10", 3);
-    ping_ok(&lab, "host", "10.0.0.2", 3);
+    lab.ping_ok("robot-a", "10.1.0.10", 3);
+    lab.ping_ok("host", "10.0.0.2", 3);
     let e_peers = lab.wg_show("edge", &lab.wg("e"), "allowed-ips");
     assert!(
         e_peers.iter().any(|(_, ips)| ips == "10.0.0.1/32"),
@@ -168,20 +147,20 @@ fn an_unregistered_eid_gets_icmp_unreachable_quickly() {
 #[test]
 fn a_map_server_restart_does_not_break_established_tunnels() {
     let lab = Lab::up("xr", 1);
-    ping_ok(&lab, "robot-a", "10.0.0.2", 2);
+    lab.ping_ok("robot-a", "10.0.0.2", 2);
     lab.must(&["kill9", "map-server"]);
-    ping_ok(&lab, "robot-a", "10.0.0.2", 3);
-    ping_ok(&lab, "robot-b", "10.0.0.1", 3);
+    lab.ping_ok("robot-a", "10.0.0.2", 3);
+    lab.ping_ok("robot-b", "10.0.0.1", 3);
     lab.must(&["start", "map-server"]);
-    ping_ok(&lab, "robot-a", "10.0.0.2", 3);
+    lab.ping_ok("robot-a", "10.0.0.2", 3);
     // And new resolutions work again after the restart.
-    ping_ok(&lab, "robot-a", "10.1.0.10", 2);
+    lab.ping_ok("robot-a", "10.1.0.10", 2);
 }
 
 #[test]
 fn sigterm_leaves_no_interface_route_or_process_behind() {
     let lab = Lab::up("xs", 1);
-    ping_ok(&lab, "robot-a", "10.0.0.2", 2);
+    lab.ping_ok("robot-a", "10.0.0.2", 2);
     let pid = lab.pid("robot-a").expect("robot-a pid");
     let wg_pid = lispwg_tests::wireguard_go_pids(&lab.wg("a"));
     assert_eq!(wg_pid.len(), 1, "robot-a's wireguard-go runs");

@@ -39,7 +39,75 @@ pub use msg::{
 pub use record::{Action, EidRecord, RlocRecord};
 pub use table::EidTable;
 
+impl MapRequest {
+    /// The request an ITR sends: one EID prefix, answered to one ITR-RLOC,
+    /// no flags.
+    pub fn for_eid(
+        nonce: u64,
+        source_eid: Address,
+        itr_rloc: std::net::IpAddr,
+        target: EidPrefix,
+    ) -> Self {
+        MapRequest {
+            authoritative: false,
+            probe: false,
+            smr: false,
+            pitr: false,
+            smr_invoked: false,
+            local_xtr: false,
+            dont_map_reply: false,
+            nonce,
+            source_eid,
+            itr_rlocs: vec![Address::from(itr_rloc)],
+            records: vec![RequestRecord {
+                eid_mask_len: target.prefix_len(),
+                eid: target.to_address(),
+            }],
+            map_reply_record: None,
+        }
+    }
+
+    /// This request in an Encapsulated Control Message from `src`:`src_port`
+    /// to `dst`:4342, as ITRs send it to a map-server.
+    pub fn encapsulated(
+        self,
+        src: std::net::IpAddr,
+        src_port: u16,
+        dst: std::net::IpAddr,
+    ) -> Message {
+        Message::Ecm(Ecm {
+            security: false,
+            ddt: false,
+            to_etr: false,
+            to_ms: false,
+            inner: InnerHeader {
+                src,
+                dst,
+                ttl: 64,
+                src_port,
+                dst_port: LISP_CONTROL_PORT,
+            },
+            message: Box::new(Message::MapRequest(self)),
+        })
+    }
+}
+
 impl MapRegister {
+    /// The registration lispwg sends: proxy-reply and want-map-notify set,
+    /// HMAC-SHA-256, no xTR-ID.
+    pub fn proxied(nonce: u64, records: Vec<EidRecord>) -> Self {
+        MapRegister {
+            proxy_reply: true,
+            security: false,
+            rtr: false,
+            want_map_notify: true,
+            nonce,
+            auth: Authentication::unsigned(KeyId::HmacSha256),
+            records,
+            xtr_site: None,
+        }
+    }
+
     /// Encodes and signs with `key` using `self.auth.key_id` (the
     /// authentication data in `self` is ignored).
     pub fn encode_signed(&self, key: &[u8]) -> Result<Vec<u8>, EncodeError> {

@@ -82,18 +82,9 @@ fn record(eid: EidPrefix, key: [u8; 32], rloc: SocketAddr) -> EidRecord {
 }
 
 fn register_bytes(n: &Node, nonce: u64, records: Vec<EidRecord>) -> Vec<u8> {
-    MapRegister {
-        proxy_reply: true,
-        security: false,
-        rtr: false,
-        want_map_notify: true,
-        nonce,
-        auth: Authentication::unsigned(KeyId::HmacSha256),
-        records,
-        xtr_site: None,
-    }
-    .encode_signed(&n.site_key)
-    .unwrap()
+    MapRegister::proxied(nonce, records)
+        .encode_signed(&n.site_key)
+        .unwrap()
 }
 
 fn from(n: &Node) -> SocketAddr {
@@ -115,39 +106,10 @@ fn register(ms: &mut MapServer, now: Instant, n: &Node, nonce: u64) -> Vec<Trans
 }
 
 fn ecm_request(n: &Node, nonce: u64, target: EidPrefix) -> Vec<u8> {
-    let req = MapRequest {
-        authoritative: false,
-        probe: false,
-        smr: false,
-        pitr: false,
-        smr_invoked: false,
-        local_xtr: false,
-        dont_map_reply: false,
-        nonce,
-        source_eid: n.eid.to_address(),
-        itr_rlocs: vec![Address::from(n.ctl)],
-        records: vec![RequestRecord {
-            eid_mask_len: target.prefix_len(),
-            eid: target.to_address(),
-        }],
-        map_reply_record: None,
-    };
-    Message::Ecm(Ecm {
-        security: false,
-        ddt: false,
-        to_etr: false,
-        to_ms: false,
-        inner: InnerHeader {
-            src: n.ctl,
-            dst: ip(MS),
-            ttl: 64,
-            src_port: 61000,
-            dst_port: 4342,
-        },
-        message: Box::new(Message::MapRequest(req)),
-    })
-    .encode()
-    .unwrap()
+    MapRequest::for_eid(nonce, n.eid.to_address(), n.ctl, target)
+        .encapsulated(n.ctl, 61000, ip(MS))
+        .encode()
+        .unwrap()
 }
 
 fn parse_notify(t: &Transmit, site_key: &[u8]) -> MapNotify {
