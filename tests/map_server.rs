@@ -616,7 +616,11 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
             .expect("run map-server")
     };
 
-    let good = secret_file(dir.path(), "good.toml", &config("100.64.0.2", ""));
+    let good = secret_file(
+        dir.path(),
+        "good.toml",
+        &config("100.64.0.2", "metrics = \"\""),
+    );
     let out = run(&["check-config", "-c", good.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -651,7 +655,7 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
     let out = run(&["status", "-c", good.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("server.metrics is not set"), "{err}");
+    assert!(err.contains("server.metrics is \"\" (disabled)"), "{err}");
     let ns = Netns::new("s");
     let silent = secret_file(
         dir.path(),

@@ -11,7 +11,7 @@
 //! [server]
 //! registration_lifetime_secs = 180   # 3 refresh intervals
 //! state_dir = "/var/lib/lispwg/map-server"
-//! metrics = "127.0.0.1:9342"         # Prometheus; omit to disable
+//! metrics = "127.0.0.1:9342"         # /metrics and /status (the default); "" disables
 //! # plain_listen = "192.0.2.1:4342"  # keyless LISP peers and benchmarks
 //!
 //! [[peers]]
@@ -39,6 +39,9 @@ use std::time::Duration;
 
 /// Environment variables overriding the file start with this.
 pub const ENV_PREFIX: &str = "LISPWG_MS";
+/// Where `/metrics` and `/status` are served unless the file says otherwise:
+/// local only, so `map-server status` works out of the box.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9342";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -275,12 +278,11 @@ impl MapServerConfig {
         if raw.server.negative_ttl_minutes == 0 {
             return Err(c.err("server.negative_ttl_minutes", "must be at least 1 minute"));
         }
-        let metrics = raw
-            .server
-            .metrics
-            .as_deref()
-            .map(|s| c.socket("server.metrics", s))
-            .transpose()?;
+        let metrics = match raw.server.metrics.as_deref() {
+            Some("") => None,
+            Some(s) => Some(c.socket("server.metrics", s)?),
+            None => Some(DEFAULT_METRICS.parse().expect("valid default")),
+        };
 
         let mut peers = Vec::with_capacity(raw.peers.len());
         let mut names = HashSet::new();

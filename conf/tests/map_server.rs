@@ -191,3 +191,17 @@ fn a_missing_file_or_nothing_to_listen_on_is_explained() {
         "{p}"
     );
 }
+
+#[test]
+fn metrics_default_to_loopback_and_an_empty_string_disables_them() {
+    let d = Dir::new();
+    let cfg =
+        MapServerConfig::load(&d.config(&good("").replace("metrics = \"127.0.0.1:9342\"\n", "")))
+            .unwrap();
+    assert_eq!(cfg.metrics, Some("127.0.0.1:9342".parse().unwrap()));
+    let cfg = MapServerConfig::load(
+        &d.config(&good("").replace("metrics = \"127.0.0.1:9342\"", "metrics = \"\"")),
+    )
+    .unwrap();
+    assert_eq!(cfg.metrics, None);
+}

@@ -172,8 +172,8 @@ fn status(a: ConfigArg) -> anyhow::Result<()> {
     let cfg = MapServerConfig::load(&a.config)?;
     let Some(addr) = cfg.metrics else {
         bail!(
-            "{}: server.metrics is not set, so the map-server serves no status; \
-             set it (e.g. metrics = \"127.0.0.1:9342\") and restart the map-server",
+            "{}: server.metrics is \"\" (disabled), so the map-server serves no status; \
+             set it (e.g. metrics = \"127.0.0.1:9342\", the default) and restart the map-server",
             cfg.file.display()
         );
     };
