@@ -31,6 +31,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The LISP control port, used as the MS UDP port in NAT-Traversal LCAFs.
 pub const LISP_CONTROL_PORT: u16 = 4342;
+/// The WireGuard port assumed for a keyed locator that carries no port (a
+/// Security Key LCAF around a plain RLOC, or an EID-side key).
+pub const DEFAULT_WG_PORT: u16 = 51820;
 
 /// An EID prefix within an instance (IID). The address is kept with its host
 /// bits cleared so equal prefixes compare equal.

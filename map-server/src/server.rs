@@ -19,8 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// The WireGuard port assumed for a keyed locator that carries no port.
-pub const DEFAULT_WG_PORT: u16 = 51820;
+pub use lisp_wire::DEFAULT_WG_PORT;
 /// How often expired registrations and subscriptions are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Register nonces remembered per peer, at most.

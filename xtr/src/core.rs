@@ -757,7 +757,7 @@ impl Xtr {
             return Err("the mapping carries our own key");
         }
         let (_, loc) = record.best_locator().ok_or("no usable locator")?;
-        let endpoint = SocketAddr::new(loc.rloc, loc.port.unwrap_or(51820));
+        let endpoint = SocketAddr::new(loc.rloc, loc.port.unwrap_or(lisp_wire::DEFAULT_WG_PORT));
         if self.cache.get(&prefix).is_none() && self.cache.len() >= self.policy.max_cache_entries {
             self.evict_one();
         }
