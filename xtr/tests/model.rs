@@ -716,3 +716,76 @@ fn a_register_lost_during_a_move_is_repeated_within_milliseconds() {
         "repeated register reached the map-server and A was pushed"
     );
 }
+
+#[test]
+fn a_multihomed_node_registers_both_rlocs_and_correspondents_follow_the_best_that_is_up() {
+    let mut sim = Sim::new(1);
+    let now = sim.now;
+    let (wifi, lte) = (ip("203.0.113.10"), ip("198.51.100.40"));
+    // B has two uplinks; the second has the better (lower) priority.
+    sim.node("B").xtr.handle_rlocs(
+        now,
+        vec![
+            LocalRloc {
+                addr: wifi,
+                priority: 2,
+                weight: 100,
+            },
+            LocalRloc {
+                addr: lte,
+                priority: 1,
+                weight: 50,
+            },
+        ],
+    );
+    sim.settle();
+    let registered = sim.servers[0]
+        .core
+        .registry()
+        .lookup(0, ip("10.0.0.2"), now)
+        .unwrap()
+        .1
+        .rlocs
+        .clone();
+    assert_eq!(registered.len(), 2, "both RLOCs registered: {registered:?}");
+    assert_eq!(
+        (registered[0].addr, registered[0].priority),
+        (lte, 1),
+        "best first"
+    );
+
+    sim.miss("A", "10.0.0.2", 1);
+    let b_key = sim.node("B").key;
+    assert_eq!(
+        sim.node("A").dp.peers[&b_key].0.ip(),
+        lte,
+        "A uses the best RLOC"
+    );
+
+    // The better uplink goes down: B re-registers without it, A is pushed.
+    sim.node("B").xtr.handle_rlocs(
+        now,
+        vec![LocalRloc {
+            addr: wifi,
+            priority: 2,
+            weight: 100,
+        }],
+    );
+    sim.settle();
+    assert_eq!(
+        sim.servers[0]
+            .core
+            .registry()
+            .lookup(0, ip("10.0.0.2"), now)
+            .unwrap()
+            .1
+            .rlocs
+            .len(),
+        1
+    );
+    assert_eq!(
+        sim.node("A").dp.peers[&b_key].0.ip(),
+        wifi,
+        "A moved to the remaining RLOC"
+    );
+}
