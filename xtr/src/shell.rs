@@ -25,6 +25,48 @@ const MISS_ROUTE_METRIC: u32 = 1000;
 /// endpoint (and NATs keep it open).
 const MS_KEEPALIVE_SECS: u16 = 25;
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Upper bounds, in seconds, of the cache-add histogram's buckets.
+const CACHE_ADD_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Time from a map-cache miss (the packet read from the miss TUN) to the
+/// end of the flush that programmed its peer and route (and re-injected the
+/// held packets), as the Prometheus histogram `lispwg_xtr_cache_add_seconds`.
+#[derive(Debug, Default)]
+struct CacheAddHistogram {
+    buckets: [u64; CACHE_ADD_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl CacheAddHistogram {
+    fn record(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (bound, n) in CACHE_ADD_BUCKETS.iter().zip(&mut self.buckets) {
+            if secs <= *bound {
+                *n += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += secs;
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "lispwg_xtr_cache_add_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} time from a map-cache miss to its peer and route being programmed"
+        );
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, n) in CACHE_ADD_BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {:.9}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
 
 /// Everything the shell set up, for the event loop.
 struct Agent {
@@ -39,6 +81,7 @@ struct Agent {
     rloc_state: HashMap<String, (bool, BTreeSet<IpAddr>)>,
     started: SystemTime,
     output_errors: u64,
+    cache_add: CacheAddHistogram,
 }
 
 fn prefix(p: &EidPrefix) -> Result<IpPrefix> {
@@ -137,6 +180,7 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         rloc_state,
         started: SystemTime::now(),
         output_errors: 0,
+        cache_add: CacheAddHistogram::default(),
     };
     let rlocs = agent.current_rlocs();
     agent.core.handle_rlocs(now, rlocs);
@@ -178,6 +222,7 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
         }
         agent.flush().await;
+        agent.record_programmed();
     }
     Ok(())
 }
@@ -359,6 +404,16 @@ impl Agent {
         self.core.handle_peer_stats(Instant::now(), &stats);
     }
 
+    /// Records the cache-add time of the resolutions whose peer and route
+    /// the last flush programmed.
+    fn record_programmed(&mut self) {
+        let now = Instant::now();
+        while let Some((_, missed_at)) = self.core.poll_programmed() {
+            self.cache_add
+                .record(now.saturating_duration_since(missed_at));
+        }
+    }
+
     /// Carries out the core's outputs in order.
     async fn flush(&mut self) {
         while let Some(out) = self.core.poll_output() {
@@ -449,7 +504,9 @@ impl Agent {
                     "counter",
                     self.output_errors,
                 ));
-                telemetry::render_metrics(m)
+                let mut page = telemetry::render_metrics(m);
+                self.cache_add.render(&mut page);
+                page
             }
             Page::Status => self.status().await,
         };
@@ -609,5 +666,25 @@ fn bytes(n: u64) -> String {
         1024..=1_048_575 => format!("{:.2} KiB", n as f64 / 1024.0),
         1_048_576..=1_073_741_823 => format!("{:.2} MiB", n as f64 / 1_048_576.0),
         _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_add_histogram_is_cumulative_with_sum_and_count() {
+        let mut h = CacheAddHistogram::default();
+        h.record(Duration::from_micros(800));
+        h.record(Duration::from_millis(4));
+        let mut page = String::new();
+        h.render(&mut page);
+        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.0005\"} 0\n"));
+        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.001\"} 1\n"));
+        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(page.contains("lispwg_xtr_cache_add_seconds_sum 0.004800000\n"));
+        assert!(page.contains("lispwg_xtr_cache_add_seconds_count 2\n"));
     }
 }
