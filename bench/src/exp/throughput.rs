@@ -1,0 +1,331 @@
+//! throughput: TCP and UDP (1380-byte payloads) with iperf3 through an
+//! on-demand lispwg tunnel, beside a hand-configured WireGuard tunnel between
+//! the same two namespaces with the same backend (wireguard-go), and the
+//! plain underlay.
+
+use super::{progress, Ctx, Outcome, Produced, Started};
+use crate::lab::{self, Lab, LabOptions, Robot};
+use crate::report::{Figure, Series};
+use crate::stats::{median, spread};
+use crate::svg::{self, Bar, RefLine};
+use crate::sys::{self, Daemon, Netns};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+const NAME: &str = "throughput";
+const IPERF_PORT: &str = "5201";
+const HAND_PORT: u16 = 51900;
+const UDP_PAYLOAD: &str = "1380";
+
+/// The three paths measured, in the order they run in each repetition.
+const PATHS: [(&str, &str); 3] = [
+    ("underlay", lab::ROBOT_B_RLOC),
+    ("hand-configured WireGuard", "10.200.0.2"),
+    ("lispwg on-demand tunnel", lab::ROBOT_B_EID),
+];
+
+/// A WireGuard tunnel between robot-a and robot-b configured by hand with
+/// `wg` and `ip` over wireguard-go: the baseline.
+struct HandTunnel {
+    _daemons: Vec<Daemon>,
+}
+
+fn wait_socket(ifname: &str) -> Result<()> {
+    let sock = format!("/var/run/wireguard/{ifname}.sock");
+    sys::wait_for(
+        Duration::from_secs(10),
+        Duration::from_millis(5),
+        &format!("{sock} (wireguard-go)"),
+        || Ok(Path::new(&sock).exists().then_some(())),
+    )
+}
+
+impl HandTunnel {
+    fn up(lab: &Lab, dir: &Path) -> Result<HandTunnel> {
+        let wg = sys::which("wireguard-go").context("wireguard-go not on PATH")?;
+        let ends = [
+            (
+                Robot::A,
+                "10.200.0.1/24",
+                lab::ROBOT_B_RLOC,
+                "10.200.0.2/32",
+            ),
+            (
+                Robot::B,
+                "10.200.0.2/24",
+                lab::ROBOT_A_RLOC,
+                "10.200.0.1/32",
+            ),
+        ];
+        let mut keys = Vec::new();
+        for (robot, ..) in &ends {
+            let path = dir.join(format!("hand-{}.key", robot.name()));
+            keys.push((lab::keypair(&path)?, path));
+        }
+        let mut daemons = Vec::new();
+        for (i, (robot, addr, peer_rloc, peer_allowed)) in ends.iter().enumerate() {
+            let ns: &Netns = lab.ns(*robot);
+            let ifname = format!("{}w{}", lab.prefix, if i == 0 { 'a' } else { 'b' });
+            let log = dir.join(format!("wireguard-go-{ifname}.log"));
+            daemons.push(ns.spawn("wireguard-go", &wg, &["-f", &ifname], &log)?);
+            wait_socket(&ifname)?;
+            let (own_key, peer_key) = (&keys[i].1, &keys[1 - i].0);
+            let key_path = own_key.to_str().context("key path")?;
+            let endpoint = format!("{peer_rloc}:{HAND_PORT}");
+            ns.exec(&[
+                "wg",
+                "set",
+                &ifname,
+                "private-key",
+                key_path,
+                "listen-port",
+                &HAND_PORT.to_string(),
+                "peer",
+                peer_key,
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                peer_allowed,
+            ])?;
+            ns.ip(&["addr", "add", addr, "dev", &ifname])?;
+            ns.ip(&["link", "set", &ifname, "up"])?;
+        }
+        Ok(HandTunnel { _daemons: daemons })
+    }
+}
+
+fn ping_until_reply(ns: &Netns, dst: &str) -> Result<()> {
+    for _ in 0..10 {
+        if ns.exec(&["ping", "-c", "1", "-W", "1", dst]).is_ok() {
+            return Ok(());
+        }
+        sys::interrupted()?;
+    }
+    bail!("{dst} does not answer pings from {}", ns.name())
+}
+
+/// One iperf3 run; returns (received Mbit/s, UDP loss %).
+fn iperf(ns: &Netns, dst: &str, udp: bool, secs: u64, omit: u64) -> Result<(f64, f64, Value)> {
+    let t = secs.to_string();
+    let o = omit.to_string();
+    let limit = (secs + omit + 20).to_string();
+    let mut args = vec![
+        "timeout",
+        &limit,
+        "iperf3",
+        "-c",
+        dst,
+        "-p",
+        IPERF_PORT,
+        "-t",
+        &t,
+        "-O",
+        &o,
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ];
+    if udp {
+        args.extend_from_slice(&["-u", "-l", UDP_PAYLOAD, "-b", "0"]);
+    }
+    let out = ns.exec(&args)?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 -J output is not JSON")?;
+    if let Some(e) = v.get("error") {
+        bail!("iperf3 to {dst}: {e}");
+    }
+    let end = &v["end"];
+    let (bps, loss) = if udp {
+        let loss = end["sum"]["lost_percent"].as_f64().unwrap_or(0.0);
+        match end["sum_received"]["bits_per_second"].as_f64() {
+            Some(b) => (b, loss),
+            None => (
+                end["sum"]["bits_per_second"].as_f64().unwrap_or(0.0) * (1.0 - loss / 100.0),
+                loss,
+            ),
+        }
+    } else {
+        (
+            end["sum_received"]["bits_per_second"]
+                .as_f64()
+                .context("iperf3: no end.sum_received")?,
+            0.0,
+        )
+    };
+    let brief = json!({
+        "bits_per_second": bps,
+        "lost_percent": loss,
+        "sum": end.get("sum").cloned().unwrap_or(Value::Null),
+        "sum_sent": end.get("sum_sent").cloned().unwrap_or(Value::Null),
+        "sum_received": end.get("sum_received").cloned().unwrap_or(Value::Null),
+        "cpu": end.get("cpu_utilization_percent").cloned().unwrap_or(Value::Null),
+    });
+    Ok((bps / 1e6, loss, brief))
+}
+
+pub fn run(ctx: &Ctx) -> Result<Produced> {
+    let started = Started::now();
+    let (reps, secs, omit) = if ctx.quick { (1, 2, 0) } else { (3, 10, 1) };
+    let dir = ctx.dir(NAME)?;
+    progress(NAME, "bringing up the lab (map-server, robot-a, robot-b)");
+    let lab = Lab::up(&ctx.bins, &dir.join("lab"), LabOptions::default())?;
+    let _hand = HandTunnel::up(&lab, &dir)?;
+    let iperf_bin = sys::which("iperf3").context("iperf3 not on PATH")?;
+    let _server = lab.b.spawn(
+        "iperf3 server",
+        &iperf_bin,
+        &["-s", "-p", IPERF_PORT],
+        &dir.join("iperf3-server.log"),
+    )?;
+    for (_, dst) in PATHS {
+        ping_until_reply(&lab.a, dst)?;
+    }
+    // results[proto][path] = Mbit/s per repetition.
+    let mut mbps = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
+    let mut loss = [vec![], vec![], vec![]];
+    let mut raw = Vec::new();
+    for rep in 0..reps {
+        for (pi, proto) in ["tcp", "udp"].iter().enumerate() {
+            for (k, (path, dst)) in PATHS.iter().enumerate() {
+                sys::interrupted()?;
+                let (m, l, brief) = iperf(&lab.a, dst, pi == 1, secs, omit)?;
+                progress(
+                    NAME,
+                    format!(
+                        "rep {}/{reps} {proto} {path}: {m:.0} Mbit/s{}",
+                        rep + 1,
+                        if pi == 1 {
+                            format!(", {l:.1} % lost")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+                mbps[pi][k].push(m);
+                if pi == 1 {
+                    loss[k].push(l);
+                }
+                raw.push(json!({"rep": rep, "proto": proto, "path": path, "iperf3": brief}));
+            }
+        }
+    }
+    drop(lab);
+
+    let mut series = Vec::new();
+    for (pi, proto) in ["TCP", "UDP"].iter().enumerate() {
+        for (k, (path, _)) in PATHS.iter().enumerate() {
+            series.push(Series::new(
+                format!("{proto} {path}"),
+                "Mbit/s",
+                mbps[pi][k].clone(),
+            ));
+        }
+    }
+    if let Some(first) = series.first_mut() {
+        first.details = Some(json!(raw));
+    }
+    let noise = format!("median (min–max) of {reps} runs of {secs} s");
+    let mut figures = Vec::new();
+    for (pi, proto) in ["TCP", "UDP"].iter().enumerate() {
+        let ours = &mbps[pi][2];
+        let hand = &mbps[pi][1];
+        let under = &mbps[pi][0];
+        let ratios: Vec<f64> = ours.iter().zip(hand).map(|(o, h)| o / h * 100.0).collect();
+        let ratio = median(ours) / median(hand) * 100.0;
+        figures.push(
+            Figure::info(format!("{proto} throughput, Mbit/s"), spread(ours, 0))
+                .baseline(format!(
+                    "hand WG {}; underlay {}",
+                    spread(hand, 0),
+                    spread(under, 0)
+                ))
+                .thesis(if pi == 1 {
+                    "≈900 (OOR+WG), 700–800 (OOR), 1 GbE, kernel WG"
+                } else {
+                    "–"
+                })
+                .noise(noise.clone()),
+        );
+        figures.push(
+            Figure::info(
+                format!("{proto}: lispwg ÷ hand-configured WireGuard"),
+                format!("{ratio:.1} %"),
+            )
+            .target("≥ 95 %", ratio >= 95.0)
+            .noise(format!(
+                "per-run ratios {}",
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.1} %"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        );
+    }
+    figures.push(Figure::info(
+        "UDP loss at full rate (-b 0), %",
+        format!(
+            "lispwg {}; hand WG {}; underlay {}",
+            spread(&loss[2], 1),
+            spread(&loss[1], 1),
+            spread(&loss[0], 1)
+        ),
+    ));
+
+    let groups: Vec<(String, Vec<Bar>)> = ["TCP", "UDP (1380 B)"]
+        .iter()
+        .enumerate()
+        .map(|(pi, label)| {
+            let bars = PATHS
+                .iter()
+                .enumerate()
+                .map(|(k, (path, _))| {
+                    let s = crate::stats::summarize(&mbps[pi][k]);
+                    Bar {
+                        series: path.to_string(),
+                        value: s.p50,
+                        range: (s.n > 1).then_some((s.min, s.max)),
+                    }
+                })
+                .collect();
+            (label.to_string(), bars)
+        })
+        .collect();
+    let svg = svg::bars(
+        "Throughput robot-a → robot-b (iperf3; median, whiskers min–max)",
+        "Mbit/s",
+        &groups,
+        &[RefLine::new("thesis UDP, OOR+WG (1 GbE)", 900.0)],
+    );
+    let outcome = Outcome {
+        title: "TCP and UDP throughput through an on-demand tunnel",
+        description: format!(
+            "iperf3 from robot-a to robot-b for {secs} s per run ({reps} runs, paths interleaved \
+             in each run): TCP, and UDP with {UDP_PAYLOAD}-byte payloads at full rate (-b 0, the \
+             received rate is reported). Three paths between the same two namespaces: the plain \
+             underlay (to robot-b's RLOC, through the lab router), a WireGuard tunnel configured \
+             by hand with wg/ip over wireguard-go (10.200.0.0/24), and lispwg's on-demand tunnel \
+             (to robot-b's EID, set up by the agents from the map-server's mapping, also \
+             wireguard-go)."
+        ),
+        parameters: json!({
+            "repetitions": reps, "seconds": secs, "omit_seconds": omit,
+            "udp_payload_bytes": 1380, "udp_rate": "unlimited (-b 0)",
+            "paths": PATHS.iter().map(|(p, d)| json!({"path": p, "destination": d})).collect::<Vec<_>>(),
+        }),
+        series,
+        figures,
+        notes: vec![
+            "Both tunnels run wireguard-go (no kernel WireGuard module on this machine), so the \
+             absolute rates are far below the thesis's kernel-WireGuard 1 GbE figures; the \
+             comparison that matters is lispwg against the hand-configured tunnel measured \
+             alongside it. All processes (iperf3 client and server, two wireguard-go per path) \
+             share the machine's cores, which makes these figures noisy."
+                .into(),
+        ],
+        svg,
+        more_svgs: Vec::new(),
+    };
+    Ok(ctx.result(NAME, started, outcome))
+}
