@@ -295,6 +295,20 @@ pub fn write_summary(out: &Path) -> Result<()> {
          baseline. Each table puts the baseline measured in the same run beside our figure. \
          Figures marked *noisy* give the median (min–max) over repetitions.\n"
     );
+    if results.iter().any(|r| r.mode == "quick") {
+        let _ = writeln!(
+            s,
+            "**Quick mode** (`--quick`): short runs that check every experiment works; the \
+             numbers are not meant to be quoted.\n"
+        );
+    }
+    let total: f64 = results.iter().map(|r| r.duration_s).sum();
+    let _ = writeln!(
+        s,
+        "The experiments below took {:.0} s in all ({:.1} min).\n",
+        total,
+        total / 60.0
+    );
     let mut machines: Vec<String> = results.iter().map(|r| r.machine.one_line()).collect();
     machines.dedup();
     for m in &machines {

@@ -4,10 +4,10 @@
 
 use std::fmt::Write as _;
 
-const W: f64 = 760.0;
+const W: f64 = 980.0;
 const H: f64 = 440.0;
 const LEFT: f64 = 80.0;
-const RIGHT: f64 = 200.0;
+const RIGHT: f64 = 360.0;
 const TOP: f64 = 46.0;
 const BOTTOM: f64 = 56.0;
 const COLORS: [&str; 8] = [
@@ -138,7 +138,7 @@ impl Canvas {
         let _ = writeln!(
             out,
             r#"<text x="{}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
-            (LEFT + W - RIGHT) / 2.0,
+            W / 2.0,
             esc(title)
         );
         let mut c = Canvas { out, x, y };

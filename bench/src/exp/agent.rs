@@ -223,6 +223,12 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         ],
         &[RefLine::new("RSS target 20 MiB", RSS_MAX_MIB)],
     );
+    let why = super::if_missed(
+        &figures,
+        "Why a target is missed: see the wake-ups per second; an agent that polls wakes \
+         often, and its resident memory grows with the map-cache and peers it holds."
+            .into(),
+    );
     let outcome = Outcome {
         title: "Agent footprint idle and with 1 000 cached peers",
         description: format!(
@@ -238,12 +244,12 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         parameters: json!({"peers": n, "window_s": window.as_secs(), "settle_s": settle.as_secs()}),
         series,
         figures,
-        notes: vec![
+        notes: why.into_iter().chain([
             "wireguard-go runs as a separate process (the userspace backend); its memory and CPU \
              are shown for context and are not the agent's. On robots with kernel WireGuard it \
              does not exist."
                 .into(),
-        ],
+        ]).collect(),
         svg,
         more_svgs: Vec::new(),
     };

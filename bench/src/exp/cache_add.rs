@@ -131,15 +131,27 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         ),
         parameters: json!({"eids": n, "first_eid": eid(0).to_string(), "rloc": NOWHERE}),
         series: vec![Series::new("miss to peer programmed", "ms", samples)],
-        figures,
-        notes: vec![
+        notes: [super::if_missed(
+            &figures,
+            "Why a target is missed: the span holds a Map-Request round trip to the \
+                 map-server through the control tunnel (two crossings of userspace wireguard-go \
+                 each way) and a peer upsert over wireguard-go's UAPI socket; on this shared \
+                 2-core machine those are scheduled with everything else, and they are what a \
+                 kernel WireGuard would shorten."
+                .into(),
+        )]
+        .into_iter()
+        .flatten()
+        .chain([
             "The thesis timed the same span with OOR (kernel WireGuard peer added through wg), \
              and gives averages; our mean is shown beside them."
                 .into(),
             "Includes the Map-Request/Map-Reply round trip to the map-server through the \
              WireGuard control tunnel (wireguard-go) and two UAPI/netlink calls."
                 .into(),
-        ],
+        ])
+        .collect(),
+        figures,
         svg,
         more_svgs: Vec::new(),
     };

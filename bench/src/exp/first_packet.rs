@@ -172,15 +172,27 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
             Series::new("first reply delay", "ms", delays).with_details(details),
             Series::new("requests lost before the first reply", "requests", lost),
         ],
-        figures,
-        notes: vec![
+        notes: [super::if_missed(
+            &figures,
+            "Why a target is missed: the first reply needs the request held and resolved, \
+                 the map-server's Map-Notify to robot-b and its Ack, two peer programmings, a \
+                 WireGuard handshake and the echo itself: about eight crossings of userspace \
+                 wireguard-go, each a few hundred microseconds of scheduling on this shared \
+                 2-core machine. See the per-repetition details in the JSON for lost requests."
+                .into(),
+        )]
+        .into_iter()
+        .flatten()
+        .chain([
             "The first request is held by robot-a's agent while it resolves robot-b; the \
              map-server tells robot-b about robot-a (Map-Notify) and releases its reply once \
              robot-b has programmed its peer, so the held request and the WireGuard handshake \
              reach a peer that already knows robot-a. The requests sent meanwhile are held too \
              and re-injected, not dropped."
                 .into(),
-        ],
+        ])
+        .collect(),
+        figures,
         svg,
         more_svgs: Vec::new(),
     };

@@ -111,3 +111,11 @@ impl Ctx {
 pub fn ms(v: f64) -> String {
     format!("{v:.3} ms")
 }
+
+/// `note` when any of `figures` missed its target.
+pub fn if_missed(figures: &[Figure], note: String) -> Option<String> {
+    figures
+        .iter()
+        .any(|f| f.status == crate::report::Status::Missed)
+        .then_some(note)
+}
