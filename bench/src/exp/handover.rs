@@ -363,8 +363,10 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
             "WireGuard roaming updates a peer's endpoint only when an authenticated packet \
              arrives from the new address. When only robot-a sends, its requests still go to \
              robot-b's old address and robot-b has nothing to reply to, so without the push a \
-             move away is not recovered until robot-b sends something of its own (a WireGuard \
-             handshake or keepalive when a timer fires); a move back to the old address is, \
+             move away is recovered only if a reply robot-b was sending at the moment of the \
+             move leaves from the new address (a race), or once robot-b sends something of its \
+             own (a WireGuard handshake or keepalive when a timer fires); a move back to the old \
+             address is, \
              because robot-a's stale endpoint is right again. The thesis's ≈1 s was measured \
              with traffic from the moving node; the third mode gives WireGuard that traffic."
                 .to_string(),
