@@ -554,12 +554,9 @@ fn deregistration_with_ttl_zero_removes_the_mapping() {
     assert!(ms.registry().lookup(0, a.eid.addr(), now).is_none());
 }
 
-#[test]
-fn restore_rechecks_persisted_mappings_against_the_policy() {
-    let now = Instant::now();
-    let mut ms = server(now);
-    let a = node_a();
-    let m = Mapping {
+/// A's registration as the store hands it back at start-up.
+fn persisted_mapping(a: &Node, now: Instant) -> Mapping {
+    Mapping {
         rlocs: vec![Rloc {
             addr: a.rloc.ip(),
             port: Some(a.rloc.port()),
@@ -572,7 +569,15 @@ fn restore_rechecks_persisted_mappings_against_the_policy() {
         ttl_minutes: 10,
         map_version: 0,
         expires: Some(now + Duration::from_secs(100)),
-    };
+    }
+}
+
+#[test]
+fn restore_rechecks_persisted_mappings_against_the_policy() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    let m = persisted_mapping(&a, now);
     assert!(ms.restore(a.eid, "robot-a", m.clone(), now));
     assert!(
         !ms.restore(host("10.0.0.50"), "robot-a", m.clone(), now),
@@ -601,20 +606,7 @@ fn restore_rechecks_persisted_mappings_against_the_policy() {
 fn restore_counts_entries_and_never_overrides_a_static_mapping() {
     let now = Instant::now();
     let a = node_a();
-    let m = Mapping {
-        rlocs: vec![Rloc {
-            addr: a.rloc.ip(),
-            port: Some(a.rloc.port()),
-            priority: 1,
-            weight: 100,
-        }]
-        .into_boxed_slice(),
-        wg_key: Some(a.key),
-        origin: Origin::Static,
-        ttl_minutes: 10,
-        map_version: 0,
-        expires: Some(now + Duration::from_secs(100)),
-    };
+    let m = persisted_mapping(&a, now);
     let mut ms = server(now);
     assert!(ms.restore(a.eid, "robot-a", m.clone(), now));
     assert_eq!(
