@@ -6,7 +6,8 @@ use crate::ecm::Ecm;
 use crate::error::{EncodeError, ParseErrorKind};
 use crate::parse::{array, be_u16, be_u32, be_u64, be_u8, fail, take, Res};
 use crate::record::{
-    max_mask_len, parse_eid_record, parse_eid_records, validate_records, EidRecord,
+    check_mask, max_mask_len, parse_counted, parse_eid_record, parse_eid_records, validate_records,
+    EidRecord,
 };
 use bytes::BufMut;
 
@@ -450,38 +451,24 @@ fn parse_map_request(input: &[u8], word: u32) -> Res<'_, Message> {
         itr_rlocs.push(a);
         input = rest;
     }
-    let mut records = Vec::with_capacity(count.min(64));
-    for found in 0..count {
-        if input.is_empty() {
-            return fail(
-                input,
-                ParseErrorKind::RecordCountMismatch {
-                    declared: count,
-                    found,
-                },
-            );
-        }
-        let (rest, _reserved) = be_u8(input)?;
-        let mask_at = rest;
-        let (rest, eid_mask_len) = be_u8(rest)?;
-        let eid_at = rest;
-        let (rest, eid) = parse_address(rest, 0)?;
-        match max_mask_len(&eid) {
-            Some(max) if eid_mask_len <= max => {}
-            Some(max) => {
-                return fail(
-                    mask_at,
-                    ParseErrorKind::BadMaskLen {
-                        mask_len: eid_mask_len,
-                        max,
-                    },
-                )
-            }
-            None => return fail(eid_at, ParseErrorKind::BadEidPrefix),
-        }
-        records.push(RequestRecord { eid_mask_len, eid });
-        input = rest;
-    }
+    let (rest, records) = parse_counted(
+        input,
+        count,
+        |found| ParseErrorKind::RecordCountMismatch {
+            declared: count,
+            found,
+        },
+        |input| {
+            let (rest, _reserved) = be_u8(input)?;
+            let mask_at = rest;
+            let (rest, eid_mask_len) = be_u8(rest)?;
+            let eid_at = rest;
+            let (rest, eid) = parse_address(rest, 0)?;
+            check_mask(mask_at, eid_at, eid_mask_len, &eid)?;
+            Ok((rest, RequestRecord { eid_mask_len, eid }))
+        },
+    )?;
+    input = rest;
     let map_reply_record = if word & 0x0400_0000 != 0 {
         let (rest, rec) = parse_eid_record(input)?;
         input = rest;

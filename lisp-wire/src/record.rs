@@ -196,35 +196,15 @@ pub(crate) fn parse_eid_record(input: &[u8]) -> Res<'_, EidRecord> {
     let (input, act) = be_u16(input)?;
     let (input, version) = be_u16(input)?;
     let eid_at = input;
-    let (mut input, eid) = parse_address(input, 0)?;
-    match max_mask_len(&eid) {
-        Some(max) if eid_mask_len <= max => {}
-        Some(max) => {
-            return fail(
-                mask_at,
-                ParseErrorKind::BadMaskLen {
-                    mask_len: eid_mask_len,
-                    max,
-                },
-            )
-        }
-        None => return fail(eid_at, ParseErrorKind::BadEidPrefix),
-    }
-    let mut rlocs = Vec::with_capacity(loc_count as usize);
-    for found in 0..loc_count as usize {
-        if input.is_empty() {
-            return fail(
-                input,
-                ParseErrorKind::LocatorCountMismatch {
-                    declared: loc_count as usize,
-                    found,
-                },
-            );
-        }
-        let (rest, r) = parse_rloc_record(input)?;
-        rlocs.push(r);
-        input = rest;
-    }
+    let (input, eid) = parse_address(input, 0)?;
+    check_mask(mask_at, eid_at, eid_mask_len, &eid)?;
+    let declared = loc_count as usize;
+    let (input, rlocs) = parse_counted(
+        input,
+        declared,
+        |found| ParseErrorKind::LocatorCountMismatch { declared, found },
+        parse_rloc_record,
+    )?;
     Ok((
         input,
         EidRecord {
@@ -240,23 +220,52 @@ pub(crate) fn parse_eid_record(input: &[u8]) -> Res<'_, EidRecord> {
 }
 
 /// Parses `count` EID-records, reporting a short message as a count mismatch.
-pub(crate) fn parse_eid_records(mut input: &[u8], count: usize) -> Res<'_, Vec<EidRecord>> {
-    let mut records = Vec::with_capacity(count.min(64));
+pub(crate) fn parse_eid_records(input: &[u8], count: usize) -> Res<'_, Vec<EidRecord>> {
+    parse_counted(
+        input,
+        count,
+        |found| ParseErrorKind::RecordCountMismatch {
+            declared: count,
+            found,
+        },
+        parse_eid_record,
+    )
+}
+
+/// Parses `count` items with `item`. Input that ends before `count` items is
+/// reported as `mismatch(found)` (the count field lies), not as a truncation.
+pub(crate) fn parse_counted<'a, T>(
+    mut input: &'a [u8],
+    count: usize,
+    mismatch: impl Fn(usize) -> ParseErrorKind,
+    mut item: impl FnMut(&'a [u8]) -> Res<'a, T>,
+) -> Res<'a, Vec<T>> {
+    // The count is attacker-controlled: do not reserve on its word.
+    let mut items = Vec::with_capacity(count.min(64));
     for found in 0..count {
         if input.is_empty() {
-            return fail(
-                input,
-                ParseErrorKind::RecordCountMismatch {
-                    declared: count,
-                    found,
-                },
-            );
+            return fail(input, mismatch(found));
         }
-        let (rest, r) = parse_eid_record(input)?;
-        records.push(r);
+        let (rest, v) = item(input)?;
+        items.push(v);
         input = rest;
     }
-    Ok((input, records))
+    Ok((input, items))
+}
+
+/// Checks an EID's mask length against the family of its innermost address;
+/// `mask_at` and `eid_at` locate the error.
+pub(crate) fn check_mask<'a>(
+    mask_at: &'a [u8],
+    eid_at: &'a [u8],
+    mask_len: u8,
+    eid: &Address,
+) -> Res<'a, ()> {
+    match max_mask_len(eid) {
+        Some(max) if mask_len <= max => Ok((eid_at, ())),
+        Some(max) => fail(mask_at, ParseErrorKind::BadMaskLen { mask_len, max }),
+        None => fail(eid_at, ParseErrorKind::BadEidPrefix),
+    }
 }
 
 pub(crate) fn validate_records(records: &[EidRecord]) -> Result<(), EncodeError> {
