@@ -217,15 +217,7 @@ impl Rtnl {
             if msg.header.index != index {
                 continue;
             }
-            let (mut local, mut address) = (None, None);
-            for attr in &msg.attributes {
-                match attr {
-                    AddressAttribute::Local(a) => local = Some(*a),
-                    AddressAttribute::Address(a) => address = Some(*a),
-                    _ => {}
-                }
-            }
-            if let Some(ip) = local.or(address) {
+            if let Some(ip) = address_of(&msg) {
                 out.push(IpPrefix::new(ip, msg.header.prefix_len)?);
             }
         }
@@ -576,21 +568,11 @@ impl EventTracker {
     }
 
     async fn address_event(&mut self, msg: AddressMessage) -> Option<(u32, String, IpAddr, u8)> {
-        // IFA_LOCAL is the address itself on point-to-point links; IFA_ADDRESS
-        // is then the peer. Without a peer they are equal (IPv6 sends only
-        // IFA_ADDRESS).
-        let mut local = None;
-        let mut address = None;
-        let mut label = None;
-        for attr in &msg.attributes {
-            match attr {
-                AddressAttribute::Local(a) => local = Some(*a),
-                AddressAttribute::Address(a) => address = Some(*a),
-                AddressAttribute::Label(l) => label = Some(l.clone()),
-                _ => {}
-            }
-        }
-        let ip = local.or(address)?;
+        let ip = address_of(&msg)?;
+        let label = msg.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Label(l) => Some(l.clone()),
+            _ => None,
+        });
         let index = msg.header.index;
         let ifname = match self.links.get(&index) {
             Some(state) if !state.name.is_empty() => state.name.clone(),
@@ -617,4 +599,19 @@ impl EventTracker {
         self.links.insert(index, state);
         Some(name)
     }
+}
+
+/// The address an address message is about. IFA_LOCAL is the address itself
+/// on point-to-point links, where IFA_ADDRESS is the peer; without a peer they
+/// are equal (IPv6 sends only IFA_ADDRESS).
+fn address_of(msg: &AddressMessage) -> Option<IpAddr> {
+    let mut address = None;
+    for attr in &msg.attributes {
+        match attr {
+            AddressAttribute::Local(a) => return Some(*a),
+            AddressAttribute::Address(a) => address = Some(*a),
+            _ => {}
+        }
+    }
+    address
 }
