@@ -22,6 +22,7 @@ pub mod ecm;
 pub mod error;
 pub mod mapping;
 pub mod msg;
+pub mod nonce;
 mod parse;
 pub mod record;
 pub mod table;
@@ -36,6 +37,7 @@ pub use msg::{
     TYPE_ECM, TYPE_MAP_NOTIFY, TYPE_MAP_NOTIFY_ACK, TYPE_MAP_REGISTER, TYPE_MAP_REPLY,
     TYPE_MAP_REQUEST,
 };
+pub use nonce::Nonces;
 pub use record::{Action, EidRecord, RlocRecord};
 pub use table::EidTable;
 

@@ -134,7 +134,7 @@ pub struct MapServer {
     transmits: VecDeque<Transmit>,
     store_ops: VecDeque<StoreOp>,
     next_sweep: Instant,
-    rng: u64,
+    nonce_gen: lisp_wire::Nonces,
     counters: Counters,
 }
 
@@ -194,7 +194,7 @@ impl MapServer {
             transmits: VecDeque::new(),
             store_ops: VecDeque::new(),
             next_sweep: now + SWEEP_INTERVAL,
-            rng: seed | 1,
+            nonce_gen: lisp_wire::Nonces::new(seed),
             counters,
         }
     }
@@ -281,15 +281,6 @@ impl MapServer {
             }
         });
         pending.chain(std::iter::once(self.next_sweep)).min()
-    }
-
-    fn nonce(&mut self) -> u64 {
-        // xorshift64*: cheap, and only needs to be unpredictable enough that
-        // Acks cannot be guessed by a peer that did not get the Notify.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// Handles one received datagram. Bad input is counted and logged, and
@@ -641,7 +632,7 @@ impl MapServer {
             return;
         };
         let record = mapping_record(about, mapping);
-        let nonce = self.nonce();
+        let nonce = self.nonce_gen.next_nonce();
         let peer = &self.policy.peers[peer_idx as usize];
         let notify = MapNotify {
             nonce,

@@ -303,7 +303,7 @@ pub struct Xtr {
     /// `outputs`: (prefix, instant of the miss). See [`Xtr::poll_programmed`].
     programmed: VecDeque<(EidPrefix, Instant)>,
     next_housekeeping: Instant,
-    rng: u64,
+    nonces: lisp_wire::Nonces,
     counters: Counters,
 }
 
@@ -334,7 +334,7 @@ impl Xtr {
             outputs: VecDeque::new(),
             programmed: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING,
-            rng: seed | 1,
+            nonces: lisp_wire::Nonces::new(seed),
             counters: Counters::default(),
         }
     }
@@ -413,16 +413,9 @@ impl Xtr {
             .min()
     }
 
-    fn nonce(&mut self) -> u64 {
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
     /// Uniform in [0.9, 1.1): spreads refreshes of many nodes apart.
     fn jitter(&mut self, d: Duration) -> Duration {
-        let f = 0.9 + (self.nonce() % 2000) as f64 / 10_000.0;
+        let f = 0.9 + (self.nonces.next_nonce() % 2000) as f64 / 10_000.0;
         d.mul_f64(f)
     }
 
@@ -489,7 +482,7 @@ impl Xtr {
             if self.servers[i].next_register > now {
                 continue;
             }
-            let nonce = self.nonce();
+            let nonce = self.nonces.next_nonce();
             let s = &mut self.servers[i];
             if s.outstanding.is_some() {
                 s.misses += 1;
@@ -586,7 +579,7 @@ impl Xtr {
         source: EidPrefix,
         packet: Option<Vec<u8>>,
     ) {
-        let nonce = self.nonce();
+        let nonce = self.nonces.next_nonce();
         let mut p = Pending {
             nonce,
             source,
