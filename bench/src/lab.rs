@@ -73,6 +73,28 @@ impl Bins {
     }
 }
 
+/// Where mappings of nodes that need not exist point: nothing answers there,
+/// which is fine for experiments that time only the control plane.
+pub const NOWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 200));
+
+/// The i-th EID of 10.`net`.0.0/16.
+pub fn numbered_eid(net: u8, i: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, net, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// `n` static mappings for the EIDs of 10.`net`.0.0/16, each with its own
+/// fresh WireGuard key, all pointing nowhere.
+pub fn unreachable_mappings(net: u8, n: u32) -> Vec<StaticMapping> {
+    (0..n)
+        .map(|i| StaticMapping {
+            prefix: format!("{}/32", numbered_eid(net, i)),
+            public_key: random_public_key(),
+            rloc: NOWHERE,
+            port: 51820,
+        })
+        .collect()
+}
+
 /// A mapping served from the map-server's configuration.
 #[derive(Debug, Clone)]
 pub struct StaticMapping {

@@ -1,7 +1,7 @@
 //! agent: the xtr's memory and CPU when idle, and with 1 000 cached peers.
 
 use super::{progress, Ctx, Outcome, Produced, Started};
-use crate::lab::{self, Lab, LabOptions, Robot, StaticMapping};
+use crate::lab::{self, Lab, LabOptions, Robot};
 use crate::report::{Figure, Series};
 use crate::svg::{self, Bar, RefLine};
 use crate::sys;
@@ -11,13 +11,15 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 const NAME: &str = "agent";
-const NOWHERE: &str = "192.0.2.200";
 /// "≈ 0": at most this share of one core, in percent.
 const IDLE_CPU_MAX: f64 = 0.5;
 const RSS_MAX_MIB: f64 = 20.0;
 
+/// EIDs of this experiment: 10.4.0.0/16.
+const NET: u8 = 4;
+
 fn eid(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 4, (i / 250) as u8, (i % 250 + 1) as u8)
+    lab::numbered_eid(NET, i)
 }
 
 /// One observation window of a process.
@@ -63,16 +65,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         (1000, Duration::from_secs(10), Duration::from_secs(3))
     };
     let dir = ctx.dir(NAME)?;
-    let static_mappings = (0..n)
-        .map(|i| {
-            Ok(StaticMapping {
-                prefix: format!("{}/32", eid(i)),
-                public_key: lab::random_public_key(),
-                rloc: NOWHERE.parse()?,
-                port: 51820,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let static_mappings = lab::unreachable_mappings(NET, n);
     progress(
         NAME,
         format!("bringing up the lab; {n} static mappings with distinct keys"),

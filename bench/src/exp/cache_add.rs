@@ -4,7 +4,7 @@
 //! sample).
 
 use super::{ms, progress, Ctx, Outcome, Produced, Started};
-use crate::lab::{self, Lab, LabOptions, Robot, StaticMapping};
+use crate::lab::{self, Lab, LabOptions, Robot};
 use crate::report::{Figure, Series};
 use crate::stats::summarize;
 use crate::svg::{self, RefLine};
@@ -15,13 +15,12 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
 const NAME: &str = "cache-add";
-/// Where the mappings' nodes would be: nothing answers there, which is fine,
-/// only the programming is timed.
-const NOWHERE: &str = "192.0.2.200";
 
-/// The i-th EID of this experiment (10.3.0.0/16).
+/// EIDs of this experiment: 10.3.0.0/16.
+const NET: u8 = 3;
+
 fn eid(i: u32) -> Ipv4Addr {
-    Ipv4Addr::new(10, 3, (i / 250) as u8, (i % 250 + 1) as u8)
+    lab::numbered_eid(NET, i)
 }
 
 /// (sum in seconds, count, peers) from the agent's metrics.
@@ -41,16 +40,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     let started = Started::now();
     let n: u32 = if ctx.quick { 10 } else { 100 };
     let dir = ctx.dir(NAME)?;
-    let static_mappings = (0..n)
-        .map(|i| {
-            Ok(StaticMapping {
-                prefix: format!("{}/32", eid(i)),
-                public_key: lab::random_public_key(),
-                rloc: NOWHERE.parse()?,
-                port: 51820,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let static_mappings = lab::unreachable_mappings(NET, n);
     progress(
         NAME,
         format!(
@@ -129,7 +119,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
              lispwg_xtr_cache_add_seconds on /metrics. The bench resolves one EID at a time and \
              reads the change of the histogram's sum as one exact sample."
         ),
-        parameters: json!({"eids": n, "first_eid": eid(0).to_string(), "rloc": NOWHERE}),
+        parameters: json!({"eids": n, "first_eid": eid(0).to_string(), "rloc": lab::NOWHERE.to_string()}),
         series: vec![Series::new("miss to peer programmed", "ms", samples)],
         notes: [super::if_missed(
             &figures,
