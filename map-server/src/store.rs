@@ -13,9 +13,8 @@
 //! A value that does not decode is logged and skipped, never a panic: one bad
 //! record must not keep the map-server from starting.
 
-use crate::registry::{Mapping, Origin, Rloc};
-use crate::server::StoreOp;
 use lisp_wire::EidPrefix;
+use map_server_core::{Mapping, Origin, Rloc, StoreOp};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};

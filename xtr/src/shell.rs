@@ -1,14 +1,14 @@
 //! The tokio shell of the xtr: brings up the WireGuard interface and the miss
 //! TUN through wgctl, then feeds the core with packets, control messages,
-//! address events, peer statistics and time, and carries out its outputs.
+//! link events and time, carries out its outputs in order, and reports the
+//! outcome of each data-plane operation and statistics read back to it. It
+//! decides nothing.
 
-use crate::core::{Output, PeerStats, Xtr};
-use crate::policy::{LocalRloc, MapServerPeer, XtrPolicy};
+use crate::status::{PeerRow, Snapshot};
 use anyhow::{Context, Result};
 use conf::telemetry::{self, Page, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
-use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +16,10 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 use wgctl::{Host, IpPrefix, MissTun, NetEvent, PeerConfig, Reinjector, RouteSpec, WgInterface};
+use xtr_core::{
+    DataplaneFault, DataplaneOp, LinkEvent, MapServerPeer, Output, PeerStats, RlocInterface, Xtr,
+    XtrPolicy,
+};
 
 /// Metric of the per-peer routes: below the miss route's, though being more
 /// specific they win anyway.
@@ -77,8 +81,6 @@ struct Agent {
     reinjector: Reinjector,
     control: UdpSocket,
     netlink: wgctl::Netlink,
-    /// Addresses seen on each RLOC interface, and whether it is up.
-    rloc_state: HashMap<String, (bool, BTreeSet<IpAddr>)>,
     started: SystemTime,
     output_errors: u64,
     cache_add: CacheAddHistogram,
@@ -154,16 +156,21 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     let control = control_socket(&cfg).context("binding the control socket")?;
     let reinjector = Reinjector::new().context("opening the re-injection socket")?;
     let mut events = netlink.events().await?;
-    let mut rloc_state = HashMap::new();
+    // The state at start-up, as one batch: the core decides which of these
+    // addresses are RLOCs.
+    let mut initial = Vec::new();
     for r in &cfg.rlocs {
-        let addrs = match netlink.addresses(&r.interface).await {
-            Ok(a) => a.into_iter().map(|p| p.addr()).collect(),
+        match netlink.addresses(&r.interface).await {
+            Ok(addrs) => initial.extend(addrs.into_iter().map(|p| LinkEvent::Address {
+                ifname: r.interface.clone(),
+                addr: p.addr(),
+                added: true,
+                tentative: false,
+            })),
             Err(e) => {
-                warn!(interface = %r.interface, error = %e, "RLOC interface not available yet");
-                BTreeSet::new()
+                warn!(interface = %r.interface, error = %e, "RLOC interface not available yet")
             }
-        };
-        rloc_state.insert(r.interface.clone(), (true, addrs));
+        }
     }
 
     let policy = policy_of(&cfg);
@@ -177,13 +184,11 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         reinjector,
         control,
         netlink,
-        rloc_state,
         started: SystemTime::now(),
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
     };
-    let rlocs = agent.current_rlocs();
-    agent.core.handle_rlocs(now, rlocs);
+    agent.core.handle_link_events(now, &initial);
     agent.flush().await;
 
     let mut telemetry = match agent.cfg.metrics {
@@ -192,9 +197,6 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let stats_every =
-        (agent.cfg.cache.idle_timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let mut stats_tick = tokio::time::interval(stats_every);
     let mut buf = vec![0u8; 65_535];
     info!(eids = ?agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "xtr running");
     loop {
@@ -216,7 +218,6 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
                 None => anyhow::bail!("netlink event stream ended"),
             },
             _ = sleep_until(deadline) => agent.core.handle_timeout(Instant::now()),
-            _ = stats_tick.tick() => agent.poll_peer_stats().await,
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
@@ -274,12 +275,22 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
             site_key: m.site_key.as_bytes().to_vec(),
         })
         .collect();
+    let rloc_interfaces = cfg
+        .rlocs
+        .iter()
+        .map(|r| RlocInterface {
+            name: r.interface.clone(),
+            priority: r.priority,
+            weight: r.weight,
+        })
+        .collect();
     let mut p = XtrPolicy::new(
         cfg.control_address,
         *cfg.wireguard.private_key.public_key().as_bytes(),
         cfg.wireguard.listen_port,
         cfg.eids.clone(),
         servers,
+        rloc_interfaces,
     );
     p.record_ttl_minutes = cfg.cache.record_ttl_minutes;
     p.held_packets_per_eid = cfg.cache.held_packets;
@@ -330,63 +341,37 @@ impl Drop for Forwarding {
 }
 
 impl Agent {
-    /// Up RLOCs by configured priority: IPv4 and global IPv6 addresses of
-    /// the RLOC interfaces.
-    fn current_rlocs(&self) -> Vec<LocalRloc> {
-        let mut out = Vec::new();
-        for r in &self.cfg.rlocs {
-            let Some((up, addrs)) = self.rloc_state.get(&r.interface) else {
-                continue;
-            };
-            if !up {
-                continue;
-            }
-            for &addr in addrs {
-                let usable = match addr {
-                    IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
-                    IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
-                };
-                if usable {
-                    out.push(LocalRloc {
-                        addr,
-                        priority: r.priority,
-                        weight: r.weight,
-                    });
-                }
-            }
-        }
-        out
-    }
-
     fn on_net_event(&mut self, ev: NetEvent) {
-        let ifname = match &ev {
-            NetEvent::AddressAdded { ifname, .. }
-            | NetEvent::AddressRemoved { ifname, .. }
-            | NetEvent::LinkUp { ifname, .. }
-            | NetEvent::LinkDown { ifname, .. } => ifname,
+        let ev = match ev {
+            NetEvent::AddressAdded {
+                ifname, address, ..
+            } => LinkEvent::Address {
+                ifname,
+                addr: address,
+                added: true,
+                tentative: false,
+            },
+            NetEvent::AddressRemoved {
+                ifname, address, ..
+            } => LinkEvent::Address {
+                ifname,
+                addr: address,
+                added: false,
+                tentative: false,
+            },
+            NetEvent::LinkUp { ifname, .. } => LinkEvent::Link { ifname, up: true },
+            NetEvent::LinkDown { ifname, .. } => LinkEvent::Link { ifname, up: false },
         };
-        let Some((up, addrs)) = self.rloc_state.get_mut(ifname) else {
-            return;
-        };
-        match ev {
-            NetEvent::AddressAdded { address, .. } => {
-                addrs.insert(address);
-            }
-            NetEvent::AddressRemoved { address, .. } => {
-                addrs.remove(&address);
-            }
-            NetEvent::LinkUp { .. } => *up = true,
-            NetEvent::LinkDown { .. } => *up = false,
-        }
-        let rlocs = self.current_rlocs();
-        self.core.handle_rlocs(Instant::now(), rlocs);
+        self.core.handle_link_events(Instant::now(), &[ev]);
     }
 
-    async fn poll_peer_stats(&mut self) {
+    /// Reads WireGuard's peer counters for the core.
+    async fn read_peer_stats(&mut self) {
         let info = match self.wg.read().await {
             Ok(i) => i,
             Err(e) => {
                 warn!(error = %e, "reading WireGuard peer statistics failed");
+                self.core.handle_peer_stats_failed(Instant::now());
                 return;
             }
         };
@@ -414,26 +399,46 @@ impl Agent {
         }
     }
 
-    /// Carries out the core's outputs in order.
+    /// Carries out the core's outputs in order, reporting each data-plane
+    /// outcome back (which may queue more outputs).
     async fn flush(&mut self) {
         while let Some(out) = self.core.poll_output() {
-            if let Err(e) = self.carry_out(&out).await {
-                self.output_errors += 1;
-                warn!(error = format!("{e:#}"), output = ?short(&out), "could not carry out");
+            match out {
+                Output::Dataplane { id, op } => {
+                    let result = self.carry_out(&op).await.map_err(|e| {
+                        self.output_errors += 1;
+                        DataplaneFault(format!("{e:#}"))
+                    });
+                    self.core
+                        .handle_dataplane_result(Instant::now(), id, result);
+                }
+                Output::ReadPeerStats => self.read_peer_stats().await,
+                Output::Transmit { dst, payload } => {
+                    if let Err(e) = self.control.send_to(&payload, dst).await {
+                        self.output_errors += 1;
+                        warn!(%dst, error = %e, "control message could not be sent");
+                    }
+                }
+                Output::Reinject(packet) => {
+                    if let Err(e) = self.reinjector.send(&packet).await {
+                        self.output_errors += 1;
+                        warn!(error = %e, "held packet could not be re-injected");
+                    }
+                }
+                Output::Deliver(packet) => {
+                    if let Err(e) = self.miss.deliver(&packet).await {
+                        self.output_errors += 1;
+                        warn!(error = %e, "ICMP error could not be delivered");
+                    }
+                }
             }
         }
     }
 
-    async fn carry_out(&mut self, out: &Output) -> Result<()> {
+    async fn carry_out(&mut self, op: &DataplaneOp) -> Result<()> {
         let wg_if = &self.cfg.wireguard.interface;
-        match out {
-            Output::Transmit { dst, payload } => {
-                self.control
-                    .send_to(payload, dst)
-                    .await
-                    .with_context(|| format!("send to {dst}"))?;
-            }
-            Output::UpsertPeer {
+        match op {
+            DataplaneOp::UpsertPeer {
                 key,
                 endpoint,
                 allowed,
@@ -448,19 +453,17 @@ impl Agent {
                     })
                     .await?;
             }
-            Output::RemovePeer { key } => {
+            DataplaneOp::RemovePeer { key } => {
                 self.wg
                     .remove_peer(&wgctl::keys::PublicKey::from_bytes(*key))
                     .await?
             }
-            Output::AddRoute(p) => self.netlink.add_route(&self.peer_route(p, wg_if)?).await?,
-            Output::DelRoute(p) => self.netlink.del_route(&self.peer_route(p, wg_if)?).await?,
-            Output::Reinject(packet) => self.reinjector.send(packet).await?,
-            Output::Deliver(packet) => self.miss.deliver(packet).await?,
-            Output::ReapplyListenPort => {
+            DataplaneOp::AddRoute(p) => self.netlink.add_route(&self.peer_route(p, wg_if)?).await?,
+            DataplaneOp::DelRoute(p) => self.netlink.del_route(&self.peer_route(p, wg_if)?).await?,
+            DataplaneOp::ReapplyListenPort => {
                 self.wg.reapply_listen_port().await?;
             }
-            Output::RenewControlPeer { map_server } => {
+            DataplaneOp::RenewControlPeer { map_server } => {
                 let ms = self
                     .cfg
                     .map_servers
@@ -513,159 +516,45 @@ impl Agent {
         req.respond(body);
     }
 
-    /// What `xtr status` prints, laid out like `wg show`.
+    /// What `xtr status` prints.
     async fn status(&self) -> String {
         let now = Instant::now();
-        let mut s = String::new();
-        let pubkey = self.cfg.wireguard.private_key.public_key();
-        let _ = writeln!(s, "interface: {}", self.cfg.wireguard.interface);
-        let _ = writeln!(
-            s,
-            "  mode: {}",
-            if self.cfg.mode == Mode::MobileNode {
-                "mobile-node"
-            } else {
-                "xtr"
-            }
-        );
-        let _ = writeln!(s, "  public key: {pubkey}");
-        let _ = writeln!(s, "  listening port: {}", self.cfg.wireguard.listen_port);
-        let _ = writeln!(
-            s,
-            "  eids: {}",
-            self.cfg
-                .eids
+        let wall = SystemTime::now();
+        let peers = self.wg.read().await.ok().map(|info| {
+            info.peers
                 .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let _ = writeln!(
-            s,
-            "  rlocs: {}",
-            self.current_rlocs()
-                .iter()
-                .map(|r| format!("{} (priority {}, weight {})", r.addr, r.priority, r.weight))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let _ = writeln!(
-            s,
-            "  up for: {}",
-            human(self.started.elapsed().unwrap_or_default())
-        );
-        for m in self.core.map_servers() {
-            let _ = writeln!(
-                s,
-                "  map-server {}: {}{}",
-                m.name,
-                if m.up { "up" } else { "down" },
-                if m.registered {
-                    ", registered"
-                } else {
-                    ", not registered yet"
-                }
-            );
-        }
-        let info = self.wg.read().await.ok();
-        let _ = writeln!(s, "\nmap-cache:");
-        let entries = self.core.cache_entries(now);
-        if entries.is_empty() {
-            let _ = writeln!(s, "  (empty)");
-        }
-        for e in &entries {
-            match e.peer {
-                Some((key, endpoint)) => {
-                    let _ = writeln!(
-                        s,
-                        "  {}  -> {} key {}  ttl {}",
-                        e.prefix,
-                        endpoint,
-                        wgctl::keys::PublicKey::from_bytes(key),
-                        human(e.expires_in)
-                    );
-                }
-                None => {
-                    let _ = writeln!(s, "  {}  negative  ttl {}", e.prefix, human(e.expires_in));
-                }
-            }
-        }
-        if let Some(info) = info {
-            let wall = SystemTime::now();
-            for p in &info.peers {
-                let role = match self
-                    .cfg
-                    .map_servers
-                    .iter()
-                    .find(|m| m.public_key == p.public_key)
-                {
-                    Some(m) => format!(" (map-server {})", m.name),
-                    None => String::new(),
-                };
-                let _ = writeln!(s, "\npeer: {}{role}", p.public_key);
-                if let Some(ep) = p.endpoint {
-                    let _ = writeln!(s, "  endpoint: {ep}");
-                }
-                let _ = writeln!(
-                    s,
-                    "  allowed ips: {}",
-                    p.allowed_ips
+                .map(|p| PeerRow {
+                    public_key: p.public_key.to_string(),
+                    role: self
+                        .cfg
+                        .map_servers
                         .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                match p.last_handshake.and_then(|t| wall.duration_since(t).ok()) {
-                    Some(d) => {
-                        let _ = writeln!(s, "  latest handshake: {} ago", human(d));
-                    }
-                    None => {
-                        let _ = writeln!(s, "  latest handshake: none");
-                    }
-                }
-                let _ = writeln!(
-                    s,
-                    "  transfer: {} received, {} sent",
-                    bytes(p.rx_bytes),
-                    bytes(p.tx_bytes)
-                );
-            }
+                        .find(|m| m.public_key == p.public_key)
+                        .map(|m| format!("map-server {}", m.name)),
+                    endpoint: p.endpoint,
+                    allowed_ips: p.allowed_ips.iter().map(|a| a.to_string()).collect(),
+                    since_handshake: p.last_handshake.and_then(|t| wall.duration_since(t).ok()),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                })
+                .collect()
+        });
+        Snapshot {
+            interface: self.cfg.wireguard.interface.clone(),
+            mode: match self.cfg.mode {
+                Mode::MobileNode => "mobile-node",
+                Mode::Xtr => "xtr",
+            },
+            public_key: self.cfg.wireguard.private_key.public_key().to_string(),
+            listen_port: self.cfg.wireguard.listen_port,
+            eids: self.cfg.eids.iter().map(|e| e.to_string()).collect(),
+            rlocs: self.core.current_rlocs(),
+            uptime: self.started.elapsed().unwrap_or_default(),
+            map_servers: self.core.map_servers(),
+            cache: self.core.cache_entries(now),
+            peers,
         }
-        s
-    }
-}
-
-fn short(out: &Output) -> String {
-    match out {
-        Output::Transmit { dst, .. } => format!("transmit to {dst}"),
-        Output::UpsertPeer {
-            endpoint, allowed, ..
-        } => format!("upsert peer {endpoint} {allowed:?}"),
-        Output::RemovePeer { .. } => "remove peer".into(),
-        Output::AddRoute(p) => format!("add route {p}"),
-        Output::DelRoute(p) => format!("delete route {p}"),
-        Output::Reinject(_) => "re-inject packet".into(),
-        Output::Deliver(_) => "deliver ICMP".into(),
-        Output::ReapplyListenPort => "re-apply listen port".into(),
-        Output::RenewControlPeer { map_server } => format!("renew control peer {map_server}"),
-    }
-}
-
-fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m {}s", s / 60, s % 60),
-        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    match n {
-        0..=1023 => format!("{n} B"),
-        1024..=1_048_575 => format!("{:.2} KiB", n as f64 / 1024.0),
-        1_048_576..=1_073_741_823 => format!("{:.2} MiB", n as f64 / 1_048_576.0),
-        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+        .render_text()
     }
 }
 

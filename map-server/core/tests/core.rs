@@ -1,8 +1,9 @@
 //! The map-server core driven in memory with fake time.
 
 use lisp_wire::*;
-use map_server::*;
+use map_server_core::*;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 const MS: &str = "100.64.0.1";
@@ -62,7 +63,46 @@ fn peer_policy(name: &str, n: &Node) -> PeerPolicy {
     }
 }
 
-fn server(now: Instant) -> MapServer {
+/// A map-server core whose commits always succeed, with the operations it
+/// committed kept for inspection.
+struct Ms {
+    core: MapServer,
+    stored: Vec<StoreOp>,
+}
+
+impl From<MapServer> for Ms {
+    fn from(core: MapServer) -> Self {
+        Ms {
+            core,
+            stored: Vec::new(),
+        }
+    }
+}
+
+impl Deref for Ms {
+    type Target = MapServer;
+    fn deref(&self) -> &MapServer {
+        &self.core
+    }
+}
+
+impl DerefMut for Ms {
+    fn deref_mut(&mut self) -> &mut MapServer {
+        &mut self.core
+    }
+}
+
+impl Ms {
+    fn commit_all(&mut self) {
+        let now = Instant::now();
+        while let Some(c) = self.core.poll_commit(now) {
+            self.core.handle_commit_result(now, c.id, Ok(()));
+            self.stored.extend(c.ops);
+        }
+    }
+}
+
+fn server(now: Instant) -> Ms {
     let policy = Policy {
         peers: vec![
             peer_policy("robot-a", &node_a()),
@@ -70,7 +110,7 @@ fn server(now: Instant) -> MapServer {
         ],
         ..Policy::default()
     };
-    MapServer::new(policy, now, 42)
+    MapServer::new(policy, now, 42).into()
 }
 
 fn record(eid: EidPrefix, key: [u8; 32], rloc: SocketAddr) -> EidRecord {
@@ -91,15 +131,18 @@ fn from(n: &Node) -> SocketAddr {
     SocketAddr::new(n.ctl, 4342)
 }
 
-fn drain(ms: &mut MapServer) -> Vec<Transmit> {
+/// Commits what the core asks to persist, then takes what it sends.
+fn drain(ms: &mut Ms) -> Vec<Transmit> {
+    ms.commit_all();
     std::iter::from_fn(|| ms.poll_transmit()).collect()
 }
 
-fn drain_store(ms: &mut MapServer) -> Vec<StoreOp> {
-    std::iter::from_fn(|| ms.poll_store()).collect()
+fn drain_store(ms: &mut Ms) -> Vec<StoreOp> {
+    ms.commit_all();
+    std::mem::take(&mut ms.stored)
 }
 
-fn register(ms: &mut MapServer, now: Instant, n: &Node, nonce: u64) -> Vec<Transmit> {
+fn register(ms: &mut Ms, now: Instant, n: &Node, nonce: u64) -> Vec<Transmit> {
     let bytes = register_bytes(n, nonce, vec![record(n.eid, n.key, n.rloc)]);
     ms.handle_datagram(now, from(n), Via::Tunnel, &bytes);
     drain(ms)
@@ -320,7 +363,7 @@ fn unregistered_eid_gets_a_negative_reply_covering_the_largest_hole() {
 
 /// Sends `bytes` and checks that nothing changed, nothing was sent, and the
 /// refusal was counted.
-fn assert_refused(ms: &mut MapServer, now: Instant, src: SocketAddr, via: Via, bytes: &[u8]) {
+fn assert_refused(ms: &mut Ms, now: Instant, src: SocketAddr, via: Via, bytes: &[u8]) {
     let before = snapshot(ms);
     let counters_before = ms.counters().clone();
     ms.handle_datagram(now, src, via, bytes);
@@ -475,14 +518,15 @@ fn keyless_lisp_peers_register_and_resolve_on_the_plain_listener() {
             more_specifics: true,
         }],
     };
-    let mut ms = MapServer::new(
+    let mut ms: Ms = MapServer::new(
         Policy {
             peers: vec![oor],
             ..Policy::default()
         },
         now,
         1,
-    );
+    )
+    .into();
     let eid = EidPrefix::new(3, ip("10.3.1.0"), 24).unwrap();
     let rec = EidRecord::new(
         eid,
@@ -625,7 +669,7 @@ fn restore_counts_entries_and_never_overrides_a_static_mapping() {
         static_mappings: vec![(a.eid, fixed)],
         ..ms.policy().clone()
     };
-    let mut ms = MapServer::new(policy, now, 1);
+    let mut ms: Ms = MapServer::new(policy, now, 1).into();
     assert_eq!(ms.counters().entries, 1, "static mappings are counted");
     assert!(!ms.restore(a.eid, "robot-a", m, now));
     assert_eq!(ms.registry().get(&a.eid).unwrap().origin, Origin::Static);
@@ -643,7 +687,7 @@ fn with_push_moves_off_a_move_is_not_pushed() {
         push_moves: false,
         ..Policy::default()
     };
-    let mut ms = MapServer::new(policy, now, 42);
+    let mut ms: Ms = MapServer::new(policy, now, 42).into();
     let (a, b) = (node_a(), node_b());
     register(&mut ms, now, &a, 1);
     register(&mut ms, now, &b, 2);

@@ -1,12 +1,13 @@
 //! The whole control plane in memory with fake time: map-server cores and
-//! xtr cores wired by a fake network, each xtr with a fake data plane.
+//! xtr cores wired by a fake network, each xtr with a fake data plane that
+//! can fail on demand, and map-servers whose store can fail on demand.
 
 use lisp_wire::*;
-use map_server::{AllowedEid, MapServer, PeerPolicy, Policy, Via};
-use std::collections::{BTreeSet, HashMap};
+use map_server_core::{AllowedEid, MapServer, PeerPolicy, Policy, StoreFault, Via};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-use xtr::*;
+use xtr_core::*;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -21,8 +22,49 @@ struct Dataplane {
     delivered: Vec<Vec<u8>>,
     reapplied_port: u32,
     renewed_control_peers: Vec<usize>,
+    /// Fail the next N operations of this kind (see `DataplaneOp::name`).
+    fail: HashMap<&'static str, u32>,
+    failed: u32,
+    /// What a statistics read returns.
+    stats: Vec<PeerStats>,
     /// Every output in order, for ordering checks.
     log: Vec<String>,
+}
+
+impl Dataplane {
+    /// Carries out one operation, or fails it as asked.
+    fn apply(&mut self, op: &DataplaneOp) -> Result<(), DataplaneFault> {
+        if let Some(n) = self.fail.get_mut(op.name()) {
+            if *n > 0 {
+                *n -= 1;
+                self.failed += 1;
+                return Err(DataplaneFault(format!("{} refused (test)", op.name())));
+            }
+        }
+        match op {
+            DataplaneOp::UpsertPeer {
+                key,
+                endpoint,
+                allowed,
+            } => {
+                self.peers.insert(*key, (*endpoint, allowed.clone()));
+            }
+            DataplaneOp::RemovePeer { key } => {
+                self.peers.remove(key);
+            }
+            DataplaneOp::AddRoute(p) => {
+                self.routes.insert(*p);
+            }
+            DataplaneOp::DelRoute(p) => {
+                self.routes.remove(p);
+            }
+            DataplaneOp::ReapplyListenPort => self.reapplied_port += 1,
+            DataplaneOp::RenewControlPeer { map_server } => {
+                self.renewed_control_peers.push(*map_server)
+            }
+        }
+        Ok(())
+    }
 }
 
 struct Node {
@@ -32,12 +74,18 @@ struct Node {
     key: [u8; 32],
     xtr: Xtr,
     dp: Dataplane,
+    /// Addresses on the node's interfaces now.
+    addrs: BTreeMap<&'static str, Vec<IpAddr>>,
 }
 
 struct Ms {
     ctl: IpAddr,
     core: MapServer,
     alive: bool,
+    /// Fail the next N store commits.
+    fail_commits: u32,
+    /// Everything committed: what survives a crash.
+    disk: BTreeMap<EidPrefix, bool>,
 }
 
 struct Sim {
@@ -55,39 +103,51 @@ const NODES: [(&str, &str, &str, u8, &str); 3] = [
     ("C", "100.64.0.4", "10.0.0.3", 0xc, "203.0.113.30"),
 ];
 
+/// Every node's RLOC interfaces: name, priority, weight.
+const UPLINKS: [(&str, u8, u8); 3] = [("eth0", 1, 100), ("wlan", 2, 100), ("lte", 1, 50)];
+
+fn peer_policies() -> Vec<PeerPolicy> {
+    NODES
+        .iter()
+        .map(|&(name, ctl, eid, k, _)| PeerPolicy {
+            name: name.into(),
+            control_address: ip(ctl),
+            wg_key: Some([k; 32]),
+            site_key: format!("site-{name}").into_bytes(),
+            allowed: vec![AllowedEid {
+                prefix: EidPrefix::host(0, ip(eid)),
+                more_specifics: false,
+            }],
+        })
+        .collect()
+}
+
+fn map_server(now: Instant, seed: u64) -> MapServer {
+    MapServer::new(
+        Policy {
+            peers: peer_policies(),
+            ..Policy::default()
+        },
+        now,
+        seed,
+    )
+}
+
 impl Sim {
     fn new(n_servers: usize) -> Self {
         let now = Instant::now();
         let ms_ctl: Vec<IpAddr> = (0..n_servers)
             .map(|i| ip(&format!("100.64.0.{}", 250 - i)))
             .collect();
-        let peers: Vec<PeerPolicy> = NODES
-            .iter()
-            .map(|&(name, ctl, eid, k, _)| PeerPolicy {
-                name: name.into(),
-                control_address: ip(ctl),
-                wg_key: Some([k; 32]),
-                site_key: format!("site-{name}").into_bytes(),
-                allowed: vec![AllowedEid {
-                    prefix: EidPrefix::host(0, ip(eid)),
-                    more_specifics: false,
-                }],
-            })
-            .collect();
         let servers = ms_ctl
             .iter()
             .enumerate()
             .map(|(i, &ctl)| Ms {
                 ctl,
-                core: MapServer::new(
-                    Policy {
-                        peers: peers.clone(),
-                        ..Policy::default()
-                    },
-                    now,
-                    100 + i as u64,
-                ),
+                core: map_server(now, 100 + i as u64),
                 alive: true,
+                fail_commits: 0,
+                disk: BTreeMap::new(),
             })
             .collect();
         let nodes = NODES
@@ -105,24 +165,30 @@ impl Sim {
                     })
                     .collect();
                 let eid = EidPrefix::host(0, ip(eid));
-                let policy =
-                    XtrPolicy::new(ip(ctl), [k; 32], 51820 + i as u16, vec![eid], map_servers);
-                let mut xtr = Xtr::new(policy, now, 7 + i as u64);
-                xtr.handle_rlocs(
-                    now,
-                    vec![LocalRloc {
-                        addr: ip(rloc),
-                        priority: 1,
-                        weight: 100,
-                    }],
+                let uplinks = UPLINKS
+                    .iter()
+                    .map(|&(name, priority, weight)| RlocInterface {
+                        name: name.into(),
+                        priority,
+                        weight,
+                    })
+                    .collect();
+                let policy = XtrPolicy::new(
+                    ip(ctl),
+                    [k; 32],
+                    51820 + i as u16,
+                    vec![eid],
+                    map_servers,
+                    uplinks,
                 );
                 Node {
                     name,
                     ctl: ip(ctl),
                     eid,
                     key: [k; 32],
-                    xtr,
+                    xtr: Xtr::new(policy, now, 7 + i as u64),
                     dp: Dataplane::default(),
+                    addrs: BTreeMap::from([("eth0", vec![ip(rloc)])]),
                 }
             })
             .collect();
@@ -133,12 +199,40 @@ impl Sim {
             drop_to: HashMap::new(),
             delivered: 0,
         };
+        for i in 0..sim.nodes.len() {
+            let events = sim.nodes[i]
+                .addrs
+                .iter()
+                .flat_map(|(ifname, addrs)| addrs.iter().map(|a| address(ifname, *a, true)))
+                .collect::<Vec<_>>();
+            sim.nodes[i].xtr.handle_link_events(now, &events);
+        }
         sim.settle();
         sim
     }
 
     fn node(&mut self, name: &str) -> &mut Node {
         self.nodes.iter_mut().find(|n| n.name == name).unwrap()
+    }
+
+    /// Gives node `name` exactly these addresses (interface, address), in one
+    /// batch of link events, as `ip -batch` would.
+    fn set_addresses(&mut self, name: &str, addrs: &[(&'static str, &str)]) {
+        let now = self.now;
+        let node = self.node(name);
+        let mut events = Vec::new();
+        for (ifname, old) in &node.addrs {
+            for a in old {
+                events.push(address(ifname, *a, false));
+            }
+        }
+        node.addrs.clear();
+        for &(ifname, a) in addrs {
+            node.addrs.entry(ifname).or_default().push(ip(a));
+            events.push(address(ifname, ip(a), true));
+        }
+        node.xtr.handle_link_events(now, &events);
+        self.settle();
     }
 
     /// Delivers every queued message until nothing moves.
@@ -152,6 +246,9 @@ impl Sim {
                 }
             }
             for s in 0..self.servers.len() {
+                if self.servers[s].alive {
+                    moved |= self.commit(s);
+                }
                 while let Some(t) = self.servers[s].core.poll_transmit() {
                     moved = true;
                     let from = SocketAddr::new(self.servers[s].ctl, 4342);
@@ -163,13 +260,36 @@ impl Sim {
                         n.xtr.handle_control(self.now, from, &t.payload);
                     }
                 }
-                while self.servers[s].core.poll_store().is_some() {}
             }
             if !moved {
                 return;
             }
         }
         panic!("simulation does not settle");
+    }
+
+    /// Carries out map-server `s`'s commits, failing them as asked.
+    fn commit(&mut self, s: usize) -> bool {
+        let now = self.now;
+        let ms = &mut self.servers[s];
+        let mut moved = false;
+        while let Some(c) = ms.core.poll_commit(now) {
+            moved = true;
+            if ms.fail_commits > 0 {
+                ms.fail_commits -= 1;
+                let fault = StoreFault("No space left on device (test)".into());
+                ms.core.handle_commit_result(now, c.id, Err(fault));
+                continue;
+            }
+            for op in &c.ops {
+                match op {
+                    map_server_core::StoreOp::Put { prefix, .. } => ms.disk.insert(*prefix, true),
+                    map_server_core::StoreOp::Delete(prefix) => ms.disk.remove(prefix),
+                };
+            }
+            ms.core.handle_commit_result(now, c.id, Ok(()));
+        }
+        moved
     }
 
     fn dropped(&mut self, to: IpAddr) -> bool {
@@ -190,14 +310,10 @@ impl Sim {
                 "transmit {}",
                 lisp_wire::parse(payload).map(|m| m.name()).unwrap_or("?")
             ),
-            Output::UpsertPeer { .. } => "upsert".into(),
-            Output::RemovePeer { .. } => "remove".into(),
-            Output::AddRoute(_) => "route+".into(),
-            Output::DelRoute(_) => "route-".into(),
+            Output::Dataplane { op, .. } => op.name().into(),
             Output::Reinject(_) => "reinject".into(),
             Output::Deliver(_) => "deliver".into(),
-            Output::ReapplyListenPort => "reapply-port".into(),
-            Output::RenewControlPeer { .. } => "renew-control-peer".into(),
+            Output::ReadPeerStats => "read-stats".into(),
         });
         match out {
             Output::Transmit { dst, payload } => {
@@ -214,27 +330,15 @@ impl Sim {
                     ms.core.handle_datagram(now, from, Via::Tunnel, &payload);
                 }
             }
-            Output::UpsertPeer {
-                key,
-                endpoint,
-                allowed,
-            } => {
-                node.dp.peers.insert(key, (endpoint, allowed));
-            }
-            Output::RemovePeer { key } => {
-                node.dp.peers.remove(&key);
-            }
-            Output::AddRoute(p) => {
-                node.dp.routes.insert(p);
-            }
-            Output::DelRoute(p) => {
-                node.dp.routes.remove(&p);
+            Output::Dataplane { id, op } => {
+                let result = node.dp.apply(&op);
+                node.xtr.handle_dataplane_result(now, id, result);
             }
             Output::Reinject(p) => node.dp.reinjected.push(p),
             Output::Deliver(p) => node.dp.delivered.push(p),
-            Output::ReapplyListenPort => node.dp.reapplied_port += 1,
-            Output::RenewControlPeer { map_server } => {
-                node.dp.renewed_control_peers.push(map_server)
+            Output::ReadPeerStats => {
+                let stats = node.dp.stats.clone();
+                node.xtr.handle_peer_stats(now, &stats);
             }
         }
     }
@@ -286,6 +390,15 @@ impl Sim {
     }
 }
 
+fn address(ifname: &str, addr: IpAddr, added: bool) -> LinkEvent {
+    LinkEvent::Address {
+        ifname: ifname.into(),
+        addr,
+        added,
+        tentative: false,
+    }
+}
+
 fn icmp_echo(src: IpAddr, dst: IpAddr, seq: u8) -> Vec<u8> {
     let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
         panic!("v4 only")
@@ -332,14 +445,7 @@ fn registration_retries_fast_until_the_first_notify() {
     let a = sim.node("A");
     let mut fresh = Xtr::new(a.xtr.policy().clone(), sim.now, 99);
     sim.drop_to.insert(ms, 2);
-    fresh.handle_rlocs(
-        sim.now,
-        vec![LocalRloc {
-            addr: ip("192.0.2.10"),
-            priority: 1,
-            weight: 100,
-        }],
-    );
+    fresh.handle_link_events(sim.now, &[address("eth0", ip("192.0.2.10"), true)]);
     sim.nodes[0].xtr = fresh;
     sim.settle();
     assert!(!sim.nodes[0].xtr.map_servers()[0].registered);
@@ -379,7 +485,7 @@ fn first_packet_is_held_resolved_programmed_and_reinjected_and_the_destination_l
             .collect();
     assert_eq!(
         order,
-        ["upsert", "route+", "reinject"],
+        ["upsert-peer", "add-route", "reinject"],
         "peer and route before re-injection"
     );
 
@@ -392,10 +498,10 @@ fn first_packet_is_held_resolved_programmed_and_reinjected_and_the_destination_l
             .iter()
             .position(|s| s == "transmit map-notify-ack")
             .unwrap();
-    let upsert_pos = b.dp.log.iter().position(|s| s == "upsert").unwrap();
+    let route_pos = b.dp.log.iter().position(|s| s == "add-route").unwrap();
     assert!(
-        upsert_pos < ack_pos,
-        "B programs A before it acks: {:?}",
+        route_pos < ack_pos,
+        "B programs A (peer and route) before it acks: {:?}",
         b.dp.log
     );
 
@@ -563,15 +669,7 @@ fn a_mobile_node_moves_mid_flow_and_the_correspondent_is_pushed_the_new_rloc() {
     let b_key = sim.node("B").key;
     let new_rloc = ip("203.0.113.77");
     let now = sim.now;
-    sim.node("B").xtr.handle_rlocs(
-        now,
-        vec![LocalRloc {
-            addr: new_rloc,
-            priority: 1,
-            weight: 100,
-        }],
-    );
-    sim.settle();
+    sim.set_addresses("B", &[("eth0", &new_rloc.to_string())]);
     assert_eq!(
         sim.node("B").dp.reapplied_port,
         1,
@@ -657,16 +755,8 @@ fn a_correspondent_that_misses_a_push_recovers_at_the_retransmission() {
     let a_ctl = sim.node("A").ctl;
     sim.drop_to.insert(a_ctl, 1);
     let new_rloc = ip("203.0.113.88");
-    let now = sim.now;
-    sim.node("B").xtr.handle_rlocs(
-        now,
-        vec![LocalRloc {
-            addr: new_rloc,
-            priority: 1,
-            weight: 100,
-        }],
-    );
-    sim.settle();
+
+    sim.set_addresses("B", &[("eth0", &new_rloc.to_string())]);
     assert_ne!(
         sim.node("A").dp.peers[&b_key].0.ip(),
         new_rloc,
@@ -687,22 +777,13 @@ fn a_register_lost_during_a_move_is_repeated_within_milliseconds() {
     sim.miss("A", "10.0.0.2", 1);
     let b_key = sim.node("B").key;
     let ms = sim.servers[0].ctl;
-    let now = sim.now;
+
     // The address goes away, then the new one comes; the first register
     // from it is lost (the new default route is not in place yet).
-    sim.node("B").xtr.handle_rlocs(now, vec![]);
-    sim.settle();
+    sim.set_addresses("B", &[]);
     sim.drop_to.insert(ms, 1);
     let new_rloc = ip("198.51.100.30");
-    sim.node("B").xtr.handle_rlocs(
-        now,
-        vec![LocalRloc {
-            addr: new_rloc,
-            priority: 1,
-            weight: 100,
-        }],
-    );
-    sim.settle();
+    sim.set_addresses("B", &[("eth0", &new_rloc.to_string())]);
     assert_eq!(
         sim.node("B").dp.reapplied_port,
         1,
@@ -723,22 +804,10 @@ fn a_multihomed_node_registers_both_rlocs_and_correspondents_follow_the_best_tha
     let now = sim.now;
     let (wifi, lte) = (ip("203.0.113.10"), ip("198.51.100.40"));
     // B has two uplinks; the second has the better (lower) priority.
-    sim.node("B").xtr.handle_rlocs(
-        now,
-        vec![
-            LocalRloc {
-                addr: wifi,
-                priority: 2,
-                weight: 100,
-            },
-            LocalRloc {
-                addr: lte,
-                priority: 1,
-                weight: 50,
-            },
-        ],
+    sim.set_addresses(
+        "B",
+        &[("wlan", &wifi.to_string()), ("lte", &lte.to_string())],
     );
-    sim.settle();
     let registered = sim.servers[0]
         .core
         .registry()
@@ -763,15 +832,7 @@ fn a_multihomed_node_registers_both_rlocs_and_correspondents_follow_the_best_tha
     );
 
     // The better uplink goes down: B re-registers without it, A is pushed.
-    sim.node("B").xtr.handle_rlocs(
-        now,
-        vec![LocalRloc {
-            addr: wifi,
-            priority: 2,
-            weight: 100,
-        }],
-    );
-    sim.settle();
+    sim.set_addresses("B", &[("wlan", &wifi.to_string())]);
     assert_eq!(
         sim.servers[0]
             .core
