@@ -717,3 +717,59 @@ fn with_push_moves_off_a_move_is_not_pushed() {
     );
     assert_eq!(ms.counters().pushes, 0);
 }
+
+#[test]
+fn a_failed_commit_withholds_only_the_confirmation_and_is_retried() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let notify = parse_notify(&drain(&mut ms)[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    drain(&mut ms);
+
+    // B moves while the disk is full.
+    let t = now + Duration::from_secs(1);
+    let moved: SocketAddr = "203.0.113.5:51821".parse().unwrap();
+    let bytes = register_bytes(&b, 3, vec![record(b.eid, b.key, moved)]);
+    ms.handle_datagram(t, from(&b), Via::Tunnel, &bytes);
+    let commit = ms.poll_commit(t).expect("the move is to be persisted");
+    ms.handle_commit_result(
+        t,
+        commit.id,
+        Err(StoreFault("No space left on device".into())),
+    );
+    let out: Vec<Transmit> = std::iter::from_fn(|| ms.poll_transmit()).collect();
+    assert!(
+        out.iter().all(|tx| tx.dst != from(&b)),
+        "B's registration is not confirmed: it is not on disk"
+    );
+    assert_eq!(
+        out.iter().filter(|tx| tx.dst == from(&a)).count(),
+        1,
+        "the push to A does not wait for the disk"
+    );
+    let fault = ms.store_fault().expect("the fault shows");
+    assert!(fault.error.contains("No space"));
+    assert_eq!(ms.counters().withheld_notifies, 1);
+
+    // No retry before the backoff; then the same change is committed.
+    assert!(ms.poll_commit(t).is_none());
+    let retry_at = ms.poll_timeout().unwrap();
+    let retry = ms.poll_commit(retry_at).expect("retried");
+    assert!(matches!(&retry.ops[..], [StoreOp::Put { prefix, .. }] if *prefix == b.eid));
+    ms.handle_commit_result(retry_at, retry.id, Ok(()));
+    assert!(ms.store_fault().is_none());
+    // B re-registers (it got no notify) and is confirmed at once.
+    let bytes = register_bytes(&b, 4, vec![record(b.eid, b.key, moved)]);
+    ms.handle_datagram(retry_at, from(&b), Via::Tunnel, &bytes);
+    let out = drain(&mut ms);
+    assert_eq!(parse_notify(&out[0], &b.site_key).nonce, 4);
+}
