@@ -15,8 +15,8 @@ use conf::map_server::{ControlInterface, MapServerConfig};
 use conf::telemetry::{self, Page, PageRequest, Telemetry, TelemetryError};
 use lisp_wire::LISP_CONTROL_PORT;
 use map_server_core::{
-    ActionFault, AllowedEid, ControlAction, MapServer, Mapping, Origin, PeerPolicy, Policy, Rloc,
-    StoreFault, Transmit, Via, MAX_PEERS,
+    ActionFault, ControlAction, MapServer, Mapping, Origin, PeerPolicy, Policy, Rloc, StoreFault,
+    Transmit, Via, MAX_PEERS,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -80,14 +80,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
             control_address: p.control_address,
             wg_key: p.public_key.map(|k| *k.as_bytes()),
             site_key: p.site_key.as_bytes().to_vec(),
-            allowed: p
-                .eids
-                .iter()
-                .map(|a| AllowedEid {
-                    prefix: a.prefix,
-                    more_specifics: a.more_specifics,
-                })
-                .collect(),
+            allowed: p.eids.clone(),
         })
         .collect();
     let static_mappings = cfg

@@ -5,7 +5,6 @@
 //! decides nothing.
 
 use crate::status::{PeerRow, Snapshot};
-use anyhow::{Context, Result};
 use conf::telemetry::{self, Page, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
@@ -72,6 +71,54 @@ impl CacheAddHistogram {
     }
 }
 
+/// Why the agent could not start, or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{context}: {error}")]
+    Host {
+        context: String,
+        #[source]
+        error: wgctl::Error,
+    },
+    #[error("{context}: {error}")]
+    Io {
+        context: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Telemetry(#[from] conf::telemetry::TelemetryError),
+    #[error("the netlink event stream ended")]
+    EventsEnded,
+    #[error("no map-server {0} in the configuration")]
+    NoSuchMapServer(usize),
+}
+
+type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// Adds what was being done to a wgctl or I/O error.
+trait Ctx<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> Ctx<T> for std::result::Result<T, wgctl::Error> {
+    fn ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|error| AgentError::Host {
+            context: context.into(),
+            error,
+        })
+    }
+}
+
+impl<T> Ctx<T> for std::io::Result<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|error| AgentError::Io {
+            context: context.into(),
+            error,
+        })
+    }
+}
+
 /// Everything the shell set up, for the event loop.
 struct Agent {
     cfg: XtrConfig,
@@ -87,7 +134,7 @@ struct Agent {
 }
 
 fn prefix(p: &EidPrefix) -> Result<IpPrefix> {
-    Ok(IpPrefix::new(p.addr(), p.prefix_len())?)
+    IpPrefix::new(p.addr(), p.prefix_len()).ctx(format!("prefix {p}"))
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then removes everything it made.
@@ -95,7 +142,7 @@ pub async fn run(cfg: XtrConfig) -> Result<()> {
     for v in &cfg.ignored_env {
         warn!(variable = %v, "ignoring environment variable: it names no xtr setting");
     }
-    let host = Host::open().await.context("opening netlink")?;
+    let host = Host::open().await.ctx("opening netlink")?;
     let result = run_with(&host, cfg).await;
     if let Err(e) = host.shutdown().await {
         error!(error = %e, "cleanup after shutdown failed");
@@ -114,48 +161,65 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             Some(cfg.wireguard.listen_port),
         )
         .await
-        .with_context(|| format!("creating WireGuard interface {wg_if}"))?;
+        .ctx(format!("creating WireGuard interface {wg_if}"))?;
     info!(interface = %wg_if, backend = ?wg.backend(), port = cfg.wireguard.listen_port, "WireGuard interface up");
+    let control =
+        IpPrefix::new(cfg.control_address, cfg.control_prefix_len).ctx("the control address")?;
     netlink
-        .add_address(
-            &wg_if,
-            IpPrefix::new(cfg.control_address, cfg.control_prefix_len)?,
-        )
-        .await?;
+        .add_address(&wg_if, control)
+        .await
+        .ctx(format!("adding the control address {control} to {wg_if}"))?;
     if cfg.mode == Mode::MobileNode {
         // The EID lives on the node itself.
         for e in &cfg.eids {
-            netlink.add_address(&wg_if, prefix(e)?).await?;
+            let eid = prefix(e)?;
+            netlink
+                .add_address(&wg_if, eid)
+                .await
+                .ctx(format!("adding the EID {eid} to {wg_if}"))?;
         }
     }
-    netlink.link_up(&wg_if).await?;
+    netlink
+        .link_up(&wg_if)
+        .await
+        .ctx(format!("setting {wg_if} up"))?;
     for ms in &cfg.map_servers {
         wg.upsert_peer(control_peer(ms))
             .await
-            .with_context(|| format!("adding map-server peer {}", ms.name))?;
+            .ctx(format!("adding map-server peer {}", ms.name))?;
     }
 
+    let miss_if = &cfg.miss_interface;
     let miss = host
-        .create_miss_tun(&cfg.miss_interface)
+        .create_miss_tun(miss_if)
         .await
-        .with_context(|| format!("creating miss TUN {}", cfg.miss_interface))?;
-    netlink.link_up(&cfg.miss_interface).await?;
+        .ctx(format!("creating miss TUN {miss_if}"))?;
+    netlink
+        .link_up(miss_if)
+        .await
+        .ctx(format!("setting {miss_if} up"))?;
     for &(addr, len) in &cfg.capture {
-        let mut route = RouteSpec::via_interface(IpPrefix::new(addr, len)?, &cfg.miss_interface)
-            .with_metric(MISS_ROUTE_METRIC);
+        let dst = IpPrefix::new(addr, len).ctx("a capture prefix")?;
+        let mut route = RouteSpec::via_interface(dst, miss_if).with_metric(MISS_ROUTE_METRIC);
         if let Some(src) = source_for(&cfg, addr) {
             route = route.with_src(src);
         }
-        netlink.add_route(&route).await?;
+        netlink
+            .add_route(&route)
+            .await
+            .ctx(format!("routing {dst} to the miss TUN"))?;
     }
     let _forwarding = match cfg.mode {
         Mode::Xtr => Some(Forwarding::enable()?),
         Mode::MobileNode => None,
     };
 
-    let control = control_socket(&cfg).context("binding the control socket")?;
-    let reinjector = Reinjector::new().context("opening the re-injection socket")?;
-    let mut events = netlink.events().await?;
+    let control = control_socket(&cfg)?;
+    let reinjector = Reinjector::new().ctx("opening the re-injection socket")?;
+    let mut events = netlink
+        .events()
+        .await
+        .ctx("subscribing to netlink events")?;
     // The state at start-up, as one batch: the core decides which of these
     // addresses are RLOCs.
     let mut initial = Vec::new();
@@ -195,8 +259,8 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         Some(addr) => Some(telemetry::serve(addr).await?),
         None => None,
     };
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate()).ctx("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).ctx("installing the SIGINT handler")?;
     let mut buf = vec![0u8; 65_535];
     info!(eids = ?agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "xtr running");
     loop {
@@ -215,7 +279,7 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             },
             ev = events.recv() => match ev {
                 Some(ev) => agent.on_net_event(ev),
-                None => anyhow::bail!("netlink event stream ended"),
+                None => return Err(AgentError::EventsEnded),
             },
             _ = sleep_until(deadline) => agent.core.handle_timeout(Instant::now()),
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
@@ -305,12 +369,13 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
 fn control_socket(cfg: &XtrConfig) -> Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(cfg.control_address, LISP_CONTROL_PORT);
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.bind_device(Some(cfg.wireguard.interface.as_bytes()))?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())
-        .with_context(|| format!("bind {addr}"))?;
-    Ok(UdpSocket::from_std(s.into())?)
+    let what = format!("binding the control socket {addr}");
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).ctx(&what)?;
+    s.bind_device(Some(cfg.wireguard.interface.as_bytes()))
+        .ctx(&what)?;
+    s.set_nonblocking(true).ctx(&what)?;
+    s.bind(&addr.into()).ctx(&what)?;
+    UdpSocket::from_std(s.into()).ctx(&what)
 }
 
 /// IPv4 forwarding for xtr mode, restored to its old value on drop.
@@ -320,10 +385,9 @@ struct Forwarding {
 
 impl Forwarding {
     fn enable() -> Result<Self> {
-        let previous =
-            std::fs::read_to_string(IP_FORWARD).context("reading net.ipv4.ip_forward")?;
+        let previous = std::fs::read_to_string(IP_FORWARD).ctx("reading net.ipv4.ip_forward")?;
         if previous.trim() != "1" {
-            std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward for xtr mode")?;
+            std::fs::write(IP_FORWARD, "1").ctx("enabling net.ipv4.ip_forward for xtr mode")?;
             info!("enabled IPv4 forwarding");
         }
         Ok(Forwarding { previous })
@@ -451,26 +515,44 @@ impl Agent {
                         allowed_ips,
                         persistent_keepalive: None,
                     })
-                    .await?;
+                    .await
+                    .ctx("upsert peer")?;
             }
-            DataplaneOp::RemovePeer { key } => {
-                self.wg
-                    .remove_peer(&wgctl::keys::PublicKey::from_bytes(*key))
-                    .await?
-            }
-            DataplaneOp::AddRoute(p) => self.netlink.add_route(&self.peer_route(p, wg_if)?).await?,
-            DataplaneOp::DelRoute(p) => self.netlink.del_route(&self.peer_route(p, wg_if)?).await?,
+            DataplaneOp::RemovePeer { key } => self
+                .wg
+                .remove_peer(&wgctl::keys::PublicKey::from_bytes(*key))
+                .await
+                .ctx("remove peer")?,
+            DataplaneOp::AddRoute(p) => self
+                .netlink
+                .add_route(&self.peer_route(p, wg_if)?)
+                .await
+                .ctx(format!("add route {p}"))?,
+            DataplaneOp::DelRoute(p) => self
+                .netlink
+                .del_route(&self.peer_route(p, wg_if)?)
+                .await
+                .ctx(format!("delete route {p}"))?,
             DataplaneOp::ReapplyListenPort => {
-                self.wg.reapply_listen_port().await?;
+                self.wg
+                    .reapply_listen_port()
+                    .await
+                    .ctx("re-apply the listen port")?;
             }
             DataplaneOp::RenewControlPeer { map_server } => {
                 let ms = self
                     .cfg
                     .map_servers
                     .get(*map_server)
-                    .context("no such map-server")?;
-                self.wg.remove_peer(&ms.public_key).await?;
-                self.wg.upsert_peer(control_peer(ms)).await?;
+                    .ok_or(AgentError::NoSuchMapServer(*map_server))?;
+                self.wg
+                    .remove_peer(&ms.public_key)
+                    .await
+                    .ctx("remove control peer")?;
+                self.wg
+                    .upsert_peer(control_peer(ms))
+                    .await
+                    .ctx("add control peer")?;
             }
         }
         Ok(())
