@@ -15,8 +15,8 @@ use conf::map_server::{ControlInterface, MapServerConfig};
 use conf::telemetry::{self, Page, PageRequest, Telemetry, TelemetryError};
 use lisp_wire::LISP_CONTROL_PORT;
 use map_server_core::{
-    ActionFault, ControlAction, MapServer, Mapping, Origin, PeerPolicy, Policy, Rloc, StoreFault,
-    Transmit, Via, MAX_PEERS,
+    ActionFault, ControlAction, Endpoints, MapServer, Mapping, Origin, PeerPolicy, Policy, Rloc,
+    StoreFault, Transmit, Via, MAX_PEERS,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -210,9 +210,15 @@ fn restore(store: &Store, core: &mut MapServer) -> Result<usize, ShellError> {
             dropped += 1;
         }
     })?;
+    let endpoints = store.load_endpoints()?;
+    let known = endpoints
+        .into_iter()
+        .filter(|(peer, ep)| core.restore_endpoint(peer, *ep))
+        .count();
     info!(
         restored,
         dropped,
+        endpoints = known,
         undecodable = report.undecodable,
         elapsed_ms = t0.elapsed().as_millis() as u64,
         path = %store.path().display(),
@@ -459,12 +465,31 @@ impl Shell {
                 .handle_commit_result(Instant::now(), commit.id, result);
         }
         while let Some((id, action)) = self.core.poll_action() {
+            if action == ControlAction::ReadEndpoints {
+                let result = self.read_endpoints().await;
+                self.core.handle_endpoints(Instant::now(), id, result);
+                continue;
+            }
             let result = self.carry_out(&action).await;
             self.core.handle_action_result(Instant::now(), id, result);
         }
         while let Some(t) = self.core.poll_transmit() {
             self.send(t).await;
         }
+    }
+
+    /// The endpoint WireGuard sees each control peer at (nothing without a
+    /// control interface).
+    async fn read_endpoints(&self) -> Result<Endpoints, ActionFault> {
+        let Some(wg) = &self.wg else {
+            return Ok(Vec::new());
+        };
+        let info = wg.read().await.map_err(|e| ActionFault(e.to_string()))?;
+        Ok(info
+            .peers
+            .iter()
+            .map(|p| (*p.public_key.as_bytes(), p.endpoint))
+            .collect())
     }
 
     async fn carry_out(&self, action: &ControlAction) -> Result<(), ActionFault> {
@@ -501,6 +526,7 @@ impl Shell {
                 debug!(peer = %p.name, %endpoint, "woke control peer");
                 Ok(())
             }
+            ControlAction::ReadEndpoints => Ok(()),
         }
     }
 

@@ -28,6 +28,9 @@ pub struct MappingRow {
     pub eid: String,
     pub rloc: String,
     pub more_rlocs: usize,
+    /// Where the map-server's WireGuard sees the owner, and whether that is
+    /// through a NAT.
+    pub observed: Option<(SocketAddr, bool)>,
     /// `None` for a static mapping.
     pub peer: Option<String>,
     pub age: Option<Duration>,
@@ -69,6 +72,12 @@ impl Snapshot {
                     None => r.addr.to_string(),
                 });
                 let peer = core.policy().peer(m.origin).map(|p| p.name.clone());
+                let observed = match m.origin {
+                    map_server_core::Origin::Peer(i) => core
+                        .observed(i)
+                        .map(|o| (o, map_server_core::behind_nat(m, Some(o)))),
+                    map_server_core::Origin::Static => None,
+                };
                 if let Some(p) = &peer {
                     seen.insert(p.clone());
                 }
@@ -76,6 +85,7 @@ impl Snapshot {
                     eid: prefix.to_string(),
                     rloc,
                     more_rlocs: m.rlocs.len().saturating_sub(1),
+                    observed,
                     peer,
                     age: core
                         .last_refresh(m)
@@ -176,8 +186,8 @@ impl Snapshot {
         );
         let _ = writeln!(
             out,
-            "{:<28} {:<40} {:<16} {:>8} {:>10}",
-            "EID", "RLOC:PORT", "PEER", "AGE", "EXPIRES IN"
+            "{:<28} {:<40} {:<34} {:<16} {:>8} {:>10}",
+            "EID", "RLOC:PORT", "SEEN AT", "PEER", "AGE", "EXPIRES IN"
         );
         for r in &self.rows {
             let more = if r.more_rlocs > 0 {
@@ -188,11 +198,17 @@ impl Snapshot {
             let secs = |d: Option<Duration>, none: &str| {
                 d.map_or(none.to_string(), |d| format!("{}s", d.as_secs()))
             };
+            let seen = match r.observed {
+                Some((ep, true)) => format!("{ep} (NAT)"),
+                Some((ep, false)) => ep.to_string(),
+                None => "-".into(),
+            };
             let _ = writeln!(
                 out,
-                "{:<28} {:<40} {:<16} {:>8} {:>10}",
+                "{:<28} {:<40} {:<34} {:<16} {:>8} {:>10}",
                 r.eid,
                 format!("{}{more}", r.rloc),
+                seen,
                 r.peer.as_deref().unwrap_or("(static)"),
                 secs(r.age, "-"),
                 secs(r.expires_in, "never"),

@@ -195,14 +195,14 @@ pub(crate) enum CommitOutcome {
     Unknown,
 }
 
-/// Keeps only the last operation per prefix, in order: all a commit needs,
+/// Keeps only the last operation per key, in order: all a commit needs,
 /// and it bounds what is kept while the disk is failing.
 fn coalesce(ops: Vec<(u64, StoreOp)>) -> Vec<(u64, StoreOp)> {
     let mut seen = HashSet::new();
     let mut kept: Vec<(u64, StoreOp)> = ops
         .into_iter()
         .rev()
-        .filter(|(_, op)| seen.insert(op.prefix()))
+        .filter(|(_, op)| seen.insert(op.key()))
         .collect();
     kept.reverse();
     kept

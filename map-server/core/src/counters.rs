@@ -32,6 +32,8 @@ pub struct Counters {
     pub withheld_notifies: u64,
     /// Actions on the control interface that failed (each attempt).
     pub action_failures: u64,
+    /// Times a control peer was first seen, or seen at a new endpoint.
+    pub endpoint_changes: u64,
 }
 
 impl Counters {
@@ -170,6 +172,12 @@ impl Counters {
                 "Map-Notifies not sent because the store commit failed",
                 "counter",
                 self.withheld_notifies,
+            ),
+            (
+                "lispwg_ms_endpoint_changes_total",
+                "control peers first seen or seen at a new endpoint (NAT rebinding, move)",
+                "counter",
+                self.endpoint_changes,
             ),
             (
                 "lispwg_ms_action_failures_total",

@@ -45,12 +45,27 @@ pub enum StoreOp {
         peer: String,
     },
     Delete(EidPrefix),
+    /// Where a control peer was last seen (its observed endpoint), so that a
+    /// restarted map-server can wake it there, through its NAT.
+    Endpoint {
+        peer: String,
+        endpoint: SocketAddr,
+    },
+}
+
+/// What a store operation is about: the last operation per key is all a
+/// commit needs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StoreKey {
+    Prefix(EidPrefix),
+    Peer(String),
 }
 
 impl StoreOp {
-    pub fn prefix(&self) -> EidPrefix {
+    pub fn key(&self) -> StoreKey {
         match self {
-            StoreOp::Put { prefix, .. } | StoreOp::Delete(prefix) => *prefix,
+            StoreOp::Put { prefix, .. } | StoreOp::Delete(prefix) => StoreKey::Prefix(*prefix),
+            StoreOp::Endpoint { peer, .. } => StoreKey::Peer(peer.clone()),
         }
     }
 }
@@ -84,7 +99,15 @@ pub enum ControlAction {
     /// WireGuard would re-handshake only after about 15 s and the
     /// Map-Notifies meant for them meanwhile would be lost.
     WakeControlPeer { peer: u16, endpoint: SocketAddr },
+    /// Read the endpoint WireGuard currently sees each control peer at, and
+    /// report it with [`crate::MapServer::handle_endpoints`] (not
+    /// `handle_action_result`).
+    ReadEndpoints,
 }
+
+/// The answer to [`ControlAction::ReadEndpoints`]: each control peer's
+/// WireGuard key and the endpoint WireGuard sees it at, if any.
+pub type Endpoints = Vec<([u8; 32], Option<SocketAddr>)>;
 
 /// Why an action failed, as the shell saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,8 +19,10 @@
 //! (durability), [`registry`] (the mapping database), [`policy`] (what the
 //! configuration allows), [`counters`], and [`io`] (the types in and out).
 
+pub mod candidates;
 pub mod commits;
 pub mod counters;
+pub mod endpoints;
 pub mod io;
 pub mod notify;
 pub mod policy;
@@ -28,11 +30,12 @@ pub mod registration;
 pub mod registry;
 pub mod resolution;
 
+pub use candidates::{behind_nat, candidates, is_private, Candidate};
 pub use commits::FaultStatus;
 pub use counters::Counters;
 pub use io::{
-    ActionFault, ActionId, Commit, CommitId, ControlAction, Refusal, StoreFault, StoreOp, Transmit,
-    Via,
+    ActionFault, ActionId, Commit, CommitId, ControlAction, Endpoints, Refusal, StoreFault,
+    StoreOp, Transmit, Via,
 };
 pub use lisp_wire::DEFAULT_WG_PORT;
 pub use policy::{AllowedEid, NotifyTiming, PeerPolicy, Policy};
@@ -63,6 +66,11 @@ pub struct MapServer {
     plain_peers: HashMap<IpAddr, u16>,
     /// Peer index by name, for [`MapServer::restore`] at a million entries.
     peers_by_name: HashMap<String, u16>,
+    /// Keyed peers by WireGuard key, for observed endpoints.
+    peers_by_key: HashMap<[u8; 32], u16>,
+    /// Where the map-server's WireGuard sees each peer, by peer index.
+    observed: Vec<Option<SocketAddr>>,
+    polling: endpoints::Polling,
     registry: Registry,
     nonces: Vec<NonceWindow>,
     subscriptions: HashMap<EidPrefix, Vec<Subscriber>>,
@@ -94,7 +102,11 @@ impl MapServer {
         let mut tunnel_peers = HashMap::new();
         let mut plain_peers = HashMap::new();
         let mut peers_by_name = HashMap::new();
+        let mut peers_by_key = HashMap::new();
         for (i, p) in policy.peers.iter().enumerate() {
+            if let Some(key) = p.wg_key {
+                peers_by_key.insert(key, i as u16);
+            }
             let table = if p.wg_key.is_some() {
                 &mut tunnel_peers
             } else {
@@ -123,11 +135,18 @@ impl MapServer {
             entries: registry.len() as u64,
             ..Counters::default()
         };
+        let polling = endpoints::Polling {
+            due: (!peers_by_key.is_empty()).then_some(now),
+            ..Default::default()
+        };
         MapServer {
+            observed: vec![None; policy.peers.len()],
             policy,
             tunnel_peers,
             plain_peers,
             peers_by_name,
+            peers_by_key,
+            polling,
             registry,
             nonces,
             subscriptions: HashMap::new(),
@@ -239,6 +258,12 @@ impl MapServer {
         self.actions.pop_front()
     }
 
+    /// Whether the map-server's WireGuard is asked for the peers' endpoints
+    /// now (a registration just arrived, or the periodic read is due).
+    fn poll_actions_due(&mut self, now: Instant) {
+        self.poll_endpoints(now);
+    }
+
     /// The outcome of an action taken from [`MapServer::poll_action`]. A
     /// failed one is tried again a little later, a few times.
     pub fn handle_action_result(
@@ -262,9 +287,14 @@ impl MapServer {
         }
     }
 
-    fn push_action(&mut self, action: ControlAction) {
+    fn next_action_id(&mut self) -> ActionId {
         let id = ActionId(self.next_action);
         self.next_action += 1;
+        id
+    }
+
+    fn push_action(&mut self, action: ControlAction) {
+        let id = self.next_action_id();
         self.actions_open.insert(id, (action.clone(), 1, None));
         self.actions.push_back((id, action));
     }
@@ -291,6 +321,7 @@ impl MapServer {
         let actions = self.actions_open.values().filter_map(|(_, _, t)| *t);
         pending
             .chain(actions)
+            .chain(self.endpoints_timeout())
             .chain(self.commits.poll_timeout())
             .chain(std::iter::once(self.next_sweep))
             .min()
@@ -301,6 +332,7 @@ impl MapServer {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.retransmit_notifies(now);
         self.retry_actions(now);
+        self.poll_actions_due(now);
         if now >= self.next_sweep {
             self.next_sweep = now + registration::SWEEP_INTERVAL;
             self.sweep(now);
@@ -314,6 +346,7 @@ impl MapServer {
             self.counters.count_refusal(&refusal);
             warn!(%from, via = via.name(), reason = %refusal, "refused control message");
         }
+        self.poll_actions_due(now);
     }
 
     fn dispatch(

@@ -5,7 +5,6 @@
 //! with backoff until acknowledged.
 
 use crate::io::{Refusal, Transmit, Via};
-use crate::resolution::mapping_record;
 use crate::MapServer;
 use lisp_wire::{auth, Authentication, EidPrefix, KeyId, MapNotify, LISP_CONTROL_PORT};
 use std::net::SocketAddr;
@@ -93,7 +92,7 @@ impl MapServer {
         let Some(mapping) = self.registry.get(&about) else {
             return;
         };
-        let record = mapping_record(about, mapping);
+        let record = self.record_for(about, mapping, Some(peer_idx));
         let nonce = self.nonce_gen.next_nonce();
         let peer = &self.policy.peers[peer_idx as usize];
         let notify = MapNotify {

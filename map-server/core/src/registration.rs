@@ -86,9 +86,9 @@ impl MapServer {
     }
 
     /// After the restore: wake the control peers whose registrations came
-    /// back, at the endpoint their first RLOC and data port name (one
-    /// WireGuard socket serves both planes), so that their sessions, which
-    /// died with the old process, are re-established at once.
+    /// back, at the endpoint they were last seen at (or their first RLOC and
+    /// data port: one WireGuard socket serves both planes), so that their
+    /// sessions, which died with the old process, are re-established at once.
     pub fn finish_restore(&mut self) {
         let mut woken: HashMap<u16, SocketAddr> = HashMap::new();
         for (_, m) in self.registry.iter() {
@@ -98,9 +98,13 @@ impl MapServer {
             if self.policy.peers[peer as usize].wg_key.is_none() || woken.contains_key(&peer) {
                 continue;
             }
-            if let Some(r) = m.rlocs.first() {
-                let port = r.port.unwrap_or(lisp_wire::DEFAULT_WG_PORT);
-                woken.insert(peer, SocketAddr::new(r.addr, port));
+            // Where it was last seen (through its NAT), else what it registered.
+            let registered = m
+                .rlocs
+                .first()
+                .map(|r| SocketAddr::new(r.addr, r.port.unwrap_or(lisp_wire::DEFAULT_WG_PORT)));
+            if let Some(endpoint) = self.observed(peer).or(registered) {
+                woken.insert(peer, endpoint);
             }
         }
         let mut woken: Vec<_> = woken.into_iter().collect();
@@ -186,8 +190,13 @@ impl MapServer {
         }
 
         self.nonces[peer_idx as usize].remember(reg.nonce, now);
+        let keyed = peer.wg_key.is_some();
         let peer_name = peer.name.clone();
         let site_key = peer.site_key.clone();
+        if keyed {
+            // A node that moved re-registers from its new endpoint.
+            self.observe_soon(now);
+        }
         for (prefix, mapping) in accepted {
             match mapping {
                 Some(mapping) => {
@@ -205,7 +214,9 @@ impl MapServer {
                         peer: peer_name.clone(),
                     });
                     if moved && self.policy.push_moves {
-                        self.push_to_subscribers(now, prefix, peer_idx);
+                        // Pushed once the endpoint the node registered from
+                        // is known, so one push carries both.
+                        self.push_after_read(now, prefix, peer_idx);
                     }
                 }
                 None => {

@@ -2,6 +2,7 @@
 //! that tells the destination about the requester (whose mapping comes from
 //! the requester's own registration, never from the request).
 
+use crate::candidates::candidates;
 use crate::io::{Refusal, Transmit, Via};
 use crate::registry::{Mapping, Origin, Registry};
 use crate::MapServer;
@@ -38,7 +39,7 @@ impl MapServer {
                 .map_err(|e| Refusal::Malformed(e.to_string()))?;
             match self.registry.lookup(asked.iid, asked.addr(), now) {
                 Some((prefix, m)) => {
-                    records.push(mapping_record(prefix, m));
+                    records.push(self.record_for(prefix, m, requester));
                     if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
                         if owner != req_peer {
                             notify_targets.push((prefix, owner));
@@ -126,7 +127,36 @@ impl MapServer {
     }
 }
 
-/// The EID-record a resolver gets for a mapping: WireGuard locators (key and
+impl MapServer {
+    /// The EID-record `requester` gets for a mapping: for a keyed mapping,
+    /// the owner's candidates as this requester should see them (see
+    /// [`crate::candidates`]).
+    pub(crate) fn record_for(
+        &self,
+        prefix: EidPrefix,
+        m: &Mapping,
+        requester: Option<u16>,
+    ) -> EidRecord {
+        let Origin::Peer(owner) = m.origin else {
+            return mapping_record(prefix, m);
+        };
+        let Some(key) = m.wg_key else {
+            return mapping_record(prefix, m);
+        };
+        let observed = self.observed(owner);
+        let requester_public = requester.and_then(|r| self.observed(r)).map(|e| e.ip());
+        let rlocs = candidates(m, observed, requester_public)
+            .into_iter()
+            .map(|c| RlocRecord::new(c.priority, c.weight, wireguard_locator(c.endpoint, key)))
+            .collect();
+        EidRecord {
+            map_version: m.map_version,
+            ..EidRecord::new(prefix, m.ttl_minutes, rlocs)
+        }
+    }
+}
+
+/// The EID-record for a mapping as registered: WireGuard locators (key and
 /// port) for keyed mappings, plain locators for keyless ones.
 pub fn mapping_record(prefix: EidPrefix, m: &Mapping) -> EidRecord {
     let rlocs = m

@@ -68,6 +68,8 @@ fn peer_policy(name: &str, n: &Node) -> PeerPolicy {
 struct Ms {
     core: MapServer,
     stored: Vec<StoreOp>,
+    /// What the map-server's WireGuard sees: (key, endpoint) per peer.
+    seen: Vec<([u8; 32], SocketAddr)>,
 }
 
 impl From<MapServer> for Ms {
@@ -75,6 +77,7 @@ impl From<MapServer> for Ms {
         Ms {
             core,
             stored: Vec::new(),
+            seen: Vec::new(),
         }
     }
 }
@@ -93,11 +96,30 @@ impl DerefMut for Ms {
 }
 
 impl Ms {
+    /// Carries out the core's commits (always successfully) and actions
+    /// (endpoint reads answered with `seen`).
     fn commit_all(&mut self) {
         let now = Instant::now();
-        while let Some(c) = self.core.poll_commit(now) {
-            self.core.handle_commit_result(now, c.id, Ok(()));
-            self.stored.extend(c.ops);
+        for _ in 0..100 {
+            let mut moved = false;
+            while let Some(c) = self.core.poll_commit(now) {
+                self.core.handle_commit_result(now, c.id, Ok(()));
+                self.stored.extend(c.ops);
+                moved = true;
+            }
+            while let Some((id, action)) = self.core.poll_action() {
+                match action {
+                    ControlAction::ReadEndpoints => {
+                        let all = self.seen.iter().map(|&(k, e)| (k, Some(e))).collect();
+                        self.core.handle_endpoints(now, id, Ok(all));
+                    }
+                    _ => self.core.handle_action_result(now, id, Ok(())),
+                }
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
         }
     }
 }
@@ -746,6 +768,10 @@ fn a_failed_commit_withholds_only_the_confirmation_and_is_retried() {
         commit.id,
         Err(StoreFault("No space left on device".into())),
     );
+    // The push waits only for the read of where B now is.
+    let (id, action) = ms.poll_action().expect("an endpoint read");
+    assert_eq!(action, ControlAction::ReadEndpoints);
+    ms.handle_endpoints(t, id, Ok(vec![]));
     let out: Vec<Transmit> = std::iter::from_fn(|| ms.poll_transmit()).collect();
     assert!(
         out.iter().all(|tx| tx.dst != from(&b)),
@@ -772,4 +798,176 @@ fn a_failed_commit_withholds_only_the_confirmation_and_is_retried() {
     ms.handle_datagram(retry_at, from(&b), Via::Tunnel, &bytes);
     let out = drain(&mut ms);
     assert_eq!(parse_notify(&out[0], &b.site_key).nonce, 4);
+}
+
+// ---- observed endpoints: nodes behind NAT ----------------------------------
+
+/// From now on the map-server's WireGuard sees the peers at `seen` (at the
+/// next read the core asks for).
+fn observe(ms: &mut Ms, _now: Instant, seen: &[([u8; 32], SocketAddr)]) {
+    ms.seen = seen.to_vec();
+    ms.commit_all();
+}
+
+fn candidates_in(t: &Transmit) -> Vec<SocketAddr> {
+    let records = match parse(&t.payload).unwrap() {
+        Message::MapReply(r) => r.records,
+        Message::MapNotify(n) => n.records,
+        other => panic!("no records in {other:?}"),
+    };
+    records[0]
+        .rlocs
+        .iter()
+        .map(|r| {
+            let i = r.info().unwrap();
+            SocketAddr::new(i.rloc, i.port.unwrap())
+        })
+        .collect()
+}
+
+/// A and B behind NATs: registered with private addresses, seen by the
+/// map-server's WireGuard at their NATs' public endpoints.
+fn natted() -> (Node, Node) {
+    let mut a = node_a();
+    a.rloc = "10.20.1.5:51820".parse().unwrap();
+    let mut b = node_b();
+    b.rloc = "10.30.1.5:51821".parse().unwrap();
+    (a, b)
+}
+
+const A_PUBLIC: &str = "198.51.100.7:51820";
+const B_PUBLIC: &str = "203.0.113.9:40001";
+
+#[test]
+fn a_node_behind_nat_is_handed_out_at_its_observed_endpoint() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = natted();
+    let seen = [
+        (a.key, A_PUBLIC.parse().unwrap()),
+        (b.key, B_PUBLIC.parse().unwrap()),
+    ];
+    observe(&mut ms, now, &seen);
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    assert_eq!(ms.observed(1), Some(B_PUBLIC.parse().unwrap()));
+
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let out = drain(&mut ms);
+    // B is told where A is seen; after B's ack, A gets B's public endpoint
+    // and not its private address.
+    let notify = &out[0];
+    assert_eq!(
+        candidates_in(notify),
+        vec![A_PUBLIC.parse::<SocketAddr>().unwrap()]
+    );
+    let n = parse_notify(notify, &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    let reply = drain(&mut ms);
+    assert_eq!(
+        candidates_in(&reply[0]),
+        vec![B_PUBLIC.parse::<SocketAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn behind_the_same_nat_peers_get_each_others_private_address_first() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = natted();
+    let b_public: SocketAddr = "198.51.100.7:51821".parse().unwrap();
+    observe(
+        &mut ms,
+        now,
+        &[(a.key, A_PUBLIC.parse().unwrap()), (b.key, b_public)],
+    );
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let out = drain(&mut ms);
+    let n = parse_notify(&out[0], &b.site_key);
+    assert_eq!(
+        candidates_in(&out[0])[0],
+        a.rloc,
+        "A's private address first"
+    );
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    let reply = drain(&mut ms);
+    assert_eq!(candidates_in(&reply[0]), vec![b.rloc, b_public]);
+}
+
+#[test]
+fn a_nat_rebinding_is_pushed_to_correspondents() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = natted();
+    let mut seen = [
+        (a.key, A_PUBLIC.parse().unwrap()),
+        (b.key, B_PUBLIC.parse().unwrap()),
+    ];
+    observe(&mut ms, now, &seen);
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let n = parse_notify(&drain(&mut ms)[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    drain(&mut ms);
+
+    // B's NAT restarts and maps it to another port; the periodic read sees
+    // it at B's next keepalive. A, which resolved B, is pushed at once.
+    let t = now + Duration::from_secs(30);
+    let rebound: SocketAddr = "203.0.113.9:47777".parse().unwrap();
+    seen[1].1 = rebound;
+    ms.handle_timeout(t);
+    observe(&mut ms, t, &seen);
+    let out = drain(&mut ms);
+    let push: Vec<_> = out.iter().filter(|tx| tx.dst == from(&a)).collect();
+    assert_eq!(push.len(), 1, "{out:?}");
+    assert_eq!(candidates_in(push[0]), vec![rebound]);
+    assert!(drain_store(&mut ms).contains(&StoreOp::Endpoint {
+        peer: "robot-b".into(),
+        endpoint: rebound
+    }));
+    assert_eq!(ms.counters().endpoint_changes, 3);
+}
+
+#[test]
+fn a_restarted_map_server_wakes_peers_where_they_were_last_seen() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, _) = natted();
+    let bytes = register_bytes(&a, 1, vec![record(a.eid, a.key, a.rloc)]);
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &bytes);
+    let mapping = ms.registry().get(&a.eid).unwrap().clone();
+    assert!(ms.restore_endpoint("robot-a", A_PUBLIC.parse().unwrap()));
+    assert!(!ms.restore_endpoint("nobody", A_PUBLIC.parse().unwrap()));
+    let mut fresh = server(now);
+    assert!(fresh.restore(a.eid, "robot-a", mapping, now));
+    fresh.restore_endpoint("robot-a", A_PUBLIC.parse().unwrap());
+    fresh.finish_restore();
+    let actions: Vec<_> = std::iter::from_fn(|| fresh.poll_action())
+        .map(|(_, a)| a)
+        .collect();
+    assert!(
+        actions.contains(&ControlAction::WakeControlPeer {
+            peer: 0,
+            endpoint: A_PUBLIC.parse().unwrap()
+        }),
+        "{actions:?}"
+    );
 }

@@ -4,7 +4,7 @@
 
 use lisp_wire::*;
 use map_server_core::{
-    AllowedEid, MapServer, Mapping, PeerPolicy, Policy, StoreFault, StoreOp, Via,
+    AllowedEid, ControlAction, MapServer, Mapping, PeerPolicy, Policy, StoreFault, StoreOp, Via,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -302,13 +302,29 @@ impl Sim {
                         peer,
                     } => ms.disk.insert(prefix, (mapping, peer)),
                     StoreOp::Delete(prefix) => ms.disk.remove(&prefix),
+                    StoreOp::Endpoint { .. } => None,
                 };
             }
             ms.core.handle_commit_result(now, c.id, Ok(()));
         }
-        while let Some((id, _)) = ms.core.poll_action() {
+        while let Some((id, action)) = ms.core.poll_action() {
             moved = true;
-            ms.core.handle_action_result(now, id, Ok(()));
+            match action {
+                // No NAT in this model: each node is seen where it registered.
+                ControlAction::ReadEndpoints => {
+                    let seen = self
+                        .nodes
+                        .iter()
+                        .filter_map(|n| {
+                            let addr = n.addrs.values().flatten().next()?;
+                            let port = n.xtr.policy().wg_port;
+                            Some((n.key, Some(SocketAddr::new(*addr, port))))
+                        })
+                        .collect();
+                    ms.core.handle_endpoints(now, id, Ok(seen));
+                }
+                _ => ms.core.handle_action_result(now, id, Ok(())),
+            }
         }
         moved
     }
