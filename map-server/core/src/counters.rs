@@ -34,6 +34,8 @@ pub struct Counters {
     pub action_failures: u64,
     /// Times a control peer was first seen, or seen at a new endpoint.
     pub endpoint_changes: u64,
+    /// Requests from a node about a node resolving it at the same moment.
+    pub crossed_requests: u64,
 }
 
 impl Counters {
@@ -178,6 +180,12 @@ impl Counters {
                 "control peers first seen or seen at a new endpoint (NAT rebinding, move)",
                 "counter",
                 self.endpoint_changes,
+            ),
+            (
+                "lispwg_ms_crossed_requests_total",
+                "pairs that resolved each other at the same moment",
+                "counter",
+                self.crossed_requests,
             ),
             (
                 "lispwg_ms_action_failures_total",

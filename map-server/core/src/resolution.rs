@@ -82,6 +82,21 @@ impl MapServer {
                     // The destination learns the requester: it resolves it too.
                     let ttl = ttl_of(&src_prefix, &self.registry);
                     self.subscribe(src_prefix, owner, now, ttl);
+                    if let Some(crossing) = self.notify_about(req_peer, dest_prefix) {
+                        // The destination is resolving the requester at this
+                        // very moment, and the requester is being told about
+                        // it: so it knows the destination already, and the
+                        // destination will learn it from its own reply. No
+                        // second notify, and this reply waits for the first
+                        // one's ack, so the requester sees the notify first
+                        // and both agree it is the responder: exactly one of
+                        // them starts the WireGuard handshake.
+                        self.counters.crossed_requests += 1;
+                        if let (Some(h), Some(p)) = (held.take(), self.pending.get_mut(&crossing)) {
+                            p.held.push(h);
+                        }
+                        continue;
+                    }
                     let hold = held.take();
                     self.send_notify(now, owner, src_prefix, hold);
                 }
@@ -92,6 +107,14 @@ impl MapServer {
             self.transmits.push_back(reply);
         }
         Ok(())
+    }
+
+    /// The unacknowledged notify telling `peer` about `prefix`, if any.
+    fn notify_about(&self, peer: u16, prefix: EidPrefix) -> Option<u64> {
+        self.pending
+            .iter()
+            .find(|(_, p)| p.peer == peer && p.about == prefix && !p.held.is_empty())
+            .map(|(&nonce, _)| nonce)
     }
 
     /// Where the reply goes. Inside the tunnel, always back to the source

@@ -971,3 +971,44 @@ fn a_restarted_map_server_wakes_peers_where_they_were_last_seen() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn a_pair_resolving_each_other_at_once_gets_one_notify_and_one_responder() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    // A asks for B; B is told about A, A's reply waits for B's ack.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    let to_b = parse_notify(&out[0], &b.site_key);
+    // Before acking, B asks for A too.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(b.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&b, 6, a.eid),
+    );
+    assert!(
+        drain(&mut ms).is_empty(),
+        "no notify to A, and B's reply waits"
+    );
+    assert_eq!(ms.counters().crossed_requests, 1);
+    // B acks the notify: both replies go out, after it.
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &to_b));
+    let out = drain(&mut ms);
+    let mut dsts: Vec<IpAddr> = out.iter().map(|t| t.dst.ip()).collect();
+    dsts.sort();
+    assert_eq!(dsts, vec![a.ctl, b.ctl]);
+    assert!(out
+        .iter()
+        .all(|t| matches!(parse(&t.payload), Ok(Message::MapReply(_)))));
+    assert_eq!(ms.pending_notifies(), 0);
+}
