@@ -25,6 +25,7 @@ pub mod msg;
 pub mod nonce;
 mod parse;
 pub mod record;
+pub mod scope;
 pub mod table;
 
 pub use addr::{Address, NatTraversal, SecurityKey};
@@ -39,6 +40,7 @@ pub use msg::{
 };
 pub use nonce::Nonces;
 pub use record::{Action, EidRecord, RlocRecord};
+pub use scope::is_private;
 pub use table::EidTable;
 
 impl MapRequest {

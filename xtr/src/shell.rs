@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use wgctl::{Host, IpPrefix, MissTun, NetEvent, PeerConfig, Reinjector, RouteSpec, WgInterface};
 use xtr_core::{
     DataplaneFault, DataplaneOp, LinkEvent, MapServerPeer, Output, PeerStats, RlocInterface, Xtr,
@@ -495,8 +495,36 @@ impl Agent {
                         warn!(error = %e, "ICMP error could not be delivered");
                     }
                 }
+                Output::Punch { to } => {
+                    if let Err(e) = self.punch(to).await {
+                        self.output_errors += 1;
+                        debug!(%to, error = %e, "punch could not be sent");
+                    }
+                }
             }
         }
+    }
+
+    /// A one-byte datagram from our WireGuard port to `to`, from the source
+    /// address the kernel would pick for WireGuard's own packets to it.
+    async fn punch(&self, to: SocketAddr) -> Result<()> {
+        let probe = std::net::UdpSocket::bind(match to {
+            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+        })
+        .ctx("choosing the punch's source")?;
+        probe.connect(to).ctx(format!("routing a punch to {to}"))?;
+        let src = SocketAddr::new(
+            probe.local_addr().ctx("choosing the punch's source")?.ip(),
+            self.cfg.wireguard.listen_port,
+        );
+        let Some(packet) = xtr_core::packet::udp(src, to, &[0]) else {
+            return Ok(());
+        };
+        self.reinjector
+            .send(&packet)
+            .await
+            .ctx(format!("punching toward {to}"))
     }
 
     async fn carry_out(&mut self, op: &DataplaneOp) -> Result<()> {
@@ -506,14 +534,25 @@ impl Agent {
                 key,
                 endpoint,
                 allowed,
+                keepalive,
+                fresh,
             } => {
                 let allowed_ips = allowed.iter().map(prefix).collect::<Result<Vec<_>>>()?;
+                let public_key = wgctl::keys::PublicKey::from_bytes(*key);
+                if *fresh {
+                    // A new peer object: WireGuard forgets the last
+                    // initiation and may start one at once.
+                    self.wg
+                        .remove_peer(&public_key)
+                        .await
+                        .ctx("remove peer to re-create it")?;
+                }
                 self.wg
                     .upsert_peer(PeerConfig {
-                        public_key: wgctl::keys::PublicKey::from_bytes(*key),
-                        endpoint: Some(*endpoint),
+                        public_key,
+                        endpoint: *endpoint,
                         allowed_ips,
-                        persistent_keepalive: None,
+                        persistent_keepalive: *keepalive,
                     })
                     .await
                     .ctx("upsert peer")?;

@@ -71,6 +71,8 @@ impl Snapshot {
         for e in &self.cache {
             match e.peer {
                 Some((key, endpoint)) => {
+                    let endpoint = endpoint
+                        .map_or("(learnt from its handshake)".to_string(), |e| e.to_string());
                     let _ = writeln!(
                         s,
                         "  {}  -> {} key {}  ttl {}",

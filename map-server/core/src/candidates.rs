@@ -14,7 +14,7 @@
 //!   not hairpin. Registered public addresses (e.g. global IPv6) stay.
 
 use crate::registry::{Mapping, Rloc};
-use lisp_wire::DEFAULT_WG_PORT;
+use lisp_wire::{is_private, DEFAULT_WG_PORT};
 use std::net::{IpAddr, SocketAddr};
 
 /// One way to reach a node's WireGuard socket.
@@ -26,18 +26,6 @@ pub struct Candidate {
     /// For an endpoint observed through a NAT: the node's own address
     /// behind it.
     pub private: Option<IpAddr>,
-}
-
-/// Whether an address is only meaningful inside a site: RFC 1918,
-/// shared (CGN) space, and IPv6 unique-local addresses.
-pub fn is_private(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => {
-            let [o1, o2, ..] = a.octets();
-            a.is_private() || (o1 == 100 && (64..128).contains(&o2))
-        }
-        IpAddr::V6(a) => (a.segments()[0] & 0xfe00) == 0xfc00,
-    }
 }
 
 fn endpoint_of(r: &Rloc) -> SocketAddr {
@@ -172,21 +160,5 @@ mod tests {
         let observed: SocketAddr = "198.51.100.7:51820".parse().unwrap();
         let c = candidates(&m, Some(observed), None);
         assert_eq!(eps(&c), ["[2001:db8:5::10]:51820", "198.51.100.7:51820"]);
-    }
-
-    #[test]
-    fn private_ranges() {
-        for a in [
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "100.64.0.1",
-            "fd00::1",
-        ] {
-            assert!(is_private(a.parse().unwrap()), "{a}");
-        }
-        for a in ["192.0.2.1", "198.51.100.1", "100.128.0.1", "2001:db8::1"] {
-            assert!(!is_private(a.parse().unwrap()), "{a}");
-        }
     }
 }

@@ -30,7 +30,7 @@ pub mod registration;
 pub mod registry;
 pub mod resolution;
 
-pub use candidates::{behind_nat, candidates, is_private, Candidate};
+pub use candidates::{behind_nat, candidates, Candidate};
 pub use commits::FaultStatus;
 pub use counters::Counters;
 pub use io::{

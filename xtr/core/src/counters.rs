@@ -32,6 +32,14 @@ pub struct Counters {
     pub unknown_nonces: u64,
     /// Peer statistics reads that failed.
     pub stats_failures: u64,
+    /// Data peers whose first handshake came.
+    pub paths_established: u64,
+    /// Handshake attempts given up on, retried with a fresh peer.
+    pub path_failovers: u64,
+    /// Peers no candidate reached.
+    pub paths_failed: u64,
+    /// NAT punches sent.
+    pub punches: u64,
 }
 
 impl Counters {
@@ -169,6 +177,30 @@ impl Counters {
                 "Map-Replies for no pending request",
                 "counter",
                 self.unknown_nonces,
+            ),
+            (
+                "lispwg_xtr_paths_established_total",
+                "data peers whose first handshake came",
+                "counter",
+                self.paths_established,
+            ),
+            (
+                "lispwg_xtr_path_failovers_total",
+                "handshake attempts given up on and retried at the next candidate",
+                "counter",
+                self.path_failovers,
+            ),
+            (
+                "lispwg_xtr_paths_failed_total",
+                "data peers no candidate endpoint reached",
+                "counter",
+                self.paths_failed,
+            ),
+            (
+                "lispwg_xtr_punches_total",
+                "NAT punches sent toward a new peer's candidates",
+                "counter",
+                self.punches,
             ),
             (
                 "lispwg_xtr_stats_failures_total",

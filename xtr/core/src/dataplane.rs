@@ -21,8 +21,12 @@ use tracing::{debug, info, warn};
 /// A data peer as it should be programmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PeerSpec {
-    pub(crate) endpoint: SocketAddr,
+    pub(crate) endpoint: Option<SocketAddr>,
     pub(crate) allowed: Vec<EidPrefix>,
+    pub(crate) keepalive: Option<u16>,
+    /// Bumped to have the peer removed and added again (a fresh handshake
+    /// state).
+    pub(crate) generation: u32,
 }
 
 /// Wanted and confirmed state of one thing in the data plane.
@@ -91,7 +95,8 @@ struct HeldForPrefix {
     deadline: Instant,
 }
 
-/// A Map-Notify-Ack waiting for the peers and routes of its notify.
+/// A Map-Notify-Ack waiting for the peers of its notify (a responder's route
+/// only comes with the first handshake).
 #[derive(Debug)]
 struct HeldAck {
     nonce: u64,
@@ -132,6 +137,12 @@ pub(crate) struct Dataplane {
     acks: Vec<HeldAck>,
     /// Resolutions whose peer and route are confirmed: (prefix, miss time).
     pub(crate) programmed: VecDeque<(EidPrefix, Instant)>,
+    /// Packets just re-injected, by prefix: kept by the caller as copies
+    /// for a failover.
+    pub(crate) reinjected: Vec<(EidPrefix, Vec<Vec<u8>>)>,
+    /// Peers whose wanted state was just confirmed: a handshake attempt
+    /// starts when its peer is really in place.
+    pub(crate) confirmed: Vec<[u8; 32]>,
 }
 
 impl Dataplane {
@@ -159,6 +170,8 @@ impl Dataplane {
             held: Vec::new(),
             acks: Vec::new(),
             programmed: VecDeque::new(),
+            reinjected: Vec::new(),
+            confirmed: Vec::new(),
         }
     }
 
@@ -221,6 +234,24 @@ impl Dataplane {
                         .as_ref()
                         .is_some_and(|s| s.allowed.contains(prefix))
             })
+    }
+
+    /// Whether peer `key` is programmed as wanted.
+    pub(crate) fn peer_settled(&self, key: &[u8; 32]) -> bool {
+        self.peers
+            .get(key)
+            .is_some_and(|p| p.settled() && p.confirmed.is_some())
+    }
+
+    /// Whether the peer holding `prefix` is programmed as wanted (its route
+    /// aside): what a Map-Notify-Ack waits for.
+    pub(crate) fn peer_ready(&self, prefix: &EidPrefix) -> bool {
+        self.peers.values().any(|p| {
+            p.settled()
+                && p.confirmed
+                    .as_ref()
+                    .is_some_and(|s| s.allowed.contains(prefix))
+        })
     }
 
     /// Whether the data plane has caught up with everything wanted.
@@ -286,10 +317,11 @@ impl Dataplane {
                 if let Some(at) = h.missed_at {
                     self.programmed.push_back((h.prefix, at));
                 }
-                for p in h.packets {
+                for p in &h.packets {
                     c.reinjected_packets += 1;
-                    out.push_back(Output::Reinject(p));
+                    out.push_back(Output::Reinject(p.clone()));
                 }
+                self.reinjected.push((h.prefix, h.packets));
             } else if now >= h.deadline {
                 warn!(eid = %h.prefix, packets = h.packets.len(), "data plane not ready in time; answering held packets with ICMP unreachable");
                 for p in &h.packets {
@@ -304,7 +336,7 @@ impl Dataplane {
         }
         let acks = std::mem::take(&mut self.acks);
         for a in acks {
-            if a.prefixes.iter().all(|p| self.ready(p)) {
+            if a.prefixes.iter().all(|p| self.peer_ready(p)) {
                 c.acks += 1;
                 out.push_back(a.transmit);
             } else if now >= a.deadline {
@@ -370,6 +402,11 @@ impl Dataplane {
                     key,
                     endpoint: spec.endpoint,
                     allowed: spec.allowed.clone(),
+                    keepalive: spec.keepalive,
+                    fresh: slot
+                        .confirmed
+                        .as_ref()
+                        .is_some_and(|c| c.generation != spec.generation),
                 },
                 None => DataplaneOp::RemovePeer { key },
             };
@@ -430,6 +467,9 @@ impl Dataplane {
             Target::Peer(key) => {
                 if let Some(slot) = self.peers.get_mut(&key) {
                     settle(slot, id, result, now, backoff, c, "peer");
+                    if slot.settled() && slot.confirmed.is_some() {
+                        self.confirmed.push(key);
+                    }
                     if slot.unused() {
                         self.peers.remove(&key);
                     }

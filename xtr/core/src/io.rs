@@ -24,6 +24,10 @@ pub enum Output {
     Reinject(Vec<u8>),
     /// Hand a packet (an ICMP error) to the local stack through the TUN.
     Deliver(Vec<u8>),
+    /// Send a one-byte UDP datagram from our WireGuard port to `to`, so our
+    /// NAT lets the peer's first handshake in (WireGuard drops such junk
+    /// silently if it does reach it).
+    Punch { to: SocketAddr },
     /// Read the WireGuard peers' counters and handshakes, and report them
     /// with [`crate::Xtr::handle_peer_stats`].
     ReadPeerStats,
@@ -37,10 +41,16 @@ pub struct OpId(pub(crate) u64);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataplaneOp {
     /// Add or update a data peer; `allowed` is its complete allowed-ips set.
+    /// With no endpoint WireGuard cannot initiate (the responder of a new
+    /// pair waits for the other side's handshake). `fresh`: remove the peer
+    /// first, so WireGuard forgets its handshake state and may initiate at
+    /// once (it otherwise waits 5 s after a failed attempt).
     UpsertPeer {
         key: [u8; 32],
-        endpoint: SocketAddr,
+        endpoint: Option<SocketAddr>,
         allowed: Vec<EidPrefix>,
+        keepalive: Option<u16>,
+        fresh: bool,
     },
     RemovePeer {
         key: [u8; 32],

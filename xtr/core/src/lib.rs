@@ -25,6 +25,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod io;
 pub mod packet;
+pub mod paths;
 pub mod peers;
 pub mod policy;
 pub mod registration;
@@ -38,7 +39,7 @@ use dataplane::{Backoff, Dataplane};
 use lisp_wire::{
     auth, Authentication, EidPrefix, EidTable, KeyId, MapNotify, Message, LISP_CONTROL_PORT,
 };
-use peers::{CacheEntry, Peer};
+use peers::{CacheEntry, Learned, Peer};
 use registration::{Links, MapServerState};
 use resolution::Pending;
 use std::collections::{HashMap, VecDeque};
@@ -64,7 +65,9 @@ pub struct MapServerStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheStatus {
     pub prefix: EidPrefix,
-    pub peer: Option<([u8; 32], SocketAddr)>,
+    /// The peer's key and the endpoint it is programmed at (none while a
+    /// responder waits for the first handshake).
+    pub peer: Option<([u8; 32], Option<SocketAddr>)>,
     pub expires_in: Duration,
 }
 
@@ -87,6 +90,15 @@ pub struct Xtr {
     next_stats: Instant,
     /// A statistics read asked for and not yet answered, since when.
     stats_asked: Option<Instant>,
+    /// When the last statistics came back.
+    last_stats: Option<Instant>,
+    /// A held packet waits for a first handshake: read statistics from
+    /// this instant.
+    stats_now: Option<Instant>,
+    /// Smoothed round trip of Map-Requests (to the map-server and, through
+    /// its reply hold, the destination): sizes handshake attempts.
+    srtt: Duration,
+    srtt_known: bool,
     nonces: lisp_wire::Nonces,
     counters: Counters,
 }
@@ -121,6 +133,10 @@ impl Xtr {
             outputs: VecDeque::new(),
             next_housekeeping: now + HOUSEKEEPING,
             stats_asked: None,
+            last_stats: None,
+            stats_now: None,
+            srtt: Duration::from_millis(50),
+            srtt_known: false,
             nonces: lisp_wire::Nonces::new(seed),
             counters: Counters::default(),
         }
@@ -164,7 +180,7 @@ impl Xtr {
 
     /// The endpoint wanted for a data peer.
     pub fn peer_endpoint(&self, key: &[u8; 32]) -> Option<SocketAddr> {
-        self.peers.get(key).map(|p| p.endpoint)
+        self.peers.get(key).and_then(|p| p.path.endpoint())
     }
 
     pub fn map_servers(&self) -> Vec<MapServerStatus> {
@@ -186,7 +202,7 @@ impl Xtr {
             .iter()
             .map(|(prefix, e)| CacheStatus {
                 prefix,
-                peer: e.peer,
+                peer: e.peer.map(|k| (k, self.peer_endpoint(&k))),
                 expires_in: e.expires.saturating_duration_since(now),
             })
             .collect();
@@ -202,6 +218,7 @@ impl Xtr {
         servers
             .chain(pending)
             .chain(self.dataplane.poll_timeout())
+            .chain(self.paths_timeout())
             .chain(stats)
             .chain(std::iter::once(self.next_housekeeping))
             .min()
@@ -218,6 +235,16 @@ impl Xtr {
     fn flush_dataplane(&mut self, now: Instant) {
         self.dataplane
             .reconcile(now, &mut self.outputs, &mut self.counters);
+        let confirmed = std::mem::take(&mut self.dataplane.confirmed);
+        self.peers_programmed(now, confirmed);
+        for (prefix, packets) in std::mem::take(&mut self.dataplane.reinjected) {
+            if let Some(key) = self.peer_of(&prefix) {
+                self.keep_copies(&key, &packets);
+            }
+        }
+        if self.stats_now.is_some() {
+            self.ask_stats_if_due(now);
+        }
     }
 
     // ---- outcomes -----------------------------------------------------------
@@ -237,7 +264,8 @@ impl Xtr {
     /// The answer to [`Output::ReadPeerStats`].
     pub fn handle_peer_stats(&mut self, now: Instant, stats: &[PeerStats]) {
         self.stats_asked = None;
-        self.idle_check(now, stats);
+        self.last_stats = Some(now);
+        self.check_paths(now, stats);
         self.flush_dataplane(now);
     }
 
@@ -254,8 +282,22 @@ impl Xtr {
         }
         Some(match self.stats_asked {
             Some(t) => t + STATS_PATIENCE,
-            None => self.next_stats,
+            None if self.stats_now.is_some() => self.stats_now.unwrap_or(self.next_stats),
+            None => self
+                .paths_stats_due()
+                .map_or(self.next_stats, |t| t.min(self.next_stats)),
         })
+    }
+
+    fn ask_stats_if_due(&mut self, now: Instant) {
+        if self.stats_due().is_some_and(|t| now >= t) {
+            self.stats_asked = Some(now);
+            self.stats_now = None;
+            if now >= self.next_stats {
+                self.next_stats = now + self.policy.stats_interval();
+            }
+            self.outputs.push_back(Output::ReadPeerStats);
+        }
     }
 
     // ---- control messages ---------------------------------------------------
@@ -321,8 +363,13 @@ impl Xtr {
             if prefix.iid != iid || self.policy.eids.contains(&prefix) {
                 continue;
             }
-            match self.install(now, record) {
-                Ok(Some(p)) => installed.push(p),
+            match self.install(now, record, Learned::Notify) {
+                Ok(Some((p, _))) => {
+                    installed.push(p);
+                    // Open our NAT toward the peer before acking: the ack
+                    // releases its reply, and its first handshake follows.
+                    self.punch(now);
+                }
                 Ok(None) => {}
                 Err(why) => {
                     self.counters.unusable_mappings += 1;
@@ -362,11 +409,8 @@ impl Xtr {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.expire_cache(now);
         }
-        if self.stats_due().is_some_and(|t| now >= t) {
-            self.stats_asked = Some(now);
-            self.next_stats = now + self.policy.stats_interval();
-            self.outputs.push_back(Output::ReadPeerStats);
-        }
+        self.punch(now);
+        self.ask_stats_if_due(now);
         self.flush_dataplane(now);
     }
 }

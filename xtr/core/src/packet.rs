@@ -1,7 +1,7 @@
 //! The little IP the xtr needs: addresses of a captured packet, and ICMP
 //! "unreachable" errors for packets it cannot deliver.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Source and destination of an IPv4 or IPv6 packet.
 pub fn addresses(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
@@ -96,9 +96,87 @@ pub fn unreachable(original: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// A UDP datagram from `src` to `dst` (same family), with its IP header:
+/// what a punch through a NAT sends from the WireGuard port, through a raw
+/// socket while WireGuard holds that port. `None` across families.
+pub fn udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let ulen = 8 + payload.len();
+    let mut udp = vec![0u8; ulen];
+    udp[0..2].copy_from_slice(&src.port().to_be_bytes());
+    udp[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    udp[4..6].copy_from_slice(&(ulen as u16).to_be_bytes());
+    udp[8..].copy_from_slice(payload);
+    let pseudo = |acc: u32| acc + 17 + ulen as u32;
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let total = 20 + ulen;
+            let mut p = vec![0u8; 20];
+            p[0] = 0x45;
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            p[6] = 0x40; // don't fragment
+            p[8] = 64;
+            p[9] = 17; // UDP
+            p[12..16].copy_from_slice(&s.octets());
+            p[16..20].copy_from_slice(&d.octets());
+            let c = finish(sum(&p, 0));
+            p[10..12].copy_from_slice(&c.to_be_bytes());
+            let c = finish(sum(&udp, pseudo(sum(&p[12..20], 0))));
+            udp[6..8].copy_from_slice(&if c == 0 { 0xffff } else { c }.to_be_bytes());
+            p.extend_from_slice(&udp);
+            Some(p)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut p = vec![0u8; 40];
+            p[0] = 0x60;
+            p[4..6].copy_from_slice(&(ulen as u16).to_be_bytes());
+            p[6] = 17;
+            p[7] = 64;
+            p[8..24].copy_from_slice(&s.octets());
+            p[24..40].copy_from_slice(&d.octets());
+            let c = finish(sum(&udp, pseudo(sum(&p[8..40], 0))));
+            udp[6..8].copy_from_slice(&if c == 0 { 0xffff } else { c }.to_be_bytes());
+            p.extend_from_slice(&udp);
+            Some(p)
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_datagrams_carry_valid_checksums() {
+        let v4 = udp(
+            "10.20.1.5:51820".parse().unwrap(),
+            "198.51.100.7:40001".parse().unwrap(),
+            &[0],
+        )
+        .unwrap();
+        assert_eq!(v4.len(), 29);
+        assert_eq!(finish(sum(&v4[..20], 0)), 0, "IP header checksum");
+        let acc = sum(&v4[12..20], 0) + 17 + 9;
+        assert_eq!(finish(sum(&v4[20..], acc)), 0, "UDP checksum");
+        assert_eq!(
+            addresses(&v4).unwrap().1,
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let v6 = udp(
+            "[2001:db8::5]:51820".parse().unwrap(),
+            "[2001:db8::7]:51821".parse().unwrap(),
+            &[0],
+        )
+        .unwrap();
+        let acc = sum(&v6[8..40], 0) + 17 + 9;
+        assert_eq!(finish(sum(&v6[40..], acc)), 0);
+        assert!(udp(
+            "10.0.0.1:1".parse().unwrap(),
+            "[::1]:1".parse().unwrap(),
+            &[]
+        )
+        .is_none());
+    }
 
     fn echo_request_v4() -> Vec<u8> {
         let mut p = vec![

@@ -1,32 +1,82 @@
 //! The map-cache and the data peers it calls for: installing mappings from
 //! replies and notifies, moves, eviction, expiry with background refresh,
-//! and the removal of peers idle at both ends. What the peers and routes
-//! should be is handed to [`crate::dataplane`], which programs them.
+//! each peer's path (see [`crate::paths`]), and the removal of peers idle
+//! at both ends. What the peers and routes should be is handed to
+//! [`crate::dataplane`], which programs them.
 
 use crate::dataplane::PeerSpec;
-use crate::io::{PeerStats, Unusable};
+use crate::io::{Output, PeerStats, Unusable};
+use crate::packet;
+use crate::paths::{attempt_wait, Path, Role};
 use crate::Xtr;
-use lisp_wire::{EidPrefix, EidRecord};
+use lisp_wire::{is_private, EidPrefix, EidRecord};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
+
+/// Persistent keepalive of a peer through a NAT: well inside conntrack's
+/// 30 s for unanswered and 120 s for assured UDP flows.
+pub(crate) const NAT_KEEPALIVE_SECS: u16 = 25;
+/// Bytes per statistics interval that are only keepalives and rekeys, not
+/// traffic.
+const KEEPALIVE_NOISE: u64 = 512;
+/// A peer that carried no traffic for this long loses its keepalive.
+const KEEPALIVE_HOLD: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub(crate) struct CacheEntry {
-    /// `None` for a negative entry.
-    pub(crate) peer: Option<([u8; 32], SocketAddr)>,
+    /// The peer's key; `None` for a negative entry.
+    pub(crate) peer: Option<[u8; 32]>,
     pub(crate) expires: Instant,
     refreshing: bool,
 }
 
+/// How a mapping reached us: it decides which side starts the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Learned {
+    /// The answer to our own request.
+    Reply,
+    /// A Map-Notify: the peer resolved us, or moved.
+    Notify,
+}
+
 #[derive(Debug)]
 pub(crate) struct Peer {
-    pub(crate) endpoint: SocketAddr,
+    pub(crate) path: Path,
     prefixes: BTreeSet<EidPrefix>,
     rx: u64,
     tx: u64,
+    /// When it last carried traffic (more than keepalives).
     last_active: Instant,
+    /// Whether either side is behind a NAT, so the path needs keepalives.
+    nat: bool,
+}
+
+impl Peer {
+    fn spec(&self, now: Instant) -> PeerSpec {
+        let initiator = self.path.role == Role::Initiator;
+        let keepalive = if initiator && self.path.probing() {
+            // Switching a keepalive on sends one at once: the handshake
+            // starts even with no packet to carry (after a failover, or
+            // when a responder takes over).
+            Some(1)
+        } else if self.nat
+            && initiator
+            && self.path.established()
+            && now.saturating_duration_since(self.last_active) < KEEPALIVE_HOLD
+        {
+            Some(NAT_KEEPALIVE_SECS)
+        } else {
+            None
+        };
+        PeerSpec {
+            endpoint: self.path.endpoint(),
+            allowed: self.prefixes.iter().copied().collect(),
+            keepalive,
+            generation: self.path.generation,
+        }
+    }
 }
 
 impl Xtr {
@@ -41,18 +91,57 @@ impl Xtr {
             .map(|(p, e)| (p, e.peer.is_some(), e.expires))
     }
 
+    /// The key of the peer holding the map-cache entry `prefix`.
+    pub(crate) fn peer_of(&self, prefix: &EidPrefix) -> Option<[u8; 32]> {
+        self.cache.get(prefix).and_then(|e| e.peer)
+    }
+
+    /// A peer's candidate endpoints, best first: by priority, IPv6 before
+    /// IPv4 among equals, then by weight; only families we have an RLOC of
+    /// (all of them if that leaves none).
+    fn candidates(&self, record: &EidRecord) -> Vec<SocketAddr> {
+        let mut found: Vec<(u8, bool, u8, SocketAddr)> = record
+            .rlocs
+            .iter()
+            .filter(|r| r.priority != 255 && r.reachable)
+            .filter_map(|r| {
+                let i = r.info()?;
+                let ep = SocketAddr::new(i.rloc, i.port.unwrap_or(lisp_wire::DEFAULT_WG_PORT));
+                Some((r.priority, !ep.is_ipv6(), 255 - r.weight, ep))
+            })
+            .collect();
+        found.sort();
+        found.dedup_by_key(|c| c.3);
+        let usable = |ep: &SocketAddr| self.rlocs.iter().any(|r| r.addr.is_ipv4() == ep.is_ipv4());
+        let all: Vec<SocketAddr> = found.iter().map(|c| c.3).collect();
+        let ours: Vec<SocketAddr> = all.iter().copied().filter(usable).collect();
+        if ours.is_empty() {
+            all
+        } else {
+            ours
+        }
+    }
+
+    /// Whether a path between us and these candidates crosses a NAT: we
+    /// register a private address, or the peer is reached at one.
+    fn nat_involved(&self, candidates: &[SocketAddr]) -> bool {
+        self.rlocs.iter().any(|r| is_private(r.addr))
+            || candidates.iter().any(|c| is_private(c.ip()))
+    }
+
     /// Puts a mapping in the map-cache and asks for its peer and route.
-    /// `Ok(Some(prefix))` for a usable positive mapping, `Ok(None)` for a
-    /// negative one.
+    /// `Ok(Some((prefix, key)))` for a usable positive mapping, `Ok(None)`
+    /// for a negative one.
     pub(crate) fn install(
         &mut self,
         now: Instant,
         record: &EidRecord,
-    ) -> Result<Option<EidPrefix>, Unusable> {
+        learned: Learned,
+    ) -> Result<Option<(EidPrefix, [u8; 32])>, Unusable> {
         let prefix = EidPrefix::of_record(record).map_err(|_| Unusable::NotAnIpPrefix)?;
         let ttl = Duration::from_secs(60 * record.ttl.max(1) as u64);
         if record.rlocs.is_empty() {
-            self.remove_prefix(&prefix);
+            self.remove_prefix(now, &prefix);
             self.cache.insert(
                 prefix,
                 CacheEntry {
@@ -67,60 +156,94 @@ impl Xtr {
         if key == self.policy.wg_public_key {
             return Err(Unusable::OwnKey);
         }
-        let (_, loc) = record.best_locator().ok_or(Unusable::NoLocator)?;
-        let endpoint = SocketAddr::new(loc.rloc, loc.port.unwrap_or(lisp_wire::DEFAULT_WG_PORT));
+        let candidates = self.candidates(record);
+        if candidates.is_empty() {
+            return Err(Unusable::NoLocator);
+        }
         if self.cache.get(&prefix).is_none() && self.cache.len() >= self.policy.max_cache_entries {
-            self.evict_one();
+            self.evict_one(now);
         }
         // A prefix that moved to another key leaves its old peer.
-        if let Some(Some((old_key, _))) = self.cache.get(&prefix).map(|e| e.peer) {
+        if let Some(old_key) = self.peer_of(&prefix) {
             if old_key != key {
-                self.detach(&prefix, old_key);
+                self.detach(now, &prefix, old_key);
             }
         }
         self.cache.insert(
             prefix,
             CacheEntry {
-                peer: Some((key, endpoint)),
+                peer: Some(key),
                 expires: now + ttl,
                 refreshing: false,
             },
         );
+        let nat = self.nat_involved(&candidates);
+        let wait = attempt_wait(self.srtt);
+        let new_peer = !self.peers.contains_key(&key);
         let peer = self.peers.entry(key).or_insert_with(|| Peer {
-            endpoint,
+            path: match learned {
+                Learned::Reply => Path::initiator(now, candidates.clone(), wait),
+                Learned::Notify => Path::responder(now, candidates.clone()),
+            },
             prefixes: BTreeSet::new(),
             rx: 0,
             tx: 0,
             last_active: now,
+            nat,
         });
+        peer.nat = nat;
         let new_prefix = peer.prefixes.insert(prefix);
-        let moved = peer.endpoint != endpoint;
-        peer.endpoint = endpoint;
-        if new_prefix || moved {
-            if new_prefix && peer.prefixes.len() == 1 {
-                self.counters.peers_added += 1;
-                info!(eid = %prefix, rloc = %endpoint, "programming data peer");
-            } else {
-                self.counters.peers_updated += 1;
-                info!(eid = %prefix, rloc = %endpoint, "updating data peer");
+        let before = peer.path.endpoint();
+        if !new_peer {
+            match (learned, peer.path.role, peer.path.probing()) {
+                // Our own request, answered after we were told about the peer
+                // (it resolved us at the same moment): it initiates, we wait.
+                (Learned::Reply, Role::Responder, true) => {}
+                // A path that failed: try again, as the side that asked.
+                (Learned::Reply, _, false) if !peer.path.established() => {
+                    let copies = std::mem::take(&mut peer.path.copies);
+                    let generation = peer.path.generation + 1;
+                    peer.path = Path::initiator(now, candidates.clone(), wait);
+                    peer.path.copies = copies;
+                    peer.path.generation = generation;
+                }
+                // Our attempts failed, and the peer asked for us (it lost its
+                // state, or restarted): it is about to initiate, we wait.
+                (Learned::Notify, _, false) if !peer.path.established() => {
+                    let generation = peer.path.generation + 1;
+                    peer.path = Path::responder(now, candidates.clone());
+                    peer.path.generation = generation;
+                }
+                _ => {
+                    peer.path.update_candidates(now, candidates.clone());
+                    if learned == Learned::Notify {
+                        peer.path.punch_now(now);
+                    }
+                }
             }
-            self.want_peer(key);
-            self.dataplane.want_route(prefix, Some(key));
         }
-        Ok(Some(prefix))
+        let moved = !new_peer && peer.path.endpoint() != before;
+        if new_peer {
+            self.counters.peers_added += 1;
+            info!(eid = %prefix, candidates = %show(&candidates), role = ?peer.path.role, "programming data peer");
+        } else if new_prefix || moved {
+            self.counters.peers_updated += 1;
+            info!(eid = %prefix, candidates = %show(&candidates), "updating data peer");
+        }
+        let routed = peer.path.routed();
+        self.want_peer(now, key);
+        self.dataplane.want_route(prefix, routed.then_some(key));
+        Ok(Some((prefix, key)))
     }
 
     /// Hands the peer's current state to the data plane.
-    fn want_peer(&mut self, key: [u8; 32]) {
-        let spec = self.peers.get(&key).map(|p| PeerSpec {
-            endpoint: p.endpoint,
-            allowed: p.prefixes.iter().copied().collect(),
-        });
+    pub(crate) fn want_peer(&mut self, now: Instant, key: [u8; 32]) {
+        let spec = self.peers.get(&key).map(|p| p.spec(now));
         self.dataplane.want_peer(key, spec);
     }
 
     /// Removes `prefix` from `key`'s peer, and the peer when it has none left.
-    fn detach(&mut self, prefix: &EidPrefix, key: [u8; 32]) {
+    fn detach(&mut self, now: Instant, prefix: &EidPrefix, key: [u8; 32]) {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
@@ -131,22 +254,24 @@ impl Xtr {
         if peer.prefixes.is_empty() {
             self.peers.remove(&key);
             self.counters.peers_removed += 1;
+            self.dataplane.want_peer(key, None);
+        } else {
+            let spec = peer.spec(now);
+            self.dataplane.want_peer(key, Some(spec));
         }
-        self.want_peer(key);
     }
 
-    pub(crate) fn remove_prefix(&mut self, prefix: &EidPrefix) {
+    pub(crate) fn remove_prefix(&mut self, now: Instant, prefix: &EidPrefix) {
         if let Some(CacheEntry {
-            peer: Some((key, _)),
-            ..
+            peer: Some(key), ..
         }) = self.cache.remove(prefix)
         {
-            self.detach(prefix, key);
+            self.detach(now, prefix, key);
         }
     }
 
     /// Makes room in a full map-cache: the least recently active peer goes.
-    fn evict_one(&mut self) {
+    fn evict_one(&mut self, now: Instant) {
         let Some((&key, _)) = self.peers.iter().min_by_key(|(_, p)| p.last_active) else {
             // Only negative entries: drop one of those.
             let first = self.cache.iter().next().map(|(p, _)| p);
@@ -155,10 +280,10 @@ impl Xtr {
             }
             return;
         };
-        self.remove_peer(key);
+        self.remove_peer(now, key);
     }
 
-    fn remove_peer(&mut self, key: [u8; 32]) {
+    fn remove_peer(&mut self, now: Instant, key: [u8; 32]) {
         let prefixes: Vec<EidPrefix> = self
             .peers
             .get(&key)
@@ -166,38 +291,183 @@ impl Xtr {
             .unwrap_or_default();
         for p in prefixes {
             self.cache.remove(&p);
-            self.detach(&p, key);
+            self.detach(now, &p, key);
         }
     }
 
-    /// Latest WireGuard counters of the data peers. A peer is removed once it
-    /// has moved no byte in either direction and had no handshake for the
-    /// idle timeout. Because WireGuard handshakes only happen with traffic and
-    /// both ends see the same bytes and the same handshake, the other end
-    /// reaches the same verdict within one check: teardown is never
-    /// one-sided.
-    pub(crate) fn idle_check(&mut self, now: Instant, stats: &[PeerStats]) {
+    /// Copies of an initiator's first packets, for a failover.
+    pub(crate) fn keep_copies(&mut self, key: &[u8; 32], packets: &[Vec<u8>]) {
+        if let Some(p) = self.peers.get_mut(key) {
+            if p.path.role == Role::Initiator && p.path.probing() {
+                p.path.keep_copies(packets);
+            }
+        }
+    }
+
+    /// Whether the peer of `prefix` is a responder waiting for its first
+    /// handshake (its held packets want a statistics read at once).
+    pub(crate) fn awaiting_handshake(&self, prefix: &EidPrefix) -> bool {
+        self.peer_of(prefix)
+            .and_then(|k| self.peers.get(&k))
+            .is_some_and(|p| p.path.role == Role::Responder && p.path.probing())
+    }
+
+    /// Latest WireGuard statistics: first handshakes, failed attempts, and
+    /// idleness.
+    pub(crate) fn check_paths(&mut self, now: Instant, stats: &[PeerStats]) {
+        let wait = attempt_wait(self.srtt);
+        let mut changed = Vec::new();
+        let mut failed = Vec::new();
+        let handshakes: std::collections::HashSet<[u8; 32]> = stats
+            .iter()
+            .filter(|s| s.since_handshake.is_some())
+            .map(|s| s.key)
+            .collect();
+        for (&key, peer) in self.peers.iter_mut() {
+            // Judge an attempt only once its peer is in place.
+            if !peer.path.probing() || !self.dataplane.peer_settled(&key) {
+                continue;
+            }
+            // A peer WireGuard does not list has had no handshake.
+            if peer.path.saw_handshake(now, handshakes.contains(&key)) {
+                self.counters.paths_established += 1;
+                debug!(endpoint = ?peer.path.endpoint(), role = ?peer.path.role, "first handshake");
+                changed.push(key);
+                continue;
+            }
+            match peer.path.give_up_attempt(now, wait) {
+                Some(_) => {
+                    self.counters.path_failovers += 1;
+                    info!(
+                        next = ?peer.path.endpoint(),
+                        role = ?peer.path.role,
+                        "no handshake in time; trying again with a fresh peer"
+                    );
+                    changed.push(key);
+                }
+                None if !peer.path.probing() => {
+                    self.counters.paths_failed += 1;
+                    warn!(candidates = %show(&peer.path.candidates), "no direct path to the peer");
+                    failed.push(key);
+                }
+                None => {}
+            }
+        }
+        for key in changed {
+            let Some(peer) = self.peers.get(&key) else {
+                continue;
+            };
+            let routed = peer.path.routed();
+            let established = peer.path.established();
+            let prefixes: Vec<EidPrefix> = peer.prefixes.iter().copied().collect();
+            let copies = if established {
+                Vec::new()
+            } else {
+                self.peers
+                    .get_mut(&key)
+                    .map(|p| std::mem::take(&mut p.path.copies))
+                    .unwrap_or_default()
+            };
+            self.want_peer(now, key);
+            for p in &prefixes {
+                self.dataplane.want_route(*p, routed.then_some(key));
+            }
+            // After a failover the first packets go again, through the
+            // fresh peer.
+            if let (Some(p), false) = (prefixes.first(), copies.is_empty()) {
+                self.dataplane.hold_for(now, *p, copies, None);
+            }
+        }
+        for key in failed {
+            if let Some(peer) = self.peers.get_mut(&key) {
+                for c in std::mem::take(&mut peer.path.copies) {
+                    if let Some(icmp) = packet::unreachable(&c) {
+                        self.counters.icmp_unreachable += 1;
+                        self.outputs.push_back(Output::Deliver(icmp));
+                    }
+                }
+            }
+        }
+        self.idle_check(now, stats);
+    }
+
+    /// Punches that are due, and the next instant one is.
+    pub(crate) fn punch(&mut self, now: Instant) {
+        for peer in self.peers.values_mut() {
+            for to in peer.path.due_punches(now) {
+                self.counters.punches += 1;
+                self.outputs.push_back(Output::Punch { to });
+            }
+        }
+    }
+
+    /// When the paths want statistics next, and punches are due.
+    pub(crate) fn paths_timeout(&self) -> Option<Instant> {
+        let punches = self.peers.values().filter_map(|p| p.path.next_punch());
+        punches.chain(self.paths_stats_due()).min()
+    }
+
+    /// When the paths want the next statistics read: only for attempts
+    /// whose peer is in place.
+    pub(crate) fn paths_stats_due(&self) -> Option<Instant> {
+        self.peers
+            .iter()
+            .filter(|(k, _)| self.dataplane.peer_settled(k))
+            .filter_map(|(_, p)| p.path.next_check(self.last_stats))
+            .min()
+    }
+
+    /// Peers the data plane just confirmed: their attempts start now.
+    pub(crate) fn peers_programmed(&mut self, now: Instant, keys: Vec<[u8; 32]>) {
+        let wait = attempt_wait(self.srtt);
+        for key in keys {
+            if let Some(p) = self.peers.get_mut(&key) {
+                p.path.programmed(now, wait);
+            }
+        }
+    }
+
+    /// A peer is removed once it has moved no traffic in either direction
+    /// and had no handshake for the idle timeout. Because WireGuard
+    /// handshakes only happen with traffic and both ends see the same bytes
+    /// and the same handshake, the other end reaches the same verdict within
+    /// one check: teardown is never one-sided. Keepalives (and the rekeys
+    /// they cause) are not traffic: a peer quiet but for them loses its
+    /// keepalive after a while, and then goes idle like any other.
+    fn idle_check(&mut self, now: Instant, stats: &[PeerStats]) {
         let idle = self.policy.idle_timeout;
         let mut remove = Vec::new();
+        let mut respec = Vec::new();
         for s in stats {
             let Some(peer) = self.peers.get_mut(&s.key) else {
                 continue;
             };
-            if s.rx_bytes != peer.rx || s.tx_bytes != peer.tx {
-                peer.rx = s.rx_bytes;
-                peer.tx = s.tx_bytes;
+            let moved = s.rx_bytes.saturating_sub(peer.rx) + s.tx_bytes.saturating_sub(peer.tx);
+            let counters_reset = s.rx_bytes < peer.rx || s.tx_bytes < peer.tx;
+            peer.rx = s.rx_bytes;
+            peer.tx = s.tx_bytes;
+            let keepalive_before = peer.spec(now).keepalive;
+            if moved > KEEPALIVE_NOISE || counters_reset {
                 peer.last_active = now;
-            } else if now.saturating_duration_since(peer.last_active) >= idle
+            } else if moved == 0
+                && now.saturating_duration_since(peer.last_active) >= idle
                 && s.since_handshake.is_none_or(|h| h >= idle)
             {
                 remove.push(s.key);
+                continue;
             }
+            if peer.spec(now).keepalive != keepalive_before {
+                respec.push(s.key);
+            }
+        }
+        for key in respec {
+            self.want_peer(now, key);
         }
         for key in remove {
             if let Some(p) = self.peers.get(&key) {
-                info!(rloc = %p.endpoint, "data peer idle at both ends; removing");
+                info!(endpoint = ?p.path.endpoint(), "data peer idle at both ends; removing");
             }
-            self.remove_peer(key);
+            self.remove_peer(now, key);
         }
     }
 
@@ -238,4 +508,11 @@ impl Xtr {
             }
         }
     }
+}
+
+fn show(c: &[SocketAddr]) -> String {
+    c.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -7,6 +7,7 @@
 use crate::counters::Counters;
 use crate::io::{Output, Refusal};
 use crate::packet;
+use crate::peers::Learned;
 use crate::policy::XtrPolicy;
 use crate::Xtr;
 use lisp_wire::{EidPrefix, MapReply, MapRequest, LISP_CONTROL_PORT};
@@ -21,6 +22,9 @@ pub(crate) struct Pending {
     held: Vec<Vec<u8>>,
     held_bytes: usize,
     retransmits: u32,
+    /// When the first request went out: its round trip, if answered before
+    /// a retransmission, samples srtt.
+    sent_at: Instant,
     pub(crate) next: Instant,
     /// When the miss that started this resolution was read (`None` for a
     /// background refresh): for the cache-add metric.
@@ -63,8 +67,12 @@ impl Xtr {
                     self.counters.reinjected_packets += 1;
                     self.outputs.push_back(Output::Reinject(packet));
                 } else {
-                    // Its peer or route is still being programmed.
+                    // Its peer or route is still being programmed, or the
+                    // peer's first handshake is awaited: then look at once.
                     self.counters.held_packets += 1;
+                    if self.awaiting_handshake(&prefix) {
+                        self.stats_now = Some(now);
+                    }
                     self.dataplane.hold_for(now, prefix, vec![packet], None);
                 }
                 return;
@@ -110,6 +118,7 @@ impl Xtr {
             held: Vec::new(),
             held_bytes: 0,
             retransmits: 0,
+            sent_at: now,
             next: now + self.policy.request_timeout,
             missed_at: packet.is_some().then_some(now),
         };
@@ -167,6 +176,15 @@ impl Xtr {
             return Err(Refusal::UnknownNonce(reply.nonce));
         };
         self.counters.replies += 1;
+        if pending.retransmits == 0 {
+            let sample = now.saturating_duration_since(pending.sent_at);
+            self.srtt = if self.srtt_known {
+                (self.srtt * 7 + sample) / 8
+            } else {
+                sample
+            };
+            self.srtt_known = true;
+        }
         let iid = self.policy.iid();
         let record = reply
             .records
@@ -176,8 +194,8 @@ impl Xtr {
             self.fail_pending(pending, false);
             return Err(Refusal::Uncovered(dst));
         };
-        match self.install(now, record) {
-            Ok(Some(prefix)) => {
+        match self.install(now, record, Learned::Reply) {
+            Ok(Some((prefix, _))) => {
                 self.dataplane
                     .hold_for(now, prefix, pending.held, pending.missed_at);
             }

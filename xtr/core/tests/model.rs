@@ -15,10 +15,25 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// What the shell would have done to the host.
+/// A WireGuard peer as the fake WireGuard holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FakePeer {
+    /// Configured, or learnt by roaming from the source of a handshake.
+    endpoint: Option<SocketAddr>,
+    allowed: Vec<EidPrefix>,
+    keepalive: Option<u16>,
+    last_init: Option<Instant>,
+    handshake: Option<Instant>,
+}
+
+/// What the shell would have done to the host, and a WireGuard that
+/// behaves like the real one where it matters: an initiation needs an
+/// endpoint, at most one per 5 s per peer unless the peer is re-created,
+/// crossed initiations at the same instant both fail, the responder learns
+/// the initiator's endpoint (roaming).
 #[derive(Debug, Default)]
 struct Dataplane {
-    peers: HashMap<[u8; 32], (SocketAddr, Vec<EidPrefix>)>,
+    peers: HashMap<[u8; 32], FakePeer>,
     routes: BTreeSet<EidPrefix>,
     reinjected: Vec<Vec<u8>>,
     delivered: Vec<Vec<u8>>,
@@ -27,8 +42,11 @@ struct Dataplane {
     /// Fail the next N operations of this kind (see `DataplaneOp::name`).
     fail: HashMap<&'static str, u32>,
     failed: u32,
-    /// What a statistics read returns.
-    stats: Vec<PeerStats>,
+    /// Endpoints this node sent to: its NAT lets their answers in.
+    opened: BTreeSet<SocketAddr>,
+    punches: Vec<SocketAddr>,
+    initiations: u32,
+    crossed: u32,
     /// Every output in order, for ordering checks.
     log: Vec<String>,
 }
@@ -48,8 +66,18 @@ impl Dataplane {
                 key,
                 endpoint,
                 allowed,
+                keepalive,
+                fresh,
             } => {
-                self.peers.insert(*key, (*endpoint, allowed.clone()));
+                let old = if *fresh { None } else { self.peers.remove(key) };
+                let peer = FakePeer {
+                    endpoint: endpoint.or(old.as_ref().and_then(|o| o.endpoint)),
+                    allowed: allowed.clone(),
+                    keepalive: *keepalive,
+                    last_init: old.as_ref().and_then(|o| o.last_init),
+                    handshake: old.as_ref().and_then(|o| o.handshake),
+                };
+                self.peers.insert(*key, peer);
             }
             DataplaneOp::RemovePeer { key } => {
                 self.peers.remove(key);
@@ -67,6 +95,32 @@ impl Dataplane {
         }
         Ok(())
     }
+
+    fn endpoint(&self, key: &[u8; 32]) -> Option<SocketAddr> {
+        self.peers.get(key).and_then(|p| p.endpoint)
+    }
+
+    fn stats(&self, now: Instant) -> Vec<PeerStats> {
+        self.peers
+            .iter()
+            .map(|(k, p)| PeerStats {
+                key: *k,
+                rx_bytes: 0,
+                tx_bytes: 0,
+                since_handshake: p.handshake.map(|h| now - h),
+            })
+            .collect()
+    }
+}
+
+/// A NAT in front of a node.
+#[derive(Debug, Clone, Copy)]
+struct Nat {
+    public: IpAddr,
+    /// Endpoint-dependent mapping ("symmetric"): a new port per destination.
+    edm: bool,
+    /// Address-and-port-dependent filtering: only answers get in.
+    filter: bool,
 }
 
 struct Node {
@@ -78,6 +132,7 @@ struct Node {
     dp: Dataplane,
     /// Addresses on the node's interfaces now.
     addrs: BTreeMap<&'static str, Vec<IpAddr>>,
+    nat: Option<Nat>,
 }
 
 struct Ms {
@@ -191,6 +246,7 @@ impl Sim {
                     xtr: Xtr::new(policy, now, 7 + i as u64),
                     dp: Dataplane::default(),
                     addrs: BTreeMap::from([("eth0", vec![ip(rloc)])]),
+                    nat: None,
                 }
             })
             .collect();
@@ -312,14 +368,12 @@ impl Sim {
             match action {
                 // No NAT in this model: each node is seen where it registered.
                 ControlAction::ReadEndpoints => {
+                    // Where each node's WireGuard socket reaches the
+                    // map-server from, after its NAT.
                     let seen = self
                         .nodes
                         .iter()
-                        .filter_map(|n| {
-                            let addr = n.addrs.values().flatten().next()?;
-                            let port = n.xtr.policy().wg_port;
-                            Some((n.key, Some(SocketAddr::new(*addr, port))))
-                        })
+                        .filter_map(|n| Some((n.key, Some(source(n, MS_UNDERLAY)?))))
                         .collect();
                     ms.core.handle_endpoints(now, id, Ok(seen));
                 }
@@ -384,6 +438,7 @@ impl Sim {
             Output::Reinject(_) => "reinject".into(),
             Output::Deliver(_) => "deliver".into(),
             Output::ReadPeerStats => "read-stats".into(),
+            Output::Punch { .. } => "punch".into(),
         });
         match out {
             Output::Transmit { dst, payload } => {
@@ -398,9 +453,11 @@ impl Sim {
                             continue;
                         }
                         assert!(
-                            node.dp.peers.get(&key).is_some_and(|(_, a)| a.contains(&p))
-                                && node.dp.routes.contains(&p),
-                            "{} acked a notify about {p} before programming it",
+                            node.dp
+                                .peers
+                                .get(&key)
+                                .is_some_and(|f| f.allowed.contains(&p)),
+                            "{} acked a notify about {p} before programming its peer",
                             node.name
                         );
                     }
@@ -420,22 +477,55 @@ impl Sim {
             }
             Output::Dataplane { id, op } => {
                 let result = node.dp.apply(&op);
+                let ok = result.is_ok();
                 node.xtr.handle_dataplane_result(now, id, result);
+                if let (
+                    true,
+                    DataplaneOp::UpsertPeer {
+                        key,
+                        keepalive: Some(_),
+                        ..
+                    },
+                ) = (ok, &op)
+                {
+                    // Switching a keepalive on sends one: a handshake if
+                    // there is no session.
+                    self.initiate(i, *key);
+                }
+            }
+            Output::Punch { to } => {
+                node.dp.opened.insert(to);
+                node.dp.punches.push(to);
             }
             Output::Reinject(p) => {
                 // No re-injection without a route and a peer for it.
                 let dst = IpAddr::V4(std::net::Ipv4Addr::new(p[16], p[17], p[18], p[19]));
-                let route = node.dp.routes.iter().find(|r| r.contains_addr(0, dst));
+                let route = node
+                    .dp
+                    .routes
+                    .iter()
+                    .find(|r| r.contains_addr(0, dst))
+                    .copied();
+                let peer = route.and_then(|r| {
+                    node.dp
+                        .peers
+                        .iter()
+                        .find(|(_, f)| f.allowed.contains(&r))
+                        .map(|(k, _)| *k)
+                });
                 assert!(
-                    route.is_some_and(|r| node.dp.peers.values().any(|(_, a)| a.contains(r))),
+                    peer.is_some(),
                     "{} re-injected a packet to {dst} with no peer and route for it",
                     node.name
                 );
-                node.dp.reinjected.push(p)
+                node.dp.reinjected.push(p);
+                if let Some(key) = peer {
+                    self.initiate(i, key);
+                }
             }
             Output::Deliver(p) => node.dp.delivered.push(p),
             Output::ReadPeerStats => {
-                let stats = node.dp.stats.clone();
+                let stats = node.dp.stats(now);
                 node.xtr.handle_peer_stats(now, &stats);
             }
         }
@@ -485,6 +575,101 @@ impl Sim {
         self.node(from).xtr.handle_miss(now, packet.clone());
         self.settle();
         packet
+    }
+}
+
+/// The map-server's underlay endpoint (its WireGuard socket).
+const MS_UNDERLAY: SocketAddr =
+    SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1)), 4340);
+
+/// The node's WireGuard socket on its own address.
+fn local(n: &Node) -> Option<SocketAddr> {
+    let addr = n.addrs.values().flatten().next()?;
+    Some(SocketAddr::new(*addr, n.xtr.policy().wg_port))
+}
+
+/// Where a datagram from the node's WireGuard socket to `to` comes from,
+/// after its NAT: the same public port for every destination (EIM), or one
+/// per destination (EDM) but the map-server's.
+fn source(n: &Node, to: SocketAddr) -> Option<SocketAddr> {
+    let local = local(n)?;
+    Some(match n.nat {
+        None => local,
+        Some(nat) if !nat.edm || to == MS_UNDERLAY => SocketAddr::new(nat.public, local.port()),
+        Some(nat) => {
+            let spread = to.port().wrapping_add(u16::from(to.ip().is_ipv4()) * 7) % 997 + 1;
+            SocketAddr::new(nat.public, local.port().wrapping_add(spread))
+        }
+    })
+}
+
+impl Sim {
+    /// Which node a datagram from node `from` to `to` reaches, through the
+    /// NATs on the way.
+    fn deliver(&self, from: usize, to: SocketAddr) -> Option<usize> {
+        let sender = &self.nodes[from];
+        let src = source(sender, to)?;
+        for (j, n) in self.nodes.iter().enumerate() {
+            if j == from {
+                continue;
+            }
+            let same_nat =
+                matches!((sender.nat, n.nat), (Some(a), Some(b)) if a.public == b.public);
+            if local(n) == Some(to) && (n.nat.is_none() || same_nat) {
+                return Some(j);
+            }
+            let Some(nat) = n.nat else { continue };
+            // Only the map-server's mapping of an EDM NAT is the one handed out.
+            if source(n, MS_UNDERLAY) != Some(to) {
+                continue;
+            }
+            let answer =
+                n.dp.opened
+                    .iter()
+                    .any(|o| *o == src && (!nat.edm || *o == MS_UNDERLAY));
+            if !nat.filter || answer {
+                return Some(j);
+            }
+            return None;
+        }
+        None
+    }
+
+    /// Node `i`'s WireGuard starts a handshake with peer `key`, as the real
+    /// one would: only with an endpoint and at most once per 5 s.
+    fn initiate(&mut self, i: usize, key: [u8; 32]) {
+        let now = self.now;
+        let Some(p) = self.nodes[i].dp.peers.get_mut(&key) else {
+            return;
+        };
+        let Some(to) = p.endpoint else { return };
+        if p.handshake.is_some()
+            || p.last_init
+                .is_some_and(|t| now - t < Duration::from_secs(5))
+        {
+            return;
+        }
+        p.last_init = Some(now);
+        self.nodes[i].dp.opened.insert(to);
+        self.nodes[i].dp.initiations += 1;
+        let Some(j) = self.deliver(i, to) else { return };
+        let (my_key, src) = (self.nodes[i].key, source(&self.nodes[i], to));
+        let Some(back) = self.nodes[j].dp.peers.get_mut(&my_key) else {
+            return; // the responder does not know us: dropped
+        };
+        if back.last_init == Some(now) && back.handshake.is_none() {
+            // Both initiated at once: each consumes the other's initiation
+            // and drops the response to its own.
+            self.nodes[i].dp.crossed += 1;
+            return;
+        }
+        back.handshake = Some(now);
+        back.endpoint = src;
+        // The response goes back to the initiator's source, which its NAT
+        // lets in (it just sent to the responder).
+        if let Some(p) = self.nodes[i].dp.peers.get_mut(&key) {
+            p.handshake = Some(now);
+        }
     }
 }
 
@@ -571,37 +756,53 @@ fn first_packet_is_held_resolved_programmed_and_reinjected_and_the_destination_l
         vec![packet],
         "the first packet is delivered, not dropped"
     );
-    let (endpoint, allowed) = &a.dp.peers[&b_key];
-    assert_eq!(*endpoint, SocketAddr::new(ip("198.51.100.20"), 51821));
+    let FakePeer {
+        endpoint, allowed, ..
+    } = &a.dp.peers[&b_key];
+    assert_eq!(*endpoint, Some(SocketAddr::new(ip("198.51.100.20"), 51821)));
     assert_eq!(allowed, &vec![EidPrefix::host(0, ip("10.0.0.2"))]);
     assert!(a.dp.routes.contains(&EidPrefix::host(0, ip("10.0.0.2"))));
     let order: Vec<&str> =
         a.dp.log
             .iter()
             .map(String::as_str)
-            .filter(|s| !s.starts_with("transmit"))
+            .filter(|s| !s.starts_with("transmit") && *s != "read-stats" && *s != "punch")
             .collect();
     assert_eq!(
         order,
         ["upsert-peer", "add-route", "reinject"],
         "peer and route before re-injection"
     );
+    assert_eq!(a.dp.initiations, 1, "A, which asked, initiates once");
+    assert!(a.dp.peers[&b_key].handshake.is_some(), "on the first try");
 
+    // B, told about A by the map-server, programmed A with no endpoint (it
+    // cannot initiate, so nothing crosses), punched toward A, and acked:
+    // all before A's reply left the map-server.
     let b = sim.node("B");
-    let (endpoint, allowed) = &b.dp.peers[&a_key];
-    assert_eq!(*endpoint, SocketAddr::new(ip("192.0.2.10"), 51820));
-    assert_eq!(allowed, &vec![EidPrefix::host(0, ip("10.0.0.1"))]);
-    let ack_pos =
-        b.dp.log
-            .iter()
-            .position(|s| s == "transmit map-notify-ack")
-            .unwrap();
-    let route_pos = b.dp.log.iter().position(|s| s == "add-route").unwrap();
+    assert_eq!(b.dp.initiations, 0, "the responder never initiates");
+    assert_eq!(b.dp.punches, vec![SocketAddr::new(ip("192.0.2.10"), 51820)]);
+    let ack_pos = b.dp.log.iter().position(|s| s == "transmit map-notify-ack");
+    let upsert_pos = b.dp.log.iter().position(|s| s == "upsert-peer");
+    assert!(upsert_pos < ack_pos, "peer before ack: {:?}", b.dp.log);
     assert!(
-        route_pos < ack_pos,
-        "B programs A (peer and route) before it acks: {:?}",
-        b.dp.log
+        !b.dp.log.iter().any(|s| s == "add-route"),
+        "no route before the first handshake"
     );
+    let FakePeer {
+        endpoint, allowed, ..
+    } = &b.dp.peers[&a_key];
+    assert_eq!(
+        *endpoint,
+        Some(SocketAddr::new(ip("192.0.2.10"), 51820)),
+        "learnt from A's handshake"
+    );
+    assert_eq!(allowed, &vec![EidPrefix::host(0, ip("10.0.0.1"))]);
+    // B sees the handshake at its next look (10 ms) and routes A.
+    sim.advance(Duration::from_millis(15));
+    let b = sim.node("B");
+    assert!(b.dp.routes.contains(&EidPrefix::host(0, ip("10.0.0.1"))));
+    assert_eq!(b.xtr.counters().paths_established, 1);
 
     // A second packet to B raced the route: it is simply re-injected.
     sim.miss("A", "10.0.0.2", 2);
@@ -773,7 +974,7 @@ fn a_mobile_node_moves_mid_flow_and_the_correspondent_is_pushed_the_new_rloc() {
         1,
         "wireguard-go told to send from the new address"
     );
-    let (endpoint, _) = sim.node("A").dp.peers[&b_key];
+    let endpoint = sim.node("A").dp.endpoint(&b_key).unwrap();
     assert_eq!(
         endpoint,
         SocketAddr::new(new_rloc, 51821),
@@ -856,13 +1057,13 @@ fn a_correspondent_that_misses_a_push_recovers_at_the_retransmission() {
 
     sim.set_addresses("B", &[("eth0", &new_rloc.to_string())]);
     assert_ne!(
-        sim.node("A").dp.peers[&b_key].0.ip(),
+        sim.node("A").dp.endpoint(&b_key).unwrap().ip(),
         new_rloc,
         "the push was lost"
     );
     sim.advance(Duration::from_millis(150));
     assert_eq!(
-        sim.node("A").dp.peers[&b_key].0.ip(),
+        sim.node("A").dp.endpoint(&b_key).unwrap().ip(),
         new_rloc,
         "recovered by the map-server's retransmission"
     );
@@ -887,10 +1088,10 @@ fn a_register_lost_during_a_move_is_repeated_within_milliseconds() {
         1,
         "port re-applied once the new address is there"
     );
-    assert_ne!(sim.node("A").dp.peers[&b_key].0.ip(), new_rloc);
+    assert_ne!(sim.node("A").dp.endpoint(&b_key).unwrap().ip(), new_rloc);
     sim.advance(Duration::from_millis(80));
     assert_eq!(
-        sim.node("A").dp.peers[&b_key].0.ip(),
+        sim.node("A").dp.endpoint(&b_key).unwrap().ip(),
         new_rloc,
         "repeated register reached the map-server and A was pushed"
     );
@@ -924,7 +1125,7 @@ fn a_multihomed_node_registers_both_rlocs_and_correspondents_follow_the_best_tha
     sim.miss("A", "10.0.0.2", 1);
     let b_key = sim.node("B").key;
     assert_eq!(
-        sim.node("A").dp.peers[&b_key].0.ip(),
+        sim.node("A").dp.endpoint(&b_key).unwrap().ip(),
         lte,
         "A uses the best RLOC"
     );
@@ -943,7 +1144,7 @@ fn a_multihomed_node_registers_both_rlocs_and_correspondents_follow_the_best_tha
         1
     );
     assert_eq!(
-        sim.node("A").dp.peers[&b_key].0.ip(),
+        sim.node("A").dp.endpoint(&b_key).unwrap().ip(),
         wifi,
         "A moved to the remaining RLOC"
     );
@@ -970,10 +1171,10 @@ fn a_failed_peer_upsert_is_retried_and_the_packet_waits_for_it() {
         a.dp.log
             .iter()
             .map(String::as_str)
-            .filter(|s| !s.starts_with("transmit"))
+            .filter(|s| !s.starts_with("transmit") && *s != "read-stats" && *s != "punch")
             .collect();
     assert_eq!(
-        order,
+        order[..5],
         [
             "upsert-peer",
             "upsert-peer",
@@ -1100,6 +1301,8 @@ mod scenarios {
         FailCommits(u32),
         RestartMs(bool),
         RestartNode(usize),
+        /// Behind an endpoint-independent, filtering NAT, or not.
+        Natted(usize, bool),
         Advance(u64),
     }
 
@@ -1115,6 +1318,7 @@ mod scenarios {
             1 => (1..4u32).prop_map(Step::FailCommits),
             1 => any::<bool>().prop_map(Step::RestartMs),
             1 => (0..3usize).prop_map(Step::RestartNode),
+            2 => (0..3usize, any::<bool>()).prop_map(|(n, on)| Step::Natted(n, on)),
             3 => (1..3000u64).prop_map(Step::Advance),
         ]
     }
@@ -1157,6 +1361,17 @@ mod scenarios {
                     Step::FailCommits(k) => sim.servers[0].fail_commits = k,
                     Step::RestartMs(wiped) => sim.restart_ms(0, wiped),
                     Step::RestartNode(n) => sim.restart_node(n),
+                    Step::Natted(n, true) => {
+                        let name = sim.nodes[n].name;
+                        let private = format!("10.{}.1.5", 20 + n);
+                        let public = format!("198.51.100.{}", 70 + n);
+                        sim.behind_nat(name, &private, &public, false, true);
+                    }
+                    Step::Natted(n, false) => {
+                        let name = sim.nodes[n].name;
+                        sim.nodes[n].nat = None;
+                        sim.set_addresses(name, &[("eth0", &format!("192.0.2.{}", 40 + n))]);
+                    }
                     Step::Advance(ms) => sim.advance(Duration::from_millis(ms)),
                 }
             }
@@ -1191,4 +1406,205 @@ mod scenarios {
             }
         }
     }
+}
+
+// ---- NAT traversal ----------------------------------------------------------
+
+impl Sim {
+    /// Puts node `name` behind a NAT: its address becomes `private`, and the
+    /// world sees it at `public`.
+    fn behind_nat(&mut self, name: &str, private: &str, public: &str, edm: bool, filter: bool) {
+        self.node(name).nat = Some(Nat {
+            public: ip(public),
+            edm,
+            filter,
+        });
+        self.set_addresses(name, &[("eth0", private)]);
+        // It re-registered from behind the NAT; let the map-server see it.
+        self.advance(Duration::from_millis(5));
+    }
+
+    fn established(&mut self, name: &str, peer: &str) -> bool {
+        let key = self.node(peer).key;
+        self.node(name)
+            .dp
+            .peers
+            .get(&key)
+            .is_some_and(|p| p.handshake.is_some())
+    }
+}
+
+#[test]
+fn two_nodes_behind_filtering_nats_connect_directly_on_the_first_try() {
+    let mut sim = Sim::new(1);
+    sim.behind_nat("A", "10.20.1.5", "198.51.100.7", false, true);
+    sim.behind_nat("B", "10.30.1.5", "203.0.113.9", false, true);
+    let b_key = sim.node("B").key;
+    let packet = sim.miss("A", "10.0.0.2", 1);
+    let a = sim.node("A");
+    assert_eq!(a.dp.reinjected, vec![packet], "first packet delivered");
+    assert_eq!(
+        a.dp.endpoint(&b_key),
+        Some(SocketAddr::new(ip("203.0.113.9"), 51821)),
+        "the other NAT's public endpoint, not B's private address"
+    );
+    assert_eq!(a.dp.initiations, 1, "one initiation: it got through");
+    assert_eq!(a.xtr.counters().path_failovers, 0);
+    assert!(sim.established("A", "B"));
+    let b = sim.node("B");
+    assert_eq!(b.dp.punches[0], SocketAddr::new(ip("198.51.100.7"), 51820));
+    assert_eq!(b.dp.initiations, 0);
+    sim.advance(Duration::from_millis(20));
+    assert!(sim
+        .node("B")
+        .dp
+        .routes
+        .contains(&EidPrefix::host(0, ip("10.0.0.1"))));
+}
+
+#[test]
+fn a_public_node_and_a_natted_node_connect_in_both_directions() {
+    for (from, to, to_eid) in [("A", "B", "10.0.0.2"), ("B", "A", "10.0.0.1")] {
+        let mut sim = Sim::new(1);
+        sim.behind_nat("B", "10.30.1.5", "203.0.113.9", false, true);
+        let packet = sim.miss(from, to_eid, 1);
+        assert_eq!(sim.node(from).dp.reinjected, vec![packet], "{from} -> {to}");
+        assert!(sim.established(from, to), "{from} -> {to}");
+        assert_eq!(sim.node(from).xtr.counters().path_failovers, 0);
+    }
+}
+
+#[test]
+fn two_nodes_behind_the_same_nat_connect_by_their_private_addresses() {
+    let mut sim = Sim::new(1);
+    sim.behind_nat("A", "10.20.1.5", "198.51.100.7", false, true);
+    sim.behind_nat("B", "10.20.1.6", "198.51.100.7", false, true);
+    let b_key = sim.node("B").key;
+    sim.miss("A", "10.0.0.2", 1);
+    assert_eq!(
+        sim.node("A").dp.endpoint(&b_key),
+        Some(SocketAddr::new(ip("10.20.1.6"), 51821)),
+        "no hairpin: the private address"
+    );
+    assert!(sim.established("A", "B"));
+}
+
+#[test]
+fn a_pair_that_resolves_each_other_at_the_same_moment_never_crosses() {
+    let mut sim = Sim::new(1);
+    sim.behind_nat("A", "10.20.1.5", "198.51.100.7", false, true);
+    sim.behind_nat("B", "10.30.1.5", "203.0.113.9", false, true);
+    // Both misses are read before either request is answered.
+    let now = sim.now;
+    let to_b = icmp_echo(ip("10.0.0.1"), ip("10.0.0.2"), 1);
+    let to_a = icmp_echo(ip("10.0.0.2"), ip("10.0.0.1"), 1);
+    sim.node("A").xtr.handle_miss(now, to_b.clone());
+    sim.node("B").xtr.handle_miss(now, to_a.clone());
+    sim.settle();
+    sim.advance(Duration::from_millis(50));
+    let (a, b) = (&sim.nodes[0].dp, &sim.nodes[1].dp);
+    assert_eq!(a.crossed + b.crossed, 0, "no crossed initiations");
+    assert_eq!(
+        a.initiations + b.initiations,
+        1,
+        "exactly one side initiated"
+    );
+    assert!(a.reinjected.contains(&to_b) && b.reinjected.contains(&to_a));
+    assert!(sim.established("A", "B") && sim.established("B", "A"));
+    assert_eq!(sim.servers[0].core.counters().crossed_requests, 1);
+}
+
+#[test]
+fn a_failed_first_attempt_moves_on_within_milliseconds_without_losing_the_packet() {
+    let mut sim = Sim::new(1);
+    // B's NAT does not hairpin and B's first candidate is unreachable: a
+    // mapping with two candidates, the first dead.
+    sim.behind_nat("B", "10.30.1.5", "203.0.113.9", false, true);
+    let b_key = sim.node("B").key;
+    // B registers a global IPv6 address too, that nobody can reach here.
+    sim.set_addresses("B", &[("eth0", "10.30.1.5"), ("lte", "2001:db8:9::5")]);
+    sim.advance(Duration::from_millis(5));
+    // A has IPv6 too, so it tries B's IPv6 first.
+    sim.set_addresses("A", &[("eth0", "192.0.2.10"), ("lte", "2001:db8:1::10")]);
+    sim.advance(Duration::from_millis(5));
+    let packet = sim.miss("A", "10.0.0.2", 1);
+    assert_eq!(
+        sim.node("A").dp.endpoint(&b_key).map(|e| e.is_ipv6()),
+        Some(true),
+        "tries IPv6 first"
+    );
+    sim.advance(Duration::from_millis(1000));
+    let a = sim.node("A");
+    assert_eq!(
+        a.dp.endpoint(&b_key),
+        Some(SocketAddr::new(ip("203.0.113.9"), 51821)),
+        "moved to the next candidate"
+    );
+    assert!(a.xtr.counters().path_failovers >= 1);
+    assert!(sim.established("A", "B"));
+    let a = sim.node("A");
+    assert!(
+        a.dp.reinjected.iter().filter(|p| **p == packet).count() >= 2,
+        "the first packet went again through the fresh peer"
+    );
+    assert!(a.dp.delivered.is_empty(), "nothing answered with ICMP");
+}
+
+#[test]
+fn a_symmetric_nat_facing_a_public_node_still_connects_when_the_natted_side_initiates() {
+    let mut sim = Sim::new(1);
+    sim.behind_nat("B", "10.30.1.5", "203.0.113.9", true, true);
+    // A (public) asks: its handshakes to B's observed endpoint never get
+    // through B's symmetric NAT. After A gives up, B (the responder) takes
+    // over; its initiation reaches A directly.
+    let packet = sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(4));
+    assert!(sim.established("B", "A"), "B reached A");
+    assert!(sim.node("A").xtr.counters().paths_failed >= 1);
+    let _ = packet;
+}
+
+#[test]
+fn symmetric_and_filtering_nats_fail_cleanly_with_icmp() {
+    let mut sim = Sim::new(1);
+    sim.behind_nat("A", "10.20.1.5", "198.51.100.7", false, true);
+    sim.behind_nat("B", "10.30.1.5", "203.0.113.9", true, true);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(6));
+    assert!(!sim.established("A", "B"));
+    let a = sim.node("A");
+    assert!(a.xtr.counters().paths_failed >= 1);
+    assert_eq!(
+        a.dp.delivered.len(),
+        1,
+        "the held packet is answered, not left hanging"
+    );
+    let crossed = a.dp.crossed;
+    let b = sim.node("B");
+    assert!(b.xtr.counters().paths_failed >= 1, "B gave up too");
+    assert_eq!(crossed + b.dp.crossed, 0);
+}
+
+#[test]
+fn a_node_whose_own_attempts_failed_waits_when_the_peer_asks_for_it_again() {
+    // Found by the randomised scenarios: B resolved A while A's agent was
+    // restarting, its attempts failed, and then B went behind a NAT. When A
+    // asks for B, B must switch to waiting (and punch), not keep trying.
+    let mut sim = Sim::new(1);
+    sim.restart_ms(0, true);
+    sim.restart_node(0);
+    sim.miss("B", "10.0.0.1", 1);
+    sim.restart_ms(0, false);
+    sim.set_addresses("A", &[("eth0", "203.0.113.1")]);
+    sim.behind_nat("B", "10.21.1.5", "198.51.100.71", false, true);
+    sim.advance(Duration::from_secs(70));
+    let packet = sim.miss("A", "10.0.0.2", 9);
+    sim.advance(Duration::from_millis(200));
+    assert_eq!(
+        sim.node("A").dp.reinjected,
+        vec![packet],
+        "once, on the first try"
+    );
+    assert!(sim.established("A", "B"));
+    assert!(!sim.node("B").dp.punches.is_empty());
 }
