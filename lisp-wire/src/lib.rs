@@ -29,7 +29,7 @@ pub mod table;
 
 pub use addr::{Address, NatTraversal, SecurityKey};
 pub use auth::{Authentication, KeyId};
-pub use ecm::{Ecm, InnerHeader};
+pub use ecm::{Ecm, EcmHeader, InnerHeader};
 pub use error::{AuthError, EncodeError, ParseError, ParseErrorKind};
 pub use mapping::{wireguard_locator, EidPrefix, LocatorInfo, DEFAULT_WG_PORT, LISP_CONTROL_PORT};
 pub use msg::{

@@ -258,7 +258,7 @@ fn ecm_vector_has_correct_checksums() {
         REQUEST,
     ]);
     assert_eq!(Message::Ecm(ecm.clone()).encode().unwrap(), bytes);
-    assert_eq!(parse(&bytes).unwrap(), Message::Ecm(ecm));
+    assert_eq!(parse(&bytes).unwrap(), Message::Ecm(ecm.clone()));
 
     let mut bad_udp = bytes.clone();
     bad_udp[30] ^= 0xff;
@@ -266,12 +266,30 @@ fn ecm_vector_has_correct_checksums() {
         parse(&bad_udp).unwrap_err().kind,
         ParseErrorKind::BadUdpChecksum
     );
-    let mut bad_ip = bytes;
+    let mut bad_ip = bytes.clone();
     bad_ip[14] ^= 0xff;
     assert_eq!(
         parse(&bad_ip).unwrap_err().kind,
         ParseErrorKind::BadIpChecksum
     );
+
+    // Stock lig leaves the inner IPv4 header checksum at zero: accepted.
+    let mut lig = bytes.clone();
+    lig[14..16].copy_from_slice(&[0, 0]);
+    assert_eq!(parse(&lig).unwrap(), Message::Ecm(ecm));
+    // Any other wrong value, including a one-bit change of a zero, is not.
+    for bad in [[0x00, 0x01], [0x80, 0x00], [0xb2, 0x17]] {
+        let mut b = bytes.clone();
+        b[14..16].copy_from_slice(&bad);
+        assert_eq!(
+            parse(&b).unwrap_err(),
+            ParseError {
+                kind: ParseErrorKind::BadIpChecksum,
+                offset: 4
+            },
+            "checksum {bad:02x?}"
+        );
+    }
 }
 
 #[test]
