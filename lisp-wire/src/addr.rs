@@ -1,9 +1,13 @@
 //! AFI-encoded addresses and the LCAF types lispwg speaks (RFC 8060).
 //!
-//! The LCAFs nest (an Instance-ID around an IPv4 address, a Security Key
-//! around a NAT-Traversal around an RLOC), so [`Address`] is recursive. Nesting
-//! is bounded by [`MAX_LCAF_DEPTH`] so that a hostile packet cannot exhaust the
-//! stack.
+//! The LCAFs nest (an Instance-ID around an IPv4 address, an AFI-List holding
+//! an RLOC, a Security Key and a NAT-Traversal LCAF), so [`Address`] is
+//! recursive. Nesting is bounded by [`MAX_LCAF_DEPTH`] so that a hostile packet
+//! cannot exhaust the stack.
+//!
+//! Rsvd1, Flags and (except where a type gives it a meaning) Rsvd2 are sent as
+//! zero and ignored on input, as RFC 8060 says. An LCAF's length must match
+//! its body exactly, and an unknown LCAF type is an error.
 
 use crate::error::{EncodeError, ParseErrorKind};
 use crate::parse::{array, be_u16, be_u32, be_u8, fail, take, Build, Owned, Res};
@@ -15,6 +19,7 @@ pub const AFI_IPV4: u16 = 1;
 pub const AFI_IPV6: u16 = 2;
 pub const AFI_LCAF: u16 = 16387;
 
+pub const LCAF_AFI_LIST: u8 = 1;
 pub const LCAF_INSTANCE_ID: u8 = 2;
 pub const LCAF_NAT_TRAVERSAL: u8 = 7;
 pub const LCAF_SECURITY_KEY: u8 = 11;
@@ -26,7 +31,7 @@ pub const KEY_ALG_WIREGUARD: u8 = 6;
 pub const WIREGUARD_KEY_LEN: usize = 32;
 
 /// Deepest LCAF nesting accepted or produced. Two levels are all lispwg
-/// needs (Security Key → NAT-Traversal → IP); four leaves room for peers.
+/// needs (AFI-List → Security Key → IP); four leaves room for peers.
 pub const MAX_LCAF_DEPTH: usize = 4;
 
 /// One address as it appears on the wire after its AFI.
@@ -47,6 +52,9 @@ pub enum Address {
     SecurityKey(SecurityKey),
     /// NAT-Traversal LCAF (type 7): an RLOC with the UDP ports it is reached on.
     NatTraversal(NatTraversal),
+    /// AFI-List LCAF (type 1): several addresses (plain or LCAF) that
+    /// together describe one thing, e.g. an RLOC, its key and its port.
+    AfiList(Vec<Address>),
 }
 
 /// Body of the Security Key LCAF.
@@ -115,6 +123,7 @@ impl Address {
                     + n.private_etr_rloc.encoded_len()
                     + n.rtr_rlocs.iter().map(Address::encoded_len).sum::<usize>()
             }
+            Address::AfiList(items) => items.iter().map(Address::encoded_len).sum(),
             _ => 0,
         }
     }
@@ -144,6 +153,7 @@ impl Address {
                 v.extend(n.rtr_rlocs.iter());
                 v
             }
+            Address::AfiList(items) => items.iter().collect(),
         };
         if depth >= MAX_LCAF_DEPTH {
             return Err(EncodeError::LcafTooDeep(MAX_LCAF_DEPTH));
@@ -199,6 +209,10 @@ impl Address {
                     r.write(out);
                 }
             }
+            Address::AfiList(items) => {
+                self.write_lcaf_header(out, LCAF_AFI_LIST, 0);
+                items.iter().for_each(|a| a.write(out));
+            }
         }
     }
 
@@ -211,14 +225,16 @@ impl Address {
         out.put_u16(self.lcaf_body_len() as u16);
     }
 
-    /// The innermost IP address, looking through Instance-ID, Security Key and
-    /// (the global ETR RLOC of) NAT-Traversal LCAFs.
+    /// The innermost IP address, looking through Instance-ID, Security Key,
+    /// (the global ETR RLOC of) NAT-Traversal and (the first item holding
+    /// one of) AFI-List LCAFs.
     pub fn innermost_ip(&self) -> Option<IpAddr> {
         match self {
             Address::Ipv4(_) | Address::Ipv6(_) => self.ip(),
             Address::InstanceId { address, .. } => address.innermost_ip(),
             Address::SecurityKey(sk) => sk.address.innermost_ip(),
             Address::NatTraversal(n) => n.global_etr_rloc.innermost_ip(),
+            Address::AfiList(items) => items.iter().find_map(Address::innermost_ip),
             Address::None => None,
         }
     }
@@ -277,6 +293,10 @@ fn parse_lcaf<'a, B: Build>(input: &'a [u8], start: &'a [u8], depth: usize) -> R
                 b,
                 B::nat_traversal(ms_port, etr_port, global, ms, private, rtrs),
             )
+        }
+        LCAF_AFI_LIST => {
+            let (b, items) = parse_address_list::<B>(body, depth + 1)?;
+            (b, B::afi_list(items))
         }
         other => return fail(type_at, ParseErrorKind::UnknownLcafType(other)),
     };
@@ -357,6 +377,7 @@ pub(crate) enum Level<'a> {
         /// Global ETR, MS, private ETR, then the RTR RLOCs.
         addresses: AddressSeq<'a>,
     },
+    AfiList(AddressSeq<'a>),
 }
 
 /// Checked addresses back to back.
@@ -412,16 +433,22 @@ impl<'a> AddressRef<'a> {
     /// The innermost IP address, looking through LCAFs like
     /// [`Address::innermost_ip`].
     pub fn innermost_ip(&self) -> Option<IpAddr> {
-        let mut cur = *self;
-        for _ in 0..=MAX_LCAF_DEPTH {
-            cur = match cur.level()? {
-                Level::Ip(ip) => return Some(ip),
-                Level::None => return None,
-                Level::InstanceId { address } | Level::SecurityKey { address } => address,
-                Level::NatTraversal { mut addresses, .. } => addresses.next()?,
-            };
+        self.innermost_ip_at(0)
+    }
+
+    fn innermost_ip_at(&self, depth: usize) -> Option<IpAddr> {
+        if depth > MAX_LCAF_DEPTH {
+            return None;
         }
-        None
+        match self.level()? {
+            Level::Ip(ip) => Some(ip),
+            Level::None => None,
+            Level::InstanceId { address } | Level::SecurityKey { address } => {
+                address.innermost_ip_at(depth + 1)
+            }
+            Level::NatTraversal { mut addresses } => addresses.next()?.innermost_ip_at(depth + 1),
+            Level::AfiList(mut items) => items.find_map(|a| a.innermost_ip_at(depth + 1)),
+        }
     }
 
     /// The longest mask an EID prefix of this address may have: looks
@@ -484,6 +511,7 @@ impl<'a> AddressRef<'a> {
                         rest: body.get(4..)?,
                     },
                 }),
+                LCAF_AFI_LIST => Some(Level::AfiList(AddressSeq { rest: body })),
                 _ => None,
             },
             _ => None,

@@ -4,7 +4,8 @@
 //! reverse. It covers what lispwg and standard LISP peers exchange (RFC 9301):
 //! Map-Request, Map-Reply, Map-Register, Map-Notify, Map-Notify-Ack and the
 //! Encapsulated Control Message, with EID- and RLOC-records, AFI 1/2 addresses
-//! and the Instance-ID (2), NAT-Traversal (7) and Security Key (11) LCAFs.
+//! and the AFI-List (1), Instance-ID (2), NAT-Traversal (7) and Security Key
+//! (11) LCAFs.
 //!
 //! * [`parse`] never panics, on any byte string. Every defect is a typed
 //!   [`ParseError`] with the offset where it was found; unknown LCAF types and

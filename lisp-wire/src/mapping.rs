@@ -209,7 +209,8 @@ impl LocatorInfo {
                     info.rloc = cur.ip()?;
                     return Some(info);
                 }
-                Address::None => return None,
+                // An AFI-List locator is not understood here.
+                Address::None | Address::AfiList(_) => return None,
             }
         }
         None

@@ -111,6 +111,7 @@ pub(crate) trait Build {
         private: Self::Addr,
         rtrs: Self::List<Self::Addr>,
     ) -> Self::Addr;
+    fn afi_list(items: Self::List<Self::Addr>) -> Self::Addr;
     fn rloc(fixed: RlocFixed, locator: Self::Addr) -> Self::Rloc;
     fn record(fixed: RecordFixed, eid: Self::Addr, rlocs: Self::List<Self::Rloc>) -> Self::Record;
     fn request_record(eid_mask_len: u8, eid: Self::Addr) -> Self::RequestRecord;
@@ -201,6 +202,9 @@ impl Build for Owned {
             rtr_rlocs: rtrs,
         })
     }
+    fn afi_list(items: Vec<Self::Addr>) -> Self::Addr {
+        crate::Address::AfiList(items)
+    }
     fn rloc(f: RlocFixed, locator: Self::Addr) -> Self::Rloc {
         crate::RlocRecord {
             priority: f.priority,
@@ -245,6 +249,7 @@ impl Build for Check {
     fn instance_id(_: u32, _: u8, _: ()) {}
     fn security_key(_: u8, _: bool, _: (), _: ()) {}
     fn nat_traversal(_: u16, _: u16, _: (), _: (), _: (), _: ()) {}
+    fn afi_list(_: ()) {}
     fn rloc(_: RlocFixed, _: ()) {}
     fn record(_: RecordFixed, _: (), _: ()) {}
     fn request_record(_: u8, _: ()) {}

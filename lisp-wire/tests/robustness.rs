@@ -302,26 +302,31 @@ fn fold(b: &[u8]) -> u16 {
 
 #[test]
 fn lcaf_nesting_is_bounded() {
-    // 40 nested Instance-ID LCAFs: refused, without recursing 40 deep.
-    let mut addr = vec![0, 1, 10, 0, 0, 1];
-    for _ in 0..40 {
-        let mut l = vec![0x40, 0x03, 0, 0, 2, 0];
-        l.extend_from_slice(&((addr.len() + 4) as u16).to_be_bytes());
-        l.extend_from_slice(&[0, 0, 0, 1]);
-        l.extend_from_slice(&addr);
-        addr = l;
+    // 40 nested Instance-ID or AFI-List LCAFs: refused, without recursing
+    // 40 deep.
+    for (lcaf_type, prefix) in [(2u8, &[0u8, 0, 0, 1][..]), (1, &[][..])] {
+        let mut addr = vec![0, 1, 10, 0, 0, 1];
+        for _ in 0..40 {
+            let mut l = vec![0x40, 0x03, 0, 0, lcaf_type, 0];
+            l.extend_from_slice(&((addr.len() + prefix.len()) as u16).to_be_bytes());
+            l.extend_from_slice(prefix);
+            l.extend_from_slice(&addr);
+            addr = l;
+        }
+        let msg = [
+            vec![0x20, 0, 0, 1],
+            vec![0; 8],
+            vec![0, 0, 0, 1, 1, 32, 0, 0, 0, 0, 0, 1, 10, 0, 0, 1],
+            vec![1, 1, 0, 0, 0, 1],
+            addr,
+        ]
+        .concat();
+        assert_eq!(
+            parse(&msg).unwrap_err().kind,
+            ParseErrorKind::LcafTooDeep(4),
+            "LCAF type {lcaf_type}"
+        );
     }
-    let msg = [
-        vec![0x20, 0, 0, 1],
-        vec![0; 8],
-        vec![0, 0, 0, 1, 0, 32, 0, 0, 0, 0],
-        addr,
-    ]
-    .concat();
-    assert_eq!(
-        parse(&msg).unwrap_err().kind,
-        ParseErrorKind::LcafTooDeep(4)
-    );
 }
 
 #[test]

@@ -828,14 +828,18 @@ fn map_notify_ack() {
 // Random messages
 // ---------------------------------------------------------------------------
 
-/// Turns a random message into one lispwg could emit, by removing the one
-/// construct of `common::message()` that is valid for lisp-wire but that
+/// Turns a random message into one lispwg could emit, by removing the
+/// constructs of `common::message()` that are valid for lisp-wire but that
 /// Wireshark 4.0 cannot follow (and that lispwg never sends):
 ///
 /// * NAT-Traversal RTR RLOCs of AFI 0: Wireshark's NAT-T dissector counts
 ///   the two port fields twice (`remaining -= 4` and then `-= 2` twice), so
 ///   it stops 4 bytes early and leaves a trailing 2-byte RTR RLOC to `data`.
-///   An RTR RLOC of AFI 0 says nothing; lispwg sends no RTR RLOCs at all.
+///   An RTR RLOC of AFI 0 says nothing; lispwg's RTR RLOCs are always IP
+///   addresses (6 or 18 bytes, so the early stop still reads them).
+/// * AFI-List items of AFI 0: Wireshark's AFI-List dissector reports
+///   "Unexpected AFI (0), cannot decode" (error severity) and loses its
+///   place. An item of AFI 0 says nothing; lispwg never sends one.
 ///
 /// (Two other constructs this test found are now refused by lisp-wire
 /// itself: the Map-Notify R bit, whose MS-RTR authentication block it does
@@ -861,6 +865,10 @@ fn as_lispwg_emits(m: Message) -> Message {
                     addr(a);
                 }
                 n.rtr_rlocs.iter_mut().for_each(addr);
+            }
+            Address::AfiList(items) => {
+                items.retain(|a| *a != Address::None);
+                items.iter_mut().for_each(addr);
             }
         }
     }

@@ -385,3 +385,61 @@ fn key_on_the_eid_side_is_accepted() {
         EidPrefix::host(3, v4(10, 9, 0, 1))
     );
 }
+
+#[test]
+fn afi_list_lcaf_vector() {
+    let list = Address::AfiList(vec![
+        Address::from(v4(192, 0, 2, 1)),
+        Address::from("2001:db8::1".parse::<IpAddr>().unwrap()),
+        Address::InstanceId {
+            iid: 9,
+            iid_mask_len: 0,
+            address: Box::new(Address::from(v4(10, 0, 0, 9))),
+        },
+    ]);
+    let rec = EidRecord::new(
+        EidPrefix::host(0, v4(10, 0, 0, 1)),
+        1,
+        vec![RlocRecord::new(1, 2, list)],
+    );
+    let reply = Message::MapReply(MapReply {
+        probe: false,
+        echo_nonce: false,
+        security: false,
+        nonce: 5,
+        records: vec![rec],
+    });
+    let bytes = vector(&["
+        20000001 0000000000000005            # Map-Reply, 1 record, nonce 5
+        00000001 01 20 0000 0000 0001 0a000001  # TTL 1, 1 locator, /32 10.0.0.1
+        01 02 ff 00 0001                     # priority 1, weight 2, R
+        4003 00 00 01 00 002a                # AFI-List LCAF, length 42
+           0001 c0000201                     #   192.0.2.1
+           0002 20010db8000000000000000000000001  # 2001:db8::1
+           4003 00 00 02 00 000a 00000009 0001 0a000009  # [9]10.0.0.9
+    "]);
+    assert_eq!(reply.encode().unwrap(), bytes);
+    assert_eq!(parse(&bytes).unwrap(), reply);
+
+    // An item that runs past the list's length is caught inside the list.
+    let mut short = bytes.clone();
+    short[41] = 0x29; // length 41: the Instance-ID item loses its last byte
+    short.pop();
+    assert_eq!(
+        parse(&short).unwrap_err(),
+        ParseError {
+            kind: ParseErrorKind::Truncated,
+            offset: 74 // the Instance-ID item's body
+        }
+    );
+    // An item of an unknown AFI is named, with its offset.
+    let mut unknown = bytes.clone();
+    unknown[42..44].copy_from_slice(&[0, 9]);
+    assert_eq!(
+        parse(&unknown).unwrap_err(),
+        ParseError {
+            kind: ParseErrorKind::UnknownAfi(9),
+            offset: 42
+        }
+    );
+}

@@ -17,7 +17,7 @@ pub fn plain() -> impl Strategy<Value = Address> {
     prop_oneof![Just(Address::None), ip().prop_map(Address::from)]
 }
 
-/// Addresses with LCAF nesting up to three levels.
+/// Addresses with LCAF nesting up to three levels, every LCAF type.
 pub fn address() -> impl Strategy<Value = Address> {
     plain().prop_recursive(3, 12, 4, |inner| {
         prop_oneof![
@@ -53,7 +53,7 @@ pub fn address() -> impl Strategy<Value = Address> {
                 inner.clone(),
                 inner.clone(),
                 inner.clone(),
-                vec(inner, 0..2)
+                vec(inner.clone(), 0..2)
             )
                 .prop_map(|(ms_port, etr_port, g, m, p, rtr_rlocs)| {
                     Address::NatTraversal(NatTraversal {
@@ -65,6 +65,7 @@ pub fn address() -> impl Strategy<Value = Address> {
                         rtr_rlocs,
                     })
                 }),
+            vec(inner, 0..4).prop_map(Address::AfiList),
         ]
     })
 }
