@@ -7,7 +7,7 @@
 //!
 //! * an inner **IPv4 header checksum of zero** is accepted: stock `lig`
 //!   sends one. Any other wrong header checksum is refused
-//!   ([`ParseErrorKind::BadIpChecksum`](crate::ParseErrorKind::BadIpChecksum)).
+//!   ([`ParseErrorKind::BadIpChecksum`]).
 //!   [`EcmHeader::checksum_zero`] reports it, so that the daemon can count
 //!   such requests.
 //! * an inner **UDP checksum of zero** over IPv4 means "none" (RFC 768) and

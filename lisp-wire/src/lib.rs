@@ -32,7 +32,9 @@ pub use addr::{Address, NatTraversal, SecurityKey};
 pub use auth::{Authentication, KeyId};
 pub use ecm::{Ecm, EcmHeader, InnerHeader};
 pub use error::{AuthError, EncodeError, ParseError, ParseErrorKind};
-pub use mapping::{wireguard_locator, EidPrefix, LocatorInfo, DEFAULT_WG_PORT, LISP_CONTROL_PORT};
+pub use mapping::{
+    wireguard_locator, EidPrefix, LocatorInfo, WgLocator, DEFAULT_WG_PORT, LISP_CONTROL_PORT,
+};
 pub use msg::{
     parse, MapNotify, MapRegister, MapReply, MapRequest, Message, RequestRecord, XtrSiteId,
     TYPE_ECM, TYPE_MAP_NOTIFY, TYPE_MAP_NOTIFY_ACK, TYPE_MAP_REGISTER, TYPE_MAP_REPLY,

@@ -1,5 +1,6 @@
 //! parse(encode(m)) == m for every message kind, and encode(parse(b)) == b
-//! for the canonical bytes the encoder produces.
+//! for the canonical bytes the encoder produces; a WireGuard candidate reads
+//! back as what was sent.
 
 mod common;
 use lisp_wire::*;
@@ -33,5 +34,41 @@ proptest! {
         let i = flip.index(bad.len());
         bad[i] ^= 0x01;
         prop_assert!(auth::verify(&bad, &key).is_err(), "flipped byte {} not detected", i);
+    }
+
+    #[test]
+    fn wireguard_candidates_read_back(w in common::wg_locator(), default_port in any::<u16>()) {
+        let record = EidRecord::new(
+            EidPrefix::host(3, "10.0.0.3".parse().unwrap()),
+            5,
+            vec![RlocRecord::new(1, 1, w.to_address())],
+        );
+        let reply = Message::MapReply(MapReply {
+            probe: false,
+            echo_nonce: false,
+            security: false,
+            nonce: 9,
+            records: vec![record],
+        });
+        let Ok(Message::MapReply(parsed)) = parse(&reply.encode().unwrap()) else {
+            panic!("does not parse back")
+        };
+        let locator = &parsed.records[0].rlocs[0].locator;
+        // A private address equal to the endpoint's means "not behind NAT".
+        let private = w.private.filter(|&p| p != w.endpoint.ip());
+        let normalized = WgLocator { private, ..w.clone() };
+        prop_assert_eq!(WgLocator::from_address(locator, default_port), Some(normalized));
+        let info = LocatorInfo::from_address(locator).unwrap();
+        prop_assert_eq!(info, LocatorInfo {
+            rloc: w.endpoint.ip(),
+            port: Some(w.endpoint.port()),
+            wg_key: Some(w.key),
+            private_rloc: private,
+            relayed: w.rtrs.contains(&w.endpoint.ip()),
+        });
+        prop_assert_eq!(info.behind_nat(), w.is_behind_nat());
+        prop_assert_eq!(info.relayed, w.is_relayed());
+        prop_assert_eq!(parsed.records[0].wg_key(), Some(w.key));
+        prop_assert_eq!(wireguard_locator(w.endpoint, w.key), WgLocator::new(w.endpoint, w.key).to_address());
     }
 }

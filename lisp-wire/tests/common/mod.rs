@@ -100,8 +100,37 @@ pub fn eid() -> impl Strategy<Value = (Address, u8)> {
     )
 }
 
+/// A WireGuard candidate: direct, behind a NAT, relayed or not.
+pub fn wg_locator() -> impl Strategy<Value = WgLocator> {
+    (
+        ip(),
+        any::<u16>(),
+        any::<[u8; 32]>(),
+        proptest::option::of(ip()),
+        vec(ip(), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(addr, port, key, private, mut rtrs, relayed)| {
+            if relayed {
+                rtrs.push(addr);
+            }
+            WgLocator {
+                endpoint: std::net::SocketAddr::new(addr, port),
+                key,
+                private,
+                rtrs,
+            }
+        })
+}
+
+/// Any locator: an arbitrary address, or a WireGuard candidate as lispwg
+/// builds it.
+pub fn locator() -> impl Strategy<Value = Address> {
+    prop_oneof![address(), wg_locator().prop_map(|w| w.to_address())]
+}
+
 pub fn rloc_record() -> impl Strategy<Value = RlocRecord> {
-    (any::<[u8; 4]>(), any::<[bool; 3]>(), address()).prop_map(|(p, f, locator)| RlocRecord {
+    (any::<[u8; 4]>(), any::<[bool; 3]>(), locator()).prop_map(|(p, f, locator)| RlocRecord {
         priority: p[0],
         weight: p[1],
         m_priority: p[2],
