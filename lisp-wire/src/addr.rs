@@ -368,6 +368,7 @@ pub(crate) enum Level<'a> {
     None,
     Ip(IpAddr),
     InstanceId {
+        iid: u32,
         address: AddressRef<'a>,
     },
     SecurityKey {
@@ -443,7 +444,7 @@ impl<'a> AddressRef<'a> {
         match self.level()? {
             Level::Ip(ip) => Some(ip),
             Level::None => None,
-            Level::InstanceId { address } | Level::SecurityKey { address } => {
+            Level::InstanceId { address, .. } | Level::SecurityKey { address } => {
                 address.innermost_ip_at(depth + 1)
             }
             Level::NatTraversal { mut addresses } => addresses.next()?.innermost_ip_at(depth + 1),
@@ -461,7 +462,7 @@ impl<'a> AddressRef<'a> {
                 Level::None => return Some(0),
                 Level::Ip(IpAddr::V4(_)) => return Some(32),
                 Level::Ip(IpAddr::V6(_)) => return Some(128),
-                Level::InstanceId { address } | Level::SecurityKey { address } => address,
+                Level::InstanceId { address, .. } | Level::SecurityKey { address } => address,
                 _ => return None,
             };
         }
@@ -492,6 +493,7 @@ impl<'a> AddressRef<'a> {
             }
             AFI_LCAF => match *b.get(4)? {
                 LCAF_INSTANCE_ID => Some(Level::InstanceId {
+                    iid: u32::from_be_bytes(body.get(..4)?.try_into().ok()?),
                     address: AddressRef::checked(body.get(4..)?),
                 }),
                 LCAF_SECURITY_KEY => {

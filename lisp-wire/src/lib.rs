@@ -14,8 +14,10 @@
 //!   message that cannot be expressed is an [`EncodeError`], not bad bytes.
 //! * [`auth`] signs and verifies Map-Register/-Notify/-Notify-Ack MACs
 //!   (HMAC-SHA-1 and HMAC-SHA-256, constant-time comparison).
-//! * [`mapping`] documents how a WireGuard public key and data port travel in
-//!   a locator, and reads them back.
+//! * [`mapping`] is the wire-format page: how a WireGuard candidate (key,
+//!   RLOC, data port, NAT and relay) travels in a locator, and what is read
+//!   back.
+//! * [`view`] reads a Map-Request (plain or in an ECM) without allocating.
 
 pub mod addr;
 pub mod auth;
@@ -27,8 +29,9 @@ pub mod nonce;
 mod parse;
 pub mod record;
 pub mod table;
+pub mod view;
 
-pub use addr::{Address, NatTraversal, SecurityKey};
+pub use addr::{Address, AddressRef, NatTraversal, SecurityKey};
 pub use auth::{Authentication, KeyId};
 pub use ecm::{Ecm, EcmHeader, InnerHeader};
 pub use error::{AuthError, EncodeError, ParseError, ParseErrorKind};
@@ -43,6 +46,7 @@ pub use msg::{
 pub use nonce::Nonces;
 pub use record::{Action, EidRecord, RlocRecord};
 pub use table::EidTable;
+pub use view::{parse_map_request, MapRequestRef, RequestRecordRef};
 
 impl MapRequest {
     /// The request an ITR sends: one EID prefix, answered to one ITR-RLOC,

@@ -134,7 +134,9 @@
 //! the daemon can count such requests; a wrong non-zero checksum is refused
 //! ([`ParseErrorKind::BadIpChecksum`](crate::ParseErrorKind::BadIpChecksum)).
 
-use crate::addr::{Address, NatTraversal, SecurityKey, KEY_ALG_WIREGUARD, WIREGUARD_KEY_LEN};
+use crate::addr::{
+    Address, AddressRef, Level, NatTraversal, SecurityKey, KEY_ALG_WIREGUARD, WIREGUARD_KEY_LEN,
+};
 use crate::record::{Action, EidRecord, RlocRecord};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -249,6 +251,40 @@ impl EidPrefix {
     /// The prefix of a record.
     pub fn of_record(rec: &EidRecord) -> Result<Self, EidError> {
         Self::from_wire(&rec.eid, rec.eid_mask_len)
+    }
+}
+
+impl AddressRef<'_> {
+    /// Reads a prefix from a checked EID field and its mask length, looking
+    /// through Instance-ID and (EID-side) Security Key LCAFs, like
+    /// [`EidPrefix::from_wire`]; allocates nothing.
+    pub fn eid_prefix(&self, mask_len: u8) -> Result<EidPrefix, EidError> {
+        let (iid, ip) = self.eid_ip()?;
+        EidPrefix::new(iid, ip, mask_len)
+    }
+
+    /// The host prefix (/32 or /128) of a checked EID field, e.g. a
+    /// Map-Request's source EID.
+    pub fn eid_host(&self) -> Result<EidPrefix, EidError> {
+        let (iid, ip) = self.eid_ip()?;
+        Ok(EidPrefix::host(iid, ip))
+    }
+
+    fn eid_ip(&self) -> Result<(u32, IpAddr), EidError> {
+        let mut iid = 0;
+        let mut cur = *self;
+        for _ in 0..=crate::addr::MAX_LCAF_DEPTH {
+            cur = match cur.level() {
+                Some(Level::InstanceId { iid: i, address }) => {
+                    iid = i;
+                    address
+                }
+                Some(Level::SecurityKey { address }) => address,
+                Some(Level::Ip(ip)) => return Ok((iid, ip)),
+                _ => return Err(EidError::NotAnIpPrefix),
+            };
+        }
+        Err(EidError::NotAnIpPrefix)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The parser never panics, on random bytes or on mutations of valid
 //! messages, and whatever it accepts re-encodes to something it accepts
-//! identically. Malformed inputs get the right typed error and offset.
+//! identically. The borrowed Map-Request view never panics either and
+//! agrees with it on every input. Malformed inputs get the right typed
+//! error and offset.
 
 mod common;
 use lisp_wire::*;
@@ -53,10 +55,18 @@ fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Anything accepted must survive encode → parse unchanged.
-fn check(bytes: &[u8]) -> bool {
+/// Anything accepted must survive encode → parse unchanged, and the
+/// borrowed Map-Request view must agree with the owned parse. Returns
+/// whether the parser and the view accepted `bytes`.
+fn check(bytes: &[u8]) -> (bool, bool) {
+    let view = common::agree::view_agrees_with_parse(bytes);
+    (check_parse(bytes), view)
+}
+
+fn check_parse(bytes: &[u8]) -> bool {
     match parse(bytes) {
         Ok(msg) => {
+            common::agree::candidates_read_back(&msg);
             let again = msg
                 .encode()
                 .unwrap_or_else(|e| panic!("accepted {bytes:02x?} but cannot encode: {e}"));
@@ -83,7 +93,8 @@ fn check(bytes: &[u8]) -> bool {
 fn a_few_hundred_thousand_random_and_mutated_messages_never_panic() {
     let mut runner = TestRunner::deterministic();
     let strategy = common::message();
-    let seeds: Vec<Vec<u8>> = (0..300)
+    let request_strategy = common::request_message();
+    let mut seeds: Vec<Vec<u8>> = (0..300)
         .map(|_| {
             strategy
                 .new_tree(&mut runner)
@@ -93,8 +104,13 @@ fn a_few_hundred_thousand_random_and_mutated_messages_never_panic() {
                 .unwrap()
         })
         .collect();
+    // More Map-Requests, for the borrowed view.
+    seeds.extend((0..100).map(|_| {
+        let m = request_strategy.new_tree(&mut runner).unwrap().current();
+        m.encode().unwrap()
+    }));
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    let (mut accepted, mut total) = (0usize, 0usize);
+    let (mut accepted, mut requests, mut total) = (0usize, 0usize, 0usize);
     for round in 0..250_000 {
         let bytes = if round % 5 == 0 {
             let mut b: Vec<u8> = (0..rng.below(160)).map(|_| rng.next() as u8).collect();
@@ -109,9 +125,16 @@ fn a_few_hundred_thousand_random_and_mutated_messages_never_panic() {
             let pick = rng.below(seeds.len());
             mutate(&mut rng, &seeds[pick])
         };
-        accepted += check(&bytes) as usize;
+        let (parsed, viewed) = check(&bytes);
+        accepted += parsed as usize;
+        requests += viewed as usize;
         total += 1;
     }
+    // And enough of them are Map-Requests to exercise the view.
+    assert!(
+        requests > 3000,
+        "only {requests} of {total} inputs were Map-Requests"
+    );
     // Mutations that keep a message valid must exist, or the mutator is broken.
     assert!(
         accepted > 1000,

@@ -71,4 +71,10 @@ proptest! {
         prop_assert_eq!(parsed.records[0].wg_key(), Some(w.key));
         prop_assert_eq!(wireguard_locator(w.endpoint, w.key), WgLocator::new(w.endpoint, w.key).to_address());
     }
+
+    #[test]
+    fn the_request_view_reads_every_request(m in common::request_message()) {
+        let bytes = m.encode().unwrap();
+        prop_assert!(common::agree::view_agrees_with_parse(&bytes));
+    }
 }

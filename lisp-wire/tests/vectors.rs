@@ -289,23 +289,80 @@ fn ecm_vector_has_correct_checksums() {
         ParseErrorKind::BadIpChecksum
     );
 
-    // Stock lig leaves the inner IPv4 header checksum at zero: accepted.
+    let view = parse_map_request(&bytes).unwrap();
+    assert_eq!(
+        view.ecm().map(|h| (h.inner, h.checksum_zero)),
+        Some((ecm.inner, false))
+    );
+
+    // Stock lig leaves the inner IPv4 header checksum at zero: accepted,
+    // and the view says so, for the daemon's counter.
     let mut lig = bytes.clone();
     lig[14..16].copy_from_slice(&[0, 0]);
-    assert_eq!(parse(&lig).unwrap(), Message::Ecm(ecm));
+    assert_eq!(parse(&lig).unwrap(), Message::Ecm(ecm.clone()));
+    let view = parse_map_request(&lig).unwrap();
+    assert_eq!(
+        view.ecm().map(|h| (h.inner, h.checksum_zero)),
+        Some((ecm.inner, true))
+    );
+    assert_eq!(view.to_map_request(), request());
     // Any other wrong value, including a one-bit change of a zero, is not.
     for bad in [[0x00, 0x01], [0x80, 0x00], [0xb2, 0x17]] {
         let mut b = bytes.clone();
         b[14..16].copy_from_slice(&bad);
-        assert_eq!(
-            parse(&b).unwrap_err(),
-            ParseError {
-                kind: ParseErrorKind::BadIpChecksum,
-                offset: 4
-            },
-            "checksum {bad:02x?}"
-        );
+        let refused = ParseError {
+            kind: ParseErrorKind::BadIpChecksum,
+            offset: 4,
+        };
+        assert_eq!(parse(&b).unwrap_err(), refused, "checksum {bad:02x?}");
+        assert_eq!(parse_map_request(&b).unwrap_err(), refused);
     }
+}
+
+#[test]
+fn map_request_view_reads_the_vector() {
+    let bytes = vector(&[REQUEST]);
+    let view = parse_map_request(&bytes).unwrap();
+    assert!(view.ecm().is_none());
+    assert_eq!(view.nonce(), 0x0102030405060708);
+    assert!(!(view.authoritative() || view.probe() || view.smr() || view.pitr()));
+    assert_eq!(
+        view.source_eid().eid_host(),
+        Ok(EidPrefix::host(7, v4(10, 0, 0, 1)))
+    );
+    assert_eq!(view.source_eid().innermost_ip(), Some(v4(10, 0, 0, 1)));
+    // Borrowed from the datagram, not copied.
+    assert!(std::ptr::eq(view.source_eid().as_bytes(), &bytes[12..30]));
+    assert!(view.itr_rlocs().eq([v4(100, 64, 0, 2)]));
+    let records: Vec<_> = view.records().map(|r| r.prefix()).collect();
+    assert_eq!(records, [Ok(EidPrefix::host(7, v4(10, 0, 0, 2)))]);
+    assert_eq!(view.map_reply_record_bytes(), None);
+    assert_eq!(view.to_map_request(), request());
+
+    // Anything but a Map-Request is refused by type, without reading on.
+    let reply = Message::MapReply(MapReply {
+        probe: false,
+        echo_nonce: false,
+        security: false,
+        nonce: 1,
+        records: vec![],
+    })
+    .encode()
+    .unwrap();
+    assert_eq!(
+        parse_map_request(&reply).unwrap_err(),
+        ParseError {
+            kind: ParseErrorKind::NotAMapRequest(2),
+            offset: 0
+        }
+    );
+    // And a bad request gets the parser's own error.
+    let mut short = bytes.clone();
+    short.pop();
+    assert_eq!(
+        parse_map_request(&short).unwrap_err(),
+        parse(&short).unwrap_err()
+    );
 }
 
 #[test]

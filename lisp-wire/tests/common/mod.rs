@@ -1,6 +1,8 @@
 //! proptest strategies producing every message kind, valid by construction.
 #![allow(dead_code)]
 
+pub mod agree;
+
 use lisp_wire::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -294,6 +296,23 @@ pub fn message() -> impl Strategy<Value = Message> {
         3 => inner_message(),
         1 => (any::<[bool; 4]>(), inner_header(), inner_message()).prop_map(|(f, inner, m)| {
             Message::Ecm(Ecm { security: f[0], ddt: f[1], to_etr: f[2], to_ms: f[3], inner, message: Box::new(m) })
+        }),
+    ]
+}
+
+/// A Map-Request, plain or in an ECM: what the map-server's view reads.
+pub fn request_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        map_request().prop_map(Message::MapRequest),
+        (any::<[bool; 4]>(), inner_header(), map_request()).prop_map(|(f, inner, r)| {
+            Message::Ecm(Ecm {
+                security: f[0],
+                ddt: f[1],
+                to_etr: f[2],
+                to_ms: f[3],
+                inner,
+                message: Box::new(Message::MapRequest(r)),
+            })
         }),
     ]
 }
