@@ -17,7 +17,10 @@
 //! * [`mapping`] is the wire-format page: how a WireGuard candidate (key,
 //!   RLOC, data port, NAT and relay) travels in a locator, and what is read
 //!   back.
-//! * [`view`] reads a Map-Request (plain or in an ECM) without allocating.
+//! * [`view`] reads a Map-Request (plain or in an ECM) without allocating,
+//!   and [`encode_map_reply`] answers it by copying EID-records encoded once
+//!   ([`EidRecord::encode_into`]): byte for byte the reply
+//!   [`Message::encode`] would build.
 
 pub mod addr;
 pub mod auth;
@@ -39,9 +42,9 @@ pub use mapping::{
     wireguard_locator, EidPrefix, LocatorInfo, WgLocator, DEFAULT_WG_PORT, LISP_CONTROL_PORT,
 };
 pub use msg::{
-    parse, MapNotify, MapRegister, MapReply, MapRequest, Message, RequestRecord, XtrSiteId,
-    TYPE_ECM, TYPE_MAP_NOTIFY, TYPE_MAP_NOTIFY_ACK, TYPE_MAP_REGISTER, TYPE_MAP_REPLY,
-    TYPE_MAP_REQUEST,
+    encode_map_reply, parse, MapNotify, MapRegister, MapReply, MapRequest, Message, ReplyFlags,
+    RequestRecord, XtrSiteId, TYPE_ECM, TYPE_MAP_NOTIFY, TYPE_MAP_NOTIFY_ACK, TYPE_MAP_REGISTER,
+    TYPE_MAP_REPLY, TYPE_MAP_REQUEST,
 };
 pub use nonce::Nonces;
 pub use record::{Action, EidRecord, RlocRecord};

@@ -194,11 +194,7 @@ impl Message {
         match self {
             Message::MapRequest(m) => m.write(t, out),
             Message::MapReply(m) => {
-                let flags = bit(m.probe, 0x0800_0000)
-                    | bit(m.echo_nonce, 0x0400_0000)
-                    | bit(m.security, 0x0200_0000);
-                out.put_u32(t | flags | m.records.len() as u32);
-                out.put_u64(m.nonce);
+                write_reply_header(out, m.flags(), m.records.len() as u8, m.nonce);
                 m.records.iter().for_each(|r| r.write(out));
             }
             Message::MapRegister(m) => {
@@ -216,6 +212,75 @@ impl Message {
             Message::Ecm(e) => e.write(out),
         }
     }
+}
+
+/// The flags of a Map-Reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ReplyFlags {
+    /// P: answers an RLOC-probe.
+    pub probe: bool,
+    /// E: echo-nonce capable.
+    pub echo_nonce: bool,
+    /// S: LISP-SEC.
+    pub security: bool,
+}
+
+impl MapReply {
+    pub fn flags(&self) -> ReplyFlags {
+        ReplyFlags {
+            probe: self.probe,
+            echo_nonce: self.echo_nonce,
+            security: self.security,
+        }
+    }
+}
+
+fn write_reply_header(out: &mut Vec<u8>, flags: ReplyFlags, count: u8, nonce: u64) {
+    let word = (TYPE_MAP_REPLY as u32) << 28
+        | bit(flags.probe, 0x0800_0000)
+        | bit(flags.echo_nonce, 0x0400_0000)
+        | bit(flags.security, 0x0200_0000)
+        | count as u32;
+    out.put_u32(word);
+    out.put_u64(nonce);
+}
+
+/// Appends a Map-Reply to `out` by copying EID-records that were encoded
+/// beforehand with [`EidRecord::encode_into`]: the map-server's copy-only
+/// answer. The bytes are the same as
+/// `Message::MapReply(MapReply { nonce, records, .. }).encode()` for those
+/// records. Nothing is parsed or allocated (give `out` the capacity); the
+/// records are copied as they are, so they must be whole EID-records as
+/// `encode_into` wrote them. More than 255 records is an error, and then
+/// `out` is left as it was.
+pub fn encode_map_reply<'r>(
+    nonce: u64,
+    flags: ReplyFlags,
+    records: impl IntoIterator<Item = &'r [u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    write_reply_header(out, flags, 0, nonce);
+    let mut records = records.into_iter();
+    let mut count = 0usize;
+    for record in records.by_ref() {
+        if count == u8::MAX as usize {
+            out.truncate(start);
+            return Err(EncodeError::TooMany {
+                what: "EID-records",
+                count: count + 1 + records.count(),
+                max: u8::MAX as usize,
+            });
+        }
+        debug_assert!(
+            crate::parse::finish(record, parse_eid_record_with::<crate::parse::Check>).is_ok(),
+            "encode_map_reply: not an encoded EID-record"
+        );
+        out.extend_from_slice(record);
+        count += 1;
+    }
+    out[start + 3] = count as u8;
+    Ok(())
 }
 
 /// Parses one whole UDP payload. Trailing bytes are an error.

@@ -128,6 +128,17 @@ pub(crate) fn parse_rloc_record_with<B: Build>(input: &[u8]) -> Res<'_, B::Rloc>
 }
 
 impl EidRecord {
+    /// Appends the encoded record to `out`, or says why it cannot be
+    /// encoded (then nothing is written). With [`crate::encode_map_reply`]
+    /// this lets a map-server encode each mapping once and answer by
+    /// copying.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.validate()?;
+        out.reserve(self.encoded_len());
+        self.write(out);
+        Ok(())
+    }
+
     pub(crate) fn encoded_len(&self) -> usize {
         10 + self.eid.encoded_len()
             + self

@@ -6,6 +6,10 @@
 //! that borrows the datagram. Reading its fields afterwards cannot fail and
 //! allocates nothing; [`MapRequestRef::to_map_request`] builds the owned
 //! [`MapRequest`] when one is needed (logs, tests).
+//!
+//! The answer can be built without allocating too, from EID-records encoded
+//! once ([`EidRecord::encode_into`](crate::EidRecord::encode_into)) and
+//! copied into the reply ([`encode_map_reply`](crate::encode_map_reply)).
 
 use crate::addr::AddressRef;
 use crate::ecm::{parse_ecm_header, EcmHeader};

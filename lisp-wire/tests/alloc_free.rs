@@ -1,7 +1,8 @@
 //! The map-server's request path allocates nothing: reading a Map-Request
-//! through the borrowed view, plain or in an ECM, good or bad, counts zero
-//! heap allocations on this thread (a counting global allocator, per
-//! thread so the test harness's own threads do not interfere).
+//! through the borrowed view, plain or in an ECM, good or bad, and answering
+//! it by copying pre-encoded EID-records into a buffer with room count zero
+//! heap allocations on this thread (a counting global allocator, per thread
+//! so the test harness's own threads do not interfere).
 
 use lisp_wire::*;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -145,4 +146,44 @@ fn reading_a_request_allocates_nothing() {
     // The counter does count: the owned parse allocates.
     let (n, _) = allocations(|| parse(&plain));
     assert!(n > 0);
+}
+
+#[test]
+fn answering_by_copy_allocates_nothing() {
+    let records: Vec<Vec<u8>> = [
+        WgLocator::new(SocketAddr::new(ip("192.0.2.10"), 51820), [1; 32]),
+        WgLocator::new(SocketAddr::new(ip("2001:db8::10"), 51821), [2; 32])
+            .with_rtrs([ip("2001:db8::99")]),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, w)| {
+        let rec = EidRecord::new(
+            EidPrefix::host(7, IpAddr::from([10, 0, 0, i as u8])),
+            1440,
+            vec![RlocRecord::new(1, 100, w.to_address())],
+        );
+        let mut b = Vec::new();
+        rec.encode_into(&mut b).unwrap();
+        b
+    })
+    .collect();
+    let request = Message::MapRequest(request()).encode().unwrap();
+    let mut out = Vec::with_capacity(1500);
+    let (n, ()) = allocations(|| {
+        let req = parse_map_request(&request).unwrap();
+        out.clear();
+        encode_map_reply(
+            req.nonce(),
+            ReplyFlags::default(),
+            records.iter().map(Vec::as_slice),
+            &mut out,
+        )
+        .unwrap();
+    });
+    assert_eq!(n, 0, "{n} allocations");
+    let Ok(Message::MapReply(reply)) = parse(&out) else {
+        panic!("not a reply")
+    };
+    assert_eq!((reply.nonce, reply.records.len()), (0x1122, 2));
 }

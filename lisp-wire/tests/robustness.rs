@@ -381,9 +381,44 @@ fn encoder_refuses_what_the_wire_cannot_hold() {
     );
     let too_many = vec![EidRecord::new(prefix, 1, vec![]); 256];
     assert!(matches!(
-        reply(too_many).encode(),
+        reply(too_many.clone()).encode(),
         Err(EncodeError::TooMany { .. })
     ));
+    // The copy-only reply refuses them too, and leaves its buffer alone.
+    let mut one = Vec::new();
+    too_many[0].encode_into(&mut one).unwrap();
+    let mut out = vec![0xaa];
+    assert_eq!(
+        encode_map_reply(
+            0,
+            ReplyFlags::default(),
+            std::iter::repeat_n(&one[..], 300),
+            &mut out
+        ),
+        Err(EncodeError::TooMany {
+            what: "EID-records",
+            count: 300,
+            max: 255
+        })
+    );
+    assert_eq!(out, [0xaa]);
+    encode_map_reply(
+        0,
+        ReplyFlags::default(),
+        std::iter::repeat_n(&one[..], 255),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out[4], 255);
+    // An EID-record that cannot be encoded writes nothing.
+    let mut bad = too_many[0].clone();
+    bad.map_version = 4096;
+    let mut buf = vec![1, 2];
+    assert_eq!(
+        bad.encode_into(&mut buf),
+        Err(EncodeError::MapVersion(4096))
+    );
+    assert_eq!(buf, [1, 2]);
     let reg = MapRegister {
         proxy_reply: false,
         security: false,

@@ -77,4 +77,34 @@ proptest! {
         let bytes = m.encode().unwrap();
         prop_assert!(common::agree::view_agrees_with_parse(&bytes));
     }
+
+    #[test]
+    fn copy_only_replies_are_byte_identical(
+        records in proptest::collection::vec(common::eid_record(), 0..5),
+        nonce in any::<u64>(),
+        flags in any::<[bool; 3]>(),
+        prefix in proptest::collection::vec(any::<u8>(), 0..8),
+    ) {
+        let reply = MapReply {
+            probe: flags[0],
+            echo_nonce: flags[1],
+            security: flags[2],
+            nonce,
+            records: records.clone(),
+        };
+        let expected = Message::MapReply(reply.clone()).encode().unwrap();
+        // The records encoded once, back to back, as a registry keeps them.
+        let mut store = Vec::new();
+        let mut spans = Vec::new();
+        for r in &records {
+            let start = store.len();
+            r.encode_into(&mut store).unwrap();
+            spans.push(start..store.len());
+        }
+        // Appended after whatever `out` already holds.
+        let mut out = prefix.clone();
+        encode_map_reply(nonce, reply.flags(), spans.iter().map(|s| &store[s.clone()]), &mut out).unwrap();
+        prop_assert_eq!(&out[..prefix.len()], &prefix[..]);
+        prop_assert_eq!(&out[prefix.len()..], &expected[..]);
+    }
 }
