@@ -342,12 +342,17 @@ impl LocatorInfo {
     /// locator cannot be used.
     pub fn from_address(addr: &Address) -> Option<Self> {
         let parts = Parts::collect(addr, &mut |_| {})?;
+        let rloc = parts.rloc?;
+        // Relayed: the RLOC, wherever in the locator it was given, is one of
+        // the RTR RLOCs. A second walk, so that nothing is collected.
+        let mut relayed = false;
+        Parts::collect(addr, &mut |r| relayed |= r == rloc);
         Some(LocatorInfo {
-            rloc: parts.rloc?,
+            rloc,
             port: parts.port,
             wg_key: parts.key,
-            private_rloc: parts.private.filter(|p| Some(*p) != parts.rloc),
-            relayed: parts.relayed,
+            private_rloc: parts.private.filter(|&p| p != rloc),
+            relayed,
         })
     }
 
@@ -364,7 +369,6 @@ struct Parts {
     port: Option<u16>,
     key: Option<[u8; WIREGUARD_KEY_LEN]>,
     private: Option<IpAddr>,
-    relayed: bool,
 }
 
 /// Sets `slot` to `v`; false if it already holds something else.
@@ -402,11 +406,10 @@ impl Parts {
                     && self.walk(&sk.address, depth + 1, rtr)
             }
             Address::NatTraversal(n) => {
-                let global = n.global_etr_rloc.innermost_ip();
-                for r in n.rtr_rlocs.iter().filter_map(Address::innermost_ip) {
-                    self.relayed |= Some(r) == global;
-                    rtr(r);
-                }
+                n.rtr_rlocs
+                    .iter()
+                    .filter_map(Address::innermost_ip)
+                    .for_each(&mut *rtr);
                 agree(&mut self.port, n.etr_port)
                     && n.private_etr_rloc
                         .innermost_ip()

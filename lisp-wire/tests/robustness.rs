@@ -437,3 +437,60 @@ fn encoder_refuses_what_the_wire_cannot_hold() {
         Err(EncodeError::BadAuthLength { .. })
     ));
 }
+
+/// Inputs the fuzzer (fuzz/) found, kept as regressions.
+#[test]
+fn fuzz_regressions() {
+    // An AFI-List whose NAT-Traversal LCAF has no global ETR RLOC (AFI 0)
+    // but lists the plain RLOC as an RTR: LocatorInfo said "not relayed",
+    // WgLocator "relayed". Relayed is now judged against the locator's RLOC
+    // wherever it is given.
+    let crash: String = [
+        "2c00000119da25c5f6252ae9779952700106e0000afc400300000200000a30c1",
+        "57ce0001f700548b33c68a04000240030000010000ae00025193db27fb0613aa",
+        "c333f2f5bfc2164f400300000b00003801000600002074aae95a02f4105ce509",
+        "99b6064a4c8e7b6c6d64a340168ec6076716aadcc91100025193db27fb0613aa",
+        "c333f2f5bfc2164f40030000070000540000000000000002db27fb0613aac333",
+        "f2f5bfc2164f000000025193db27fb0613aac333f2f5bfc2164f000124bc811e",
+        "0002db100ef15ebcabc045328c4e014ebdce00025193db27fb0613aac333f2f5",
+        "bfc2164f",
+    ]
+    .concat();
+    let crash: Vec<u8> = (0..crash.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&crash[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(check(&crash).0, "the artifact is a valid Map-Reply");
+    // The same, reduced.
+    let rloc: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let natt = Address::NatTraversal(NatTraversal {
+        ms_port: 0,
+        etr_port: 51820,
+        global_etr_rloc: Box::new(Address::None),
+        ms_rloc: Box::new(Address::None),
+        private_etr_rloc: Box::new(Address::None),
+        rtr_rlocs: vec![Address::from(rloc)],
+    });
+    let key = Address::SecurityKey(SecurityKey {
+        algorithm: 6,
+        revoke: false,
+        keys: vec![vec![1; 32]],
+        address: Box::new(Address::from(rloc)),
+    });
+    let locator = Address::AfiList(vec![Address::from(rloc), key, natt]);
+    let info = LocatorInfo::from_address(&locator).unwrap();
+    let wg = WgLocator::from_address(&locator, 1).unwrap();
+    assert!(info.relayed && wg.is_relayed());
+    let msg = Message::MapReply(MapReply {
+        probe: false,
+        echo_nonce: false,
+        security: false,
+        nonce: 1,
+        records: vec![EidRecord::new(
+            EidPrefix::host(0, "10.0.0.1".parse().unwrap()),
+            1,
+            vec![RlocRecord::new(1, 1, locator)],
+        )],
+    });
+    common::agree::candidates_read_back(&msg);
+}
