@@ -1,16 +1,26 @@
 //! Fuzzes `lisp_wire::parse`, the function every byte from the network goes
 //! through: it must never panic, and whatever it accepts must survive
 //! encode → parse unchanged (a message the map-server or an xTR accepted
-//! can always be re-sent, e.g. echoed in a Map-Notify).
+//! can always be re-sent, e.g. echoed in a Map-Notify). The borrowed
+//! Map-Request view (`parse_map_request`, the map-server's allocation-free
+//! path) must never panic either, and must agree with `parse` on every
+//! input. The record helpers the map-server and the xTR apply to accepted
+//! messages run too, and WireGuard candidates must read back unchanged.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lisp_wire::{auth, parse, EidPrefix, EidRecord, Message};
+use lisp_wire::{auth, parse};
+
+/// The same checks tests/robustness.rs runs.
+#[path = "../../lisp-wire/tests/common/agree.rs"]
+mod agree;
 
 fuzz_target!(|data: &[u8]| {
     // MAC checking reads the same untrusted bytes before parsing does.
     let _ = auth::verify(data, b"fuzz-key");
+
+    agree::view_agrees_with_parse(data);
 
     let Ok(msg) = parse(data) else { return };
     let bytes = msg
@@ -20,20 +30,5 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again, msg, "encode → parse changed the message");
     assert_eq!(again.encode().unwrap(), bytes, "encoding is not canonical");
 
-    // What the map-server and the xTR read out of accepted records.
-    for rec in records(&msg) {
-        let _ = EidPrefix::of_record(rec);
-        let _ = rec.best_locator();
-        let _ = rec.wg_key();
-    }
+    agree::candidates_read_back(&msg);
 });
-
-fn records(msg: &Message) -> Vec<&EidRecord> {
-    match msg {
-        Message::MapRequest(r) => r.map_reply_record.iter().collect(),
-        Message::MapReply(r) => r.records.iter().collect(),
-        Message::MapRegister(r) => r.records.iter().collect(),
-        Message::MapNotify(n) | Message::MapNotifyAck(n) => n.records.iter().collect(),
-        Message::Ecm(e) => records(&e.message),
-    }
-}

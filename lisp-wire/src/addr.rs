@@ -1,12 +1,16 @@
 //! AFI-encoded addresses and the LCAF types lispwg speaks (RFC 8060).
 //!
-//! The LCAFs nest (an Instance-ID around an IPv4 address, a Security Key
-//! around a NAT-Traversal around an RLOC), so [`Address`] is recursive. Nesting
-//! is bounded by [`MAX_LCAF_DEPTH`] so that a hostile packet cannot exhaust the
-//! stack.
+//! The LCAFs nest (an Instance-ID around an IPv4 address, an AFI-List holding
+//! an RLOC, a Security Key and a NAT-Traversal LCAF), so [`Address`] is
+//! recursive. Nesting is bounded by [`MAX_LCAF_DEPTH`] so that a hostile packet
+//! cannot exhaust the stack.
+//!
+//! Rsvd1, Flags and (except where a type gives it a meaning) Rsvd2 are sent as
+//! zero and ignored on input, as RFC 8060 says. An LCAF's length must match
+//! its body exactly, and an unknown LCAF type is an error.
 
 use crate::error::{EncodeError, ParseErrorKind};
-use crate::parse::{array, be_u16, be_u32, be_u8, fail, take, Res};
+use crate::parse::{array, be_u16, be_u32, be_u8, fail, take, Build, Owned, Res};
 use bytes::BufMut;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -15,6 +19,7 @@ pub const AFI_IPV4: u16 = 1;
 pub const AFI_IPV6: u16 = 2;
 pub const AFI_LCAF: u16 = 16387;
 
+pub const LCAF_AFI_LIST: u8 = 1;
 pub const LCAF_INSTANCE_ID: u8 = 2;
 pub const LCAF_NAT_TRAVERSAL: u8 = 7;
 pub const LCAF_SECURITY_KEY: u8 = 11;
@@ -26,7 +31,7 @@ pub const KEY_ALG_WIREGUARD: u8 = 6;
 pub const WIREGUARD_KEY_LEN: usize = 32;
 
 /// Deepest LCAF nesting accepted or produced. Two levels are all lispwg
-/// needs (Security Key → NAT-Traversal → IP); four leaves room for peers.
+/// needs (AFI-List → Security Key → IP); four leaves room for peers.
 pub const MAX_LCAF_DEPTH: usize = 4;
 
 /// One address as it appears on the wire after its AFI.
@@ -47,6 +52,9 @@ pub enum Address {
     SecurityKey(SecurityKey),
     /// NAT-Traversal LCAF (type 7): an RLOC with the UDP ports it is reached on.
     NatTraversal(NatTraversal),
+    /// AFI-List LCAF (type 1): several addresses (plain or LCAF) that
+    /// together describe one thing, e.g. an RLOC, its key and its port.
+    AfiList(Vec<Address>),
 }
 
 /// Body of the Security Key LCAF.
@@ -115,6 +123,7 @@ impl Address {
                     + n.private_etr_rloc.encoded_len()
                     + n.rtr_rlocs.iter().map(Address::encoded_len).sum::<usize>()
             }
+            Address::AfiList(items) => items.iter().map(Address::encoded_len).sum(),
             _ => 0,
         }
     }
@@ -144,6 +153,7 @@ impl Address {
                 v.extend(n.rtr_rlocs.iter());
                 v
             }
+            Address::AfiList(items) => items.iter().collect(),
         };
         if depth >= MAX_LCAF_DEPTH {
             return Err(EncodeError::LcafTooDeep(MAX_LCAF_DEPTH));
@@ -199,6 +209,10 @@ impl Address {
                     r.write(out);
                 }
             }
+            Address::AfiList(items) => {
+                self.write_lcaf_header(out, LCAF_AFI_LIST, 0);
+                items.iter().for_each(|a| a.write(out));
+            }
         }
     }
 
@@ -211,39 +225,46 @@ impl Address {
         out.put_u16(self.lcaf_body_len() as u16);
     }
 
-    /// The innermost IP address, looking through Instance-ID, Security Key and
-    /// (the global ETR RLOC of) NAT-Traversal LCAFs.
+    /// The innermost IP address, looking through Instance-ID, Security Key,
+    /// (the global ETR RLOC of) NAT-Traversal and (the first item holding
+    /// one of) AFI-List LCAFs.
     pub fn innermost_ip(&self) -> Option<IpAddr> {
         match self {
             Address::Ipv4(_) | Address::Ipv6(_) => self.ip(),
             Address::InstanceId { address, .. } => address.innermost_ip(),
             Address::SecurityKey(sk) => sk.address.innermost_ip(),
             Address::NatTraversal(n) => n.global_etr_rloc.innermost_ip(),
+            Address::AfiList(items) => items.iter().find_map(Address::innermost_ip),
             Address::None => None,
         }
     }
 }
 
-/// Parses an AFI and its address.
+/// Parses an AFI and its address into an owned [`Address`].
 pub(crate) fn parse_address(input: &[u8], depth: usize) -> Res<'_, Address> {
+    parse_address_with::<Owned>(input, depth)
+}
+
+/// Parses an AFI and its address, building it with `B` (see [`Build`]).
+pub(crate) fn parse_address_with<B: Build>(input: &[u8], depth: usize) -> Res<'_, B::Addr> {
     let start = input;
     let (input, afi) = be_u16(input)?;
     match afi {
-        AFI_NONE => Ok((input, Address::None)),
+        AFI_NONE => Ok((input, B::none())),
         AFI_IPV4 => {
             let (input, o) = array::<4>(input)?;
-            Ok((input, Address::Ipv4(Ipv4Addr::from(o))))
+            Ok((input, B::ipv4(o)))
         }
         AFI_IPV6 => {
             let (input, o) = array::<16>(input)?;
-            Ok((input, Address::Ipv6(Ipv6Addr::from(o))))
+            Ok((input, B::ipv6(o)))
         }
-        AFI_LCAF => parse_lcaf(input, start, depth),
+        AFI_LCAF => parse_lcaf::<B>(input, start, depth),
         other => fail(start, ParseErrorKind::UnknownAfi(other)),
     }
 }
 
-fn parse_lcaf<'a>(input: &'a [u8], start: &'a [u8], depth: usize) -> Res<'a, Address> {
+fn parse_lcaf<'a, B: Build>(input: &'a [u8], start: &'a [u8], depth: usize) -> Res<'a, B::Addr> {
     if depth >= MAX_LCAF_DEPTH {
         return fail(start, ParseErrorKind::LcafTooDeep(MAX_LCAF_DEPTH));
     }
@@ -257,40 +278,25 @@ fn parse_lcaf<'a>(input: &'a [u8], start: &'a [u8], depth: usize) -> Res<'a, Add
     let (left, address) = match lcaf_type {
         LCAF_INSTANCE_ID => {
             let (b, iid) = be_u32(body)?;
-            let (b, address) = parse_address(b, depth + 1)?;
-            (
-                b,
-                Address::InstanceId {
-                    iid,
-                    iid_mask_len: rsvd2,
-                    address: Box::new(address),
-                },
-            )
+            let (b, address) = parse_address_with::<B>(b, depth + 1)?;
+            (b, B::instance_id(iid, rsvd2, address))
         }
-        LCAF_SECURITY_KEY => parse_security_key(body, depth)?,
+        LCAF_SECURITY_KEY => parse_security_key::<B>(body, depth)?,
         LCAF_NAT_TRAVERSAL => {
             let (b, ms_port) = be_u16(body)?;
             let (b, etr_port) = be_u16(b)?;
-            let (b, global) = parse_address(b, depth + 1)?;
-            let (b, ms) = parse_address(b, depth + 1)?;
-            let (mut b, private) = parse_address(b, depth + 1)?;
-            let mut rtr_rlocs = Vec::new();
-            while !b.is_empty() {
-                let (nb, r) = parse_address(b, depth + 1)?;
-                rtr_rlocs.push(r);
-                b = nb;
-            }
+            let (b, global) = parse_address_with::<B>(b, depth + 1)?;
+            let (b, ms) = parse_address_with::<B>(b, depth + 1)?;
+            let (b, private) = parse_address_with::<B>(b, depth + 1)?;
+            let (b, rtrs) = parse_address_list::<B>(b, depth + 1)?;
             (
                 b,
-                Address::NatTraversal(NatTraversal {
-                    ms_port,
-                    etr_port,
-                    global_etr_rloc: Box::new(global),
-                    ms_rloc: Box::new(ms),
-                    private_etr_rloc: Box::new(private),
-                    rtr_rlocs,
-                }),
+                B::nat_traversal(ms_port, etr_port, global, ms, private, rtrs),
             )
+        }
+        LCAF_AFI_LIST => {
+            let (b, items) = parse_address_list::<B>(body, depth + 1)?;
+            (b, B::afi_list(items))
         }
         other => return fail(type_at, ParseErrorKind::UnknownLcafType(other)),
     };
@@ -306,7 +312,18 @@ fn parse_lcaf<'a>(input: &'a [u8], start: &'a [u8], depth: usize) -> Res<'a, Add
     Ok((rest, address))
 }
 
-fn parse_security_key(body: &[u8], depth: usize) -> Res<'_, Address> {
+/// Addresses back to back until `input` ends.
+fn parse_address_list<B: Build>(mut input: &[u8], depth: usize) -> Res<'_, B::List<B::Addr>> {
+    let mut list = B::List::default();
+    while !input.is_empty() {
+        let (rest, a) = parse_address_with::<B>(input, depth)?;
+        B::push(&mut list, a);
+        input = rest;
+    }
+    Ok((input, list))
+}
+
+fn parse_security_key<B: Build>(body: &[u8], depth: usize) -> Res<'_, B::Addr> {
     let (b, key_count) = be_u8(body)?;
     if key_count == 0 {
         return fail(body, ParseErrorKind::BadKeyCount(key_count));
@@ -314,7 +331,7 @@ fn parse_security_key(body: &[u8], depth: usize) -> Res<'_, Address> {
     let (b, _rsvd3) = be_u8(b)?;
     let (b, algorithm) = be_u8(b)?;
     let (mut b, flags) = be_u8(b)?;
-    let mut keys = Vec::with_capacity(key_count as usize);
+    let mut keys = B::List::default();
     for _ in 0..key_count {
         let len_at = b;
         let (nb, len) = be_u16(b)?;
@@ -329,17 +346,183 @@ fn parse_security_key(body: &[u8], depth: usize) -> Res<'_, Address> {
             );
         }
         let (nb, key) = take(nb, len as usize)?;
-        keys.push(key.to_vec());
+        B::push(&mut keys, B::key(key));
         b = nb;
     }
-    let (b, address) = parse_address(b, depth + 1)?;
-    Ok((
-        b,
-        Address::SecurityKey(SecurityKey {
-            algorithm,
-            revoke: flags & 1 == 1,
-            keys,
-            address: Box::new(address),
-        }),
-    ))
+    let (b, address) = parse_address_with::<B>(b, depth + 1)?;
+    Ok((b, B::security_key(algorithm, flags & 1 == 1, keys, address)))
+}
+
+/// One address as it is on the wire, AFI included, borrowed from a message
+/// that has been checked: reading it never fails and never allocates
+/// (except [`AddressRef::to_address`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressRef<'a> {
+    bytes: &'a [u8],
+}
+
+/// One level of a checked address: what its AFI (and LCAF type) says, with
+/// the nested addresses still borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Level<'a> {
+    None,
+    Ip(IpAddr),
+    InstanceId {
+        iid: u32,
+        address: AddressRef<'a>,
+    },
+    SecurityKey {
+        address: AddressRef<'a>,
+    },
+    NatTraversal {
+        /// Global ETR, MS, private ETR, then the RTR RLOCs.
+        addresses: AddressSeq<'a>,
+    },
+    AfiList(AddressSeq<'a>),
+}
+
+/// Checked addresses back to back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AddressSeq<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for AddressSeq<'a> {
+    type Item = AddressRef<'a>;
+
+    fn next(&mut self) -> Option<AddressRef<'a>> {
+        let (rest, r) = AddressRef::split(self.rest)?;
+        self.rest = rest;
+        Some(r)
+    }
+}
+
+impl<'a> AddressRef<'a> {
+    /// Splits a checked address off the front of `input`.
+    pub(crate) fn split(input: &'a [u8]) -> Option<(&'a [u8], AddressRef<'a>)> {
+        let (rest, ()) = parse_address_with::<crate::parse::Check>(input, 0).ok()?;
+        let len = input.len() - rest.len();
+        Some((rest, AddressRef::checked(&input[..len])))
+    }
+
+    /// Wraps bytes that the address parser accepted whole.
+    pub(crate) fn checked(bytes: &'a [u8]) -> Self {
+        AddressRef { bytes }
+    }
+
+    /// The bytes of the address, AFI included.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The AFI (16387 for an LCAF).
+    pub fn afi(&self) -> u16 {
+        match self.bytes {
+            [a, b, ..] => u16::from_be_bytes([*a, *b]),
+            _ => AFI_NONE,
+        }
+    }
+
+    /// The address as a plain IP, if it is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.level()? {
+            Level::Ip(ip) => Some(ip),
+            _ => None,
+        }
+    }
+
+    /// The innermost IP address, looking through LCAFs like
+    /// [`Address::innermost_ip`].
+    pub fn innermost_ip(&self) -> Option<IpAddr> {
+        self.innermost_ip_at(0)
+    }
+
+    fn innermost_ip_at(&self, depth: usize) -> Option<IpAddr> {
+        if depth > MAX_LCAF_DEPTH {
+            return None;
+        }
+        match self.level()? {
+            Level::Ip(ip) => Some(ip),
+            Level::None => None,
+            Level::InstanceId { address, .. } | Level::SecurityKey { address } => {
+                address.innermost_ip_at(depth + 1)
+            }
+            Level::NatTraversal { mut addresses } => addresses.next()?.innermost_ip_at(depth + 1),
+            Level::AfiList(mut items) => items.find_map(|a| a.innermost_ip_at(depth + 1)),
+        }
+    }
+
+    /// The longest mask an EID prefix of this address may have: looks
+    /// through Instance-ID and Security Key LCAFs; `None` when it is not an
+    /// EID prefix at all.
+    pub(crate) fn max_mask_len(&self) -> Option<u8> {
+        let mut cur = *self;
+        for _ in 0..=MAX_LCAF_DEPTH {
+            cur = match cur.level()? {
+                Level::None => return Some(0),
+                Level::Ip(IpAddr::V4(_)) => return Some(32),
+                Level::Ip(IpAddr::V6(_)) => return Some(128),
+                Level::InstanceId { address, .. } | Level::SecurityKey { address } => address,
+                _ => return None,
+            };
+        }
+        None
+    }
+
+    /// The owned form of the address.
+    pub fn to_address(&self) -> Address {
+        // The bytes passed this very parser (in checking mode) when the
+        // message was read, so this always succeeds; AFI 0 would be the
+        // answer to bytes that did not.
+        parse_address(self.bytes, 0).map_or(Address::None, |(_, a)| a)
+    }
+
+    /// Decodes the outermost level.
+    pub(crate) fn level(&self) -> Option<Level<'a>> {
+        let b = self.bytes;
+        let body = b.get(8..).unwrap_or_default();
+        match self.afi() {
+            AFI_NONE => Some(Level::None),
+            AFI_IPV4 => {
+                let o: [u8; 4] = b.get(2..6)?.try_into().ok()?;
+                Some(Level::Ip(IpAddr::V4(o.into())))
+            }
+            AFI_IPV6 => {
+                let o: [u8; 16] = b.get(2..18)?.try_into().ok()?;
+                Some(Level::Ip(IpAddr::V6(o.into())))
+            }
+            AFI_LCAF => match *b.get(4)? {
+                LCAF_INSTANCE_ID => Some(Level::InstanceId {
+                    iid: u32::from_be_bytes(body.get(..4)?.try_into().ok()?),
+                    address: AddressRef::checked(body.get(4..)?),
+                }),
+                LCAF_SECURITY_KEY => {
+                    // Key count, Rsvd3, algorithm, flags, then the keys.
+                    let count = *body.first()? as usize;
+                    let mut at = 4;
+                    for _ in 0..count {
+                        let len = u16::from_be_bytes(body.get(at..at + 2)?.try_into().ok()?);
+                        at += 2 + len as usize;
+                    }
+                    Some(Level::SecurityKey {
+                        address: AddressRef::checked(body.get(at..)?),
+                    })
+                }
+                LCAF_NAT_TRAVERSAL => Some(Level::NatTraversal {
+                    addresses: AddressSeq {
+                        rest: body.get(4..)?,
+                    },
+                }),
+                LCAF_AFI_LIST => Some(Level::AfiList(AddressSeq { rest: body })),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AddressRef<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_address().fmt(f)
+    }
 }

@@ -2,8 +2,16 @@
 //! IP/UDP header, as ITRs send Map-Requests (RFC 9301 §5.8).
 //!
 //! The inner header says who asked: a Map-Reply goes to the ITR-RLOC at the
-//! inner UDP *source* port. The inner UDP checksum is always computed, and
-//! checked on input (an IPv4 checksum of zero means "none" and is accepted).
+//! inner UDP *source* port. Both inner checksums are always computed, and
+//! checked on input, with two exceptions for what deployed ITRs send:
+//!
+//! * an inner **IPv4 header checksum of zero** is accepted: stock `lig`
+//!   sends one. Any other wrong header checksum is refused
+//!   ([`ParseErrorKind::BadIpChecksum`]).
+//!   [`EcmHeader::checksum_zero`] reports it, so that the daemon can count
+//!   such requests.
+//! * an inner **UDP checksum of zero** over IPv4 means "none" (RFC 768) and
+//!   is accepted. Over IPv6 it is refused, as RFC 8200 requires.
 
 use crate::error::{EncodeError, ParseErrorKind};
 use crate::msg::{parse_message, Message, TYPE_ECM};
@@ -137,15 +145,12 @@ pub fn udp_checksum(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &
             sum_words(&d, sum_words(&s, 0)) + IPPROTO_UDP as u32 + udp_len
         }
     };
-    acc = sum_words(
-        &[
-            sport.to_be_bytes(),
-            dport.to_be_bytes(),
-            (udp_len as u16).to_be_bytes(),
-        ]
-        .concat(),
-        acc,
-    );
+    // The UDP header's ports and length (its checksum counts as zero); no
+    // buffer, so checking a request allocates nothing.
+    for word in [sport, dport, udp_len as u16] {
+        acc = acc.wrapping_add(word as u32);
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
     let c = !fold(sum_words(payload, acc));
     if c == 0 {
         0xffff
@@ -161,17 +166,41 @@ fn to_v6(a: IpAddr) -> Ipv6Addr {
     }
 }
 
-pub(crate) fn parse_ecm(input: &[u8], word: u32) -> Res<'_, Message> {
+/// The outer layers of an ECM as read from the wire: its flags and the
+/// inner IP/UDP header, with what the checksums looked like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EcmHeader {
+    /// S: LISP-SEC.
+    pub security: bool,
+    /// D: sent by a DDT node.
+    pub ddt: bool,
+    /// E: forward to the ETR (RFC 8111).
+    pub to_etr: bool,
+    /// M: forward to the map-server (RFC 8111).
+    pub to_ms: bool,
+    pub inner: InnerHeader,
+    /// The inner IPv4 header checksum was zero (not computed), as stock
+    /// `lig` sends it. Accepted; never set for IPv6, which has no header
+    /// checksum. A wrong non-zero checksum is refused instead.
+    pub checksum_zero: bool,
+}
+
+/// Reads and checks the inner IP and UDP headers of an ECM whose first word
+/// was `word`, and returns them with the inner LISP payload.
+pub(crate) fn parse_ecm_header(input: &[u8], word: u32) -> Res<'_, (EcmHeader, &[u8])> {
     let ip_start = input;
     let (_, first) = be_u8(input)?;
-    let (input, src, dst, ttl, ip_payload_len) = match first >> 4 {
+    let (input, src, dst, ttl, ip_payload_len, checksum_zero) = match first >> 4 {
         4 => {
             let ihl = (first & 0x0f) as usize * 4;
             if ihl < 20 {
                 return fail(ip_start, ParseErrorKind::BadInnerHeader("IPv4 IHL below 5"));
             }
             let (rest, hdr) = take(input, ihl)?;
-            if fold(sum_words(hdr, 0)) != 0xffff {
+            // lig leaves the header checksum at zero: accept that, and
+            // nothing else that does not add up.
+            let checksum_zero = hdr[10] == 0 && hdr[11] == 0;
+            if !checksum_zero && fold(sum_words(hdr, 0)) != 0xffff {
                 return fail(ip_start, ParseErrorKind::BadIpChecksum);
             }
             let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
@@ -193,7 +222,14 @@ pub(crate) fn parse_ecm(input: &[u8], word: u32) -> Res<'_, Message> {
             }
             let src = Ipv4Addr::new(hdr[12], hdr[13], hdr[14], hdr[15]);
             let dst = Ipv4Addr::new(hdr[16], hdr[17], hdr[18], hdr[19]);
-            (rest, IpAddr::V4(src), IpAddr::V4(dst), hdr[8], total - ihl)
+            (
+                rest,
+                IpAddr::V4(src),
+                IpAddr::V4(dst),
+                hdr[8],
+                total - ihl,
+                checksum_zero,
+            )
         }
         6 => {
             let (rest, hdr) = take(input, 40)?;
@@ -220,6 +256,7 @@ pub(crate) fn parse_ecm(input: &[u8], word: u32) -> Res<'_, Message> {
                 IpAddr::V6(d.into()),
                 hdr[7],
                 payload_len,
+                false,
             )
         }
         _ => {
@@ -242,6 +279,25 @@ pub(crate) fn parse_ecm(input: &[u8], word: u32) -> Res<'_, Message> {
     if !zero_ok && udp_checksum(src, dst, src_port, dst_port, payload) != csum {
         return fail(udp_start, ParseErrorKind::BadUdpChecksum);
     }
+    let header = EcmHeader {
+        security: word & 0x0800_0000 != 0,
+        ddt: word & 0x0400_0000 != 0,
+        to_etr: word & 0x0200_0000 != 0,
+        to_ms: word & 0x0100_0000 != 0,
+        inner: InnerHeader {
+            src,
+            dst,
+            ttl,
+            src_port,
+            dst_port,
+        },
+        checksum_zero,
+    };
+    Ok((&payload[payload.len()..], (header, payload)))
+}
+
+pub(crate) fn parse_ecm(input: &[u8], word: u32) -> Res<'_, Message> {
+    let (_, (header, payload)) = parse_ecm_header(input, word)?;
     let (rest, message) = parse_message(payload, false)?;
     if !rest.is_empty() {
         return fail(rest, ParseErrorKind::TrailingData(rest.len()));
@@ -249,17 +305,11 @@ pub(crate) fn parse_ecm(input: &[u8], word: u32) -> Res<'_, Message> {
     Ok((
         rest,
         Message::Ecm(Ecm {
-            security: word & 0x0800_0000 != 0,
-            ddt: word & 0x0400_0000 != 0,
-            to_etr: word & 0x0200_0000 != 0,
-            to_ms: word & 0x0100_0000 != 0,
-            inner: InnerHeader {
-                src,
-                dst,
-                ttl,
-                src_port,
-                dst_port,
-            },
+            security: header.security,
+            ddt: header.ddt,
+            to_etr: header.to_etr,
+            to_ms: header.to_ms,
+            inner: header.inner,
             message: Box::new(message),
         }),
     ))

@@ -52,6 +52,8 @@ pub enum ParseErrorKind {
     BadUdpChecksum,
     #[error("an ECM may not carry another ECM")]
     NestedEcm,
+    #[error("message type {0} is not a Map-Request")]
+    NotAMapRequest(u8),
     #[error("an ITR-RLOC must be an IPv4 or IPv6 address")]
     ItrRlocNotIp,
     #[error("unsupported: {0}")]

@@ -4,7 +4,8 @@
 //! reverse. It covers what lispwg and standard LISP peers exchange (RFC 9301):
 //! Map-Request, Map-Reply, Map-Register, Map-Notify, Map-Notify-Ack and the
 //! Encapsulated Control Message, with EID- and RLOC-records, AFI 1/2 addresses
-//! and the Instance-ID (2), NAT-Traversal (7) and Security Key (11) LCAFs.
+//! and the AFI-List (1), Instance-ID (2), NAT-Traversal (7) and Security Key
+//! (11) LCAFs.
 //!
 //! * [`parse`] never panics, on any byte string. Every defect is a typed
 //!   [`ParseError`] with the offset where it was found; unknown LCAF types and
@@ -13,8 +14,13 @@
 //!   message that cannot be expressed is an [`EncodeError`], not bad bytes.
 //! * [`auth`] signs and verifies Map-Register/-Notify/-Notify-Ack MACs
 //!   (HMAC-SHA-1 and HMAC-SHA-256, constant-time comparison).
-//! * [`mapping`] documents how a WireGuard public key and data port travel in
-//!   a locator, and reads them back.
+//! * [`mapping`] is the wire-format page: how a WireGuard candidate (key,
+//!   RLOC, data port, NAT and relay) travels in a locator, and what is read
+//!   back.
+//! * [`view`] reads a Map-Request (plain or in an ECM) without allocating,
+//!   and [`encode_map_reply`] answers it by copying EID-records encoded once
+//!   ([`EidRecord::encode_into`]): byte for byte the reply
+//!   [`Message::encode`] would build.
 
 pub mod addr;
 pub mod auth;
@@ -27,21 +33,25 @@ mod parse;
 pub mod record;
 pub mod scope;
 pub mod table;
+pub mod view;
 
-pub use addr::{Address, NatTraversal, SecurityKey};
+pub use addr::{Address, AddressRef, NatTraversal, SecurityKey};
 pub use auth::{Authentication, KeyId};
-pub use ecm::{Ecm, InnerHeader};
+pub use ecm::{Ecm, EcmHeader, InnerHeader};
 pub use error::{AuthError, EncodeError, ParseError, ParseErrorKind};
-pub use mapping::{wireguard_locator, EidPrefix, LocatorInfo, DEFAULT_WG_PORT, LISP_CONTROL_PORT};
+pub use mapping::{
+    wireguard_locator, EidPrefix, LocatorInfo, WgLocator, DEFAULT_WG_PORT, LISP_CONTROL_PORT,
+};
 pub use msg::{
-    parse, MapNotify, MapRegister, MapReply, MapRequest, Message, RequestRecord, XtrSiteId,
-    TYPE_ECM, TYPE_MAP_NOTIFY, TYPE_MAP_NOTIFY_ACK, TYPE_MAP_REGISTER, TYPE_MAP_REPLY,
-    TYPE_MAP_REQUEST,
+    encode_map_reply, parse, MapNotify, MapRegister, MapReply, MapRequest, Message, ReplyFlags,
+    RequestRecord, XtrSiteId, TYPE_ECM, TYPE_MAP_NOTIFY, TYPE_MAP_NOTIFY_ACK, TYPE_MAP_REGISTER,
+    TYPE_MAP_REPLY, TYPE_MAP_REQUEST,
 };
 pub use nonce::Nonces;
 pub use record::{Action, EidRecord, RlocRecord};
 pub use scope::is_private;
 pub use table::EidTable;
+pub use view::{parse_map_request, MapRequestRef, RequestRecordRef};
 
 impl MapRequest {
     /// The request an ITR sends: one EID prefix, answered to one ITR-RLOC,

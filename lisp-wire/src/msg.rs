@@ -1,13 +1,13 @@
 //! The control messages: typed structs, their parsers and their encoders.
 
-use crate::addr::{parse_address, Address};
+use crate::addr::{parse_address_with, Address};
 use crate::auth::{Authentication, KeyId};
 use crate::ecm::Ecm;
 use crate::error::{EncodeError, ParseErrorKind};
-use crate::parse::{array, be_u16, be_u32, be_u64, be_u8, fail, take, Res};
+use crate::parse::{array, be_u16, be_u32, be_u64, be_u8, fail, take, Build, Owned, Res};
 use crate::record::{
-    check_mask, max_mask_len, parse_counted, parse_eid_record, parse_eid_records, validate_records,
-    EidRecord,
+    max_mask_len, parse_counted, parse_eid, parse_eid_record_with, parse_eid_records_with,
+    validate_records, EidRecord,
 };
 use bytes::BufMut;
 
@@ -194,11 +194,7 @@ impl Message {
         match self {
             Message::MapRequest(m) => m.write(t, out),
             Message::MapReply(m) => {
-                let flags = bit(m.probe, 0x0800_0000)
-                    | bit(m.echo_nonce, 0x0400_0000)
-                    | bit(m.security, 0x0200_0000);
-                out.put_u32(t | flags | m.records.len() as u32);
-                out.put_u64(m.nonce);
+                write_reply_header(out, m.flags(), m.records.len() as u8, m.nonce);
                 m.records.iter().for_each(|r| r.write(out));
             }
             Message::MapRegister(m) => {
@@ -218,6 +214,75 @@ impl Message {
     }
 }
 
+/// The flags of a Map-Reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ReplyFlags {
+    /// P: answers an RLOC-probe.
+    pub probe: bool,
+    /// E: echo-nonce capable.
+    pub echo_nonce: bool,
+    /// S: LISP-SEC.
+    pub security: bool,
+}
+
+impl MapReply {
+    pub fn flags(&self) -> ReplyFlags {
+        ReplyFlags {
+            probe: self.probe,
+            echo_nonce: self.echo_nonce,
+            security: self.security,
+        }
+    }
+}
+
+fn write_reply_header(out: &mut Vec<u8>, flags: ReplyFlags, count: u8, nonce: u64) {
+    let word = (TYPE_MAP_REPLY as u32) << 28
+        | bit(flags.probe, 0x0800_0000)
+        | bit(flags.echo_nonce, 0x0400_0000)
+        | bit(flags.security, 0x0200_0000)
+        | count as u32;
+    out.put_u32(word);
+    out.put_u64(nonce);
+}
+
+/// Appends a Map-Reply to `out` by copying EID-records that were encoded
+/// beforehand with [`EidRecord::encode_into`]: the map-server's copy-only
+/// answer. The bytes are the same as
+/// `Message::MapReply(MapReply { nonce, records, .. }).encode()` for those
+/// records. Nothing is parsed or allocated (give `out` the capacity); the
+/// records are copied as they are, so they must be whole EID-records as
+/// `encode_into` wrote them. More than 255 records is an error, and then
+/// `out` is left as it was.
+pub fn encode_map_reply<'r>(
+    nonce: u64,
+    flags: ReplyFlags,
+    records: impl IntoIterator<Item = &'r [u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    let start = out.len();
+    write_reply_header(out, flags, 0, nonce);
+    let mut records = records.into_iter();
+    let mut count = 0usize;
+    for record in records.by_ref() {
+        if count == u8::MAX as usize {
+            out.truncate(start);
+            return Err(EncodeError::TooMany {
+                what: "EID-records",
+                count: count + 1 + records.count(),
+                max: u8::MAX as usize,
+            });
+        }
+        debug_assert!(
+            crate::parse::finish(record, parse_eid_record_with::<crate::parse::Check>).is_ok(),
+            "encode_map_reply: not an encoded EID-record"
+        );
+        out.extend_from_slice(record);
+        count += 1;
+    }
+    out[start + 3] = count as u8;
+    Ok(())
+}
+
 /// Parses one whole UDP payload. Trailing bytes are an error.
 pub fn parse(buf: &[u8]) -> Result<Message, crate::ParseError> {
     crate::parse::finish(buf, |b| parse_message(b, true))
@@ -232,7 +297,7 @@ pub(crate) fn parse_message(input: &[u8], allow_ecm: bool) -> Res<'_, Message> {
         TYPE_MAP_REQUEST => parse_map_request(input, word),
         TYPE_MAP_REPLY => {
             let (input, nonce) = be_u64(input)?;
-            let (input, records) = parse_eid_records(input, count)?;
+            let (input, records) = parse_eid_records_with::<Owned>(input, count)?;
             Ok((
                 input,
                 Message::MapReply(MapReply {
@@ -361,7 +426,7 @@ fn parse_authenticated(
     } else {
         (input, &input[input.len()..])
     };
-    let (rest, records) = parse_eid_records(body, count)?;
+    let (rest, records) = parse_eid_records_with::<Owned>(body, count)?;
     if !rest.is_empty() {
         return fail(rest, ParseErrorKind::TrailingData(rest.len()));
     }
@@ -436,22 +501,63 @@ impl MapRequest {
     }
 }
 
+/// A Map-Request as the parser found it: each part built with `B`, and the
+/// bytes it came from (for the borrowed view).
+pub(crate) struct RequestParts<'a, B: Build> {
+    pub nonce: u64,
+    pub source_eid: (&'a [u8], B::Addr),
+    pub itr_rlocs: (&'a [u8], B::List<B::Addr>),
+    pub records: (&'a [u8], B::List<B::RequestRecord>),
+    pub map_reply_record: Option<(&'a [u8], B::Record)>,
+}
+
 fn parse_map_request(input: &[u8], word: u32) -> Res<'_, Message> {
+    let (rest, p) = parse_map_request_with::<Owned>(input, word)?;
+    Ok((
+        rest,
+        Message::MapRequest(MapRequest {
+            authoritative: word & 0x0800_0000 != 0,
+            probe: word & 0x0200_0000 != 0,
+            smr: word & 0x0100_0000 != 0,
+            pitr: word & 0x0080_0000 != 0,
+            smr_invoked: word & 0x0040_0000 != 0,
+            local_xtr: word & 0x0000_4000 != 0,
+            dont_map_reply: word & 0x0000_2000 != 0,
+            nonce: p.nonce,
+            source_eid: p.source_eid.1,
+            itr_rlocs: p.itr_rlocs.1,
+            records: p.records.1,
+            map_reply_record: p.map_reply_record.map(|(_, r)| r),
+        }),
+    ))
+}
+
+/// Parses the Map-Request after its first word, `word`.
+pub(crate) fn parse_map_request_with<B: Build>(
+    input: &[u8],
+    word: u32,
+) -> Res<'_, RequestParts<'_, B>> {
     let count = (word & 0xff) as usize;
     let irc = ((word >> 8) & 0x1f) as usize + 1;
     let (input, nonce) = be_u64(input)?;
-    let (mut input, source_eid) = parse_address(input, 0)?;
-    let mut itr_rlocs = Vec::with_capacity(irc);
+    let eid_at = input;
+    let (input, source_eid) = parse_address_with::<B>(input, 0)?;
+    let source_eid = (&eid_at[..eid_at.len() - input.len()], source_eid);
+    let itr_at = input;
+    let mut input = input;
+    let mut itr_rlocs = B::List::default();
     for _ in 0..irc {
+        let (rest, a) = parse_address_with::<B>(input, 0)?;
         // A reply goes to an ITR-RLOC: it has to be an address.
-        let (rest, a) = parse_address(input, 0)?;
-        if a.ip().is_none() {
+        if !matches!(input, [0, 1 | 2, ..]) {
             return fail(input, ParseErrorKind::ItrRlocNotIp);
         }
-        itr_rlocs.push(a);
+        B::push(&mut itr_rlocs, a);
         input = rest;
     }
-    let (rest, records) = parse_counted(
+    let itr_rlocs = (&itr_at[..itr_at.len() - input.len()], itr_rlocs);
+    let records_at = input;
+    let (rest, records) = parse_counted::<B, _>(
         input,
         count,
         |found| ParseErrorKind::RecordCountMismatch {
@@ -462,35 +568,28 @@ fn parse_map_request(input: &[u8], word: u32) -> Res<'_, Message> {
             let (rest, _reserved) = be_u8(input)?;
             let mask_at = rest;
             let (rest, eid_mask_len) = be_u8(rest)?;
-            let eid_at = rest;
-            let (rest, eid) = parse_address(rest, 0)?;
-            check_mask(mask_at, eid_at, eid_mask_len, &eid)?;
-            Ok((rest, RequestRecord { eid_mask_len, eid }))
+            let (rest, eid) = parse_eid::<B>(rest, mask_at, eid_mask_len)?;
+            Ok((rest, B::request_record(eid_mask_len, eid)))
         },
     )?;
+    let records = (&records_at[..records_at.len() - rest.len()], records);
     input = rest;
     let map_reply_record = if word & 0x0400_0000 != 0 {
-        let (rest, rec) = parse_eid_record(input)?;
+        let (rest, rec) = parse_eid_record_with::<B>(input)?;
+        let bytes = &input[..input.len() - rest.len()];
         input = rest;
-        Some(rec)
+        Some((bytes, rec))
     } else {
         None
     };
     Ok((
         input,
-        Message::MapRequest(MapRequest {
-            authoritative: word & 0x0800_0000 != 0,
-            probe: word & 0x0200_0000 != 0,
-            smr: word & 0x0100_0000 != 0,
-            pitr: word & 0x0080_0000 != 0,
-            smr_invoked: word & 0x0040_0000 != 0,
-            local_xtr: word & 0x0000_4000 != 0,
-            dont_map_reply: word & 0x0000_2000 != 0,
+        RequestParts {
             nonce,
             source_eid,
             itr_rlocs,
             records,
             map_reply_record,
-        }),
+        },
     ))
 }

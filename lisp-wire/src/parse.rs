@@ -75,3 +75,182 @@ pub(crate) fn array<const N: usize>(input: &[u8]) -> Res<'_, [u8; N]> {
     out.copy_from_slice(bytes);
     Ok((rest, out))
 }
+
+/// What the parsers build from the bytes they accept. There is one parser
+/// for addresses and records, run in two modes: [`Owned`] builds the typed
+/// structs, [`Check`] builds nothing and allocates nothing. Both modes take
+/// the same path through the bytes, so they accept and refuse exactly the
+/// same inputs, with the same errors: the borrowed views
+/// ([`crate::view`]) validate with [`Check`] what the owned parse would.
+pub(crate) trait Build {
+    type Addr;
+    type Key;
+    type Rloc;
+    type Record;
+    type RequestRecord;
+    /// A sequence of items; nothing at all in [`Check`] mode.
+    type List<T>: Default;
+
+    fn push<T>(list: &mut Self::List<T>, item: T);
+    fn key(material: &[u8]) -> Self::Key;
+    fn none() -> Self::Addr;
+    fn ipv4(octets: [u8; 4]) -> Self::Addr;
+    fn ipv6(octets: [u8; 16]) -> Self::Addr;
+    fn instance_id(iid: u32, iid_mask_len: u8, address: Self::Addr) -> Self::Addr;
+    fn security_key(
+        algorithm: u8,
+        revoke: bool,
+        keys: Self::List<Self::Key>,
+        address: Self::Addr,
+    ) -> Self::Addr;
+    fn nat_traversal(
+        ms_port: u16,
+        etr_port: u16,
+        global: Self::Addr,
+        ms: Self::Addr,
+        private: Self::Addr,
+        rtrs: Self::List<Self::Addr>,
+    ) -> Self::Addr;
+    fn afi_list(items: Self::List<Self::Addr>) -> Self::Addr;
+    fn rloc(fixed: RlocFixed, locator: Self::Addr) -> Self::Rloc;
+    fn record(fixed: RecordFixed, eid: Self::Addr, rlocs: Self::List<Self::Rloc>) -> Self::Record;
+    fn request_record(eid_mask_len: u8, eid: Self::Addr) -> Self::RequestRecord;
+}
+
+/// The fixed fields of an RLOC-record.
+#[derive(Clone, Copy)]
+pub(crate) struct RlocFixed {
+    pub priority: u8,
+    pub weight: u8,
+    pub m_priority: u8,
+    pub m_weight: u8,
+    pub flags: u16,
+}
+
+/// The fixed fields of an EID-record.
+#[derive(Clone, Copy)]
+pub(crate) struct RecordFixed {
+    pub ttl: u32,
+    pub eid_mask_len: u8,
+    pub act: u16,
+    pub version: u16,
+}
+
+/// Builds the owned, typed message structs.
+pub(crate) struct Owned;
+
+/// Builds nothing: validation only, without allocating.
+pub(crate) struct Check;
+
+impl Build for Owned {
+    type Addr = crate::Address;
+    type Key = Vec<u8>;
+    type Rloc = crate::RlocRecord;
+    type Record = crate::EidRecord;
+    type RequestRecord = crate::RequestRecord;
+    type List<T> = Vec<T>;
+
+    fn push<T>(list: &mut Vec<T>, item: T) {
+        list.push(item);
+    }
+    fn key(material: &[u8]) -> Vec<u8> {
+        material.to_vec()
+    }
+    fn none() -> Self::Addr {
+        crate::Address::None
+    }
+    fn ipv4(octets: [u8; 4]) -> Self::Addr {
+        crate::Address::Ipv4(octets.into())
+    }
+    fn ipv6(octets: [u8; 16]) -> Self::Addr {
+        crate::Address::Ipv6(octets.into())
+    }
+    fn instance_id(iid: u32, iid_mask_len: u8, address: Self::Addr) -> Self::Addr {
+        crate::Address::InstanceId {
+            iid,
+            iid_mask_len,
+            address: Box::new(address),
+        }
+    }
+    fn security_key(
+        algorithm: u8,
+        revoke: bool,
+        keys: Vec<Vec<u8>>,
+        address: Self::Addr,
+    ) -> Self::Addr {
+        crate::Address::SecurityKey(crate::SecurityKey {
+            algorithm,
+            revoke,
+            keys,
+            address: Box::new(address),
+        })
+    }
+    fn nat_traversal(
+        ms_port: u16,
+        etr_port: u16,
+        global: Self::Addr,
+        ms: Self::Addr,
+        private: Self::Addr,
+        rtrs: Vec<Self::Addr>,
+    ) -> Self::Addr {
+        crate::Address::NatTraversal(crate::NatTraversal {
+            ms_port,
+            etr_port,
+            global_etr_rloc: Box::new(global),
+            ms_rloc: Box::new(ms),
+            private_etr_rloc: Box::new(private),
+            rtr_rlocs: rtrs,
+        })
+    }
+    fn afi_list(items: Vec<Self::Addr>) -> Self::Addr {
+        crate::Address::AfiList(items)
+    }
+    fn rloc(f: RlocFixed, locator: Self::Addr) -> Self::Rloc {
+        crate::RlocRecord {
+            priority: f.priority,
+            weight: f.weight,
+            m_priority: f.m_priority,
+            m_weight: f.m_weight,
+            local: f.flags & 4 != 0,
+            probed: f.flags & 2 != 0,
+            reachable: f.flags & 1 != 0,
+            locator,
+        }
+    }
+    fn record(f: RecordFixed, eid: Self::Addr, rlocs: Vec<Self::Rloc>) -> Self::Record {
+        crate::EidRecord {
+            ttl: f.ttl,
+            eid_mask_len: f.eid_mask_len,
+            action: crate::Action::from_bits((f.act >> 13) as u8),
+            authoritative: f.act & 0x1000 != 0,
+            map_version: f.version & 0x0fff,
+            eid,
+            rlocs,
+        }
+    }
+    fn request_record(eid_mask_len: u8, eid: Self::Addr) -> Self::RequestRecord {
+        crate::RequestRecord { eid_mask_len, eid }
+    }
+}
+
+impl Build for Check {
+    type Addr = ();
+    type Key = ();
+    type Rloc = ();
+    type Record = ();
+    type RequestRecord = ();
+    type List<T> = ();
+
+    fn push<T>(_: &mut (), _: T) {}
+    fn key(_: &[u8]) {}
+    fn none() {}
+    fn ipv4(_: [u8; 4]) {}
+    fn ipv6(_: [u8; 16]) {}
+    fn instance_id(_: u32, _: u8, _: ()) {}
+    fn security_key(_: u8, _: bool, _: (), _: ()) {}
+    fn nat_traversal(_: u16, _: u16, _: (), _: (), _: (), _: ()) {}
+    fn afi_list(_: ()) {}
+    fn rloc(_: RlocFixed, _: ()) {}
+    fn record(_: RecordFixed, _: (), _: ()) {}
+    fn request_record(_: u8, _: ()) {}
+}

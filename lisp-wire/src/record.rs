@@ -1,9 +1,9 @@
 //! EID-records and RLOC-records, shared by Map-Reply, Map-Register,
 //! Map-Notify and Map-Notify-Ack (and the Map-Reply record of a Map-Request).
 
-use crate::addr::{parse_address, Address};
+use crate::addr::{parse_address_with, Address, AddressRef};
 use crate::error::{EncodeError, ParseErrorKind};
-use crate::parse::{be_u16, be_u32, be_u8, fail, Res};
+use crate::parse::{be_u16, be_u32, be_u8, fail, Build, RecordFixed, Res, RlocFixed};
 use bytes::BufMut;
 use std::net::IpAddr;
 
@@ -110,29 +110,35 @@ impl RlocRecord {
     }
 }
 
-pub(crate) fn parse_rloc_record(input: &[u8]) -> Res<'_, RlocRecord> {
+pub(crate) fn parse_rloc_record_with<B: Build>(input: &[u8]) -> Res<'_, B::Rloc> {
     let (input, priority) = be_u8(input)?;
     let (input, weight) = be_u8(input)?;
     let (input, m_priority) = be_u8(input)?;
     let (input, m_weight) = be_u8(input)?;
     let (input, flags) = be_u16(input)?;
-    let (input, locator) = parse_address(input, 0)?;
-    Ok((
-        input,
-        RlocRecord {
-            priority,
-            weight,
-            m_priority,
-            m_weight,
-            local: flags & 4 != 0,
-            probed: flags & 2 != 0,
-            reachable: flags & 1 != 0,
-            locator,
-        },
-    ))
+    let (input, locator) = parse_address_with::<B>(input, 0)?;
+    let fixed = RlocFixed {
+        priority,
+        weight,
+        m_priority,
+        m_weight,
+        flags,
+    };
+    Ok((input, B::rloc(fixed, locator)))
 }
 
 impl EidRecord {
+    /// Appends the encoded record to `out`, or says why it cannot be
+    /// encoded (then nothing is written). With [`crate::encode_map_reply`]
+    /// this lets a map-server encode each mapping once and answer by
+    /// copying.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        self.validate()?;
+        out.reserve(self.encoded_len());
+        self.write(out);
+        Ok(())
+    }
+
     pub(crate) fn encoded_len(&self) -> usize {
         10 + self.eid.encoded_len()
             + self
@@ -188,81 +194,79 @@ impl EidRecord {
     }
 }
 
-pub(crate) fn parse_eid_record(input: &[u8]) -> Res<'_, EidRecord> {
+pub(crate) fn parse_eid_record_with<B: Build>(input: &[u8]) -> Res<'_, B::Record> {
     let (input, ttl) = be_u32(input)?;
     let (input, loc_count) = be_u8(input)?;
     let mask_at = input;
     let (input, eid_mask_len) = be_u8(input)?;
     let (input, act) = be_u16(input)?;
     let (input, version) = be_u16(input)?;
-    let eid_at = input;
-    let (input, eid) = parse_address(input, 0)?;
-    check_mask(mask_at, eid_at, eid_mask_len, &eid)?;
+    let (input, eid) = parse_eid::<B>(input, mask_at, eid_mask_len)?;
     let declared = loc_count as usize;
-    let (input, rlocs) = parse_counted(
+    let (input, rlocs) = parse_counted::<B, _>(
         input,
         declared,
         |found| ParseErrorKind::LocatorCountMismatch { declared, found },
-        parse_rloc_record,
+        parse_rloc_record_with::<B>,
     )?;
-    Ok((
-        input,
-        EidRecord {
-            ttl,
-            eid_mask_len,
-            action: Action::from_bits((act >> 13) as u8),
-            authoritative: act & 0x1000 != 0,
-            map_version: version & 0x0fff,
-            eid,
-            rlocs,
-        },
-    ))
+    let fixed = RecordFixed {
+        ttl,
+        eid_mask_len,
+        act,
+        version,
+    };
+    Ok((input, B::record(fixed, eid, rlocs)))
 }
 
 /// Parses `count` EID-records, reporting a short message as a count mismatch.
-pub(crate) fn parse_eid_records(input: &[u8], count: usize) -> Res<'_, Vec<EidRecord>> {
-    parse_counted(
+pub(crate) fn parse_eid_records_with<B: Build>(
+    input: &[u8],
+    count: usize,
+) -> Res<'_, B::List<B::Record>> {
+    parse_counted::<B, _>(
         input,
         count,
         |found| ParseErrorKind::RecordCountMismatch {
             declared: count,
             found,
         },
-        parse_eid_record,
+        parse_eid_record_with::<B>,
     )
 }
 
 /// Parses `count` items with `item`. Input that ends before `count` items is
 /// reported as `mismatch(found)` (the count field lies), not as a truncation.
-pub(crate) fn parse_counted<'a, T>(
+pub(crate) fn parse_counted<'a, B: Build, T>(
     mut input: &'a [u8],
     count: usize,
     mismatch: impl Fn(usize) -> ParseErrorKind,
     mut item: impl FnMut(&'a [u8]) -> Res<'a, T>,
-) -> Res<'a, Vec<T>> {
-    // The count is attacker-controlled: do not reserve on its word.
-    let mut items = Vec::with_capacity(count.min(64));
+) -> Res<'a, B::List<T>> {
+    // The count is attacker-controlled: nothing is reserved on its word.
+    let mut items = B::List::default();
     for found in 0..count {
         if input.is_empty() {
             return fail(input, mismatch(found));
         }
         let (rest, v) = item(input)?;
-        items.push(v);
+        B::push(&mut items, v);
         input = rest;
     }
     Ok((input, items))
 }
 
-/// Checks an EID's mask length against the family of its innermost address;
-/// `mask_at` and `eid_at` locate the error.
-pub(crate) fn check_mask<'a>(
+/// Parses an EID field and checks `mask_len` against the family of its
+/// innermost address; `mask_at` locates a bad mask.
+pub(crate) fn parse_eid<'a, B: Build>(
+    input: &'a [u8],
     mask_at: &'a [u8],
-    eid_at: &'a [u8],
     mask_len: u8,
-    eid: &Address,
-) -> Res<'a, ()> {
-    match max_mask_len(eid) {
-        Some(max) if mask_len <= max => Ok((eid_at, ())),
+) -> Res<'a, B::Addr> {
+    let eid_at = input;
+    let (rest, eid) = parse_address_with::<B>(input, 0)?;
+    let bytes = AddressRef::checked(&input[..input.len() - rest.len()]);
+    match bytes.max_mask_len() {
+        Some(max) if mask_len <= max => Ok((rest, eid)),
         Some(max) => fail(mask_at, ParseErrorKind::BadMaskLen { mask_len, max }),
         None => fail(eid_at, ParseErrorKind::BadEidPrefix),
     }

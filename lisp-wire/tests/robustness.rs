@@ -1,6 +1,8 @@
 //! The parser never panics, on random bytes or on mutations of valid
 //! messages, and whatever it accepts re-encodes to something it accepts
-//! identically. Malformed inputs get the right typed error and offset.
+//! identically. The borrowed Map-Request view never panics either and
+//! agrees with it on every input. Malformed inputs get the right typed
+//! error and offset.
 
 mod common;
 use lisp_wire::*;
@@ -53,10 +55,18 @@ fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {
     m
 }
 
-/// Anything accepted must survive encode → parse unchanged.
-fn check(bytes: &[u8]) -> bool {
+/// Anything accepted must survive encode → parse unchanged, and the
+/// borrowed Map-Request view must agree with the owned parse. Returns
+/// whether the parser and the view accepted `bytes`.
+fn check(bytes: &[u8]) -> (bool, bool) {
+    let view = common::agree::view_agrees_with_parse(bytes);
+    (check_parse(bytes), view)
+}
+
+fn check_parse(bytes: &[u8]) -> bool {
     match parse(bytes) {
         Ok(msg) => {
+            common::agree::candidates_read_back(&msg);
             let again = msg
                 .encode()
                 .unwrap_or_else(|e| panic!("accepted {bytes:02x?} but cannot encode: {e}"));
@@ -83,7 +93,8 @@ fn check(bytes: &[u8]) -> bool {
 fn a_few_hundred_thousand_random_and_mutated_messages_never_panic() {
     let mut runner = TestRunner::deterministic();
     let strategy = common::message();
-    let seeds: Vec<Vec<u8>> = (0..300)
+    let request_strategy = common::request_message();
+    let mut seeds: Vec<Vec<u8>> = (0..300)
         .map(|_| {
             strategy
                 .new_tree(&mut runner)
@@ -93,8 +104,13 @@ fn a_few_hundred_thousand_random_and_mutated_messages_never_panic() {
                 .unwrap()
         })
         .collect();
+    // More Map-Requests, for the borrowed view.
+    seeds.extend((0..100).map(|_| {
+        let m = request_strategy.new_tree(&mut runner).unwrap().current();
+        m.encode().unwrap()
+    }));
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-    let (mut accepted, mut total) = (0usize, 0usize);
+    let (mut accepted, mut requests, mut total) = (0usize, 0usize, 0usize);
     for round in 0..250_000 {
         let bytes = if round % 5 == 0 {
             let mut b: Vec<u8> = (0..rng.below(160)).map(|_| rng.next() as u8).collect();
@@ -109,9 +125,16 @@ fn a_few_hundred_thousand_random_and_mutated_messages_never_panic() {
             let pick = rng.below(seeds.len());
             mutate(&mut rng, &seeds[pick])
         };
-        accepted += check(&bytes) as usize;
+        let (parsed, viewed) = check(&bytes);
+        accepted += parsed as usize;
+        requests += viewed as usize;
         total += 1;
     }
+    // And enough of them are Map-Requests to exercise the view.
+    assert!(
+        requests > 3000,
+        "only {requests} of {total} inputs were Map-Requests"
+    );
     // Mutations that keep a message valid must exist, or the mutator is broken.
     assert!(
         accepted > 1000,
@@ -302,26 +325,31 @@ fn fold(b: &[u8]) -> u16 {
 
 #[test]
 fn lcaf_nesting_is_bounded() {
-    // 40 nested Instance-ID LCAFs: refused, without recursing 40 deep.
-    let mut addr = vec![0, 1, 10, 0, 0, 1];
-    for _ in 0..40 {
-        let mut l = vec![0x40, 0x03, 0, 0, 2, 0];
-        l.extend_from_slice(&((addr.len() + 4) as u16).to_be_bytes());
-        l.extend_from_slice(&[0, 0, 0, 1]);
-        l.extend_from_slice(&addr);
-        addr = l;
+    // 40 nested Instance-ID or AFI-List LCAFs: refused, without recursing
+    // 40 deep.
+    for (lcaf_type, prefix) in [(2u8, &[0u8, 0, 0, 1][..]), (1, &[][..])] {
+        let mut addr = vec![0, 1, 10, 0, 0, 1];
+        for _ in 0..40 {
+            let mut l = vec![0x40, 0x03, 0, 0, lcaf_type, 0];
+            l.extend_from_slice(&((addr.len() + prefix.len()) as u16).to_be_bytes());
+            l.extend_from_slice(prefix);
+            l.extend_from_slice(&addr);
+            addr = l;
+        }
+        let msg = [
+            vec![0x20, 0, 0, 1],
+            vec![0; 8],
+            vec![0, 0, 0, 1, 1, 32, 0, 0, 0, 0, 0, 1, 10, 0, 0, 1],
+            vec![1, 1, 0, 0, 0, 1],
+            addr,
+        ]
+        .concat();
+        assert_eq!(
+            parse(&msg).unwrap_err().kind,
+            ParseErrorKind::LcafTooDeep(4),
+            "LCAF type {lcaf_type}"
+        );
     }
-    let msg = [
-        vec![0x20, 0, 0, 1],
-        vec![0; 8],
-        vec![0, 0, 0, 1, 0, 32, 0, 0, 0, 0],
-        addr,
-    ]
-    .concat();
-    assert_eq!(
-        parse(&msg).unwrap_err().kind,
-        ParseErrorKind::LcafTooDeep(4)
-    );
 }
 
 #[test]
@@ -353,9 +381,44 @@ fn encoder_refuses_what_the_wire_cannot_hold() {
     );
     let too_many = vec![EidRecord::new(prefix, 1, vec![]); 256];
     assert!(matches!(
-        reply(too_many).encode(),
+        reply(too_many.clone()).encode(),
         Err(EncodeError::TooMany { .. })
     ));
+    // The copy-only reply refuses them too, and leaves its buffer alone.
+    let mut one = Vec::new();
+    too_many[0].encode_into(&mut one).unwrap();
+    let mut out = vec![0xaa];
+    assert_eq!(
+        encode_map_reply(
+            0,
+            ReplyFlags::default(),
+            std::iter::repeat_n(&one[..], 300),
+            &mut out
+        ),
+        Err(EncodeError::TooMany {
+            what: "EID-records",
+            count: 300,
+            max: 255
+        })
+    );
+    assert_eq!(out, [0xaa]);
+    encode_map_reply(
+        0,
+        ReplyFlags::default(),
+        std::iter::repeat_n(&one[..], 255),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out[4], 255);
+    // An EID-record that cannot be encoded writes nothing.
+    let mut bad = too_many[0].clone();
+    bad.map_version = 4096;
+    let mut buf = vec![1, 2];
+    assert_eq!(
+        bad.encode_into(&mut buf),
+        Err(EncodeError::MapVersion(4096))
+    );
+    assert_eq!(buf, [1, 2]);
     let reg = MapRegister {
         proxy_reply: false,
         security: false,
@@ -373,4 +436,61 @@ fn encoder_refuses_what_the_wire_cannot_hold() {
         Message::MapRegister(reg).encode(),
         Err(EncodeError::BadAuthLength { .. })
     ));
+}
+
+/// Inputs the fuzzer (fuzz/) found, kept as regressions.
+#[test]
+fn fuzz_regressions() {
+    // An AFI-List whose NAT-Traversal LCAF has no global ETR RLOC (AFI 0)
+    // but lists the plain RLOC as an RTR: LocatorInfo said "not relayed",
+    // WgLocator "relayed". Relayed is now judged against the locator's RLOC
+    // wherever it is given.
+    let crash: String = [
+        "2c00000119da25c5f6252ae9779952700106e0000afc400300000200000a30c1",
+        "57ce0001f700548b33c68a04000240030000010000ae00025193db27fb0613aa",
+        "c333f2f5bfc2164f400300000b00003801000600002074aae95a02f4105ce509",
+        "99b6064a4c8e7b6c6d64a340168ec6076716aadcc91100025193db27fb0613aa",
+        "c333f2f5bfc2164f40030000070000540000000000000002db27fb0613aac333",
+        "f2f5bfc2164f000000025193db27fb0613aac333f2f5bfc2164f000124bc811e",
+        "0002db100ef15ebcabc045328c4e014ebdce00025193db27fb0613aac333f2f5",
+        "bfc2164f",
+    ]
+    .concat();
+    let crash: Vec<u8> = (0..crash.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&crash[i..i + 2], 16).unwrap())
+        .collect();
+    assert!(check(&crash).0, "the artifact is a valid Map-Reply");
+    // The same, reduced.
+    let rloc: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    let natt = Address::NatTraversal(NatTraversal {
+        ms_port: 0,
+        etr_port: 51820,
+        global_etr_rloc: Box::new(Address::None),
+        ms_rloc: Box::new(Address::None),
+        private_etr_rloc: Box::new(Address::None),
+        rtr_rlocs: vec![Address::from(rloc)],
+    });
+    let key = Address::SecurityKey(SecurityKey {
+        algorithm: 6,
+        revoke: false,
+        keys: vec![vec![1; 32]],
+        address: Box::new(Address::from(rloc)),
+    });
+    let locator = Address::AfiList(vec![Address::from(rloc), key, natt]);
+    let info = LocatorInfo::from_address(&locator).unwrap();
+    let wg = WgLocator::from_address(&locator, 1).unwrap();
+    assert!(info.relayed && wg.is_relayed());
+    let msg = Message::MapReply(MapReply {
+        probe: false,
+        echo_nonce: false,
+        security: false,
+        nonce: 1,
+        records: vec![EidRecord::new(
+            EidPrefix::host(0, "10.0.0.1".parse().unwrap()),
+            1,
+            vec![RlocRecord::new(1, 1, locator)],
+        )],
+    });
+    common::agree::candidates_read_back(&msg);
 }

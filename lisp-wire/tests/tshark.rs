@@ -9,13 +9,17 @@
 //! into one capture (od offsets restart at 0 for each packet) so that a test
 //! costs one tshark start.
 //!
-//! What Wireshark 4.0 cannot show: the Security Key LCAF (type 11) body is
-//! skipped with a "not dissected yet" *warning*, so the WireGuard key and the
-//! NAT-Traversal LCAF nested in it are invisible to it. The NAT-Traversal
-//! LCAF lispwg nests there is therefore also decoded on its own, as a bare
-//! locator, to check its encoding. Type 5 (Map-Notify-Ack) is shown as an
-//! unknown type. HMACs are not checked by Wireshark (tests/vectors.rs checks
-//! them against openssl).
+//! WireGuard locators are AFI-List LCAFs (see `lisp_wire::mapping`), which
+//! Wireshark 4.0 dissects item by item: the plain RLOC, the Security Key LCAF
+//! and the NAT-Traversal LCAF with its ports and addresses. The one thing it
+//! cannot show is the Security Key body (the key itself): it skips it by its
+//! length with a "not dissected yet" *warning*, which the tests expect once
+//! per Security Key and nowhere else. [`Shown`] derives, from the typed
+//! records, every record and locator field Wireshark must show, in its
+//! order; the tests compare all of them, plus literal values for the fields
+//! that matter most (EIDs, masks, priorities, ports, addresses). Type 5
+//! (Map-Notify-Ack) is shown as an unknown type. HMACs are not checked by
+//! Wireshark (tests/vectors.rs checks them against openssl).
 //!
 //! tshark and text2pcap are required: the tests fail, never skip, without
 //! them (scripts/test.sh installs them; or `apt-get install tshark`).
@@ -79,14 +83,20 @@ const FIELDS: &[&str] = &[
     "lisp.mapping.loccnt",
     "lisp.mapping.eid.masklen",
     "lisp.mapping.act",
+    "lisp.mapping.auth",
+    "lisp.mapping.ver",
     "lisp.mapping.eid.afi",
     "lisp.mapping.eid.ipv4",
     "lisp.mapping.eid.ipv6",
     "lisp.lcaf.type",
     "lisp.lcaf.length",
     "lisp.lcaf.iid",
+    "lisp.lcaf.iid.afi",
     "lisp.lcaf.iid.ipv4",
     "lisp.lcaf.iid.ipv6",
+    "lisp.lcaf.afi_list.afi",
+    "lisp.lcaf.afi_list.ipv4",
+    "lisp.lcaf.afi_list.ipv6",
     "lisp.lcaf.natt.msport",
     "lisp.lcaf.natt.etrport",
     "lisp.lcaf.natt.rloc.afi",
@@ -94,9 +104,12 @@ const FIELDS: &[&str] = &[
     "lisp.lcaf.natt.rloc.ipv6",
     "lisp.loc.priority",
     "lisp.loc.weight",
+    "lisp.loc.multicast_priority",
+    "lisp.loc.multicast_weight",
     "lisp.loc.afi",
     "lisp.loc.locator",
     "lisp.loc.flags.local",
+    "lisp.loc.flags.probe",
     "lisp.loc.flags.reach",
     "lisp.undecoded",
     "data.data",
@@ -313,6 +326,189 @@ fn decode_bytes(bytes: Vec<u8>) -> Frame {
 }
 
 // ---------------------------------------------------------------------------
+// What Wireshark must show for a message's records
+// ---------------------------------------------------------------------------
+
+/// The "not dissected yet" expert info of a Security Key LCAF body.
+const UNDISSECTED: &str = "Not dissected yet (report to wireshark.org)";
+
+/// The record and locator fields Wireshark shows for a list of EID-records,
+/// in dissection order, derived from the typed records. It models what
+/// lispwg sends: EIDs plain or in an Instance-ID LCAF, locators plain or
+/// AFI-Lists of plain addresses, Security Key and NAT-Traversal LCAFs.
+#[derive(Default)]
+struct Shown {
+    fields: std::collections::BTreeMap<&'static str, Vec<String>>,
+    security_keys: usize,
+}
+
+/// The fields [`Shown`] checks; each is compared whole, so one that should
+/// be absent is checked to be absent.
+const RECORD_FIELDS: &[&str] = &[
+    "lisp.mapping.ttl",
+    "lisp.mapping.loccnt",
+    "lisp.mapping.eid.masklen",
+    "lisp.mapping.act",
+    "lisp.mapping.auth",
+    "lisp.mapping.ver",
+    "lisp.mapping.eid.afi",
+    "lisp.mapping.eid.ipv4",
+    "lisp.mapping.eid.ipv6",
+    "lisp.lcaf.type",
+    "lisp.lcaf.length",
+    "lisp.lcaf.iid",
+    "lisp.lcaf.iid.afi",
+    "lisp.lcaf.iid.ipv4",
+    "lisp.lcaf.iid.ipv6",
+    "lisp.lcaf.afi_list.afi",
+    "lisp.lcaf.afi_list.ipv4",
+    "lisp.lcaf.afi_list.ipv6",
+    "lisp.lcaf.natt.msport",
+    "lisp.lcaf.natt.etrport",
+    "lisp.lcaf.natt.rloc.afi",
+    "lisp.lcaf.natt.rloc.ipv4",
+    "lisp.lcaf.natt.rloc.ipv6",
+    "lisp.loc.priority",
+    "lisp.loc.weight",
+    "lisp.loc.multicast_priority",
+    "lisp.loc.multicast_weight",
+    "lisp.loc.flags.local",
+    "lisp.loc.flags.probe",
+    "lisp.loc.flags.reach",
+    "lisp.loc.afi",
+    "lisp.loc.locator",
+];
+
+/// Where a plain address sits decides which field shows it.
+#[derive(Clone, Copy)]
+enum Place {
+    Eid,
+    InstanceId,
+    Locator,
+    AfiList,
+    NatTraversal,
+}
+
+fn afi_of(a: &Address) -> u16 {
+    match a {
+        Address::None => 0,
+        Address::Ipv4(_) => 1,
+        Address::Ipv6(_) => 2,
+        _ => 16387,
+    }
+}
+
+impl Shown {
+    fn records(records: &[EidRecord]) -> Self {
+        let mut s = Shown::default();
+        for r in records {
+            s.push("lisp.mapping.ttl", r.ttl);
+            s.push("lisp.mapping.loccnt", r.rlocs.len());
+            s.push("lisp.mapping.eid.masklen", r.eid_mask_len);
+            s.push("lisp.mapping.act", r.action.bits());
+            s.push("lisp.mapping.auth", r.authoritative as u8);
+            s.push("lisp.mapping.ver", r.map_version);
+            s.push("lisp.mapping.eid.afi", afi_of(&r.eid));
+            s.address(&r.eid, Place::Eid);
+            for l in &r.rlocs {
+                s.push("lisp.loc.priority", l.priority);
+                s.push("lisp.loc.weight", l.weight);
+                s.push("lisp.loc.multicast_priority", l.m_priority);
+                s.push("lisp.loc.multicast_weight", l.m_weight);
+                s.push("lisp.loc.flags.local", l.local as u8);
+                s.push("lisp.loc.flags.probe", l.probed as u8);
+                s.push("lisp.loc.flags.reach", l.reachable as u8);
+                s.push("lisp.loc.afi", afi_of(&l.locator));
+                s.address(&l.locator, Place::Locator);
+            }
+        }
+        s
+    }
+
+    fn push(&mut self, field: &'static str, v: impl ToString) {
+        self.fields.entry(field).or_default().push(v.to_string());
+    }
+
+    fn address(&mut self, a: &Address, place: Place) {
+        if let Some(ip) = a.ip() {
+            let v4 = ip.is_ipv4();
+            let field = match place {
+                Place::Eid if v4 => "lisp.mapping.eid.ipv4",
+                Place::Eid => "lisp.mapping.eid.ipv6",
+                Place::InstanceId if v4 => "lisp.lcaf.iid.ipv4",
+                Place::InstanceId => "lisp.lcaf.iid.ipv6",
+                Place::Locator => "lisp.loc.locator",
+                Place::AfiList if v4 => "lisp.lcaf.afi_list.ipv4",
+                Place::AfiList => "lisp.lcaf.afi_list.ipv6",
+                Place::NatTraversal if v4 => "lisp.lcaf.natt.rloc.ipv4",
+                Place::NatTraversal => "lisp.lcaf.natt.rloc.ipv6",
+            };
+            self.push(field, ip);
+            return;
+        }
+        if *a == Address::None {
+            return;
+        }
+        self.push("lisp.lcaf.type", lcaf_type(a));
+        self.push("lisp.lcaf.length", a.encoded_len() - 8);
+        match a {
+            Address::InstanceId { iid, address, .. } => {
+                self.push("lisp.lcaf.iid", iid);
+                self.push("lisp.lcaf.iid.afi", afi_of(address));
+                self.address(address, Place::InstanceId);
+            }
+            Address::AfiList(items) => {
+                for item in items {
+                    self.push("lisp.lcaf.afi_list.afi", afi_of(item));
+                    self.address(item, Place::AfiList);
+                }
+            }
+            Address::SecurityKey(_) => self.security_keys += 1,
+            Address::NatTraversal(n) => {
+                self.push("lisp.lcaf.natt.msport", n.ms_port);
+                self.push("lisp.lcaf.natt.etrport", n.etr_port);
+                let addrs = [&*n.global_etr_rloc, &*n.ms_rloc, &*n.private_etr_rloc];
+                for a in addrs.into_iter().chain(&n.rtr_rlocs) {
+                    self.push("lisp.lcaf.natt.rloc.afi", afi_of(a));
+                    self.address(a, Place::NatTraversal);
+                }
+            }
+            other => panic!("Shown does not model {other:?}"),
+        }
+    }
+
+    /// Every record field of `f` is what the records say, and the only
+    /// expert infos are the Security Key bodies Wireshark skips.
+    #[track_caller]
+    fn check(&self, f: &Frame) {
+        for field in RECORD_FIELDS {
+            let want: Vec<&str> = self
+                .fields
+                .get(field)
+                .map(|v| v.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            f.expect(field, &want);
+        }
+        assert_eq!(
+            f.all("lisp.undecoded").len(),
+            self.security_keys,
+            "one undissected body per Security Key\n{f}"
+        );
+        f.expect("_ws.expert.message", &vec![UNDISSECTED; self.security_keys]);
+    }
+}
+
+fn lcaf_type(a: &Address) -> u8 {
+    match a {
+        Address::AfiList(_) => 1,
+        Address::InstanceId { .. } => 2,
+        Address::NatTraversal(_) => 7,
+        Address::SecurityKey(_) => 11,
+        other => panic!("not an LCAF: {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Messages as lispwg builds them
 // ---------------------------------------------------------------------------
 
@@ -433,14 +629,66 @@ fn ecm(inner_src: &str, inner_dst: &str, req: MapRequest) -> Message {
     })
 }
 
+/// The records a node registers: its WireGuard socket on each of its
+/// addresses (private IPv4 behind a NAT, global IPv6), and a keyless
+/// fallback; a second prefix in another instance.
 fn registered_records() -> Vec<EidRecord> {
+    let k = key(1);
     vec![
-        wg_record(pfx(7, "10.0.0.2", 32), "192.0.2.10:51820", "198.51.100.10"),
+        EidRecord::new(
+            pfx(7, "10.0.0.2", 32),
+            1440,
+            vec![
+                RlocRecord {
+                    local: true,
+                    ..RlocRecord::new(1, 100, wireguard_locator(sock("192.168.1.20:51820"), k))
+                },
+                RlocRecord::new(1, 50, wireguard_locator(sock("[2001:db8::10]:51820"), k)),
+                RlocRecord::new(2, 50, Address::from(ip("198.51.100.10"))),
+            ],
+        ),
         wg_record(
             pfx(42, "fd00:42::", 64),
             "[2001:db8::10]:51821",
             "2001:db8::20",
         ),
+    ]
+}
+
+/// What the map-server hands out: a node with a direct, a NATed and a
+/// relayed candidate, in priority order; an IPv6 node with a direct
+/// candidate (RTRs of both families) and a keyless fallback; a keyless
+/// prefix.
+fn candidate_records() -> Vec<EidRecord> {
+    let k = key(1);
+    let direct = WgLocator::new(sock("192.0.2.10:51820"), k);
+    let natted = WgLocator::new(sock("198.51.100.7:40001"), k).with_private(ip("10.1.0.5"));
+    let relayed = WgLocator::new(sock("203.0.113.1:3478"), k)
+        .with_rtrs([ip("203.0.113.1"), ip("203.0.113.2")]);
+    let v6 = WgLocator::new(sock("[2001:db8::10]:51821"), key(0x40))
+        .with_rtrs([ip("2001:db8::99"), ip("192.0.2.99")]);
+    vec![
+        EidRecord::new(
+            pfx(7, "10.0.0.2", 32),
+            1440,
+            vec![
+                RlocRecord {
+                    local: true,
+                    ..RlocRecord::new(1, 100, direct.to_address())
+                },
+                RlocRecord::new(2, 50, natted.to_address()),
+                RlocRecord::new(3, 10, relayed.to_address()),
+            ],
+        ),
+        EidRecord::new(
+            pfx(0, "fd00::2", 128),
+            60,
+            vec![
+                RlocRecord::new(1, 100, v6.to_address()),
+                RlocRecord::new(2, 50, Address::from(ip("2001:db8::20"))),
+            ],
+        ),
+        plain_record(pfx(0, "10.3.0.0", 16), "192.0.2.77", 5, 20),
     ]
 }
 
@@ -469,7 +717,7 @@ fn notify() -> MapNotify {
         nonce: 0x0102_0304_0506_0708,
         auth: Authentication::unsigned(KeyId::HmacSha256),
         records: vec![
-            wg_record(pfx(7, "10.0.0.2", 32), "192.0.2.10:51820", "198.51.100.10"),
+            candidate_records().swap_remove(0),
             plain_record(pfx(0, "fd00::2", 128), "2001:db8::30", 3, 10),
         ],
         xtr_site: Some(xtr_site()),
@@ -529,16 +777,22 @@ fn check_request_iid(f: &Frame, m: &MapRequest) {
     f.expect("lisp.mreq.itr_rloc_ipv4", &["192.0.2.1"]);
     f.expect("lisp.mreq.record.prefix.length", &["32", "64"]);
     // Source EID, two request records, the Map-Reply record's EID; then the
-    // Security Key LCAF of its WireGuard locator.
-    f.expect("lisp.lcaf.type", &["2", "2", "2", "2", "11"]);
+    // AFI-List of its WireGuard locator: plain RLOC, Security Key LCAF,
+    // NAT-Traversal LCAF.
+    f.expect("lisp.lcaf.type", &["2", "2", "2", "2", "1", "11", "7"]);
     f.expect("lisp.lcaf.iid", &["7", "7", "42", "7"]);
     f.expect("lisp.lcaf.iid.ipv4", &["10.0.0.1", "10.0.0.2", "10.0.0.1"]);
     f.expect("lisp.lcaf.iid.ipv6", &["fd00:42::"]);
     f.expect("lisp.mapping.eid.masklen", &["32"]);
     f.expect("lisp.loc.priority", &["1", "2"]);
     f.expect("lisp.loc.weight", &["100", "50"]);
+    f.expect("lisp.loc.afi", &["16387", "1"]);
+    f.expect("lisp.lcaf.afi_list.afi", &["1", "16387", "16387"]);
+    f.expect("lisp.lcaf.afi_list.ipv4", &["192.0.2.1"]);
+    f.expect("lisp.lcaf.natt.etrport", &["51820"]);
+    f.expect("lisp.lcaf.natt.rloc.ipv4", &["192.0.2.1", "192.0.2.1"]);
     f.expect("lisp.loc.locator", &["192.0.2.1"]);
-    assert!(f.has("lisp.undecoded"), "Security Key body: {f}");
+    f.expect("_ws.expert.message", &[UNDISSECTED]);
 }
 
 #[test]
@@ -589,92 +843,106 @@ fn ecm_ipv6_inner_header() {
 }
 
 #[test]
-fn map_reply_with_wireguard_and_plain_locators() {
+fn map_reply_with_wireguard_candidates() {
     let m = MapReply {
         probe: false,
         echo_nonce: false,
         security: false,
         nonce: 0x0a0b_0c0d_0e0f_1011,
-        records: vec![
-            wg_record(pfx(7, "10.0.0.2", 32), "192.0.2.10:51820", "198.51.100.10"),
-            wg_record(
-                pfx(0, "fd00::2", 128),
-                "[2001:db8::10]:51821",
-                "2001:db8::20",
-            ),
-        ],
+        records: candidate_records(),
     };
     let f = decode(&Message::MapReply(m.clone()));
     f.expect("lisp.type", &["2"]);
     f.expect("lisp.nonce", &[&nonce_str(m.nonce)]);
-    f.expect("lisp.records", &["2"]);
-    f.expect("lisp.mapping.ttl", &["1440", "1440"]);
-    f.expect("lisp.mapping.loccnt", &["2", "2"]);
-    f.expect("lisp.mapping.eid.masklen", &["32", "128"]);
+    f.expect("lisp.records", &["3"]);
+    Shown::records(&m.records).check(&f);
+
+    // The same, spelled out. Each record is read at the right place: the
+    // EIDs, masks and locator counts of all three records are right.
+    f.expect("lisp.mapping.ttl", &["1440", "60", "60"]);
+    f.expect("lisp.mapping.loccnt", &["3", "2", "1"]);
+    f.expect("lisp.mapping.eid.masklen", &["32", "128", "16"]);
     f.expect("lisp.lcaf.iid", &["7"]);
     f.expect("lisp.lcaf.iid.ipv4", &["10.0.0.2"]);
     f.expect("lisp.mapping.eid.ipv6", &["fd00::2"]);
-    // The WireGuard locators are Security Key LCAFs whose length Wireshark
-    // honours (the next RLOC-record is read at the right place); their body,
-    // with the nested NAT-Traversal LCAF, is not dissected (a warning).
-    f.expect("lisp.lcaf.type", &["2", "11", "11"]);
-    let wg_len = |ep: &str| (wireguard_locator(sock(ep), key(1)).encoded_len() - 8).to_string();
+    f.expect("lisp.mapping.eid.ipv4", &["10.3.0.0"]);
+    // Every locator's priority and weight, in order.
+    f.expect("lisp.loc.priority", &["1", "2", "3", "1", "2", "5"]);
+    f.expect("lisp.loc.weight", &["100", "50", "10", "100", "50", "20"]);
     f.expect(
-        "lisp.lcaf.length",
+        "lisp.loc.afi",
+        &["16387", "16387", "16387", "16387", "2", "1"],
+    );
+    f.expect("lisp.loc.locator", &["2001:db8::20", "192.0.2.77"]);
+    // Four WireGuard locators, each an AFI-List of the plain RLOC, a
+    // Security Key LCAF and a NAT-Traversal LCAF.
+    f.expect(
+        "lisp.lcaf.type",
         &[
-            "10",
-            &wg_len("192.0.2.10:51820"),
-            &wg_len("[2001:db8::10]:51821"),
+            "2", "1", "11", "7", "1", "11", "7", "1", "11", "7", "1", "11", "7",
         ],
     );
-    assert_eq!(wg_len("192.0.2.10:51820"), "64");
-    assert!(f.has("lisp.undecoded"));
-    f.expect("lisp.loc.afi", &["16387", "1", "16387", "2"]);
-    f.expect("lisp.loc.priority", &["1", "2", "1", "2"]);
-    f.expect("lisp.loc.weight", &["100", "50", "100", "50"]);
-    f.expect("lisp.loc.flags.local", &["1", "0", "1", "0"]);
-    f.expect("lisp.loc.flags.reach", &["1", "1", "1", "1"]);
-    f.expect("lisp.loc.locator", &["198.51.100.10", "2001:db8::20"]);
-}
-
-#[test]
-fn nat_traversal_lcaf_of_the_wireguard_locator_decodes() {
-    // Wireshark cannot look inside the Security Key LCAF, so decode the
-    // NAT-Traversal LCAF that wireguard_locator() nests there on its own.
-    let natt = |ep: &str| match wireguard_locator(sock(ep), key(2)) {
-        Address::SecurityKey(sk) => *sk.address,
-        other => panic!("not a Security Key LCAF: {other:?}"),
-    };
-    let m = MapReply {
-        probe: false,
-        echo_nonce: false,
-        security: false,
-        nonce: 0x42,
-        records: vec![EidRecord::new(
-            pfx(9, "10.9.0.0", 16),
-            10,
-            vec![
-                RlocRecord::new(1, 100, natt("192.0.2.10:51820")),
-                RlocRecord::new(1, 0, natt("[2001:db8::10]:51821")),
-            ],
-        )],
-    };
-    let f = decode(&Message::MapReply(m));
-    f.expect("lisp.nonce", &["0x0000000000000042"]);
-    f.expect("lisp.lcaf.type", &["2", "7", "7"]);
-    f.expect("lisp.lcaf.iid", &["9"]);
-    f.expect("lisp.lcaf.iid.ipv4", &["10.9.0.0"]);
-    f.expect("lisp.lcaf.natt.msport", &["4342", "4342"]);
-    f.expect("lisp.lcaf.natt.etrport", &["51820", "51821"]);
-    // Global ETR RLOC, MS RLOC (none), private ETR RLOC.
-    f.expect("lisp.lcaf.natt.rloc.afi", &["1", "0", "1", "2", "0", "2"]);
-    f.expect("lisp.lcaf.natt.rloc.ipv4", &["192.0.2.10", "192.0.2.10"]);
+    f.expect(
+        "lisp.lcaf.afi_list.ipv4",
+        &["192.0.2.10", "198.51.100.7", "203.0.113.1"],
+    );
+    f.expect("lisp.lcaf.afi_list.ipv6", &["2001:db8::10"]);
+    // The WireGuard port of each candidate, where Wireshark can see it.
+    f.expect("lisp.lcaf.natt.msport", &["4342"; 4]);
+    f.expect(
+        "lisp.lcaf.natt.etrport",
+        &["51820", "40001", "3478", "51821"],
+    );
+    // Global, MS (none), private, RTRs: direct (private = global), NATed
+    // (private 10.1.0.5), relayed (global is an RTR), IPv6 with two RTRs.
+    f.expect(
+        "lisp.lcaf.natt.rloc.afi",
+        &[
+            "1", "0", "1", "1", "0", "1", "1", "0", "1", "1", "1", "2", "0", "2", "2", "1",
+        ],
+    );
+    f.expect(
+        "lisp.lcaf.natt.rloc.ipv4",
+        &[
+            "192.0.2.10",
+            "192.0.2.10",
+            "198.51.100.7",
+            "10.1.0.5",
+            "203.0.113.1",
+            "203.0.113.1",
+            "203.0.113.1",
+            "203.0.113.2",
+            "192.0.2.99",
+        ],
+    );
     f.expect(
         "lisp.lcaf.natt.rloc.ipv6",
-        &["2001:db8::10", "2001:db8::10"],
+        &["2001:db8::10", "2001:db8::10", "2001:db8::99"],
     );
-    f.expect("lisp.loc.priority", &["1", "1"]);
-    f.expect("lisp.loc.weight", &["100", "0"]);
+    f.expect("_ws.expert.message", &[UNDISSECTED; 4]);
+
+    // And lisp-wire reads the candidates back.
+    let Message::MapReply(parsed) = parse(&Message::MapReply(m).encode().unwrap()).unwrap() else {
+        panic!("not a reply")
+    };
+    let infos: Vec<LocatorInfo> = parsed.records[0]
+        .rlocs
+        .iter()
+        .map(|r| r.info().unwrap())
+        .collect();
+    assert_eq!(
+        infos
+            .iter()
+            .map(|i| (i.rloc, i.port, i.behind_nat(), i.relayed))
+            .collect::<Vec<_>>(),
+        [
+            (ip("192.0.2.10"), Some(51820), false, false),
+            (ip("198.51.100.7"), Some(40001), true, false),
+            (ip("203.0.113.1"), Some(3478), false, true),
+        ]
+    );
+    assert_eq!(infos[1].private_rloc, Some(ip("10.1.0.5")));
+    assert!(infos.iter().all(|i| i.wg_key == Some(key(1))));
 }
 
 #[test]
@@ -705,15 +973,28 @@ fn negative_map_reply() {
 
 /// Fields of `registered_records()` in a Map-Register.
 fn check_registered_records(f: &Frame) {
+    Shown::records(&registered_records()).check(f);
     f.expect("lisp.records", &["2"]);
+    f.expect("lisp.mapping.loccnt", &["3", "2"]);
     f.expect("lisp.mapping.eid.masklen", &["32", "64"]);
-    f.expect("lisp.lcaf.type", &["2", "11", "2", "11"]);
+    f.expect(
+        "lisp.lcaf.type",
+        &["2", "1", "11", "7", "1", "11", "7", "2", "1", "11", "7"],
+    );
     f.expect("lisp.lcaf.iid", &["7", "42"]);
     f.expect("lisp.lcaf.iid.ipv4", &["10.0.0.2"]);
     f.expect("lisp.lcaf.iid.ipv6", &["fd00:42::"]);
-    f.expect("lisp.loc.priority", &["1", "2", "1", "2"]);
-    f.expect("lisp.loc.weight", &["100", "50", "100", "50"]);
+    f.expect("lisp.loc.priority", &["1", "1", "2", "1", "2"]);
+    f.expect("lisp.loc.weight", &["100", "50", "50", "100", "50"]);
+    f.expect("lisp.lcaf.afi_list.ipv4", &["192.168.1.20"]);
+    f.expect("lisp.lcaf.afi_list.ipv6", &["2001:db8::10", "2001:db8::10"]);
+    f.expect("lisp.lcaf.natt.etrport", &["51820", "51820", "51821"]);
+    f.expect(
+        "lisp.lcaf.natt.rloc.ipv4",
+        &["192.168.1.20", "192.168.1.20"],
+    );
     f.expect("lisp.loc.locator", &["198.51.100.10", "2001:db8::20"]);
+    f.expect("_ws.expert.message", &[UNDISSECTED; 3]);
 }
 
 #[test]
@@ -770,15 +1051,16 @@ fn map_register_hmac_sha1_plain_afi() {
 
 /// Fields of `notify()`.
 fn check_notify_records(f: &Frame) {
+    Shown::records(&notify().records).check(f);
     f.expect("lisp.records", &["2"]);
     f.expect("lisp.mapping.eid.masklen", &["32", "128"]);
-    f.expect("lisp.lcaf.type", &["2", "11"]);
     f.expect("lisp.lcaf.iid", &["7"]);
     f.expect("lisp.lcaf.iid.ipv4", &["10.0.0.2"]);
     f.expect("lisp.mapping.eid.ipv6", &["fd00::2"]);
-    f.expect("lisp.loc.priority", &["1", "2", "3"]);
-    f.expect("lisp.loc.weight", &["100", "50", "10"]);
-    f.expect("lisp.loc.locator", &["198.51.100.10", "2001:db8::30"]);
+    f.expect("lisp.loc.priority", &["1", "2", "3", "3"]);
+    f.expect("lisp.loc.weight", &["100", "50", "10", "10"]);
+    f.expect("lisp.lcaf.natt.etrport", &["51820", "40001", "3478"]);
+    f.expect("lisp.loc.locator", &["2001:db8::30"]);
 }
 
 #[test]
@@ -795,6 +1077,32 @@ fn map_notify() {
     check_notify_records(&f);
     f.expect("lisp.xtrid", &[&hex(&xtr_site().xtr_id)]);
     f.expect("lisp.siteid", &["00000000000000a1"]);
+}
+
+#[test]
+fn map_notify_hmac_sha1() {
+    // OOR signs only HMAC-SHA-1: a Map-Notify signed with key-id 1 verifies
+    // and decodes like the SHA-256 one.
+    let m = MapNotify {
+        auth: Authentication::unsigned(KeyId::HmacSha1),
+        xtr_site: None,
+        ..notify()
+    };
+    let bytes = m.encode_signed_notify(SITE_KEY).unwrap();
+    assert_eq!(auth::verify(&bytes, SITE_KEY), Ok(KeyId::HmacSha1));
+    assert_eq!(
+        auth::verify(&bytes, b"another key"),
+        Err(AuthError::Mismatch)
+    );
+    let f = decode_bytes(bytes.clone());
+    f.expect("lisp.type", &["4"]);
+    f.expect("lisp.nonce", &[&nonce_str(m.nonce)]);
+    f.expect("lisp.mnot.flags.xtrid", &["0"]);
+    f.expect("lisp.keyid", &["0x0001"]);
+    f.expect("lisp.authlen", &["20"]);
+    f.expect("lisp.auth", &[&hex(&bytes[16..36])]);
+    check_notify_records(&f);
+    f.expect("lisp.xtrid", &[]);
 }
 
 #[test]
@@ -828,14 +1136,18 @@ fn map_notify_ack() {
 // Random messages
 // ---------------------------------------------------------------------------
 
-/// Turns a random message into one lispwg could emit, by removing the one
-/// construct of `common::message()` that is valid for lisp-wire but that
+/// Turns a random message into one lispwg could emit, by removing the
+/// constructs of `common::message()` that are valid for lisp-wire but that
 /// Wireshark 4.0 cannot follow (and that lispwg never sends):
 ///
 /// * NAT-Traversal RTR RLOCs of AFI 0: Wireshark's NAT-T dissector counts
 ///   the two port fields twice (`remaining -= 4` and then `-= 2` twice), so
 ///   it stops 4 bytes early and leaves a trailing 2-byte RTR RLOC to `data`.
-///   An RTR RLOC of AFI 0 says nothing; lispwg sends no RTR RLOCs at all.
+///   An RTR RLOC of AFI 0 says nothing; lispwg's RTR RLOCs are always IP
+///   addresses (6 or 18 bytes, so the early stop still reads them).
+/// * AFI-List items of AFI 0: Wireshark's AFI-List dissector reports
+///   "Unexpected AFI (0), cannot decode" (error severity) and loses its
+///   place. An item of AFI 0 says nothing; lispwg never sends one.
 ///
 /// (Two other constructs this test found are now refused by lisp-wire
 /// itself: the Map-Notify R bit, whose MS-RTR authentication block it does
@@ -861,6 +1173,10 @@ fn as_lispwg_emits(m: Message) -> Message {
                     addr(a);
                 }
                 n.rtr_rlocs.iter_mut().for_each(addr);
+            }
+            Address::AfiList(items) => {
+                items.retain(|a| *a != Address::None);
+                items.iter_mut().for_each(addr);
             }
         }
     }

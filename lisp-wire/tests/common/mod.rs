@@ -1,6 +1,8 @@
 //! proptest strategies producing every message kind, valid by construction.
 #![allow(dead_code)]
 
+pub mod agree;
+
 use lisp_wire::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -17,7 +19,7 @@ pub fn plain() -> impl Strategy<Value = Address> {
     prop_oneof![Just(Address::None), ip().prop_map(Address::from)]
 }
 
-/// Addresses with LCAF nesting up to three levels.
+/// Addresses with LCAF nesting up to three levels, every LCAF type.
 pub fn address() -> impl Strategy<Value = Address> {
     plain().prop_recursive(3, 12, 4, |inner| {
         prop_oneof![
@@ -53,7 +55,7 @@ pub fn address() -> impl Strategy<Value = Address> {
                 inner.clone(),
                 inner.clone(),
                 inner.clone(),
-                vec(inner, 0..2)
+                vec(inner.clone(), 0..2)
             )
                 .prop_map(|(ms_port, etr_port, g, m, p, rtr_rlocs)| {
                     Address::NatTraversal(NatTraversal {
@@ -65,6 +67,7 @@ pub fn address() -> impl Strategy<Value = Address> {
                         rtr_rlocs,
                     })
                 }),
+            vec(inner, 0..4).prop_map(Address::AfiList),
         ]
     })
 }
@@ -99,8 +102,37 @@ pub fn eid() -> impl Strategy<Value = (Address, u8)> {
     )
 }
 
+/// A WireGuard candidate: direct, behind a NAT, relayed or not.
+pub fn wg_locator() -> impl Strategy<Value = WgLocator> {
+    (
+        ip(),
+        any::<u16>(),
+        any::<[u8; 32]>(),
+        proptest::option::of(ip()),
+        vec(ip(), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(addr, port, key, private, mut rtrs, relayed)| {
+            if relayed {
+                rtrs.push(addr);
+            }
+            WgLocator {
+                endpoint: std::net::SocketAddr::new(addr, port),
+                key,
+                private,
+                rtrs,
+            }
+        })
+}
+
+/// Any locator: an arbitrary address, or a WireGuard candidate as lispwg
+/// builds it.
+pub fn locator() -> impl Strategy<Value = Address> {
+    prop_oneof![address(), wg_locator().prop_map(|w| w.to_address())]
+}
+
 pub fn rloc_record() -> impl Strategy<Value = RlocRecord> {
-    (any::<[u8; 4]>(), any::<[bool; 3]>(), address()).prop_map(|(p, f, locator)| RlocRecord {
+    (any::<[u8; 4]>(), any::<[bool; 3]>(), locator()).prop_map(|(p, f, locator)| RlocRecord {
         priority: p[0],
         weight: p[1],
         m_priority: p[2],
@@ -264,6 +296,23 @@ pub fn message() -> impl Strategy<Value = Message> {
         3 => inner_message(),
         1 => (any::<[bool; 4]>(), inner_header(), inner_message()).prop_map(|(f, inner, m)| {
             Message::Ecm(Ecm { security: f[0], ddt: f[1], to_etr: f[2], to_ms: f[3], inner, message: Box::new(m) })
+        }),
+    ]
+}
+
+/// A Map-Request, plain or in an ECM: what the map-server's view reads.
+pub fn request_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        map_request().prop_map(Message::MapRequest),
+        (any::<[bool; 4]>(), inner_header(), map_request()).prop_map(|(f, inner, r)| {
+            Message::Ecm(Ecm {
+                security: f[0],
+                ddt: f[1],
+                to_etr: f[2],
+                to_ms: f[3],
+                inner,
+                message: Box::new(Message::MapRequest(r)),
+            })
         }),
     ]
 }
