@@ -8,7 +8,7 @@ use crate::registry::{Mapping, Origin, Registry};
 use crate::MapServer;
 use lisp_wire::{
     wireguard_locator, Action, Address, EidPrefix, EidRecord, MapReply, MapRequest, Message,
-    RlocRecord, DEFAULT_WG_PORT,
+    RlocRecord, WgLocator, DEFAULT_WG_PORT,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -170,7 +170,13 @@ impl MapServer {
         let requester_public = requester.and_then(|r| self.observed(r)).map(|e| e.ip());
         let rlocs = candidates(m, observed, requester_public)
             .into_iter()
-            .map(|c| RlocRecord::new(c.priority, c.weight, wireguard_locator(c.endpoint, key)))
+            .map(|c| {
+                let mut locator = WgLocator::new(c.endpoint, key);
+                if let Some(private) = c.private {
+                    locator = locator.with_private(private);
+                }
+                RlocRecord::new(c.priority, c.weight, locator.to_address())
+            })
             .collect();
         EidRecord {
             map_version: m.map_version,

@@ -873,6 +873,13 @@ fn a_node_behind_nat_is_handed_out_at_its_observed_endpoint() {
         candidates_in(&reply[0]),
         vec![B_PUBLIC.parse::<SocketAddr>().unwrap()]
     );
+    // The locator says so: B is behind a NAT, at 10.30.1.5 behind it.
+    let Ok(Message::MapReply(r)) = parse(&reply[0].payload) else {
+        panic!("not a reply")
+    };
+    let info = r.records[0].rlocs[0].info().unwrap();
+    assert!(info.behind_nat());
+    assert_eq!(info.private_rloc, Some(b.rloc.ip()));
 }
 
 #[test]

@@ -122,11 +122,16 @@ impl Xtr {
         }
     }
 
-    /// Whether a path between us and these candidates crosses a NAT: we
-    /// register a private address, or the peer is reached at one.
-    fn nat_involved(&self, candidates: &[SocketAddr]) -> bool {
+    /// Whether a path between us and this peer crosses a NAT: we register a
+    /// private address, the peer is reached at one, or the map-server says
+    /// it sees the peer through a NAT.
+    fn nat_involved(&self, record: &EidRecord, candidates: &[SocketAddr]) -> bool {
         self.rlocs.iter().any(|r| is_private(r.addr))
             || candidates.iter().any(|c| is_private(c.ip()))
+            || record
+                .rlocs
+                .iter()
+                .any(|r| r.info().is_some_and(|i| i.behind_nat()))
     }
 
     /// Puts a mapping in the map-cache and asks for its peer and route.
@@ -177,7 +182,7 @@ impl Xtr {
                 refreshing: false,
             },
         );
-        let nat = self.nat_involved(&candidates);
+        let nat = self.nat_involved(record, &candidates);
         let wait = attempt_wait(self.srtt);
         let new_peer = !self.peers.contains_key(&key);
         let peer = self.peers.entry(key).or_insert_with(|| Peer {
