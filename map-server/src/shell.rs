@@ -113,6 +113,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
         negative_ttl_minutes: cfg.negative_ttl_minutes,
         static_mappings,
         push_moves: cfg.push_moves,
+        control_address: cfg.control.as_ref().map(|c| c.address),
         ..Policy::default()
     })
 }

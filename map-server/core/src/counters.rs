@@ -36,6 +36,8 @@ pub struct Counters {
     pub endpoint_changes: u64,
     /// Requests from a node about a node resolving it at the same moment.
     pub crossed_requests: u64,
+    /// Solicit-Map-Requests sent to the correspondents of restarted nodes.
+    pub smrs: u64,
 }
 
 impl Counters {
@@ -180,6 +182,12 @@ impl Counters {
                 "control peers first seen or seen at a new endpoint (NAT rebinding, move)",
                 "counter",
                 self.endpoint_changes,
+            ),
+            (
+                "lispwg_ms_smrs_total",
+                "Solicit-Map-Requests sent to correspondents of restarted nodes",
+                "counter",
+                self.smrs,
             ),
             (
                 "lispwg_ms_crossed_requests_total",

@@ -138,6 +138,50 @@ impl MapServer {
         );
     }
 
+    /// Asks every live subscriber of `prefix` but its owner to resolve it
+    /// again, with a Solicit-Map-Request (RFC 9301 6.6.2): the owner
+    /// restarted, and their tunnels to it are dead. Their Map-Requests then
+    /// run the usual flow: the owner is told about each of them first (it
+    /// becomes the responder) and each gets its reply after that (it
+    /// initiates a fresh handshake).
+    pub(crate) fn solicit_subscribers(&mut self, now: Instant, prefix: EidPrefix, owner: u16) {
+        let targets: Vec<u16> = self
+            .subscriptions
+            .get(&prefix)
+            .map(|subs| {
+                subs.iter()
+                    .filter(|s| s.expires > now && s.peer != owner)
+                    .map(|s| s.peer)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let Some(ms_address) = self.policy.control_address else {
+            return;
+        };
+        for peer in targets {
+            let p = &self.policy.peers[peer as usize];
+            if p.wg_key.is_none() {
+                continue; // a keyless peer has no tunnel to renew
+            }
+            let nonce = self.nonce_gen.next_nonce();
+            let mut smr =
+                lisp_wire::MapRequest::for_eid(nonce, prefix.to_address(), ms_address, prefix);
+            smr.smr = true;
+            match lisp_wire::Message::MapRequest(smr).encode() {
+                Ok(payload) => {
+                    self.counters.smrs += 1;
+                    debug!(peer = %p.name, eid = %prefix, "Solicit-Map-Request");
+                    self.transmits.push_back(Transmit {
+                        via: Via::Tunnel,
+                        dst: SocketAddr::new(p.control_address, LISP_CONTROL_PORT),
+                        payload,
+                    });
+                }
+                Err(e) => warn!(error = %e, "cannot encode a Solicit-Map-Request"),
+            }
+        }
+    }
+
     /// Pushes `prefix`'s new mapping to every live subscriber but its owner.
     pub(crate) fn push_to_subscribers(&mut self, now: Instant, prefix: EidPrefix, owner: u16) {
         let targets: Vec<u16> = self

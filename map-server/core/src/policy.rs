@@ -85,6 +85,9 @@ pub struct Policy {
     /// Push a moved mapping to the resolvers that hold it. Off only to
     /// measure the WireGuard-roaming-only baseline.
     pub push_moves: bool,
+    /// The map-server's own address inside the control tunnel: the source of
+    /// the Solicit-Map-Requests it sends. `None` without a tunnel.
+    pub control_address: Option<std::net::IpAddr>,
     /// How often the endpoints WireGuard sees the control peers at are read
     /// (besides right after each registration): how soon a NAT rebinding
     /// is noticed once the node's next packet arrives.
@@ -102,6 +105,7 @@ impl Default for Policy {
             static_mappings: Vec::new(),
             push_moves: true,
             endpoint_poll: Duration::from_secs(1),
+            control_address: None,
         }
     }
 }

@@ -201,10 +201,21 @@ impl MapServer {
             match mapping {
                 Some(mapping) => {
                     let old = self.registry.insert(prefix, mapping.clone());
-                    let moved = old
-                        .as_ref()
-                        .is_some_and(|o| o.rlocs != mapping.rlocs || o.wg_key != mapping.wg_key);
-                    if old.is_none() || moved {
+                    // A node chooses a new map version each time it starts:
+                    // a changed one means it restarted, and forgot the
+                    // tunnels its correspondents still hold.
+                    let restarted = old.as_ref().is_some_and(|o| {
+                        o.is_live(now) && o.map_version != 0 && mapping.map_version != o.map_version
+                    });
+                    let moved = !restarted
+                        && old.as_ref().is_some_and(|o| {
+                            o.rlocs != mapping.rlocs || o.wg_key != mapping.wg_key
+                        });
+                    if restarted {
+                        info!(eid = %prefix, peer = %peer_name, "node restarted; asking its correspondents to resolve it again");
+                        self.solicit_subscribers(now, prefix, peer_idx);
+                    }
+                    if old.is_none() || moved || restarted {
                         let rloc = mapping.rlocs.first().map(|r| r.addr.to_string());
                         info!(eid = %prefix, peer = %peer_name, rloc = rloc.as_deref().unwrap_or("-"), "registered");
                     }

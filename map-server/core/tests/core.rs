@@ -1019,3 +1019,53 @@ fn a_pair_resolving_each_other_at_once_gets_one_notify_and_one_responder() {
         .all(|t| matches!(parse(&t.payload), Ok(Message::MapReply(_)))));
     assert_eq!(ms.pending_notifies(), 0);
 }
+
+#[test]
+fn a_node_that_restarted_gets_its_correspondents_to_resolve_it_again() {
+    let now = Instant::now();
+    let mut policy = Policy {
+        peers: vec![
+            peer_policy("robot-a", &node_a()),
+            peer_policy("robot-b", &node_b()),
+        ],
+        ..Policy::default()
+    };
+    policy.control_address = Some(ip(MS));
+    let mut ms: Ms = MapServer::new(policy, now, 42).into();
+    let (a, b) = (node_a(), node_b());
+    let versioned = |n: &Node, v: u16| EidRecord {
+        map_version: v,
+        ..record(n.eid, n.key, n.rloc)
+    };
+    let reg = |n: &Node, nonce, v| register_bytes(n, nonce, vec![versioned(n, v)]);
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &reg(&a, 1, 7));
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &reg(&b, 2, 9));
+    drain(&mut ms);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let n = parse_notify(&drain(&mut ms)[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    drain(&mut ms);
+    // A refresh with the same version changes nothing.
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &reg(&b, 3, 9));
+    assert_eq!(drain(&mut ms).len(), 1, "only B's confirmation");
+    // B restarts: a new map version. A, which holds a tunnel to B, is asked
+    // to resolve B again (an SMR from the map-server), not pushed.
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &reg(&b, 4, 10));
+    let out = drain(&mut ms);
+    let to_a: Vec<_> = out.iter().filter(|t| t.dst == from(&a)).collect();
+    assert_eq!(to_a.len(), 1, "{out:?}");
+    match parse(&to_a[0].payload).unwrap() {
+        Message::MapRequest(r) => {
+            assert!(r.smr, "a Solicit-Map-Request");
+            assert_eq!(EidPrefix::from_wire(&r.records[0].eid, 32).unwrap(), b.eid);
+        }
+        other => panic!("expected an SMR, got {other:?}"),
+    }
+    assert_eq!(ms.counters().smrs, 1);
+    assert_eq!(ms.counters().pushes, 0);
+}

@@ -40,6 +40,10 @@ pub struct Counters {
     pub paths_failed: u64,
     /// NAT punches sent.
     pub punches: u64,
+    /// Established paths that stopped working (we sent, heard nothing).
+    pub stalls: u64,
+    /// Solicit-Map-Requests heard: a correspondent restarted.
+    pub smrs: u64,
 }
 
 impl Counters {
@@ -201,6 +205,18 @@ impl Counters {
                 "NAT punches sent toward a new peer's candidates",
                 "counter",
                 self.punches,
+            ),
+            (
+                "lispwg_xtr_path_stalls_total",
+                "established paths that stopped working and were recovered",
+                "counter",
+                self.stalls,
+            ),
+            (
+                "lispwg_xtr_smrs_total",
+                "Solicit-Map-Requests heard (a correspondent restarted)",
+                "counter",
+                self.smrs,
             ),
             (
                 "lispwg_xtr_stats_failures_total",

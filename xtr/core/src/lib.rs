@@ -52,6 +52,9 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// A statistics read the shell has not answered for this long is asked
 /// again.
 const STATS_PATIENCE: Duration = Duration::from_secs(5);
+/// How often statistics are read while peers carry traffic: a path that
+/// stops working is noticed within about half a second.
+const ACTIVE_STATS: Duration = Duration::from_millis(100);
 
 /// Status of one map-server, for `xtr status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +95,9 @@ pub struct Xtr {
     stats_asked: Option<Instant>,
     /// When the last statistics came back.
     last_stats: Option<Instant>,
+    /// Some peer carried traffic at the last read: read again soon, so a
+    /// path that stops working is noticed within a second.
+    active: bool,
     /// A held packet waits for a first handshake: read statistics from
     /// this instant.
     stats_now: Option<Instant>,
@@ -101,6 +107,12 @@ pub struct Xtr {
     srtt_known: bool,
     nonces: lisp_wire::Nonces,
     counters: Counters,
+    /// The map version of our registrations, new at every start (RFC 6834
+    /// map-versioning): how the map-server notices we restarted.
+    map_version: u16,
+    /// EIDs to resolve again once a registration is confirmed (after a
+    /// path stopped working: the map-server must first see our endpoint).
+    resolve_after_register: Vec<IpAddr>,
 }
 
 impl Xtr {
@@ -134,11 +146,14 @@ impl Xtr {
             next_housekeeping: now + HOUSEKEEPING,
             stats_asked: None,
             last_stats: None,
+            active: false,
             stats_now: None,
             srtt: Duration::from_millis(50),
             srtt_known: false,
             nonces: lisp_wire::Nonces::new(seed),
             counters: Counters::default(),
+            map_version: 1 + (seed % 4095) as u16,
+            resolve_after_register: Vec::new(),
         }
     }
 
@@ -283,9 +298,13 @@ impl Xtr {
         Some(match self.stats_asked {
             Some(t) => t + STATS_PATIENCE,
             None if self.stats_now.is_some() => self.stats_now.unwrap_or(self.next_stats),
-            None => self
-                .paths_stats_due()
-                .map_or(self.next_stats, |t| t.min(self.next_stats)),
+            None => {
+                let periodic = match (self.active, self.last_stats) {
+                    (true, Some(t)) => self.next_stats.min(t + ACTIVE_STATS),
+                    _ => self.next_stats,
+                };
+                self.paths_stats_due().map_or(periodic, |t| t.min(periodic))
+            }
         })
     }
 
@@ -334,6 +353,11 @@ impl Xtr {
             Message::MapReply(reply) => {
                 self.servers[ms].unanswered_since = None;
                 self.handle_map_reply(now, reply)
+            }
+            Message::MapRequest(req) if req.smr => {
+                self.servers[ms].unanswered_since = None;
+                self.handle_smr(now, &req);
+                Ok(())
             }
             Message::MapNotify(notify) => {
                 auth::verify(bytes, &self.policy.map_servers[ms].site_key)

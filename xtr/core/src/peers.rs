@@ -23,6 +23,13 @@ pub(crate) const NAT_KEEPALIVE_SECS: u16 = 25;
 const KEEPALIVE_NOISE: u64 = 512;
 /// A peer that carried no traffic for this long loses its keepalive.
 const KEEPALIVE_HOLD: Duration = Duration::from_secs(120);
+/// An established peer we keep sending to (more than this many bytes) but
+/// hear nothing from for `STALL_AFTER` has lost its path: our NAT remapped
+/// us, or the peer restarted.
+const STALL_BYTES: u64 = 256;
+pub(crate) const STALL_AFTER: Duration = Duration::from_millis(400);
+/// At most one recovery per peer this often.
+const STALL_HOLDOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub(crate) struct CacheEntry {
@@ -51,6 +58,16 @@ pub(crate) struct Peer {
     last_active: Instant,
     /// Whether either side is behind a NAT, so the path needs keepalives.
     nat: bool,
+    /// When the peer was last heard (its rx counter moved), and our tx
+    /// counter then: for noticing a path that stopped working.
+    heard_at: Instant,
+    tx_when_heard: u64,
+    /// When we last tried to recover its path.
+    recovered_at: Option<Instant>,
+    /// The peer restarted: the next reply starts a fresh attempt.
+    pub(crate) stalled: bool,
+    /// The map version it registered with, new at each of its starts.
+    map_version: u16,
 }
 
 impl Peer {
@@ -195,8 +212,31 @@ impl Xtr {
             tx: 0,
             last_active: now,
             nat,
+            heard_at: now,
+            tx_when_heard: 0,
+            recovered_at: None,
+            stalled: false,
+            map_version: record.map_version,
         });
         peer.nat = nat;
+        // A new map version: the peer restarted, its end of the tunnel is
+        // gone, whatever our state says.
+        let restarted = !new_peer
+            && peer.map_version != 0
+            && record.map_version != 0
+            && record.map_version != peer.map_version;
+        peer.map_version = record.map_version;
+        if restarted {
+            info!(eid = %prefix, "the peer restarted; starting its tunnel over");
+            peer.stalled = true;
+            if learned == Learned::Notify {
+                // It asked for us: it initiates, we wait for it.
+                peer.stalled = false;
+                let generation = peer.path.generation + 1;
+                peer.path = Path::responder(now, candidates.clone());
+                peer.path.generation = generation;
+            }
+        }
         let new_prefix = peer.prefixes.insert(prefix);
         let before = peer.path.endpoint();
         if !new_peer {
@@ -204,6 +244,16 @@ impl Xtr {
                 // Our own request, answered after we were told about the peer
                 // (it resolved us at the same moment): it initiates, we wait.
                 (Learned::Reply, Role::Responder, true) => {}
+                // Restarted while notified about (above): nothing more.
+                (Learned::Notify, _, _) if restarted => {}
+                // The peer restarted and this is our re-resolution: start
+                // over as the side that asked, with a fresh peer.
+                (Learned::Reply, _, _) if peer.stalled => {
+                    peer.stalled = false;
+                    let generation = peer.path.generation + 1;
+                    peer.path = Path::initiator(now, candidates.clone(), wait);
+                    peer.path.generation = generation;
+                }
                 // A path that failed: try again, as the side that asked.
                 (Learned::Reply, _, false) if !peer.path.established() => {
                     let copies = std::mem::take(&mut peer.path.copies);
@@ -443,14 +493,35 @@ impl Xtr {
         let idle = self.policy.idle_timeout;
         let mut remove = Vec::new();
         let mut respec = Vec::new();
+        let mut stalled = Vec::new();
+        self.active = false;
         for s in stats {
             let Some(peer) = self.peers.get_mut(&s.key) else {
                 continue;
             };
             let moved = s.rx_bytes.saturating_sub(peer.rx) + s.tx_bytes.saturating_sub(peer.tx);
             let counters_reset = s.rx_bytes < peer.rx || s.tx_bytes < peer.tx;
+            if s.rx_bytes != peer.rx || counters_reset {
+                peer.heard_at = now;
+                peer.tx_when_heard = s.tx_bytes;
+            }
             peer.rx = s.rx_bytes;
             peer.tx = s.tx_bytes;
+            if moved > KEEPALIVE_NOISE {
+                self.active = true;
+            }
+            if peer.path.established()
+                && now.saturating_duration_since(peer.heard_at) >= STALL_AFTER
+                && s.tx_bytes.saturating_sub(peer.tx_when_heard) > STALL_BYTES
+                && peer
+                    .recovered_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= STALL_HOLDOFF)
+            {
+                peer.recovered_at = Some(now);
+                peer.heard_at = now;
+                peer.tx_when_heard = s.tx_bytes;
+                stalled.push(s.key);
+            }
             let keepalive_before = peer.spec(now).keepalive;
             if moved > KEEPALIVE_NOISE || counters_reset {
                 peer.last_active = now;
@@ -468,11 +539,73 @@ impl Xtr {
         for key in respec {
             self.want_peer(now, key);
         }
+        if !stalled.is_empty() {
+            self.recover_paths(now, &stalled);
+        }
         for key in remove {
             if let Some(p) = self.peers.get(&key) {
                 info!(endpoint = ?p.path.endpoint(), "data peer idle at both ends; removing");
             }
             self.remove_peer(now, key);
+        }
+    }
+
+    /// Paths that stopped working while we send. Our NAT may have remapped
+    /// us (a rebinding): we re-register at once, so the map-server sees our
+    /// new endpoint and pushes it to our correspondents, which punch toward
+    /// it and follow. Once that registration is confirmed we resolve the
+    /// peer again: if it restarted, the reply says so (a new map version)
+    /// and starts a fresh handshake. Nothing is torn down on suspicion
+    /// alone: a one-way flow looks the same for a while.
+    fn recover_paths(&mut self, now: Instant, keys: &[[u8; 32]]) {
+        self.counters.stalls += keys.len() as u64;
+        for key in keys {
+            let Some(prefix) = self
+                .peers
+                .get(key)
+                .and_then(|p| p.prefixes.first().copied())
+            else {
+                continue;
+            };
+            warn!(eid = %prefix, "path to the peer stopped working; re-registering and resolving it again");
+            let dst = prefix.addr();
+            if !self.resolve_after_register.contains(&dst) {
+                self.resolve_after_register.push(dst);
+            }
+        }
+        self.reregister_now(now);
+    }
+
+    /// Resolves a peer's EID again, without held packets.
+    pub(crate) fn resolve_again(&mut self, now: Instant, dst: IpAddr) {
+        let Some(source) = self.policy.eids.first().copied() else {
+            return;
+        };
+        if !self.pending.contains_key(&dst) {
+            self.start_request(now, dst, source, None);
+        }
+    }
+
+    /// A Solicit-Map-Request from a map-server: the EIDs it names belong to
+    /// a node that restarted. Resolve them again; the replies start fresh
+    /// handshakes.
+    pub(crate) fn handle_smr(&mut self, now: Instant, req: &lisp_wire::MapRequest) {
+        let iid = self.policy.iid();
+        for r in &req.records {
+            let Ok(asked) = EidPrefix::from_wire(&r.eid, r.eid_mask_len) else {
+                continue;
+            };
+            let Some((prefix, true, _)) = self.cache_lookup(iid, asked.addr()) else {
+                continue;
+            };
+            self.counters.smrs += 1;
+            if let Some(key) = self.peer_of(&prefix) {
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.stalled = true;
+                }
+            }
+            debug!(eid = %prefix, "solicited to resolve again");
+            self.resolve_again(now, asked.addr());
         }
     }
 

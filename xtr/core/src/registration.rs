@@ -172,6 +172,12 @@ impl Xtr {
             // is set again; this must follow the new address, not the removal.
             self.dataplane.want_listen_port_reapplied();
         }
+        self.reregister_now(now);
+    }
+
+    /// Registers with every map-server now (our endpoint may have changed
+    /// behind our NAT).
+    pub(crate) fn reregister_now(&mut self, now: Instant) {
         for s in &mut self.servers {
             s.next_register = now;
             s.backoff = self.policy.register_retry_first;
@@ -197,7 +203,12 @@ impl Xtr {
         self.policy
             .eids
             .iter()
-            .map(|e| EidRecord::new(*e, self.policy.record_ttl_minutes, rlocs.clone()))
+            .map(|e| EidRecord {
+                // New at every start: the map-server tells our correspondents
+                // that we restarted.
+                map_version: self.map_version,
+                ..EidRecord::new(*e, self.policy.record_ttl_minutes, rlocs.clone())
+            })
             .collect()
     }
 
@@ -292,6 +303,10 @@ impl Xtr {
         s.backoff = self.policy.register_retry_first;
         let wait = self.jitter(self.policy.register_interval);
         self.servers[ms].next_register = now + wait;
+        // Resolutions that waited for the map-server to see where we are.
+        for dst in std::mem::take(&mut self.resolve_after_register) {
+            self.resolve_again(now, dst);
+        }
         true
     }
 }

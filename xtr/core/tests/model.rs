@@ -20,6 +20,8 @@ fn ip(s: &str) -> IpAddr {
 struct FakePeer {
     /// Configured, or learnt by roaming from the source of a handshake.
     endpoint: Option<SocketAddr>,
+    rx: u64,
+    tx: u64,
     allowed: Vec<EidPrefix>,
     keepalive: Option<u16>,
     last_init: Option<Instant>,
@@ -72,6 +74,8 @@ impl Dataplane {
                 let old = if *fresh { None } else { self.peers.remove(key) };
                 let peer = FakePeer {
                     endpoint: endpoint.or(old.as_ref().and_then(|o| o.endpoint)),
+                    rx: old.as_ref().map_or(0, |o| o.rx),
+                    tx: old.as_ref().map_or(0, |o| o.tx),
                     allowed: allowed.clone(),
                     keepalive: *keepalive,
                     last_init: old.as_ref().and_then(|o| o.last_init),
@@ -105,8 +109,8 @@ impl Dataplane {
             .iter()
             .map(|(k, p)| PeerStats {
                 key: *k,
-                rx_bytes: 0,
-                tx_bytes: 0,
+                rx_bytes: p.rx,
+                tx_bytes: p.tx,
                 since_handshake: p.handshake.map(|h| now - h),
             })
             .collect()
@@ -121,6 +125,8 @@ struct Nat {
     edm: bool,
     /// Address-and-port-dependent filtering: only answers get in.
     filter: bool,
+    /// Added to the node's port: a NAT that restarted maps it elsewhere.
+    shift: u16,
 }
 
 struct Node {
@@ -133,6 +139,9 @@ struct Node {
     /// Addresses on the node's interfaces now.
     addrs: BTreeMap<&'static str, Vec<IpAddr>>,
     nat: Option<Nat>,
+    /// Where the map-server's WireGuard last saw this node's control
+    /// messages come from.
+    seen_at: Option<SocketAddr>,
 }
 
 struct Ms {
@@ -179,10 +188,11 @@ fn peer_policies() -> Vec<PeerPolicy> {
         .collect()
 }
 
-fn map_server(now: Instant, seed: u64) -> MapServer {
+fn map_server(now: Instant, seed: u64, ctl: IpAddr) -> MapServer {
     MapServer::new(
         Policy {
             peers: peer_policies(),
+            control_address: Some(ctl),
             ..Policy::default()
         },
         now,
@@ -201,7 +211,7 @@ impl Sim {
             .enumerate()
             .map(|(i, &ctl)| Ms {
                 ctl,
-                core: map_server(now, 100 + i as u64),
+                core: map_server(now, 100 + i as u64, ctl),
                 alive: true,
                 fail_commits: 0,
                 disk: BTreeMap::new(),
@@ -247,6 +257,7 @@ impl Sim {
                     dp: Dataplane::default(),
                     addrs: BTreeMap::from([("eth0", vec![ip(rloc)])]),
                     nat: None,
+                    seen_at: None,
                 }
             })
             .collect();
@@ -370,11 +381,7 @@ impl Sim {
                 ControlAction::ReadEndpoints => {
                     // Where each node's WireGuard socket reaches the
                     // map-server from, after its NAT.
-                    let seen = self
-                        .nodes
-                        .iter()
-                        .filter_map(|n| Some((n.key, Some(source(n, MS_UNDERLAY)?))))
-                        .collect();
+                    let seen = self.nodes.iter().map(|n| (n.key, n.seen_at)).collect();
                     ms.core.handle_endpoints(now, id, Ok(seen));
                 }
                 _ => ms.core.handle_action_result(now, id, Ok(())),
@@ -407,7 +414,7 @@ impl Sim {
         if wiped {
             ms.disk.clear();
         }
-        ms.core = map_server(now, 900 + s as u64);
+        ms.core = map_server(now, 900 + s as u64, ms.ctl);
         for (prefix, (mapping, peer)) in ms.disk.clone() {
             ms.core.restore(prefix, &peer, mapping, now);
         }
@@ -463,9 +470,12 @@ impl Sim {
                     }
                 }
                 let from = SocketAddr::new(node.ctl, 4342);
+                let seen = source(node, MS_UNDERLAY);
                 if self.dropped(dst.ip()) {
                     return;
                 }
+                // The map-server's WireGuard learns where it came from.
+                self.nodes[i].seen_at = seen;
                 if let Some(ms) = self
                     .servers
                     .iter_mut()
@@ -595,10 +605,12 @@ fn source(n: &Node, to: SocketAddr) -> Option<SocketAddr> {
     let local = local(n)?;
     Some(match n.nat {
         None => local,
-        Some(nat) if !nat.edm || to == MS_UNDERLAY => SocketAddr::new(nat.public, local.port()),
+        Some(nat) if !nat.edm || to == MS_UNDERLAY => {
+            SocketAddr::new(nat.public, local.port().wrapping_add(nat.shift))
+        }
         Some(nat) => {
             let spread = to.port().wrapping_add(u16::from(to.ip().is_ipv4()) * 7) % 997 + 1;
-            SocketAddr::new(nat.public, local.port().wrapping_add(spread))
+            SocketAddr::new(nat.public, local.port().wrapping_add(spread + nat.shift))
         }
     })
 }
@@ -633,6 +645,51 @@ impl Sim {
             return None;
         }
         None
+    }
+
+    /// A data packet from node `from`'s host to `to` (an EID), through its
+    /// WireGuard as the kernel would route it: counted as sent, and as
+    /// received at the other end if the path works. Returns whether it
+    /// arrived.
+    fn send_data(&mut self, from: usize, to: IpAddr) -> bool {
+        let Some(&route) = self.nodes[from]
+            .dp
+            .routes
+            .iter()
+            .find(|r| r.contains_addr(0, to))
+        else {
+            return false;
+        };
+        let Some((&key, peer)) = self.nodes[from]
+            .dp
+            .peers
+            .iter_mut()
+            .find(|(_, p)| p.allowed.contains(&route))
+        else {
+            return false;
+        };
+        peer.tx += 128;
+        let (Some(endpoint), Some(_)) = (peer.endpoint, peer.handshake) else {
+            return false;
+        };
+        // Sending through our NAT lets the answers in.
+        self.nodes[from].dp.opened.insert(endpoint);
+        let Some(j) = self.deliver(from, endpoint) else {
+            return false;
+        };
+        if self.nodes[j].key != key {
+            return false;
+        }
+        let src = source(&self.nodes[from], endpoint);
+        let my_key = self.nodes[from].key;
+        match self.nodes[j].dp.peers.get_mut(&my_key) {
+            Some(back) if back.handshake.is_some() => {
+                back.rx += 128;
+                back.endpoint = src; // roaming
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Node `i`'s WireGuard starts a handshake with peer `key`, as the real
@@ -1418,6 +1475,7 @@ impl Sim {
             public: ip(public),
             edm,
             filter,
+            shift: 0,
         });
         self.set_addresses(name, &[("eth0", private)]);
         // It re-registered from behind the NAT; let the map-server see it.
@@ -1607,4 +1665,72 @@ fn a_node_whose_own_attempts_failed_waits_when_the_peer_asks_for_it_again() {
     );
     assert!(sim.established("A", "B"));
     assert!(!sim.node("B").dp.punches.is_empty());
+}
+
+#[test]
+fn a_nat_that_remaps_a_sending_node_is_recovered_from_within_a_second() {
+    let mut sim = Sim::new(1);
+    sim.behind_nat("A", "10.20.1.5", "198.51.100.7", false, true);
+    sim.behind_nat("B", "10.30.1.5", "203.0.113.9", false, true);
+    sim.miss("B", "10.0.0.1", 1);
+    sim.advance(Duration::from_millis(50));
+    assert!(sim.established("B", "A"));
+    // B pings A every 10 ms, and A answers.
+    let ping = |sim: &mut Sim| {
+        let there = sim.send_data(1, ip("10.0.0.1"));
+        let back = there && sim.send_data(0, ip("10.0.0.2"));
+        sim.advance(Duration::from_millis(10));
+        back
+    };
+    // Long enough for the agents to see the traffic.
+    for _ in 0..200 {
+        assert!(ping(&mut sim));
+    }
+    // B's NAT restarts: its conntrack is gone and it maps B to another port.
+    let nat = sim.nodes[1].nat.as_mut().unwrap();
+    nat.shift = 1000;
+    sim.nodes[1].dp.opened.clear();
+    let mut lost = 0;
+    let mut recovered_after = None;
+    for i in 0..300 {
+        if ping(&mut sim) {
+            recovered_after = Some(i * 10);
+            break;
+        }
+        lost += 1;
+    }
+    let ms = recovered_after.expect("never recovered");
+    assert!(ms <= 1000, "recovered after {ms} ms ({lost} pings lost)");
+    assert!(sim.node("B").xtr.counters().stalls >= 1);
+    // The map-server saw B's new endpoint (at B's re-registration) and told
+    // A, which punched toward it and follows it; no tunnel was torn down.
+    assert!(sim.servers[0].core.counters().endpoint_changes >= 3);
+    assert_eq!(sim.node("A").xtr.counters().path_failovers, 0);
+    assert_eq!(sim.node("B").xtr.counters().paths_established, 1);
+}
+
+#[test]
+fn a_restarted_peer_is_reached_again_within_two_seconds() {
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_millis(50));
+    // B's agent restarts: it forgets A, and its WireGuard starts empty.
+    sim.restart_node(1);
+    let mut recovered_after = None;
+    for i in 0..300 {
+        let there = sim.send_data(0, ip("10.0.0.2"));
+        let back = there && sim.send_data(1, ip("10.0.0.1"));
+        sim.advance(Duration::from_millis(10));
+        if there && back {
+            recovered_after = Some(i * 10);
+            break;
+        }
+    }
+    let ms = recovered_after.expect("never reached again");
+    assert!(ms <= 2000, "reached again after {ms} ms");
+    assert_eq!(
+        sim.node("A").xtr.counters().smrs,
+        1,
+        "told by the map-server, which saw B's new map version"
+    );
 }
