@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
-        address::{AddressAttribute, AddressMessage},
+        address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
         link::{AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkMessage},
         route::{RouteMessage, RouteScope},
         RouteNetlinkMessage,
@@ -40,6 +40,10 @@ pub enum NetEvent {
         ifname: String,
         address: IpAddr,
         prefix_len: u8,
+        /// False while the kernel checks the address for duplicates (IPv6
+        /// DAD: tentative) or after it found one: the kernel will not use it
+        /// as a source. A later event for the same address says when it is.
+        usable: bool,
     },
     AddressRemoved {
         ifindex: u32,
@@ -170,6 +174,17 @@ impl Rtnl {
 
     /// The addresses on `ifname`, with their prefix lengths.
     pub(crate) async fn addresses(&self, ifname: &str) -> Result<Vec<IpPrefix>> {
+        Ok(self
+            .address_states(ifname)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// The addresses on `ifname`, and whether each is usable as a source
+    /// yet (see [`NetEvent::AddressAdded`]).
+    pub(crate) async fn address_states(&self, ifname: &str) -> Result<Vec<(IpPrefix, bool)>> {
         let index = self.link_index(ifname).await?;
         let mut stream = self
             .handle
@@ -187,7 +202,7 @@ impl Rtnl {
                 continue;
             }
             if let Some(ip) = address_of(&msg) {
-                out.push(IpPrefix::new(ip, msg.header.prefix_len)?);
+                out.push((IpPrefix::new(ip, msg.header.prefix_len)?, usable(&msg)));
             }
         }
         Ok(out)
@@ -385,6 +400,12 @@ impl Netlink {
         self.rtnl.addresses(ifname).await
     }
 
+    /// The addresses on `ifname`, and whether each is usable as a source yet
+    /// (not tentative, DAD not failed).
+    pub async fn address_states(&self, ifname: &str) -> Result<Vec<(IpPrefix, bool)>> {
+        self.rtnl.address_states(ifname).await
+    }
+
     /// Subscribes to address and link events of this namespace. The
     /// subscription starts before this returns, so a change made afterwards is
     /// always reported. Must be called from the tokio runtime, in the namespace
@@ -506,19 +527,22 @@ impl EventTracker {
                     _ => vec![],
                 }
             }
-            RouteNetlinkMessage::NewAddress(addr) => self
-                .address_event(addr)
-                .await
-                .map(
-                    |(ifindex, ifname, address, prefix_len)| NetEvent::AddressAdded {
-                        ifindex,
-                        ifname,
-                        address,
-                        prefix_len,
-                    },
-                )
-                .into_iter()
-                .collect(),
+            RouteNetlinkMessage::NewAddress(addr) => {
+                let usable = usable(&addr);
+                self.address_event(addr)
+                    .await
+                    .map(
+                        |(ifindex, ifname, address, prefix_len)| NetEvent::AddressAdded {
+                            ifindex,
+                            ifname,
+                            address,
+                            prefix_len,
+                            usable,
+                        },
+                    )
+                    .into_iter()
+                    .collect()
+            }
             RouteNetlinkMessage::DelAddress(addr) => self
                 .address_event(addr)
                 .await
@@ -568,6 +592,19 @@ impl EventTracker {
         self.links.insert(index, state);
         Some(name)
     }
+}
+
+/// Whether the kernel uses the address as a source: not while it is
+/// tentative (IPv6 duplicate address detection) or after DAD failed.
+fn usable(msg: &AddressMessage) -> bool {
+    let header = msg.header.flags;
+    let flags = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Flags(f) => Some(*f),
+        _ => None,
+    });
+    let bad_header = header.intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed);
+    let bad = flags.is_some_and(|f| f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed));
+    !(bad_header || bad)
 }
 
 /// The address an address message is about. IFA_LOCAL is the address itself

@@ -68,6 +68,7 @@ async fn address_change_on_a_veth_is_reported_quickly() {
                         ifname: ifname.clone(),
                         address: addr.addr(),
                         prefix_len: 24,
+                        usable: true,
                     }),
                     "address-added event missing or wrong (waited {elapsed:?})"
                 );

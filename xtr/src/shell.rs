@@ -224,12 +224,12 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     // addresses are RLOCs.
     let mut initial = Vec::new();
     for r in &cfg.rlocs {
-        match netlink.addresses(&r.interface).await {
-            Ok(addrs) => initial.extend(addrs.into_iter().map(|p| LinkEvent::Address {
+        match netlink.address_states(&r.interface).await {
+            Ok(addrs) => initial.extend(addrs.into_iter().map(|(p, usable)| LinkEvent::Address {
                 ifname: r.interface.clone(),
                 addr: p.addr(),
                 added: true,
-                tentative: false,
+                tentative: !usable,
             })),
             Err(e) => {
                 warn!(interface = %r.interface, error = %e, "RLOC interface not available yet")
@@ -408,12 +408,15 @@ impl Agent {
     fn on_net_event(&mut self, ev: NetEvent) {
         let ev = match ev {
             NetEvent::AddressAdded {
-                ifname, address, ..
+                ifname,
+                address,
+                usable,
+                ..
             } => LinkEvent::Address {
                 ifname,
                 addr: address,
                 added: true,
-                tentative: false,
+                tentative: !usable,
             },
             NetEvent::AddressRemoved {
                 ifname, address, ..
