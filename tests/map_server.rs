@@ -10,12 +10,12 @@
 //!  ns B: wg 100.64.0.3/16 ── veth 198.51.100.2 ┘     wg 100.64.0.1/16 (control)
 //! ```
 
-use conf::telemetry;
 use lisp_wire::*;
-use lispwg_tests::*;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use testbed::config::{AllowedEid, MapServerConfig, MsControl, MsPeer, MsServer};
+use testbed::*;
 use wgctl::PeerConfig;
 
 const MS_CTL: &str = "100.64.0.1";
@@ -54,14 +54,17 @@ impl Client {
         ms_underlay: &str,
     ) -> Client {
         let ifname = unique("c");
-        let node = WgNode::new(ns, &ifname, port, &format!("{ctl}/16"));
+        let node = WgNode::new(ns, &ifname, port, &format!("{ctl}/16")).unwrap();
         let ctl_addr = ip(ctl);
-        let (ctl_sock, req_sock) = ns.run(|| {
-            (
-                UdpSocket::bind(SocketAddr::new(ctl_addr, LISP_CONTROL_PORT)).expect("bind 4342"),
-                UdpSocket::bind(SocketAddr::new(ctl_addr, 0)).expect("bind request socket"),
-            )
-        });
+        let (ctl_sock, req_sock) = ns
+            .run(|| {
+                (
+                    UdpSocket::bind(SocketAddr::new(ctl_addr, LISP_CONTROL_PORT))
+                        .expect("bind 4342"),
+                    UdpSocket::bind(SocketAddr::new(ctl_addr, 0)).expect("bind request socket"),
+                )
+            })
+            .unwrap();
         for s in [&ctl_sock, &req_sock] {
             s.set_read_timeout(Some(WAIT)).unwrap();
         }
@@ -83,15 +86,17 @@ impl Client {
     /// before would only be retried 5 s later.
     fn peer_with_ms(&self) {
         let ms_pub = ms_key().public_key();
-        if self.node.read().peer(&ms_pub).is_some() {
-            self.node.remove_peer(ms_pub);
+        if self.node.read().unwrap().peer(&ms_pub).is_some() {
+            self.node.remove_peer(ms_pub).unwrap();
         }
-        self.node.upsert_peer(PeerConfig {
-            public_key: ms_pub,
-            endpoint: Some(self.ms_endpoint),
-            allowed_ips: vec![format!("{MS_CTL}/32").parse().unwrap()],
-            persistent_keepalive: Some(25),
-        });
+        self.node
+            .upsert_peer(PeerConfig {
+                public_key: ms_pub,
+                endpoint: Some(self.ms_endpoint),
+                allowed_ips: vec![format!("{MS_CTL}/32").parse().unwrap()],
+                persistent_keepalive: Some(25),
+            })
+            .unwrap();
     }
 
     fn ifname(&self) -> String {
@@ -218,51 +223,50 @@ fn ms_key() -> wgctl::keys::PrivateKey {
 
 /// Writes the map-server's configuration, key and site-key files into `dir`.
 fn write_config(dir: &Path, ifname: &str, clients: &[&Client]) -> PathBuf {
-    secret_file(dir, "ms.key", &ms_key().to_base64());
-    let mut peers = String::new();
+    secret_file(&dir.join("ms.key"), &ms_key().to_base64()).unwrap();
+    let mut peers = Vec::new();
     for c in clients {
-        secret_file(
-            dir,
-            &format!("{}.site", c.name),
-            &String::from_utf8_lossy(&c.site_key),
-        );
-        peers += &format!(
-            r#"
-[[peers]]
-name = "{name}"
-public_key = "{key}"
-control_address = "{ctl}"
-site_key_file = "{name}.site"
-eids = [{{ prefix = "{eid}/32" }}]
-"#,
-            name = c.name,
-            key = c.node.public_key(),
-            ctl = c.ctl_addr,
-            eid = c.eid.addr(),
-        );
+        let site = dir.join(format!("{}.site", c.name));
+        secret_file(&site, &String::from_utf8_lossy(&c.site_key)).unwrap();
+        peers.push(MsPeer {
+            name: c.name.into(),
+            public_key: Some(c.node.public_key().to_string()),
+            control_address: c.ctl_addr.to_string(),
+            site_key_file: format!("{}.site", c.name),
+            eids: vec![AllowedEid::exact(format!("{}/32", c.eid.addr()))],
+        });
     }
-    let text = format!(
-        r#"
-[control]
-interface = "{ifname}"
-private_key_file = "ms.key"
-listen_port = {MS_WG_PORT}
-address = "{MS_CTL}/16"
-backend = "userspace"
-
-[server]
-state_dir = "state"
-metrics = "{METRICS}"
-{peers}"#
-    );
-    secret_file(dir, "ms.toml", &text)
+    let config = MapServerConfig {
+        control: Some(MsControl {
+            interface: ifname.into(),
+            private_key_file: "ms.key".into(),
+            listen_port: MS_WG_PORT,
+            address: format!("{MS_CTL}/16"),
+            backend: "userspace".into(),
+        }),
+        server: MsServer {
+            state_dir: "state".into(),
+            metrics: METRICS.into(),
+            ..MsServer::default()
+        },
+        peers,
+        static_mappings: Vec::new(),
+    };
+    let path = dir.join("ms.toml");
+    config::write_toml(&path, &config).unwrap();
+    path
 }
 
 fn start_ms(ns: &Netns, config: &Path) -> Daemon {
-    let mut ms = ns.spawn(
-        &binary("map-server"),
-        &["run", "-c", config.to_str().unwrap()],
-    );
+    let mut ms = ns
+        .spawn(
+            "map-server",
+            binary("map-server"),
+            &["run", "-c", config.to_str().unwrap()],
+            &daemon::temp_log("map-server"),
+        )
+        .unwrap()
+        .remove_log_when_done();
     assert!(
         ms.wait_for_log("map-server ready", Duration::from_secs(15)),
         "the map-server did not start:\n{}",
@@ -272,13 +276,13 @@ fn start_ms(ns: &Netns, config: &Path) -> Daemon {
 }
 
 fn metrics(ns: &Netns) -> String {
-    ns.run(|| telemetry::fetch(METRICS.parse().unwrap(), "/metrics"))
+    ns.fetch(METRICS.parse().unwrap(), "/metrics")
         .expect("fetch /metrics")
 }
 
 /// The kernel's count of UDP datagrams for which no socket was found.
 fn udp_no_ports(ns: &Netns) -> u64 {
-    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]).unwrap();
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
     let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
     let i = names
@@ -290,7 +294,7 @@ fn udp_no_ports(ns: &Netns) -> u64 {
 
 /// Runs `body`, then checks that it left nothing behind.
 fn checked(body: impl FnOnce(&mut Vec<String>, &mut Vec<String>)) {
-    require_root_and_tools();
+    require_root_and_tools(&[BASE_TOOLS, CAPTURE_TOOLS].concat()).unwrap();
     let (mut namespaces, mut ifnames) = (Vec::new(), Vec::new());
     body(&mut namespaces, &mut ifnames);
     assert_no_leftovers(&namespaces, &ifnames);
@@ -300,12 +304,18 @@ fn checked(body: impl FnOnce(&mut Vec<String>, &mut Vec<String>)) {
 fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
     checked(|namespaces, ifnames| {
         let dir = tempdir();
-        let ms_ns = Netns::new("m");
-        let a_ns = Netns::new("a");
-        let b_ns = Netns::new("b");
+        let ms_ns = Netns::new("m").unwrap();
+        let a_ns = Netns::new("a").unwrap();
+        let b_ns = Netns::new("b").unwrap();
         namespaces.extend([&ms_ns, &a_ns, &b_ns].map(|n| n.name().to_owned()));
-        let (_, a_veth) = veth(&ms_ns, "192.0.2.1/24", &a_ns, "192.0.2.2/24");
-        veth(&ms_ns, "198.51.100.1/24", &b_ns, "198.51.100.2/24");
+        let (_, a_veth) = link(&ms_ns, Some("192.0.2.1/24"), &a_ns, Some("192.0.2.2/24")).unwrap();
+        link(
+            &ms_ns,
+            Some("198.51.100.1/24"),
+            &b_ns,
+            Some("198.51.100.2/24"),
+        )
+        .unwrap();
         let a = Client::new(
             &a_ns,
             "robot-a",
@@ -338,12 +348,14 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         emitted.push(("Map-Notify to B", b.register(&mut nonce)));
 
         // `map-server status` lists both, with their peer names.
-        let status = ms_ns.exec(&[
-            binary("map-server").to_str().unwrap(),
-            "status",
-            "-c",
-            config.to_str().unwrap(),
-        ]);
+        let status = ms_ns
+            .exec(&[
+                binary("map-server").to_str().unwrap(),
+                "status",
+                "-c",
+                config.to_str().unwrap(),
+            ])
+            .unwrap();
         for needle in [
             "[0]10.1.0.1/32",
             "robot-a",
@@ -409,13 +421,18 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
 
         let before = metrics(&ms_ns);
         let registers = |m: &str| metric(m, "lispwg_ms_map_registers_total").unwrap();
-        assert_eq!(metric(&before, "lispwg_ms_entries"), Some(2));
-        assert_eq!(metric(&before, "lispwg_ms_negative_replies_total"), Some(1));
+        assert_eq!(metric(&before, "lispwg_ms_entries"), Some(2.0));
+        assert_eq!(
+            metric(&before, "lispwg_ms_negative_replies_total"),
+            Some(1.0)
+        );
 
         // The same kind of Map-Register sent over the underlay, to the
         // map-server's underlay address: no answer, nothing changes.
         let no_ports = udp_no_ports(&ms_ns);
-        let under = a_ns.run(|| UdpSocket::bind("192.0.2.2:0").unwrap());
+        let under = a_ns
+            .run(|| UdpSocket::bind("192.0.2.2:0").unwrap())
+            .unwrap();
         under
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
@@ -429,8 +446,10 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         // from A's own control address: the host accepts it (weak host model,
         // no reverse-path filter), but the control socket is bound to the
         // WireGuard interface and never sees it.
-        ms_ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
-        ms_ns.sysctl("net.ipv4.conf.default.rp_filter", "0");
+        ms_ns.sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
+        ms_ns
+            .sysctl("net.ipv4.conf.default.rp_filter", "0")
+            .unwrap();
         a_ns.ip(&[
             "route",
             "add",
@@ -439,8 +458,11 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
             "192.0.2.1",
             "dev",
             &a_veth,
-        ]);
-        let spoof = a_ns.run(|| UdpSocket::bind("100.64.0.2:0").unwrap());
+        ])
+        .unwrap();
+        let spoof = a_ns
+            .run(|| UdpSocket::bind("100.64.0.2:0").unwrap())
+            .unwrap();
         spoof
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
@@ -475,27 +497,21 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
 
         // Everything the map-server sent decodes cleanly in Wireshark.
         let payloads: Vec<Vec<u8>> = emitted.iter().map(|(_, p)| p.clone()).collect();
-        for ((what, _), frame) in emitted.iter().zip(tshark_decode_all(&payloads)) {
-            assert_tshark_clean(&frame, what);
+        for ((what, _), frame) in emitted.iter().zip(tshark::decode_payloads(&payloads)) {
             let want = if what.starts_with("Map-Notify") {
                 "4"
             } else {
                 "2"
             };
-            assert_eq!(tshark_field(&frame, "lisp.type"), [want], "{what}");
+            assert_eq!(frame.all("lisp.type"), [want], "{what}");
+            frame.assert_clean();
         }
 
         // A clean stop removes the control interface and its wireguard-go.
         let status = ms.stop().expect("the map-server stops on SIGTERM");
         assert!(status.success(), "exit status {status}:\n{}", ms.log());
         assert!(wireguard_go_pids(&ms_if).is_empty());
-        assert!(
-            ms_ns
-                .exec_output(&["ip", "link", "show", "dev", &ms_if])
-                .status
-                .code()
-                != Some(0)
-        );
+        assert!(!ms_ns.has_link(&ms_if), "{ms_if} is left");
     });
 }
 
@@ -503,10 +519,16 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
 fn restart_after_kill_9_serves_registrations_without_re_registration() {
     checked(|namespaces, ifnames| {
         let dir = tempdir();
-        let ms_ns = Netns::new("m");
-        let a_ns = Netns::new("a");
+        let ms_ns = Netns::new("m").unwrap();
+        let a_ns = Netns::new("a").unwrap();
         namespaces.extend([&ms_ns, &a_ns].map(|n| n.name().to_owned()));
-        veth(&ms_ns, "203.0.113.1/24", &a_ns, "203.0.113.2/24");
+        link(
+            &ms_ns,
+            Some("203.0.113.1/24"),
+            &a_ns,
+            Some("203.0.113.2/24"),
+        )
+        .unwrap();
         let a = Client::new(
             &a_ns,
             "robot-a",
@@ -563,13 +585,13 @@ fn restart_after_kill_9_serves_registrations_without_re_registration() {
         let m = metrics(&ms_ns);
         assert_eq!(
             metric(&m, "lispwg_ms_map_registers_total"),
-            Some(0),
+            Some(0.0),
             "no re-registration"
         );
-        assert_eq!(metric(&m, "lispwg_ms_entries"), Some(1));
-        let frames = tshark_decode_all(&[notify, bytes]);
-        assert_tshark_clean(&frames[0], "Map-Notify before the restart");
-        assert_tshark_clean(&frames[1], "Map-Reply after the restart");
+        assert_eq!(metric(&m, "lispwg_ms_entries"), Some(1.0));
+        for frame in tshark::decode_payloads(&[notify, bytes]) {
+            frame.assert_clean();
+        }
         println!(
             "restart: ready {} ms after spawn, first positive Map-Reply {} ms after spawn",
             ready.as_millis(),
@@ -581,11 +603,16 @@ fn restart_after_kill_9_serves_registrations_without_re_registration() {
 
 #[test]
 fn check_config_and_status_report_problems_clearly() {
-    require_root_and_tools();
+    require_root_and_tools(BASE_TOOLS).unwrap();
     let ms = binary("map-server");
     let dir = tempdir();
-    secret_file(dir.path(), "ms.key", &ms_key().to_base64());
-    secret_file(dir.path(), "a.site", "site-a");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        secret_file(&path, text).unwrap();
+        path
+    };
+    file("ms.key", &ms_key().to_base64());
+    file("a.site", "site-a");
     let a_pub = wgctl::keys::PrivateKey::generate().public_key();
     let config = |control_address: &str, metrics: &str| {
         format!(
@@ -616,11 +643,7 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
             .expect("run map-server")
     };
 
-    let good = secret_file(
-        dir.path(),
-        "good.toml",
-        &config("100.64.0.2", "metrics = \"\""),
-    );
+    let good = file("good.toml", &config("100.64.0.2", "metrics = \"\""));
     let out = run(&["check-config", "-c", good.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -639,7 +662,7 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
         assert!(text.contains(needle), "summary lacks {needle}:\n{text}");
     }
 
-    let bad = secret_file(dir.path(), "bad.toml", &config("100.64.0.300", ""));
+    let bad = file("bad.toml", &config("100.64.0.300", ""));
     let out = run(&["check-config", "-c", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -656,18 +679,19 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("server.metrics is \"\" (disabled)"), "{err}");
-    let ns = Netns::new("s");
-    let silent = secret_file(
-        dir.path(),
+    let ns = Netns::new("s").unwrap();
+    let silent = file(
         "silent.toml",
         &config("100.64.0.2", &format!("metrics = \"{METRICS}\"")),
     );
-    let out = ns.exec_output(&[
-        ms.to_str().unwrap(),
-        "status",
-        "-c",
-        silent.to_str().unwrap(),
-    ]);
+    let out = ns
+        .output(&[
+            ms.to_str().unwrap(),
+            "status",
+            "-c",
+            silent.to_str().unwrap(),
+        ])
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
