@@ -2,14 +2,13 @@
 
 use anyhow::{bail, Context, Result};
 use bench::exp::{self, Ctx};
-use bench::lab::Bins;
 use bench::report::{self, Machine};
-use bench::sys;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+use testbed::Bins;
 
 /// The thesis's experiments, replayed against lispwg in network namespaces.
 ///
@@ -19,7 +18,7 @@ use std::time::Instant;
 /// <experiment>.json (raw samples, summaries, the machine), a chart
 /// (<experiment>.svg) and SUMMARY.md (figures beside the thesis's and the
 /// targets). Needs root, wireguard-go, wg, ip, ping and iperf3. Everything it
-/// creates (namespaces lwb…, interfaces, processes) is removed again, on
+/// creates (namespaces lw…, interfaces, processes) is removed again, on
 /// Ctrl-C too.
 #[derive(Parser)]
 #[command(name = "bench", version)]
@@ -143,8 +142,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Handover => vec!["handover"],
         Command::Agent => vec!["agent"],
     };
-    sys::require_root_and_tools(&["ip", "wg", "wireguard-go", "ping", "iperf3", "timeout"])?;
-    sys::install_signal_flag();
+    testbed::require_root_and_tools(&[testbed::BASE_TOOLS, &["iperf3", "timeout"]].concat())?;
+    testbed::install_signal_flag();
     let bin_dir = match &cli.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?
@@ -166,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
     eprintln!("bench: machine: {}", machine.one_line());
     let ctx = Ctx {
         bins,
+        bench: std::env::current_exe().context("the bench's own path")?,
         quick: cli.quick,
         work: work.clone(),
         machine,
@@ -176,7 +176,7 @@ fn run(cli: Cli) -> Result<()> {
         if !selected.contains(&name) {
             continue;
         }
-        if sys::interrupted().is_err() {
+        if testbed::interrupted().is_err() {
             failed.push(format!("{name}: not run (interrupted)"));
             continue;
         }

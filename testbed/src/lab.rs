@@ -637,7 +637,7 @@ impl Lab {
         // The agents start together, then each is waited for.
         for (d, _) in &daemons {
             if self.daemon_node(d)?.0 == Kind::Agent {
-                self.spawn_daemon(d)?;
+                self.spawn(d)?;
             }
         }
         for (d, _) in &daemons {
@@ -648,7 +648,9 @@ impl Lab {
         Ok(())
     }
 
-    fn spawn_daemon(&mut self, daemon: &str) -> Result<()> {
+    /// Starts `daemon` without waiting for it to be ready (see
+    /// [`Lab::wait_ready`]).
+    pub fn spawn(&mut self, daemon: &str) -> Result<()> {
         if self.daemons.get_mut(daemon).is_some_and(|d| d.is_running()) {
             bail!("{daemon} is running already");
         }
@@ -685,7 +687,7 @@ impl Lab {
     /// its telemetry address, an agent has registered, coturn answers a STUN
     /// binding request); returns how long that took.
     pub fn start(&mut self, daemon: &str) -> Result<Duration> {
-        self.spawn_daemon(daemon)?;
+        self.spawn(daemon)?;
         self.wait_ready(daemon)
     }
 

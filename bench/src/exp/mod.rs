@@ -9,11 +9,16 @@ pub mod ms_scale;
 pub mod register;
 pub mod throughput;
 
-use crate::lab::Bins;
 use crate::report::{utc, ExperimentResult, Figure, Machine, Series};
 use anyhow::Result;
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
+use testbed::config::{
+    write_toml, AllowedEid, MapServerConfig, MsPeer, MsServer, StaticMapping, StaticRloc,
+};
+use testbed::topology::NOWHERE;
+use testbed::{Bins, Lab, LabSpec};
 
 /// What an experiment produces: its result and its charts (file name, SVG).
 pub type Produced = (ExperimentResult, Vec<(String, String)>);
@@ -21,6 +26,8 @@ pub type Produced = (ExperimentResult, Vec<(String, String)>);
 /// What every experiment gets.
 pub struct Ctx {
     pub bins: Bins,
+    /// The bench itself (for its reflector subcommand).
+    pub bench: PathBuf,
     pub quick: bool,
     /// Scratch space for this run: lab folders, configurations, logs.
     pub work: PathBuf,
@@ -45,6 +52,84 @@ impl Ctx {
         std::fs::create_dir_all(&d)?;
         Ok(d)
     }
+}
+
+/// The bench's lab: the campus lab of the tests and the demo without the
+/// edge xTR and its host (map-server, robot-a, robot-b with its spare
+/// interface on subnet A), its state in `dir`.
+pub fn lab(
+    ctx: &Ctx,
+    dir: &Path,
+    static_mappings: Vec<StaticMapping>,
+    robot_b: bool,
+) -> Result<Lab> {
+    let mut spec = LabSpec::campus()
+        .tag("b")
+        .without("edge")
+        .static_mappings(static_mappings);
+    if !robot_b {
+        spec = spec.idle("robot-b");
+    }
+    Lab::up(spec, dir, &ctx.bins)
+}
+
+/// The i-th EID of 10.`net`.0.0/16.
+pub fn numbered_eid(net: u8, i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, net, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// `n` static mappings for the EIDs of 10.`net`.0.0/16, each with its own
+/// fresh WireGuard key, all pointing nowhere: for experiments that time
+/// only the control plane.
+pub fn unreachable_mappings(net: u8, n: u32) -> Vec<StaticMapping> {
+    (0..n)
+        .map(|i| StaticMapping {
+            prefix: format!("{}/32", numbered_eid(net, i)),
+            public_key: Some(testbed::random_public_key()),
+            port: Some(testbed::topology::WG_PORT),
+            rlocs: vec![StaticRloc {
+                address: NOWHERE.to_string(),
+            }],
+        })
+        .collect()
+}
+
+/// Writes, into `dir`, a map-server configuration without a control tunnel:
+/// LISP in the clear on `listen` (as keyless peers and the load generators
+/// use it), telemetry on `metrics`, and one peer `name` at `control` that may
+/// register anything in 10.0.0.0/8 with site key `site` (and, if given, WireGuard
+/// key `public_key`). Returns its path.
+pub fn plain_ms_config(
+    dir: &Path,
+    listen: &str,
+    metrics: &str,
+    name: &str,
+    control: &str,
+    site: &str,
+    public_key: Option<String>,
+) -> Result<PathBuf> {
+    let site_file = format!("{name}.site");
+    testbed::secret_file(&dir.join(&site_file), &format!("{site}\n"))?;
+    let config = MapServerConfig {
+        control: None,
+        server: MsServer {
+            state_dir: "state".into(),
+            metrics: metrics.into(),
+            plain_listen: Some(listen.into()),
+            ..MsServer::default()
+        },
+        peers: vec![MsPeer {
+            name: name.into(),
+            public_key,
+            control_address: control.into(),
+            site_key_file: site_file,
+            eids: vec![AllowedEid::within("10.0.0.0/8")],
+        }],
+        static_mappings: Vec::new(),
+    };
+    let path = dir.join("map-server.toml");
+    write_toml(&path, &config)?;
+    Ok(path)
 }
 
 /// Prints a progress line.
