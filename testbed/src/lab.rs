@@ -19,7 +19,7 @@ use crate::config::{
 use crate::daemon::Daemon;
 use crate::files::{keypair, public_key_of, random_token, secret_file, Bins};
 use crate::nat::NatRouter;
-use crate::netns::{delete_namespace, veth, Netns};
+use crate::netns::{veth, Netns};
 use crate::topology::*;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -307,6 +307,14 @@ impl Lab {
         list += &format!("{name}\n");
         std::fs::write(self.dir.join(NAMESPACES), list)?;
         let ns = Netns::create(&name)?;
+        // No duplicate address detection, link-local addresses included:
+        // IPv6 is usable at once instead of a second later.
+        ns.exec(&[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.accept_dad=0",
+            "net.ipv6.conf.default.accept_dad=0",
+        ])?;
         self.namespaces.push((node.to_string(), ns));
         Ok(())
     }
@@ -347,6 +355,13 @@ impl Lab {
         if let Role::Nat { lan, .. } = node.role {
             ns.sysctl("net.ipv4.ip_forward", "1")?;
             ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            // With br_netfilter loaded, frames bridged between two hosts of
+            // the LAN would go through the router's forward filter (and be
+            // dropped): a LAN switch does not filter.
+            if Path::new("/proc/sys/net/bridge").exists() {
+                ns.sysctl("net.bridge.bridge-nf-call-iptables", "0")?;
+                ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "0")?;
+            }
             let s = self.spec.subnet(&Attach::Nat(node.name.clone()));
             ns.ip(&["link", "add", "lan", "type", "bridge"])?;
             ns.ip(&["link", "set", "lan", "up"])?;
@@ -880,7 +895,7 @@ impl Lab {
         let mut names = Vec::new();
         while let Some((_, ns)) = self.namespaces.pop() {
             names.push(ns.name().to_string());
-            if let Err(e) = delete_namespace(ns.name()) {
+            if let Err(e) = ns.delete() {
                 eprintln!("{e:#}");
             }
         }

@@ -17,9 +17,12 @@
 //! IPv6 is routed, never translated; its forward filter is the kind's.
 
 use crate::netns::Netns;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How a NAT router maps and filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +237,76 @@ impl<'a> NatRouter<'a> {
     pub fn listing(&self) -> Result<String> {
         self.ns.exec(&["nft", "list", "ruleset"])
     }
+}
+
+/// A UDP server that answers each datagram with the address it came from,
+/// as text (`ip:port`): how a host behind a NAT learns its mapping, as it
+/// would from a STUN server or from the map-server's view of its endpoint.
+pub struct AddressEcho {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AddressEcho {
+    /// Listens on `addr` inside `ns` (bound before this returns).
+    pub fn start(ns: &Netns, addr: SocketAddr) -> Result<AddressEcho> {
+        let sock = ns.run(|| UdpSocket::bind(addr))??;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(from.to_string().as_bytes(), from);
+                }
+            }
+        });
+        Ok(AddressEcho {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks `server` (an [`AddressEcho`]) from `sock` where it sees `sock`
+    /// (up to 5 tries, 200 ms each).
+    pub fn observe(sock: &UdpSocket, server: SocketAddr) -> Result<SocketAddr> {
+        for _ in 0..5 {
+            sock.send_to(b"where am I?", server)?;
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while let Some((text, from)) = recv_within(sock, deadline - Instant::now()) {
+                if from == server {
+                    return text
+                        .parse()
+                        .map_err(|e| anyhow!("{server} answered {text:?}: {e}"));
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+        bail!("no answer from the address echo at {server}")
+    }
+}
+
+impl Drop for AddressEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The next datagram on `sock` within `limit`, as text, and its sender.
+pub fn recv_within(sock: &UdpSocket, limit: Duration) -> Option<(String, SocketAddr)> {
+    let limit = limit.max(Duration::from_millis(1));
+    sock.set_read_timeout(Some(limit)).ok()?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = sock.recv_from(&mut buf).ok()?;
+    Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
 }
 
 #[cfg(test)]
