@@ -186,7 +186,7 @@ pub const CAPTURE_TOOLS: &[&str] = &["tcpdump", "tshark", "text2pcap", "od"];
 /// Tools of the NAT routers.
 pub const NAT_TOOLS: &[&str] = &["nft", "conntrack"];
 /// Tools of the TURN relay.
-pub const RELAY_TOOLS: &[&str] = &["turnserver", "openssl"];
+pub const RELAY_TOOLS: &[&str] = &["turnserver", "turnutils_uclient", "openssl"];
 
 /// Fails (never skips) unless this runs as root, with /dev/net/tun and every
 /// tool of `tools` on PATH; the error names the missing ones and their
