@@ -70,15 +70,7 @@ fn quick_mode_produces_samples_for_every_experiment() {
     assert!(status.success(), "bench all --quick failed: {status}");
     eprintln!("bench all --quick took {:.0} s", t0.elapsed().as_secs_f64());
 
-    for name in [
-        "throughput",
-        "cache-add",
-        "first-packet",
-        "ms-scale",
-        "register",
-        "handover",
-        "agent",
-    ] {
+    for name in bench::exp::EXPERIMENTS.iter().map(|e| e.name) {
         let path = out.path().join(format!("{name}.json"));
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

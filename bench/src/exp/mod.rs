@@ -23,6 +23,70 @@ use testbed::{Bins, Lab, LabSpec};
 /// What an experiment produces: its result and its charts (file name, SVG).
 pub type Produced = (ExperimentResult, Vec<(String, String)>);
 
+/// One experiment: its name (the subcommand and the result files), what it
+/// measures (the subcommand's help) and how it runs.
+pub struct Experiment {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&Ctx) -> Result<Produced>,
+}
+
+/// Every experiment, in the order `bench all` runs them and SUMMARY.md
+/// lists them: the one list the command line, `bench all`, the summary and
+/// the quick test go by.
+pub const EXPERIMENTS: &[Experiment] = &[
+    Experiment {
+        name: "throughput",
+        about: "TCP and UDP (1380-byte payloads) through an on-demand tunnel with iperf3, beside \
+                a hand-configured wireguard-go tunnel between the same namespaces and the plain \
+                underlay. Target: ≥ 95 % of the hand-configured tunnel. Full: 4 runs × 10 s per \
+                path and protocol.",
+        run: throughput::run,
+    },
+    Experiment {
+        name: "cache-add",
+        about: "Time from a map-cache miss to the peer being programmed, for 100 fresh EIDs \
+                (read from the agent's lispwg_xtr_cache_add_seconds histogram). Thesis: 16.6 ms \
+                (OOR+WG), 13.2 ms (OOR). Target: p50 ≤ 2 ms, p99 ≤ 5 ms.",
+        run: cache_add::run,
+    },
+    Experiment {
+        name: "first-packet",
+        about: "A fresh robot pair (both agents restarted), fast ping (every 2 ms): time from the \
+                first request to the first reply and requests lost, 100 repetitions. Thesis: \
+                32.6 ms with the first packets dropped. Target: p50 ≤ 5 ms and nothing lost.",
+        run: first_packet::run,
+    },
+    Experiment {
+        name: "ms-scale",
+        about: "Map-Request → Map-Reply latency (1 outstanding) and throughput (8 and 64 \
+                outstanding) at 10, 1 000, 100 000 and 1 000 000 mappings, plus RSS and start-up \
+                time, beside a do-nothing UDP reflector on the same path. Targets: ≥ 75 % of the \
+                reflector, p50 flat within 10 %, RSS ≤ 256 MiB and start-up ≤ 2 s at 1 000 000.",
+        run: ms_scale::run,
+    },
+    Experiment {
+        name: "register",
+        about: "Map-Register → Map-Notify rate with HMAC-SHA-256, persisted (durable redb commit \
+                before the notify). Target: ≥ 20 000 registrations/s.",
+        run: register::run,
+    },
+    Experiment {
+        name: "handover",
+        about: "robot-b moves subnet 20 times while robot-a pings every 10 ms; outage per move, \
+                with the map-server's push on, then off (WireGuard roaming only), then off with \
+                robot-b sending too. Thesis: ≈1 s (OOR+WG), 8–10 s (OOR). Target: p50 < 100 ms, \
+                max < 250 ms.",
+        run: handover::run,
+    },
+    Experiment {
+        name: "agent",
+        about: "The xtr's RSS and CPU when idle and with 1 000 cached peers. Target: idle CPU ≈ 0 \
+                (no busy polling), RSS ≤ 20 MiB.",
+        run: agent::run,
+    },
+];
+
 /// What every experiment gets.
 pub struct Ctx {
     pub bins: Bins,
