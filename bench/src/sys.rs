@@ -2,6 +2,7 @@
 //! waits and the interrupt flag are the testbed's.
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
 
 /// Resident memory of a process: (VmRSS, VmHWM) in KiB.
 pub fn rss_kib(pid: u32) -> Result<(u64, u64)> {
@@ -40,22 +41,42 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((utime + stime) as f64 / hz)
 }
 
-/// Context switches of all threads of a process so far (voluntary and not):
-/// how often it woke up.
-pub fn context_switches(pid: u32) -> Result<u64> {
-    let mut total = 0;
+/// Context switches (voluntary and not) of each thread of a process so far,
+/// by thread ID: how often it woke up.
+pub fn context_switches(pid: u32) -> Result<BTreeMap<u32, u64>> {
+    let mut threads = BTreeMap::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let status = std::fs::read_to_string(task?.path().join("status")).unwrap_or_default();
-        for l in status.lines() {
-            if let Some(v) = l
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += v.trim().parse::<u64>().unwrap_or(0);
-            }
-        }
+        let task = task?;
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread may exit while we read: it is then left out.
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let switches = status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum();
+        threads.insert(tid, switches);
     }
-    Ok(total)
+    Ok(threads)
+}
+
+/// Wake-ups between two [`context_switches`] readings. Threads come and go
+/// (tokio's blocking pool, wireguard-go's helpers): a thread that exited
+/// takes its count with it, so totals can shrink. Only each thread's own
+/// growth counts, a new thread's from zero; an exited thread's wake-ups in
+/// the window are lost (an undercount, never a wrap-around).
+pub fn wakeups_between(before: &BTreeMap<u32, u64>, after: &BTreeMap<u32, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// PIDs of the children of `pid` whose command name is `comm`.
@@ -95,4 +116,25 @@ pub fn pin_current_thread(cpu: usize) -> Result<()> {
 /// CPUs this process may run on.
 pub fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wakeups_count_each_threads_growth_and_survive_exited_threads() {
+        let before = BTreeMap::from([(1, 10), (2, 500), (3, 7)]);
+        // Thread 2 (the busiest) exited, 4 is new, 3 did not run.
+        let after = BTreeMap::from([(1, 12), (3, 7), (4, 5)]);
+        assert_eq!(wakeups_between(&before, &after), 2 + 5);
+        // The old sum of totals would have gone from 517 to 24.
+        assert_eq!(wakeups_between(&after, &after), 0);
+    }
+
+    #[test]
+    fn this_process_has_threads_with_context_switches() {
+        let t = context_switches(std::process::id()).unwrap();
+        assert!(t.contains_key(&std::process::id()), "{t:?}");
+    }
 }

@@ -46,7 +46,7 @@ fn observe(pid: u32, window: Duration) -> Result<Usage> {
     let (rss_kib, hwm_kib) = sys::rss_kib(pid)?;
     Ok(Usage {
         cpu_percent: (c1 - c0) / dt * 100.0,
-        wakeups_per_s: (w1 - w0) as f64 / dt,
+        wakeups_per_s: sys::wakeups_between(&w0, &w1) as f64 / dt,
         rss_kib,
         hwm_kib,
     })
