@@ -105,22 +105,11 @@ impl Client {
 
     fn register_bytes(&self, nonce: u64) -> Vec<u8> {
         let key = *self.node.public_key().as_bytes();
-        MapRegister {
-            proxy_reply: true,
-            security: false,
-            rtr: false,
-            want_map_notify: true,
-            nonce,
-            auth: Authentication::unsigned(KeyId::HmacSha256),
-            records: vec![EidRecord::new(
-                self.eid,
-                1,
-                vec![RlocRecord::new(1, 100, wireguard_locator(self.rloc, key))],
-            )],
-            xtr_site: None,
-        }
-        .encode_signed(&self.site_key)
-        .unwrap()
+        let locator = wireguard_locator(self.rloc, key);
+        let record = EidRecord::new(self.eid, 1, vec![RlocRecord::new(1, 100, locator)]);
+        MapRegister::proxied(nonce, vec![record])
+            .encode_signed(&self.site_key)
+            .unwrap()
     }
 
     /// Registers over the control tunnel and returns the Map-Notify, checked:
@@ -152,39 +141,11 @@ impl Client {
     /// An ECM-encapsulated Map-Request for `target`, from the request socket.
     fn request_bytes(&self, nonce: u64, target: IpAddr) -> Vec<u8> {
         let target = EidPrefix::host(0, target);
-        let req = MapRequest {
-            authoritative: false,
-            probe: false,
-            smr: false,
-            pitr: false,
-            smr_invoked: false,
-            local_xtr: false,
-            dont_map_reply: false,
-            nonce,
-            source_eid: self.eid.to_address(),
-            itr_rlocs: vec![Address::from(self.ctl_addr)],
-            records: vec![RequestRecord {
-                eid_mask_len: target.prefix_len(),
-                eid: target.to_address(),
-            }],
-            map_reply_record: None,
-        };
-        Message::Ecm(Ecm {
-            security: false,
-            ddt: false,
-            to_etr: false,
-            to_ms: false,
-            inner: InnerHeader {
-                src: self.ctl_addr,
-                dst: ip(MS_CTL),
-                ttl: 64,
-                src_port: self.req.local_addr().unwrap().port(),
-                dst_port: LISP_CONTROL_PORT,
-            },
-            message: Box::new(Message::MapRequest(req)),
-        })
-        .encode()
-        .unwrap()
+        let port = self.req.local_addr().unwrap().port();
+        MapRequest::for_eid(nonce, self.eid.to_address(), self.ctl_addr, target)
+            .encapsulated(self.ctl_addr, port, ip(MS_CTL))
+            .encode()
+            .unwrap()
     }
 
     fn send_request(&self, nonce: u64, target: &str) {
@@ -430,17 +391,19 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         // The same kind of Map-Register sent over the underlay, to the
         // map-server's underlay address: no answer, nothing changes.
         let no_ports = udp_no_ports(&ms_ns);
-        let under = a_ns
-            .run(|| UdpSocket::bind("192.0.2.2:0").unwrap())
-            .unwrap();
-        under
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        nonce += 1;
-        under
-            .send_to(&a.register_bytes(nonce), "192.0.2.1:4342")
-            .unwrap();
-        assert!(recv(&under).is_none(), "an answer over the underlay");
+        // A's register from `from`, to `to`: the answer, if any.
+        let mut register_from = |from: &str, to: &str| {
+            let sock = a_ns.run(|| UdpSocket::bind(from).unwrap()).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            nonce += 1;
+            sock.send_to(&a.register_bytes(nonce), to).unwrap();
+            recv(&sock)
+        };
+        assert!(
+            register_from("192.0.2.2:0", "192.0.2.1:4342").is_none(),
+            "an answer over the underlay"
+        );
 
         // And to the control address, routed over the underlay (no tunnel),
         // from A's own control address: the host accepts it (weak host model,
@@ -460,18 +423,8 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
             &a_veth,
         ])
         .unwrap();
-        let spoof = a_ns
-            .run(|| UdpSocket::bind("100.64.0.2:0").unwrap())
-            .unwrap();
-        spoof
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        nonce += 1;
-        spoof
-            .send_to(&a.register_bytes(nonce), "100.64.0.1:4342")
-            .unwrap();
         assert!(
-            recv(&spoof).is_none(),
+            register_from("100.64.0.2:0", "100.64.0.1:4342").is_none(),
             "an answer to a register over the underlay"
         );
         assert!(

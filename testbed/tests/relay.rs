@@ -24,25 +24,26 @@ fn relay_lab(tag: &str) -> Lab {
 fn coturn_answers_stun_with_the_address_it_sees_and_listens_on_tcp_and_tls() {
     let lab = relay_lab("rs");
     let server = SocketAddr::new(lab.address("ms"), TURN_PORT);
+    // Where coturn sees a socket of `node` bound to port 40000.
+    let seen_from = |node: &str| {
+        lab.ns(node)
+            .run(|| {
+                let sock = UdpSocket::bind("0.0.0.0:40000")?;
+                stun_binding(&sock, server, Duration::from_secs(2))
+            })
+            .unwrap()
+            .unwrap()
+    };
     let a = lab.ns("robot-a");
-    let seen = a
-        .run(|| {
-            let sock = UdpSocket::bind("0.0.0.0:40000")?;
-            stun_binding(&sock, server, Duration::from_secs(2))
-        })
-        .unwrap()
-        .unwrap();
-    assert_eq!(seen, SocketAddr::new(lab.address("robot-a"), 40000));
+    assert_eq!(
+        seen_from("robot-a"),
+        SocketAddr::new(lab.address("robot-a"), 40000)
+    );
     // Behind the NAT, coturn sees the NAT's public address.
-    let seen = lab
-        .ns("robot-b")
-        .run(|| {
-            let sock = UdpSocket::bind("0.0.0.0:40000")?;
-            stun_binding(&sock, server, Duration::from_secs(2))
-        })
-        .unwrap()
-        .unwrap();
-    assert_eq!(seen, SocketAddr::new(lab.address("n1"), 40000));
+    assert_eq!(
+        seen_from("robot-b"),
+        SocketAddr::new(lab.address("n1"), 40000)
+    );
     for port in [TURN_PORT, TURN_TLS_PORT] {
         let to = SocketAddr::new(lab.address("ms"), port);
         let connected = a
