@@ -126,25 +126,7 @@ impl Lab {
             .unwrap_or_else(|| default_prefix(&spec.tag));
         crate::check_ifname(&format!("{prefix}-ms2m"))
             .with_context(|| format!("lab prefix {prefix:?} is too long"))?;
-        let mut lab = Lab {
-            spec,
-            prefix,
-            dir: dir.to_path_buf(),
-            bins,
-            namespaces: Vec::new(),
-            daemons: BTreeMap::new(),
-            detached: false,
-            _scratch: None,
-        };
-        if lab.bins.is_none()
-            && lab
-                .spec
-                .nodes
-                .iter()
-                .any(|n| n.daemon().is_some() && n.start)
-        {
-            bail!("Lab::network starts no lispwg daemon: make their nodes idle, or use Lab::up");
-        }
+        let mut lab = Lab::new(spec, prefix, dir, bins, false);
         lab.save()?;
         std::fs::write(lab.dir.join(NAMESPACES), "")?;
         lab.build_network().context("building the lab's network")?;
@@ -161,16 +143,7 @@ impl Lab {
             .with_context(|| format!("no lab is up with its state in {}", dir.display()))?;
         let state: State = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a lab state", dir.join(STATE).display()))?;
-        let mut lab = Lab {
-            spec: state.spec,
-            prefix: state.prefix,
-            dir: dir.to_path_buf(),
-            bins: bins.cloned(),
-            namespaces: Vec::new(),
-            daemons: BTreeMap::new(),
-            detached: true,
-            _scratch: None,
-        };
+        let mut lab = Lab::new(state.spec, state.prefix, dir, bins.cloned(), true);
         let names = std::fs::read_to_string(dir.join(NAMESPACES)).unwrap_or_default();
         for name in names.lines().filter(|n| Netns::exists(n)) {
             let node = name
@@ -214,6 +187,19 @@ impl Lab {
         self.detached = true;
         for (_, ns) in &mut self.namespaces {
             ns.keep();
+        }
+    }
+
+    fn new(spec: LabSpec, prefix: String, dir: &Path, bins: Option<Bins>, detached: bool) -> Lab {
+        Lab {
+            spec,
+            prefix,
+            dir: dir.to_path_buf(),
+            bins,
+            namespaces: Vec::new(),
+            daemons: BTreeMap::new(),
+            detached,
+            _scratch: None,
         }
     }
 
@@ -678,7 +664,7 @@ impl Lab {
                 let bins = self
                     .bins
                     .as_ref()
-                    .context("the lab was opened without binaries")?;
+                    .with_context(|| format!("{daemon} needs the binaries: use Lab::up"))?;
                 if kind == Kind::MapServer {
                     bins.map_server.clone()
                 } else {

@@ -231,10 +231,3 @@ pub fn decode_payloads(payloads: &[Vec<u8>]) -> Vec<Frame> {
     }
     frames
 }
-
-/// [`decode_payloads`] of one payload.
-pub fn decode_payload(payload: &[u8]) -> Frame {
-    decode_payloads(&[payload.to_vec()])
-        .pop()
-        .expect("one frame")
-}
