@@ -15,6 +15,28 @@
 //! * [`leftovers`]: no namespace, interface, wireguard-go or socket left.
 //! * [`http`]: `/metrics` and `/status`, and metric parsing.
 //!
+//! A test declares its lab, builds it (failing, never skipping, without root
+//! or the tools) and gets it torn down, with the daemons' logs printed if it
+//! fails:
+//!
+//! ```no_run
+//! use testbed::{Lab, LabSpec, NatKind, Segment};
+//!
+//! // robot-a behind an EIM NAT, robot-b behind an EDM NAT, coturn on the
+//! // map-server's host; the rest of the campus lab as the demo has it.
+//! let lab = Lab::for_test(
+//!     LabSpec::campus()
+//!         .nat("n1", NatKind::Eim, Segment::SubnetA)
+//!         .behind("robot-a", "n1")
+//!         .nat("n2", NatKind::Edm, Segment::SubnetB)
+//!         .behind("robot-b", "n2")
+//!         .coturn(),
+//! );
+//! lab.ping_ok("robot-a", "10.1.0.10", 3);
+//! let mappings = lab.nat("n1").unwrap().mappings().unwrap();
+//! let (user, password) = lab.turn_credentials("robot-a", std::time::Duration::from_secs(600)).unwrap();
+//! ```
+//!
 //! It depends on wgctl (interface-name rules, keys) but not on lisp-wire or
 //! conf, so that lisp-wire's and wgctl's tests can use it. Errors are
 //! `anyhow`; helpers meant only for test assertions panic with the reason.
