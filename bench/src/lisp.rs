@@ -18,7 +18,7 @@ use lisp_wire::{
     auth, Address, Authentication, Ecm, EidPrefix, EidRecord, InnerHeader, KeyId, MapRegister,
     MapReply, MapRequest, Message, RequestRecord, RlocRecord, LISP_CONTROL_PORT,
 };
-use map_server::{Mapping, Origin, Rloc};
+use map_server_core::{Mapping, Origin, Rloc};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ pub fn bulk_mapping(i: u32, expires: Instant) -> Mapping {
 /// EID (same size), nonce zero.
 pub fn reflector_reply() -> Result<Vec<u8>> {
     let eid = EidPrefix::host(0, IpAddr::V4(bulk_eid(1)));
-    let record = map_server::mapping_record(eid, &bulk_mapping(1, Instant::now()));
+    let record = map_server_core::mapping_record(eid, &bulk_mapping(1, Instant::now()));
     Ok(Message::MapReply(MapReply {
         probe: false,
         echo_nonce: false,
@@ -182,7 +182,7 @@ struct ReplyTemplate {
 
 fn bulk_reply(i: u32, nonce: u64) -> Result<Vec<u8>> {
     let eid = EidPrefix::host(0, IpAddr::V4(bulk_eid(i)));
-    let record = map_server::mapping_record(eid, &bulk_mapping(i, Instant::now()));
+    let record = map_server_core::mapping_record(eid, &bulk_mapping(i, Instant::now()));
     Ok(Message::MapReply(MapReply {
         probe: false,
         echo_nonce: false,

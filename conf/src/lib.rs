@@ -321,13 +321,5 @@ fn default_backend() -> String {
 }
 
 pub(crate) fn backend(c: &Checker, field: &str, value: &str) -> Result<BackendKind, ConfigError> {
-    match value {
-        "auto" => Ok(BackendKind::Auto),
-        "kernel" => Ok(BackendKind::Kernel),
-        "userspace" => Ok(BackendKind::Userspace),
-        other => Err(c.err(
-            field,
-            format!("`{other}` is not a backend: use auto, kernel or userspace"),
-        )),
-    }
+    value.parse().map_err(|e: String| c.err(field, e))
 }

@@ -175,12 +175,9 @@ pub struct ControlInterface {
     pub backend: BackendKind,
 }
 
-/// An EID prefix a peer may register.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AllowedEid {
-    pub prefix: EidPrefix,
-    pub more_specifics: bool,
-}
+/// An EID prefix a peer may register: the core's own type, so the
+/// configuration compiles straight into its policy.
+pub use map_server_core::AllowedEid;
 
 /// A manually configured control peer.
 #[derive(Debug, Clone)]

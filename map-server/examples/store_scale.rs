@@ -14,7 +14,7 @@
 
 use lisp_wire::{Address, EidPrefix, MapRequest, Message, RequestRecord};
 use map_server::store::{Clock, Store, DEFAULT_CACHE_BYTES};
-use map_server::{Mapping, Origin, Rloc, StoreOp};
+use map_server_core::{Mapping, Origin, Rloc, StoreOp};
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};

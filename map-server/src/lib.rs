@@ -1,17 +1,12 @@
-//! # map-server: the lispwg mapping database
+//! # map-server: the lispwg mapping database daemon
 //!
-//! A sans-IO protocol core ([`server::MapServer`]) over a longest-prefix-match
-//! [`registry::Registry`], and the tokio [`shell`] that runs it over the
-//! WireGuard control tunnel, persisting registrations in a crash-safe
-//! [`store`].
+//! The protocol logic is the sans-IO [`map_server_core::MapServer`]. This
+//! crate is its tokio [`shell`] (the WireGuard control tunnel, the sockets,
+//! the clock), the crash-safe [`store`] that carries out its commits, and the
+//! [`status`] page.
 
-pub mod counters;
-pub mod policy;
-pub mod registry;
-pub mod server;
 pub mod shell;
+pub mod status;
 pub mod store;
 
-pub use policy::{AllowedEid, NotifyTiming, PeerPolicy, Policy};
-pub use registry::{Mapping, Origin, Registry, Rloc};
-pub use server::{mapping_record, MapServer, Refusal, StoreOp, Transmit, Via, MAX_PEERS};
+pub use map_server_core as core;

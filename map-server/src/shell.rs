@@ -3,22 +3,22 @@
 //! [`MapServer`] with them.
 //!
 //! One event loop, one task: each iteration takes one event (datagrams, a
-//! timer, a page request or a signal), then *flushes*: first it commits every
-//! store operation of the iteration in one durable transaction, then it sends
-//! the iteration's datagrams. So a Map-Notify is only sent for a registration
-//! that survives a crash.
+//! timer, a page request or a signal), then *flushes*: it carries out the
+//! commits and control-interface actions the core asks for, reporting each
+//! outcome back, then sends the datagrams the core releases. The core holds
+//! back a Map-Notify until the commit of its registration is reported done,
+//! so the shell needs no knowledge of which datagram promises what.
 
-use crate::counters::Counters;
-use crate::policy::{AllowedEid, PeerPolicy, Policy};
-use crate::registry::{Mapping, Origin, Rloc};
-use crate::server::{MapServer, StoreOp, Transmit, Via, DEFAULT_WG_PORT, MAX_PEERS};
+use crate::status::{ShellFacts, Snapshot};
 use crate::store::{Clock, Store, StoreError, DEFAULT_CACHE_BYTES};
 use conf::map_server::{ControlInterface, MapServerConfig};
 use conf::telemetry::{self, Page, PageRequest, Telemetry, TelemetryError};
-use lisp_wire::{EidPrefix, LISP_CONTROL_PORT, TYPE_MAP_NOTIFY};
+use lisp_wire::LISP_CONTROL_PORT;
+use map_server_core::{
+    ActionFault, ControlAction, Endpoints, MapServer, Mapping, Origin, PeerPolicy, Policy, Rloc,
+    StoreFault, Transmit, Via, MAX_PEERS,
+};
 use socket2::{Domain, Protocol, Socket, Type};
-use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -38,8 +38,6 @@ const SOCKET_RCVBUF: usize = 4 << 20;
 /// How long to wait for the interface of a killed predecessor to go away
 /// (its wireguard-go exits on the death of its parent, a moment later).
 const STALE_INTERFACE_WAIT: Duration = Duration::from_secs(3);
-/// Registrations listed on the status page, at most.
-const STATUS_ROWS: usize = 1000;
 
 /// Why the map-server could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -82,14 +80,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
             control_address: p.control_address,
             wg_key: p.public_key.map(|k| *k.as_bytes()),
             site_key: p.site_key.as_bytes().to_vec(),
-            allowed: p
-                .eids
-                .iter()
-                .map(|a| AllowedEid {
-                    prefix: a.prefix,
-                    more_specifics: a.more_specifics,
-                })
-                .collect(),
+            allowed: p.eids.clone(),
         })
         .collect();
     let static_mappings = cfg
@@ -145,15 +136,14 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
     let mut shell = Shell {
         core,
         store,
+        wg: None,
         tunnel: None,
         plain: None,
         telemetry: None,
-        unsaved: Vec::new(),
         stats: Stats::default(),
         started,
         restored,
         interface: cfg.control.as_ref().map(|c| c.interface.clone()),
-        lifetime: cfg.registration_lifetime,
     };
     // Drop what no longer passes the policy before anything else happens.
     shell.flush().await;
@@ -172,11 +162,13 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
     };
     let result = async {
         if let (Some(host), Some(ctl)) = (&host, &cfg.control) {
-            let hints = endpoint_hints(&shell.core);
-            bring_up_control(host, ctl, &cfg, &hints).await?;
+            shell.wg = Some(bring_up_control(host, ctl, &cfg).await?);
             let addr = SocketAddr::new(ctl.address, LISP_CONTROL_PORT);
             shell.tunnel = Some(bind_udp(addr, Some(&ctl.interface))?);
             info!(%addr, ifname = %ctl.interface, "listening for control messages inside the WireGuard tunnel only");
+            // The core wakes the control peers whose registrations it restored.
+            shell.core.finish_restore();
+            shell.flush().await;
         }
         if let Some(addr) = cfg.plain_listen {
             shell.plain = Some(bind_udp(addr, None)?);
@@ -218,9 +210,15 @@ fn restore(store: &Store, core: &mut MapServer) -> Result<usize, ShellError> {
             dropped += 1;
         }
     })?;
+    let endpoints = store.load_endpoints()?;
+    let known = endpoints
+        .into_iter()
+        .filter(|(peer, ep)| core.restore_endpoint(peer, *ep))
+        .count();
     info!(
         restored,
         dropped,
+        endpoints = known,
         undecodable = report.undecodable,
         elapsed_ms = t0.elapsed().as_millis() as u64,
         path = %store.path().display(),
@@ -229,37 +227,13 @@ fn restore(store: &Store, core: &mut MapServer) -> Result<usize, ShellError> {
     Ok(restored)
 }
 
-/// Where the restored registrations say each keyed control peer's WireGuard
-/// socket is (its first RLOC and data port: one socket serves both planes).
-fn endpoint_hints(core: &MapServer) -> HashMap<String, SocketAddr> {
-    let mut hints = HashMap::new();
-    for (_, m) in core.registry().iter() {
-        let Some(peer) = core.policy().peer(m.origin) else {
-            continue;
-        };
-        if peer.wg_key.is_none() || hints.contains_key(&peer.name) {
-            continue;
-        }
-        if let Some(r) = m.rlocs.first() {
-            hints.insert(
-                peer.name.clone(),
-                SocketAddr::new(r.addr, r.port.unwrap_or(DEFAULT_WG_PORT)),
-            );
-        }
-    }
-    hints
-}
-
-/// Brings up the control tunnel. Peers with an endpoint hint (a restart with
-/// restored registrations) get it, and a one-off keepalive that makes
-/// WireGuard start a handshake at once: their old sessions died with the old
-/// process, and without this the nodes' WireGuard would only re-handshake
-/// after about 15 s, dropping the Map-Notifies meant for them meanwhile.
+/// Brings up the control tunnel: the interface, its address, and one peer
+/// per keyed control peer, with no endpoint (the nodes initiate, and
+/// WireGuard learns where they are).
 async fn bring_up_control(
     host: &Host,
     ctl: &ControlInterface,
     cfg: &MapServerConfig,
-    hints: &HashMap<String, SocketAddr>,
 ) -> Result<WgInterface, ShellError> {
     let err = |context| {
         move |error| ShellError::WireGuard {
@@ -294,28 +268,10 @@ async fn bring_up_control(
     net.link_up(&ctl.interface).await.map_err(err("link up"))?;
     for peer in &cfg.peers {
         let Some(key) = peer.public_key else { continue };
-        // Normally no endpoint: the nodes initiate, and WireGuard learns
-        // where they are.
-        let hint = hints.get(&peer.name).copied();
-        let config = PeerConfig {
-            public_key: key,
-            endpoint: hint,
-            allowed_ips: vec![IpPrefix::host(peer.control_address)],
-            persistent_keepalive: hint.map(|_| 1),
-        };
-        wg.upsert_peer(config.clone())
+        wg.upsert_peer(control_peer(key, peer.control_address, None, None))
             .await
             .map_err(err("add peer"))?;
-        if hint.is_some() {
-            // The keepalive was sent when it was switched on; switch it off.
-            let config = PeerConfig {
-                endpoint: None,
-                persistent_keepalive: None,
-                ..config
-            };
-            wg.upsert_peer(config).await.map_err(err("add peer"))?;
-        }
-        debug!(peer = %peer.name, control_address = %peer.control_address, endpoint = ?hint, "control peer configured");
+        debug!(peer = %peer.name, control_address = %peer.control_address, "control peer configured");
     }
     info!(
         ifname = %ctl.interface,
@@ -326,6 +282,21 @@ async fn bring_up_control(
         "control tunnel up"
     );
     Ok(wg)
+}
+
+/// The WireGuard peer of a control peer.
+fn control_peer(
+    key: wgctl::keys::PublicKey,
+    control_address: std::net::IpAddr,
+    endpoint: Option<SocketAddr>,
+    keepalive: Option<u16>,
+) -> PeerConfig {
+    PeerConfig {
+        public_key: key,
+        endpoint,
+        allowed_ips: vec![IpPrefix::host(control_address)],
+        persistent_keepalive: keepalive,
+    }
 }
 
 /// A UDP socket on `addr`; with `device`, bound to that interface too, so
@@ -358,10 +329,6 @@ fn bind_udp(addr: SocketAddr, device: Option<&str>) -> Result<UdpSocket, ShellEr
 
 #[derive(Debug, Default)]
 struct Stats {
-    store_commits: u64,
-    store_failures: u64,
-    /// Map-Notifies not sent because their registration was not durable.
-    withheld_notifies: u64,
     send_errors: u64,
     recv_errors: u64,
 }
@@ -376,16 +343,15 @@ enum Event {
 struct Shell {
     core: MapServer,
     store: Store,
+    /// The control interface, once it is up.
+    wg: Option<WgInterface>,
     tunnel: Option<UdpSocket>,
     plain: Option<UdpSocket>,
     telemetry: Option<Telemetry>,
-    /// Store operations whose commit failed, retried with the next flush.
-    unsaved: Vec<StoreOp>,
     stats: Stats,
     started: Instant,
     restored: usize,
     interface: Option<String>,
-    lifetime: Duration,
 }
 
 async fn recv_on(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
@@ -485,36 +451,82 @@ impl Shell {
         }
     }
 
-    /// Commits the pending store operations, then sends the pending
-    /// datagrams. If the commit fails, the operations are kept for the next
-    /// flush, and the Map-Notifies of this flush are withheld: a Map-Notify
-    /// tells a node its registration is safe, and the node re-registers when it
-    /// gets none. Replies, which promise nothing about durability, still go.
+    /// Carries out what the core asks for, reporting each outcome: the store
+    /// commits, then the control-interface actions, then the datagrams the
+    /// core releases (a Map-Notify confirming a registration only comes out
+    /// once its commit is reported done).
     async fn flush(&mut self) {
-        let mut ops = std::mem::take(&mut self.unsaved);
-        ops.extend(std::iter::from_fn(|| self.core.poll_store()));
-        let durable = if ops.is_empty() {
-            true
-        } else {
-            match self.store.apply(&ops, Clock::now()) {
-                Ok(()) => {
-                    self.stats.store_commits += 1;
-                    true
-                }
-                Err(e) => {
-                    self.stats.store_failures += 1;
-                    error!(error = %e, ops = ops.len(), "cannot persist registrations; will retry");
-                    self.unsaved = coalesce(ops);
-                    false
-                }
-            }
-        };
-        while let Some(t) = self.core.poll_transmit() {
-            if !durable && is_map_notify(&t.payload) {
-                self.stats.withheld_notifies += 1;
+        while let Some(commit) = self.core.poll_commit(Instant::now()) {
+            let result = self
+                .store
+                .apply(&commit.ops, Clock::now())
+                .map_err(|e| StoreFault(e.to_string()));
+            self.core
+                .handle_commit_result(Instant::now(), commit.id, result);
+        }
+        while let Some((id, action)) = self.core.poll_action() {
+            if action == ControlAction::ReadEndpoints {
+                let result = self.read_endpoints().await;
+                self.core.handle_endpoints(Instant::now(), id, result);
                 continue;
             }
+            let result = self.carry_out(&action).await;
+            self.core.handle_action_result(Instant::now(), id, result);
+        }
+        while let Some(t) = self.core.poll_transmit() {
             self.send(t).await;
+        }
+    }
+
+    /// The endpoint WireGuard sees each control peer at (nothing without a
+    /// control interface).
+    async fn read_endpoints(&self) -> Result<Endpoints, ActionFault> {
+        let Some(wg) = &self.wg else {
+            return Ok(Vec::new());
+        };
+        let info = wg.read().await.map_err(|e| ActionFault(e.to_string()))?;
+        Ok(info
+            .peers
+            .iter()
+            .map(|p| (*p.public_key.as_bytes(), p.endpoint))
+            .collect())
+    }
+
+    async fn carry_out(&self, action: &ControlAction) -> Result<(), ActionFault> {
+        let fault = |e: wgctl::Error| ActionFault(e.to_string());
+        let wg = self
+            .wg
+            .as_ref()
+            .ok_or_else(|| ActionFault("no control interface".into()))?;
+        match action {
+            ControlAction::WakeControlPeer { peer, endpoint } => {
+                let p = self
+                    .core
+                    .policy()
+                    .peers
+                    .get(*peer as usize)
+                    .ok_or_else(|| ActionFault(format!("no control peer {peer}")))?;
+                let key = p
+                    .wg_key
+                    .map(wgctl::keys::PublicKey::from_bytes)
+                    .ok_or_else(|| ActionFault(format!("control peer {} has no key", p.name)))?;
+                // Switching a keepalive on sends one at once, which starts a
+                // handshake; then switch it off again.
+                wg.upsert_peer(control_peer(
+                    key,
+                    p.control_address,
+                    Some(*endpoint),
+                    Some(1),
+                ))
+                .await
+                .map_err(fault)?;
+                wg.upsert_peer(control_peer(key, p.control_address, None, None))
+                    .await
+                    .map_err(fault)?;
+                debug!(peer = %p.name, %endpoint, "woke control peer");
+                Ok(())
+            }
+            ControlAction::ReadEndpoints => Ok(()),
         }
     }
 
@@ -536,24 +548,6 @@ impl Shell {
 
     fn metrics(&self) -> String {
         let shell = [
-            (
-                "lispwg_ms_store_commits_total",
-                "durable store transactions committed",
-                "counter",
-                self.stats.store_commits,
-            ),
-            (
-                "lispwg_ms_store_failures_total",
-                "store transactions that failed (retried)",
-                "counter",
-                self.stats.store_failures,
-            ),
-            (
-                "lispwg_ms_withheld_notifies_total",
-                "Map-Notifies not sent because the store commit failed",
-                "counter",
-                self.stats.withheld_notifies,
-            ),
             (
                 "lispwg_ms_send_errors_total",
                 "datagrams that could not be sent",
@@ -583,185 +577,17 @@ impl Shell {
     }
 
     fn status(&self) -> String {
-        let now = Instant::now();
-        let mut out = String::new();
-        let up = self.started.elapsed().as_secs();
-        let _ = writeln!(
-            out,
-            "lispwg map-server: up {}h{:02}m{:02}s, {} registrations restored at start",
-            up / 3600,
-            up / 60 % 60,
-            up % 60,
-            self.restored
-        );
-        let listen = |s: &Option<UdpSocket>| {
-            s.as_ref()
-                .and_then(|s| s.local_addr().ok())
-                .map_or("off".to_string(), |a| a.to_string())
+        let local = |s: &Option<UdpSocket>| s.as_ref().and_then(|s| s.local_addr().ok());
+        let facts = ShellFacts {
+            uptime: self.started.elapsed(),
+            restored: self.restored,
+            tunnel: self
+                .interface
+                .clone()
+                .map(|ifname| (local(&self.tunnel), ifname)),
+            plain: local(&self.plain),
+            store_path: self.store.path().to_path_buf(),
         };
-        let tunnel = match &self.interface {
-            Some(ifname) => format!("{} on {ifname}", listen(&self.tunnel)),
-            None => "none".into(),
-        };
-        let _ = writeln!(
-            out,
-            "control tunnel: {tunnel}; plain listener: {}",
-            listen(&self.plain)
-        );
-        let _ = writeln!(
-            out,
-            "store: {} ({} commits, {} failures)",
-            self.store.path().display(),
-            self.stats.store_commits,
-            self.stats.store_failures
-        );
-        let c = self.core.counters();
-        let _ = writeln!(
-            out,
-            "counters: {} registrations, {} requests, {} replies ({} negative), {} notifies, \
-             {} retransmits, {} auth failures, {} unauthorised, {} unknown peers, {} malformed",
-            c.registrations,
-            c.requests,
-            c.replies,
-            c.negative_replies,
-            c.notifies,
-            c.notify_retransmits,
-            c.auth_failures,
-            c.unauthorised,
-            c.unknown_peers,
-            c.malformed
-        );
-        out.push('\n');
-        self.status_table(&mut out, now, c);
-        out
-    }
-
-    fn status_table(&self, out: &mut String, now: Instant, c: &Counters) {
-        let mut rows: Vec<(EidPrefix, &Mapping)> = self
-            .core
-            .registry()
-            .iter()
-            .filter(|(_, m)| m.is_live(now))
-            .collect();
-        let total = rows.len();
-        rows.sort_unstable_by_key(|(p, _)| *p);
-        rows.truncate(STATUS_ROWS);
-        let _ = writeln!(
-            out,
-            "{} mappings (gauge {}); lifetime {} s",
-            total,
-            c.entries,
-            self.lifetime.as_secs()
-        );
-        let _ = writeln!(
-            out,
-            "{:<28} {:<40} {:<16} {:>8} {:>10}",
-            "EID", "RLOC:PORT", "PEER", "AGE", "EXPIRES IN"
-        );
-        let mut peers_seen = HashSet::new();
-        for (prefix, m) in rows {
-            let rloc = m.rlocs.first().map_or("-".to_string(), |r| match r.port {
-                Some(port) => SocketAddr::new(r.addr, port).to_string(),
-                None => r.addr.to_string(),
-            });
-            let more = if m.rlocs.len() > 1 {
-                format!(" (+{})", m.rlocs.len() - 1)
-            } else {
-                String::new()
-            };
-            let (peer, age, left) = match (self.core.policy().peer(m.origin), m.expires) {
-                (Some(p), Some(exp)) => {
-                    peers_seen.insert(p.name.as_str());
-                    let left = exp.saturating_duration_since(now);
-                    // Every registration sets expiry to now + lifetime.
-                    let age = self.lifetime.saturating_sub(left);
-                    (
-                        p.name.as_str(),
-                        format!("{}s", age.as_secs()),
-                        format!("{}s", left.as_secs()),
-                    )
-                }
-                _ => ("(static)", "-".into(), "never".into()),
-            };
-            let _ = writeln!(
-                out,
-                "{:<28} {:<40} {:<16} {:>8} {:>10}",
-                prefix.to_string(),
-                format!("{rloc}{more}"),
-                peer,
-                age,
-                left
-            );
-        }
-        if total > STATUS_ROWS {
-            let _ = writeln!(out, "... and {} more", total - STATUS_ROWS);
-        }
-        let silent: Vec<&str> = self
-            .core
-            .policy()
-            .peers
-            .iter()
-            .map(|p| p.name.as_str())
-            .filter(|n| !peers_seen.contains(n))
-            .collect();
-        if !silent.is_empty() && total <= STATUS_ROWS {
-            let _ = writeln!(
-                out,
-                "\npeers with no live registration: {}",
-                silent.join(", ")
-            );
-        }
-    }
-}
-
-fn is_map_notify(payload: &[u8]) -> bool {
-    payload.first().is_some_and(|b| b >> 4 == TYPE_MAP_NOTIFY)
-}
-
-/// Keeps only the last operation per prefix: that is all a retry needs, and
-/// it bounds what is kept while the disk is failing.
-fn coalesce(ops: Vec<StoreOp>) -> Vec<StoreOp> {
-    let prefix = |op: &StoreOp| match op {
-        StoreOp::Put { prefix, .. } | StoreOp::Delete(prefix) => *prefix,
-    };
-    let mut seen = HashSet::new();
-    let mut kept: Vec<StoreOp> = ops
-        .into_iter()
-        .rev()
-        .filter(|op| seen.insert(prefix(op)))
-        .collect();
-    kept.reverse();
-    kept
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coalesce_keeps_the_last_operation_per_prefix() {
-        let a = EidPrefix::host(0, "10.0.0.1".parse().unwrap());
-        let b = EidPrefix::host(0, "10.0.0.2".parse().unwrap());
-        let put = |prefix, ttl| StoreOp::Put {
-            prefix,
-            mapping: Mapping {
-                rlocs: Box::new([]),
-                wg_key: None,
-                origin: Origin::Static,
-                ttl_minutes: ttl,
-                map_version: 0,
-                expires: None,
-            },
-            peer: "p".into(),
-        };
-        let kept = coalesce(vec![put(a, 1), put(b, 1), StoreOp::Delete(a), put(b, 2)]);
-        assert_eq!(kept, vec![StoreOp::Delete(a), put(b, 2)]);
-    }
-
-    #[test]
-    fn map_notifies_are_recognised_by_type() {
-        assert!(is_map_notify(&[0x40, 0, 0, 1]));
-        assert!(!is_map_notify(&[0x20, 0, 0, 1]));
-        assert!(!is_map_notify(&[]));
+        Snapshot::take(&self.core, facts, Instant::now()).render_text()
     }
 }

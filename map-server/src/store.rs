@@ -13,11 +13,10 @@
 //! A value that does not decode is logged and skipped, never a panic: one bad
 //! record must not keep the map-server from starting.
 
-use crate::registry::{Mapping, Origin, Rloc};
-use crate::server::StoreOp;
 use lisp_wire::EidPrefix;
+use map_server_core::{Mapping, Origin, Rloc, StoreOp};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, warn};
@@ -31,6 +30,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 pub const VALUE_VERSION: u8 = 1;
 
 const REGISTRATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("registrations");
+/// Control peer name -> the endpoint it was last seen at (family byte,
+/// address, port), for waking it through its NAT after a restart.
+const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
@@ -203,7 +205,7 @@ impl Store {
         let store = Store { db, path };
         // Create the table once, so that loading an empty store is not a
         // special case.
-        store.write(|_| Ok(()))?;
+        store.write(|_, _| Ok(()))?;
         Ok(store)
     }
 
@@ -258,7 +260,7 @@ impl Store {
         if ops.is_empty() {
             return Ok(());
         }
-        self.write(|table| {
+        self.write(|table, endpoints| {
             for op in ops {
                 match op {
                     StoreOp::Put {
@@ -272,6 +274,9 @@ impl Store {
                     StoreOp::Delete(prefix) => {
                         table.remove(encode_key(prefix).as_slice())?;
                     }
+                    StoreOp::Endpoint { peer, endpoint } => {
+                        endpoints.insert(peer.as_str(), encode_endpoint(*endpoint).as_slice())?;
+                    }
                 }
             }
             Ok(())
@@ -282,7 +287,10 @@ impl Store {
 
     fn write(
         &self,
-        f: impl FnOnce(&mut redb::Table<&[u8], &[u8]>) -> Result<(), redb::StorageError>,
+        f: impl FnOnce(
+            &mut redb::Table<&[u8], &[u8]>,
+            &mut redb::Table<&str, &[u8]>,
+        ) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
         guarded(&self.path, "writing registrations", || {
             let err = self.db_err("write");
@@ -295,9 +303,31 @@ impl Store {
             txn.set_quick_repair(true);
             {
                 let mut table = txn.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
-                f(&mut table).map_err(|e| err(e.into()))?;
+                let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
+                f(&mut table, &mut endpoints).map_err(|e| err(e.into()))?;
             }
             txn.commit().map_err(|e| err(e.into()))
+        })
+    }
+
+    /// The endpoints control peers were last seen at, by peer name. One
+    /// that does not decode is logged and skipped.
+    pub fn load_endpoints(&self) -> Result<Vec<(String, SocketAddr)>, StoreError> {
+        guarded(&self.path, "loading endpoints", || {
+            let err = self.db_err("load endpoints");
+            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let table = txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| err(e.into()))? {
+                let (k, v) = entry.map_err(|e| err(e.into()))?;
+                match decode_endpoint(v.value()) {
+                    Some(ep) => out.push((k.value().to_string(), ep)),
+                    None => {
+                        warn!(peer = k.value(), path = %self.path.display(), "skipping a stored endpoint that does not decode")
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 
@@ -314,6 +344,32 @@ impl Store {
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         Ok(self.len()? == 0)
     }
+}
+
+/// Family byte (4 or 6), address, port (big-endian).
+fn encode_endpoint(ep: SocketAddr) -> Vec<u8> {
+    let mut out = Vec::with_capacity(19);
+    put_addr(&mut out, ep.ip());
+    out.extend_from_slice(&ep.port().to_be_bytes());
+    out
+}
+
+fn decode_endpoint(b: &[u8]) -> Option<SocketAddr> {
+    let (ip, rest): (IpAddr, &[u8]) = match *b.first()? {
+        FAMILY_V4 if b.len() == 7 => {
+            let o: [u8; 4] = b[1..5].try_into().ok()?;
+            (Ipv4Addr::from(o).into(), &b[5..])
+        }
+        FAMILY_V6 if b.len() == 19 => {
+            let o: [u8; 16] = b[1..17].try_into().ok()?;
+            (Ipv6Addr::from(o).into(), &b[17..])
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(
+        ip,
+        u16::from_be_bytes(rest.try_into().ok()?),
+    ))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -573,6 +629,32 @@ mod tests {
     }
 
     #[test]
+    fn observed_endpoints_persist_and_bad_ones_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let a: SocketAddr = "198.51.100.7:40001".parse().unwrap();
+        let b: SocketAddr = "[2001:db8::7]:51820".parse().unwrap();
+        for ep in [a, b] {
+            assert_eq!(decode_endpoint(&encode_endpoint(ep)), Some(ep));
+        }
+        assert_eq!(decode_endpoint(&[4, 1, 2]), None);
+        assert_eq!(decode_endpoint(&[]), None);
+        let op = |peer: &str, endpoint| StoreOp::Endpoint {
+            peer: peer.into(),
+            endpoint,
+        };
+        store
+            .apply(&[op("robot-a", a), op("robot-b", b)], Clock::now())
+            .unwrap();
+        store.apply(&[op("robot-a", b)], Clock::now()).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mut got = store.load_endpoints().unwrap();
+        got.sort();
+        assert_eq!(got, vec![("robot-a".into(), b), ("robot-b".into(), b)]);
+    }
+
+    #[test]
     fn expiry_survives_a_restart_as_remaining_time() {
         let before = Clock::now();
         let m = mapping(&before);
@@ -658,7 +740,7 @@ mod tests {
             store.apply(&[StoreOp::Delete(b)], clock).unwrap();
             // A record from some future format, and a damaged key.
             store
-                .write(|t| {
+                .write(|t, _| {
                     t.insert(encode_key(&b).as_slice(), [9u8, 1, 2].as_slice())?;
                     t.insert([1u8, 2, 3].as_slice(), [1u8].as_slice())?;
                     Ok(())

@@ -21,8 +21,8 @@ use zeroize::Zeroize;
 use crate::{
     backend::Backend,
     error::{Error, Result},
-    host::Registry,
     keys::{PrivateKey, PublicKey},
+    ledger::Registry,
     netlink::Rtnl,
     prefix::IpPrefix,
     userspace::{self, WireguardGo},

@@ -7,7 +7,6 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io,
-    os::unix::fs::MetadataExt,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -24,146 +23,12 @@ use crate::{
     device::{apply_blocking, DesiredConfig, WgInner, WgInterface},
     error::{Error, Result},
     keys::PrivateKey,
+    ledger::{CreatedKind, InterfaceRecord, Records, Registry},
     miss::MissTun,
-    netlink::{Netlink, RouteSpec, Rtnl},
-    prefix::IpPrefix,
+    netlink::{Netlink, Rtnl},
+    netns::{enter_netns, THREAD_NETNS},
     userspace::{self, RestartHook, WireguardGo},
 };
-
-/// Link of the calling thread's network namespace; every thread has one.
-const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
-
-/// What wgctl created, in creation order, so cleanup can go in reverse.
-#[derive(Default)]
-pub(crate) struct Records {
-    closed: bool,
-    interfaces: Vec<InterfaceRecord>,
-    addresses: Vec<(String, IpPrefix)>,
-    routes: Vec<RouteSpec>,
-}
-
-impl Records {
-    fn is_empty(&self) -> bool {
-        self.interfaces.is_empty() && self.addresses.is_empty() && self.routes.is_empty()
-    }
-}
-
-pub(crate) struct InterfaceRecord {
-    name: String,
-    kind: CreatedKind,
-    /// Whether wgctl set it up, so a restarted wireguard-go's new TUN is too.
-    up: bool,
-}
-
-pub(crate) enum CreatedKind {
-    WireGuard {
-        backend: Backend,
-        wireguard_go: Option<Arc<WireguardGo>>,
-    },
-    Tun,
-}
-
-/// Shared between the host and its handles ([`Netlink`], [`WgInterface`]).
-#[derive(Default)]
-pub(crate) struct Registry {
-    records: Mutex<Records>,
-}
-
-impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
-        self.records.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn check_open(&self) -> Result<()> {
-        if self.lock().closed {
-            Err(Error::ShutDown)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn record_interface(&self, record: InterfaceRecord) -> Result<(), InterfaceRecord> {
-        let mut records = self.lock();
-        if records.closed {
-            return Err(record);
-        }
-        records.interfaces.push(record);
-        Ok(())
-    }
-
-    /// Forgets an interface, and the addresses and routes that go with it.
-    pub(crate) fn take_interface(&self, ifname: &str) -> Option<InterfaceRecord> {
-        let mut records = self.lock();
-        records.addresses.retain(|(name, _)| name != ifname);
-        records.routes.retain(|r| r.ifname != ifname);
-        let at = records.interfaces.iter().position(|i| i.name == ifname)?;
-        Some(records.interfaces.remove(at))
-    }
-
-    pub(crate) fn note_link_state(&self, ifname: &str, up: bool) {
-        if let Some(record) = self.lock().interfaces.iter_mut().find(|i| i.name == ifname) {
-            record.up = up;
-        }
-    }
-
-    pub(crate) fn record_address(&self, ifname: &str, address: IpPrefix) {
-        let mut records = self.lock();
-        if !records
-            .addresses
-            .iter()
-            .any(|(n, a)| n == ifname && *a == address)
-        {
-            records.addresses.push((ifname.to_owned(), address));
-        }
-    }
-
-    pub(crate) fn forget_address(&self, ifname: &str, address: IpPrefix) {
-        self.lock()
-            .addresses
-            .retain(|(n, a)| !(n == ifname && *a == address));
-    }
-
-    pub(crate) fn record_route(&self, route: &RouteSpec) {
-        let mut records = self.lock();
-        if !records.routes.contains(route) {
-            records.routes.push(route.clone());
-        }
-    }
-
-    pub(crate) fn forget_route(&self, route: &RouteSpec) {
-        self.lock().routes.retain(|r| r != route);
-    }
-
-    /// What to put back on `ifname` after its wireguard-go was restarted.
-    fn restore_plan(&self, ifname: &str) -> Option<(bool, Vec<IpPrefix>, Vec<RouteSpec>)> {
-        let records = self.lock();
-        let record = records.interfaces.iter().find(|i| i.name == ifname)?;
-        let addresses = records
-            .addresses
-            .iter()
-            .filter(|(n, _)| n == ifname)
-            .map(|(_, a)| *a)
-            .collect();
-        let routes = records
-            .routes
-            .iter()
-            .filter(|r| r.ifname == ifname)
-            .cloned()
-            .collect();
-        Some((record.up, addresses, routes))
-    }
-
-    fn close_and_take(&self) -> Records {
-        let mut records = self.lock();
-        records.closed = true;
-        Records {
-            closed: true,
-            interfaces: std::mem::take(&mut records.interfaces),
-            addresses: std::mem::take(&mut records.addresses),
-            routes: std::mem::take(&mut records.routes),
-        }
-    }
-}
 
 /// wgctl's view of the host: the network namespace of the thread that opened
 /// it. Everything created through it (WireGuard interfaces and their
@@ -600,23 +465,4 @@ fn cleanup_on_thread(netns: Option<Arc<File>>, records: Records) {
             Err(e) => tracing::error!(%e, "cannot open netlink for cleanup"),
         }
     });
-}
-
-/// Moves this thread into `netns` unless it is already there.
-pub(crate) fn enter_netns(netns: Option<&File>) -> Result<()> {
-    let target = netns.ok_or_else(|| {
-        Error::io(
-            "enter network namespace",
-            io::Error::new(io::ErrorKind::NotFound, "namespace handle already released"),
-        )
-    })?;
-    let here = File::open(THREAD_NETNS).and_then(|f| f.metadata());
-    let there = target.metadata();
-    if let (Ok(here), Ok(there)) = (here, there) {
-        if here.ino() == there.ino() && here.dev() == there.dev() {
-            return Ok(());
-        }
-    }
-    nix::sched::setns(target, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| Error::io("setns into the host's network namespace", e.into()))
 }

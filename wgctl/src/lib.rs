@@ -19,9 +19,12 @@ mod backend;
 mod device;
 mod error;
 mod host;
+mod ledger;
 mod miss;
 mod netlink;
+mod netns;
 mod prefix;
+mod route;
 mod userspace;
 
 pub use backend::{Backend, BackendKind, KernelSupport};
@@ -29,8 +32,9 @@ pub use device::{DeviceInfo, PeerConfig, PeerInfo, WgInterface};
 pub use error::{Error, Result};
 pub use host::Host;
 pub use miss::{packet_destination, MissTun, Reinjector};
-pub use netlink::{NetEvent, NetEvents, Netlink, RouteSpec};
+pub use netlink::{NetEvent, NetEvents, Netlink};
 pub use prefix::IpPrefix;
+pub use route::RouteSpec;
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;

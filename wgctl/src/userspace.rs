@@ -134,7 +134,7 @@ impl WireguardGo {
         let supervisor = thread::Builder::new()
             .name(format!("wg-go-{ifname}"))
             .spawn(move || {
-                if let Err(e) = crate::host::enter_netns(netns.as_deref()) {
+                if let Err(e) = crate::netns::enter_netns(netns.as_deref()) {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }

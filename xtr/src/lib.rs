@@ -3,12 +3,10 @@
 //! Turns "send a packet to an EID I have never talked to" into a direct
 //! WireGuard tunnel: the miss TUN captures the packet, the core resolves the
 //! EID with the map-servers and programs a WireGuard peer, and the held packet
-//! is re-injected. [`core::Xtr`] is the sans-IO protocol core.
+//! is re-injected. The protocol logic is the sans-IO [`xtr_core::Xtr`]; this
+//! crate is its tokio [`shell`] and the [`status`] page.
 
-pub mod core;
-pub mod packet;
-pub mod policy;
 pub mod shell;
+pub mod status;
 
-pub use crate::core::{CacheStatus, Counters, MapServerStatus, Output, PeerStats, Xtr};
-pub use policy::{LocalRloc, MapServerPeer, XtrPolicy};
+pub use xtr_core as core;

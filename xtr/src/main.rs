@@ -76,7 +76,7 @@ fn dispatch(command: Command) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(xtr::shell::run(cfg))
+            Ok(rt.block_on(xtr::shell::run(cfg))?)
         }
         Command::Status { config } => {
             let cfg = XtrConfig::load(&config)?;

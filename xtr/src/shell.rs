@@ -1,14 +1,13 @@
 //! The tokio shell of the xtr: brings up the WireGuard interface and the miss
 //! TUN through wgctl, then feeds the core with packets, control messages,
-//! address events, peer statistics and time, and carries out its outputs.
+//! link events and time, carries out its outputs in order, and reports the
+//! outcome of each data-plane operation and statistics read back to it. It
+//! decides nothing.
 
-use crate::core::{Output, PeerStats, Xtr};
-use crate::policy::{LocalRloc, MapServerPeer, XtrPolicy};
-use anyhow::{Context, Result};
+use crate::status::{PeerRow, Snapshot};
 use conf::telemetry::{self, Page, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
-use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime};
@@ -16,6 +15,10 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 use wgctl::{Host, IpPrefix, MissTun, NetEvent, PeerConfig, Reinjector, RouteSpec, WgInterface};
+use xtr_core::{
+    DataplaneFault, DataplaneOp, LinkEvent, MapServerPeer, Output, PeerStats, RlocInterface, Xtr,
+    XtrPolicy,
+};
 
 /// Metric of the per-peer routes: below the miss route's, though being more
 /// specific they win anyway.
@@ -68,6 +71,54 @@ impl CacheAddHistogram {
     }
 }
 
+/// Why the agent could not start, or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{context}: {error}")]
+    Host {
+        context: String,
+        #[source]
+        error: wgctl::Error,
+    },
+    #[error("{context}: {error}")]
+    Io {
+        context: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(transparent)]
+    Telemetry(#[from] conf::telemetry::TelemetryError),
+    #[error("the netlink event stream ended")]
+    EventsEnded,
+    #[error("no map-server {0} in the configuration")]
+    NoSuchMapServer(usize),
+}
+
+type Result<T, E = AgentError> = std::result::Result<T, E>;
+
+/// Adds what was being done to a wgctl or I/O error.
+trait Ctx<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T>;
+}
+
+impl<T> Ctx<T> for std::result::Result<T, wgctl::Error> {
+    fn ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|error| AgentError::Host {
+            context: context.into(),
+            error,
+        })
+    }
+}
+
+impl<T> Ctx<T> for std::io::Result<T> {
+    fn ctx(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|error| AgentError::Io {
+            context: context.into(),
+            error,
+        })
+    }
+}
+
 /// Everything the shell set up, for the event loop.
 struct Agent {
     cfg: XtrConfig,
@@ -77,15 +128,13 @@ struct Agent {
     reinjector: Reinjector,
     control: UdpSocket,
     netlink: wgctl::Netlink,
-    /// Addresses seen on each RLOC interface, and whether it is up.
-    rloc_state: HashMap<String, (bool, BTreeSet<IpAddr>)>,
     started: SystemTime,
     output_errors: u64,
     cache_add: CacheAddHistogram,
 }
 
 fn prefix(p: &EidPrefix) -> Result<IpPrefix> {
-    Ok(IpPrefix::new(p.addr(), p.prefix_len())?)
+    IpPrefix::new(p.addr(), p.prefix_len()).ctx(format!("prefix {p}"))
 }
 
 /// Runs the agent until SIGINT or SIGTERM, then removes everything it made.
@@ -93,7 +142,7 @@ pub async fn run(cfg: XtrConfig) -> Result<()> {
     for v in &cfg.ignored_env {
         warn!(variable = %v, "ignoring environment variable: it names no xtr setting");
     }
-    let host = Host::open().await.context("opening netlink")?;
+    let host = Host::open().await.ctx("opening netlink")?;
     let result = run_with(&host, cfg).await;
     if let Err(e) = host.shutdown().await {
         error!(error = %e, "cleanup after shutdown failed");
@@ -112,58 +161,80 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             Some(cfg.wireguard.listen_port),
         )
         .await
-        .with_context(|| format!("creating WireGuard interface {wg_if}"))?;
+        .ctx(format!("creating WireGuard interface {wg_if}"))?;
     info!(interface = %wg_if, backend = ?wg.backend(), port = cfg.wireguard.listen_port, "WireGuard interface up");
+    let control =
+        IpPrefix::new(cfg.control_address, cfg.control_prefix_len).ctx("the control address")?;
     netlink
-        .add_address(
-            &wg_if,
-            IpPrefix::new(cfg.control_address, cfg.control_prefix_len)?,
-        )
-        .await?;
+        .add_address(&wg_if, control)
+        .await
+        .ctx(format!("adding the control address {control} to {wg_if}"))?;
     if cfg.mode == Mode::MobileNode {
         // The EID lives on the node itself.
         for e in &cfg.eids {
-            netlink.add_address(&wg_if, prefix(e)?).await?;
+            let eid = prefix(e)?;
+            netlink
+                .add_address(&wg_if, eid)
+                .await
+                .ctx(format!("adding the EID {eid} to {wg_if}"))?;
         }
     }
-    netlink.link_up(&wg_if).await?;
+    netlink
+        .link_up(&wg_if)
+        .await
+        .ctx(format!("setting {wg_if} up"))?;
     for ms in &cfg.map_servers {
         wg.upsert_peer(control_peer(ms))
             .await
-            .with_context(|| format!("adding map-server peer {}", ms.name))?;
+            .ctx(format!("adding map-server peer {}", ms.name))?;
     }
 
+    let miss_if = &cfg.miss_interface;
     let miss = host
-        .create_miss_tun(&cfg.miss_interface)
+        .create_miss_tun(miss_if)
         .await
-        .with_context(|| format!("creating miss TUN {}", cfg.miss_interface))?;
-    netlink.link_up(&cfg.miss_interface).await?;
+        .ctx(format!("creating miss TUN {miss_if}"))?;
+    netlink
+        .link_up(miss_if)
+        .await
+        .ctx(format!("setting {miss_if} up"))?;
     for &(addr, len) in &cfg.capture {
-        let mut route = RouteSpec::via_interface(IpPrefix::new(addr, len)?, &cfg.miss_interface)
-            .with_metric(MISS_ROUTE_METRIC);
+        let dst = IpPrefix::new(addr, len).ctx("a capture prefix")?;
+        let mut route = RouteSpec::via_interface(dst, miss_if).with_metric(MISS_ROUTE_METRIC);
         if let Some(src) = source_for(&cfg, addr) {
             route = route.with_src(src);
         }
-        netlink.add_route(&route).await?;
+        netlink
+            .add_route(&route)
+            .await
+            .ctx(format!("routing {dst} to the miss TUN"))?;
     }
     let _forwarding = match cfg.mode {
         Mode::Xtr => Some(Forwarding::enable()?),
         Mode::MobileNode => None,
     };
 
-    let control = control_socket(&cfg).context("binding the control socket")?;
-    let reinjector = Reinjector::new().context("opening the re-injection socket")?;
-    let mut events = netlink.events().await?;
-    let mut rloc_state = HashMap::new();
+    let control = control_socket(&cfg)?;
+    let reinjector = Reinjector::new().ctx("opening the re-injection socket")?;
+    let mut events = netlink
+        .events()
+        .await
+        .ctx("subscribing to netlink events")?;
+    // The state at start-up, as one batch: the core decides which of these
+    // addresses are RLOCs.
+    let mut initial = Vec::new();
     for r in &cfg.rlocs {
-        let addrs = match netlink.addresses(&r.interface).await {
-            Ok(a) => a.into_iter().map(|p| p.addr()).collect(),
+        match netlink.addresses(&r.interface).await {
+            Ok(addrs) => initial.extend(addrs.into_iter().map(|p| LinkEvent::Address {
+                ifname: r.interface.clone(),
+                addr: p.addr(),
+                added: true,
+                tentative: false,
+            })),
             Err(e) => {
-                warn!(interface = %r.interface, error = %e, "RLOC interface not available yet");
-                BTreeSet::new()
+                warn!(interface = %r.interface, error = %e, "RLOC interface not available yet")
             }
-        };
-        rloc_state.insert(r.interface.clone(), (true, addrs));
+        }
     }
 
     let policy = policy_of(&cfg);
@@ -177,24 +248,19 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         reinjector,
         control,
         netlink,
-        rloc_state,
         started: SystemTime::now(),
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
     };
-    let rlocs = agent.current_rlocs();
-    agent.core.handle_rlocs(now, rlocs);
+    agent.core.handle_link_events(now, &initial);
     agent.flush().await;
 
     let mut telemetry = match agent.cfg.metrics {
         Some(addr) => Some(telemetry::serve(addr).await?),
         None => None,
     };
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let stats_every =
-        (agent.cfg.cache.idle_timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let mut stats_tick = tokio::time::interval(stats_every);
+    let mut sigterm = signal(SignalKind::terminate()).ctx("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).ctx("installing the SIGINT handler")?;
     let mut buf = vec![0u8; 65_535];
     info!(eids = ?agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "xtr running");
     loop {
@@ -213,10 +279,9 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             },
             ev = events.recv() => match ev {
                 Some(ev) => agent.on_net_event(ev),
-                None => anyhow::bail!("netlink event stream ended"),
+                None => return Err(AgentError::EventsEnded),
             },
             _ = sleep_until(deadline) => agent.core.handle_timeout(Instant::now()),
-            _ = stats_tick.tick() => agent.poll_peer_stats().await,
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
@@ -274,12 +339,22 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
             site_key: m.site_key.as_bytes().to_vec(),
         })
         .collect();
+    let rloc_interfaces = cfg
+        .rlocs
+        .iter()
+        .map(|r| RlocInterface {
+            name: r.interface.clone(),
+            priority: r.priority,
+            weight: r.weight,
+        })
+        .collect();
     let mut p = XtrPolicy::new(
         cfg.control_address,
         *cfg.wireguard.private_key.public_key().as_bytes(),
         cfg.wireguard.listen_port,
         cfg.eids.clone(),
         servers,
+        rloc_interfaces,
     );
     p.record_ttl_minutes = cfg.cache.record_ttl_minutes;
     p.held_packets_per_eid = cfg.cache.held_packets;
@@ -294,12 +369,13 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
 fn control_socket(cfg: &XtrConfig) -> Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(cfg.control_address, LISP_CONTROL_PORT);
-    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    s.bind_device(Some(cfg.wireguard.interface.as_bytes()))?;
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())
-        .with_context(|| format!("bind {addr}"))?;
-    Ok(UdpSocket::from_std(s.into())?)
+    let what = format!("binding the control socket {addr}");
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).ctx(&what)?;
+    s.bind_device(Some(cfg.wireguard.interface.as_bytes()))
+        .ctx(&what)?;
+    s.set_nonblocking(true).ctx(&what)?;
+    s.bind(&addr.into()).ctx(&what)?;
+    UdpSocket::from_std(s.into()).ctx(&what)
 }
 
 /// IPv4 forwarding for xtr mode, restored to its old value on drop.
@@ -309,10 +385,9 @@ struct Forwarding {
 
 impl Forwarding {
     fn enable() -> Result<Self> {
-        let previous =
-            std::fs::read_to_string(IP_FORWARD).context("reading net.ipv4.ip_forward")?;
+        let previous = std::fs::read_to_string(IP_FORWARD).ctx("reading net.ipv4.ip_forward")?;
         if previous.trim() != "1" {
-            std::fs::write(IP_FORWARD, "1").context("enabling net.ipv4.ip_forward for xtr mode")?;
+            std::fs::write(IP_FORWARD, "1").ctx("enabling net.ipv4.ip_forward for xtr mode")?;
             info!("enabled IPv4 forwarding");
         }
         Ok(Forwarding { previous })
@@ -330,63 +405,37 @@ impl Drop for Forwarding {
 }
 
 impl Agent {
-    /// Up RLOCs by configured priority: IPv4 and global IPv6 addresses of
-    /// the RLOC interfaces.
-    fn current_rlocs(&self) -> Vec<LocalRloc> {
-        let mut out = Vec::new();
-        for r in &self.cfg.rlocs {
-            let Some((up, addrs)) = self.rloc_state.get(&r.interface) else {
-                continue;
-            };
-            if !up {
-                continue;
-            }
-            for &addr in addrs {
-                let usable = match addr {
-                    IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
-                    IpAddr::V6(a) => !a.is_loopback() && (a.segments()[0] & 0xffc0) != 0xfe80,
-                };
-                if usable {
-                    out.push(LocalRloc {
-                        addr,
-                        priority: r.priority,
-                        weight: r.weight,
-                    });
-                }
-            }
-        }
-        out
-    }
-
     fn on_net_event(&mut self, ev: NetEvent) {
-        let ifname = match &ev {
-            NetEvent::AddressAdded { ifname, .. }
-            | NetEvent::AddressRemoved { ifname, .. }
-            | NetEvent::LinkUp { ifname, .. }
-            | NetEvent::LinkDown { ifname, .. } => ifname,
+        let ev = match ev {
+            NetEvent::AddressAdded {
+                ifname, address, ..
+            } => LinkEvent::Address {
+                ifname,
+                addr: address,
+                added: true,
+                tentative: false,
+            },
+            NetEvent::AddressRemoved {
+                ifname, address, ..
+            } => LinkEvent::Address {
+                ifname,
+                addr: address,
+                added: false,
+                tentative: false,
+            },
+            NetEvent::LinkUp { ifname, .. } => LinkEvent::Link { ifname, up: true },
+            NetEvent::LinkDown { ifname, .. } => LinkEvent::Link { ifname, up: false },
         };
-        let Some((up, addrs)) = self.rloc_state.get_mut(ifname) else {
-            return;
-        };
-        match ev {
-            NetEvent::AddressAdded { address, .. } => {
-                addrs.insert(address);
-            }
-            NetEvent::AddressRemoved { address, .. } => {
-                addrs.remove(&address);
-            }
-            NetEvent::LinkUp { .. } => *up = true,
-            NetEvent::LinkDown { .. } => *up = false,
-        }
-        let rlocs = self.current_rlocs();
-        self.core.handle_rlocs(Instant::now(), rlocs);
+        self.core.handle_link_events(Instant::now(), &[ev]);
     }
 
-    async fn poll_peer_stats(&mut self) {
+    /// Reads WireGuard's peer counters for the core.
+    async fn read_peer_stats(&mut self) {
         let info = match self.wg.read().await {
             Ok(i) => i,
             Err(e) => {
                 warn!(error = %e, "reading WireGuard peer statistics failed");
+                self.core.handle_peer_stats_failed(Instant::now());
                 return;
             }
         };
@@ -414,26 +463,46 @@ impl Agent {
         }
     }
 
-    /// Carries out the core's outputs in order.
+    /// Carries out the core's outputs in order, reporting each data-plane
+    /// outcome back (which may queue more outputs).
     async fn flush(&mut self) {
         while let Some(out) = self.core.poll_output() {
-            if let Err(e) = self.carry_out(&out).await {
-                self.output_errors += 1;
-                warn!(error = format!("{e:#}"), output = ?short(&out), "could not carry out");
+            match out {
+                Output::Dataplane { id, op } => {
+                    let result = self.carry_out(&op).await.map_err(|e| {
+                        self.output_errors += 1;
+                        DataplaneFault(format!("{e:#}"))
+                    });
+                    self.core
+                        .handle_dataplane_result(Instant::now(), id, result);
+                }
+                Output::ReadPeerStats => self.read_peer_stats().await,
+                Output::Transmit { dst, payload } => {
+                    if let Err(e) = self.control.send_to(&payload, dst).await {
+                        self.output_errors += 1;
+                        warn!(%dst, error = %e, "control message could not be sent");
+                    }
+                }
+                Output::Reinject(packet) => {
+                    if let Err(e) = self.reinjector.send(&packet).await {
+                        self.output_errors += 1;
+                        warn!(error = %e, "held packet could not be re-injected");
+                    }
+                }
+                Output::Deliver(packet) => {
+                    if let Err(e) = self.miss.deliver(&packet).await {
+                        self.output_errors += 1;
+                        warn!(error = %e, "ICMP error could not be delivered");
+                    }
+                }
             }
         }
     }
 
-    async fn carry_out(&mut self, out: &Output) -> Result<()> {
+    async fn carry_out(&mut self, op: &DataplaneOp) -> Result<()> {
         let wg_if = &self.cfg.wireguard.interface;
-        match out {
-            Output::Transmit { dst, payload } => {
-                self.control
-                    .send_to(payload, dst)
-                    .await
-                    .with_context(|| format!("send to {dst}"))?;
-            }
-            Output::UpsertPeer {
+        match op {
+            DataplaneOp::UpsertPeer {
                 key,
                 endpoint,
                 allowed,
@@ -446,28 +515,44 @@ impl Agent {
                         allowed_ips,
                         persistent_keepalive: None,
                     })
-                    .await?;
+                    .await
+                    .ctx("upsert peer")?;
             }
-            Output::RemovePeer { key } => {
+            DataplaneOp::RemovePeer { key } => self
+                .wg
+                .remove_peer(&wgctl::keys::PublicKey::from_bytes(*key))
+                .await
+                .ctx("remove peer")?,
+            DataplaneOp::AddRoute(p) => self
+                .netlink
+                .add_route(&self.peer_route(p, wg_if)?)
+                .await
+                .ctx(format!("add route {p}"))?,
+            DataplaneOp::DelRoute(p) => self
+                .netlink
+                .del_route(&self.peer_route(p, wg_if)?)
+                .await
+                .ctx(format!("delete route {p}"))?,
+            DataplaneOp::ReapplyListenPort => {
                 self.wg
-                    .remove_peer(&wgctl::keys::PublicKey::from_bytes(*key))
-                    .await?
+                    .reapply_listen_port()
+                    .await
+                    .ctx("re-apply the listen port")?;
             }
-            Output::AddRoute(p) => self.netlink.add_route(&self.peer_route(p, wg_if)?).await?,
-            Output::DelRoute(p) => self.netlink.del_route(&self.peer_route(p, wg_if)?).await?,
-            Output::Reinject(packet) => self.reinjector.send(packet).await?,
-            Output::Deliver(packet) => self.miss.deliver(packet).await?,
-            Output::ReapplyListenPort => {
-                self.wg.reapply_listen_port().await?;
-            }
-            Output::RenewControlPeer { map_server } => {
+            DataplaneOp::RenewControlPeer { map_server } => {
                 let ms = self
                     .cfg
                     .map_servers
                     .get(*map_server)
-                    .context("no such map-server")?;
-                self.wg.remove_peer(&ms.public_key).await?;
-                self.wg.upsert_peer(control_peer(ms)).await?;
+                    .ok_or(AgentError::NoSuchMapServer(*map_server))?;
+                self.wg
+                    .remove_peer(&ms.public_key)
+                    .await
+                    .ctx("remove control peer")?;
+                self.wg
+                    .upsert_peer(control_peer(ms))
+                    .await
+                    .ctx("add control peer")?;
             }
         }
         Ok(())
@@ -513,159 +598,45 @@ impl Agent {
         req.respond(body);
     }
 
-    /// What `xtr status` prints, laid out like `wg show`.
+    /// What `xtr status` prints.
     async fn status(&self) -> String {
         let now = Instant::now();
-        let mut s = String::new();
-        let pubkey = self.cfg.wireguard.private_key.public_key();
-        let _ = writeln!(s, "interface: {}", self.cfg.wireguard.interface);
-        let _ = writeln!(
-            s,
-            "  mode: {}",
-            if self.cfg.mode == Mode::MobileNode {
-                "mobile-node"
-            } else {
-                "xtr"
-            }
-        );
-        let _ = writeln!(s, "  public key: {pubkey}");
-        let _ = writeln!(s, "  listening port: {}", self.cfg.wireguard.listen_port);
-        let _ = writeln!(
-            s,
-            "  eids: {}",
-            self.cfg
-                .eids
+        let wall = SystemTime::now();
+        let peers = self.wg.read().await.ok().map(|info| {
+            info.peers
                 .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let _ = writeln!(
-            s,
-            "  rlocs: {}",
-            self.current_rlocs()
-                .iter()
-                .map(|r| format!("{} (priority {}, weight {})", r.addr, r.priority, r.weight))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        let _ = writeln!(
-            s,
-            "  up for: {}",
-            human(self.started.elapsed().unwrap_or_default())
-        );
-        for m in self.core.map_servers() {
-            let _ = writeln!(
-                s,
-                "  map-server {}: {}{}",
-                m.name,
-                if m.up { "up" } else { "down" },
-                if m.registered {
-                    ", registered"
-                } else {
-                    ", not registered yet"
-                }
-            );
-        }
-        let info = self.wg.read().await.ok();
-        let _ = writeln!(s, "\nmap-cache:");
-        let entries = self.core.cache_entries(now);
-        if entries.is_empty() {
-            let _ = writeln!(s, "  (empty)");
-        }
-        for e in &entries {
-            match e.peer {
-                Some((key, endpoint)) => {
-                    let _ = writeln!(
-                        s,
-                        "  {}  -> {} key {}  ttl {}",
-                        e.prefix,
-                        endpoint,
-                        wgctl::keys::PublicKey::from_bytes(key),
-                        human(e.expires_in)
-                    );
-                }
-                None => {
-                    let _ = writeln!(s, "  {}  negative  ttl {}", e.prefix, human(e.expires_in));
-                }
-            }
-        }
-        if let Some(info) = info {
-            let wall = SystemTime::now();
-            for p in &info.peers {
-                let role = match self
-                    .cfg
-                    .map_servers
-                    .iter()
-                    .find(|m| m.public_key == p.public_key)
-                {
-                    Some(m) => format!(" (map-server {})", m.name),
-                    None => String::new(),
-                };
-                let _ = writeln!(s, "\npeer: {}{role}", p.public_key);
-                if let Some(ep) = p.endpoint {
-                    let _ = writeln!(s, "  endpoint: {ep}");
-                }
-                let _ = writeln!(
-                    s,
-                    "  allowed ips: {}",
-                    p.allowed_ips
+                .map(|p| PeerRow {
+                    public_key: p.public_key.to_string(),
+                    role: self
+                        .cfg
+                        .map_servers
                         .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                match p.last_handshake.and_then(|t| wall.duration_since(t).ok()) {
-                    Some(d) => {
-                        let _ = writeln!(s, "  latest handshake: {} ago", human(d));
-                    }
-                    None => {
-                        let _ = writeln!(s, "  latest handshake: none");
-                    }
-                }
-                let _ = writeln!(
-                    s,
-                    "  transfer: {} received, {} sent",
-                    bytes(p.rx_bytes),
-                    bytes(p.tx_bytes)
-                );
-            }
+                        .find(|m| m.public_key == p.public_key)
+                        .map(|m| format!("map-server {}", m.name)),
+                    endpoint: p.endpoint,
+                    allowed_ips: p.allowed_ips.iter().map(|a| a.to_string()).collect(),
+                    since_handshake: p.last_handshake.and_then(|t| wall.duration_since(t).ok()),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                })
+                .collect()
+        });
+        Snapshot {
+            interface: self.cfg.wireguard.interface.clone(),
+            mode: match self.cfg.mode {
+                Mode::MobileNode => "mobile-node",
+                Mode::Xtr => "xtr",
+            },
+            public_key: self.cfg.wireguard.private_key.public_key().to_string(),
+            listen_port: self.cfg.wireguard.listen_port,
+            eids: self.cfg.eids.iter().map(|e| e.to_string()).collect(),
+            rlocs: self.core.current_rlocs(),
+            uptime: self.started.elapsed().unwrap_or_default(),
+            map_servers: self.core.map_servers(),
+            cache: self.core.cache_entries(now),
+            peers,
         }
-        s
-    }
-}
-
-fn short(out: &Output) -> String {
-    match out {
-        Output::Transmit { dst, .. } => format!("transmit to {dst}"),
-        Output::UpsertPeer {
-            endpoint, allowed, ..
-        } => format!("upsert peer {endpoint} {allowed:?}"),
-        Output::RemovePeer { .. } => "remove peer".into(),
-        Output::AddRoute(p) => format!("add route {p}"),
-        Output::DelRoute(p) => format!("delete route {p}"),
-        Output::Reinject(_) => "re-inject packet".into(),
-        Output::Deliver(_) => "deliver ICMP".into(),
-        Output::ReapplyListenPort => "re-apply listen port".into(),
-        Output::RenewControlPeer { map_server } => format!("renew control peer {map_server}"),
-    }
-}
-
-fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m {}s", s / 60, s % 60),
-        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    match n {
-        0..=1023 => format!("{n} B"),
-        1024..=1_048_575 => format!("{:.2} KiB", n as f64 / 1024.0),
-        1_048_576..=1_073_741_823 => format!("{:.2} MiB", n as f64 / 1_048_576.0),
-        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+        .render_text()
     }
 }
 

@@ -12,7 +12,7 @@ use crate::sys;
 use anyhow::{Context, Result};
 use lisp_wire::EidPrefix;
 use map_server::store::{Clock, Store, DEFAULT_CACHE_BYTES};
-use map_server::StoreOp;
+use map_server_core::StoreOp;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;

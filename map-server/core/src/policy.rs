@@ -85,6 +85,10 @@ pub struct Policy {
     /// Push a moved mapping to the resolvers that hold it. Off only to
     /// measure the WireGuard-roaming-only baseline.
     pub push_moves: bool,
+    /// How often the endpoints WireGuard sees the control peers at are read
+    /// (besides right after each registration): how soon a NAT rebinding
+    /// is noticed once the node's next packet arrives.
+    pub endpoint_poll: Duration,
 }
 
 impl Default for Policy {
@@ -97,6 +101,7 @@ impl Default for Policy {
             notify: NotifyTiming::default(),
             static_mappings: Vec::new(),
             push_moves: true,
+            endpoint_poll: Duration::from_secs(1),
         }
     }
 }

@@ -15,6 +15,14 @@ pub struct MapServerPeer {
     pub site_key: Vec<u8>,
 }
 
+/// An underlay interface whose addresses are our RLOCs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RlocInterface {
+    pub name: String,
+    pub priority: u8,
+    pub weight: u8,
+}
+
 /// One of our underlay addresses, as registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LocalRloc {
@@ -34,6 +42,9 @@ pub struct XtrPolicy {
     /// Our EID prefixes (one IID for all of them).
     pub eids: Vec<EidPrefix>,
     pub map_servers: Vec<MapServerPeer>,
+    /// Underlay interfaces, best first: their usable addresses are our
+    /// RLOCs.
+    pub rloc_interfaces: Vec<RlocInterface>,
     /// TTL we register with: how long resolvers cache us, and how long the
     /// map-server keeps pushing our moves to them.
     pub record_ttl_minutes: u32,
@@ -57,6 +68,13 @@ pub struct XtrPolicy {
     pub max_cache_entries: usize,
     /// A data peer with no traffic and no handshake for this long is removed.
     pub idle_timeout: Duration,
+    /// First retry of a failed data-plane operation; doubles up to
+    /// `dataplane_retry_max`.
+    pub dataplane_retry_first: Duration,
+    pub dataplane_retry_max: Duration,
+    /// How long held packets and Map-Notify-Acks wait for a data plane that
+    /// keeps failing.
+    pub dataplane_patience: Duration,
 }
 
 impl XtrPolicy {
@@ -67,6 +85,7 @@ impl XtrPolicy {
         wg_port: u16,
         eids: Vec<EidPrefix>,
         map_servers: Vec<MapServerPeer>,
+        rloc_interfaces: Vec<RlocInterface>,
     ) -> Self {
         XtrPolicy {
             control_address,
@@ -74,6 +93,7 @@ impl XtrPolicy {
             wg_port,
             eids,
             map_servers,
+            rloc_interfaces,
             record_ttl_minutes: 10,
             register_interval: Duration::from_secs(60),
             register_retry_first: Duration::from_millis(20),
@@ -85,7 +105,16 @@ impl XtrPolicy {
             max_pending: 1024,
             max_cache_entries: 10_000,
             idle_timeout: Duration::from_secs(600),
+            dataplane_retry_first: Duration::from_millis(10),
+            dataplane_retry_max: Duration::from_secs(1),
+            dataplane_patience: Duration::from_secs(3),
         }
+    }
+
+    /// How often peer statistics are read for idleness: a tenth of the idle
+    /// timeout, between 1 and 10 s.
+    pub fn stats_interval(&self) -> Duration {
+        (self.idle_timeout / 10).clamp(Duration::from_secs(1), Duration::from_secs(10))
     }
 
     /// The instance our EIDs live in.

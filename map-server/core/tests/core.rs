@@ -1,8 +1,9 @@
 //! The map-server core driven in memory with fake time.
 
 use lisp_wire::*;
-use map_server::*;
+use map_server_core::*;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 const MS: &str = "100.64.0.1";
@@ -62,7 +63,68 @@ fn peer_policy(name: &str, n: &Node) -> PeerPolicy {
     }
 }
 
-fn server(now: Instant) -> MapServer {
+/// A map-server core whose commits always succeed, with the operations it
+/// committed kept for inspection.
+struct Ms {
+    core: MapServer,
+    stored: Vec<StoreOp>,
+    /// What the map-server's WireGuard sees: (key, endpoint) per peer.
+    seen: Vec<([u8; 32], SocketAddr)>,
+}
+
+impl From<MapServer> for Ms {
+    fn from(core: MapServer) -> Self {
+        Ms {
+            core,
+            stored: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl Deref for Ms {
+    type Target = MapServer;
+    fn deref(&self) -> &MapServer {
+        &self.core
+    }
+}
+
+impl DerefMut for Ms {
+    fn deref_mut(&mut self) -> &mut MapServer {
+        &mut self.core
+    }
+}
+
+impl Ms {
+    /// Carries out the core's commits (always successfully) and actions
+    /// (endpoint reads answered with `seen`).
+    fn commit_all(&mut self) {
+        let now = Instant::now();
+        for _ in 0..100 {
+            let mut moved = false;
+            while let Some(c) = self.core.poll_commit(now) {
+                self.core.handle_commit_result(now, c.id, Ok(()));
+                self.stored.extend(c.ops);
+                moved = true;
+            }
+            while let Some((id, action)) = self.core.poll_action() {
+                match action {
+                    ControlAction::ReadEndpoints => {
+                        let all = self.seen.iter().map(|&(k, e)| (k, Some(e))).collect();
+                        self.core.handle_endpoints(now, id, Ok(all));
+                    }
+                    _ => self.core.handle_action_result(now, id, Ok(())),
+                }
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+}
+
+fn server(now: Instant) -> Ms {
     let policy = Policy {
         peers: vec![
             peer_policy("robot-a", &node_a()),
@@ -70,7 +132,7 @@ fn server(now: Instant) -> MapServer {
         ],
         ..Policy::default()
     };
-    MapServer::new(policy, now, 42)
+    MapServer::new(policy, now, 42).into()
 }
 
 fn record(eid: EidPrefix, key: [u8; 32], rloc: SocketAddr) -> EidRecord {
@@ -91,15 +153,18 @@ fn from(n: &Node) -> SocketAddr {
     SocketAddr::new(n.ctl, 4342)
 }
 
-fn drain(ms: &mut MapServer) -> Vec<Transmit> {
+/// Commits what the core asks to persist, then takes what it sends.
+fn drain(ms: &mut Ms) -> Vec<Transmit> {
+    ms.commit_all();
     std::iter::from_fn(|| ms.poll_transmit()).collect()
 }
 
-fn drain_store(ms: &mut MapServer) -> Vec<StoreOp> {
-    std::iter::from_fn(|| ms.poll_store()).collect()
+fn drain_store(ms: &mut Ms) -> Vec<StoreOp> {
+    ms.commit_all();
+    std::mem::take(&mut ms.stored)
 }
 
-fn register(ms: &mut MapServer, now: Instant, n: &Node, nonce: u64) -> Vec<Transmit> {
+fn register(ms: &mut Ms, now: Instant, n: &Node, nonce: u64) -> Vec<Transmit> {
     let bytes = register_bytes(n, nonce, vec![record(n.eid, n.key, n.rloc)]);
     ms.handle_datagram(now, from(n), Via::Tunnel, &bytes);
     drain(ms)
@@ -320,7 +385,7 @@ fn unregistered_eid_gets_a_negative_reply_covering_the_largest_hole() {
 
 /// Sends `bytes` and checks that nothing changed, nothing was sent, and the
 /// refusal was counted.
-fn assert_refused(ms: &mut MapServer, now: Instant, src: SocketAddr, via: Via, bytes: &[u8]) {
+fn assert_refused(ms: &mut Ms, now: Instant, src: SocketAddr, via: Via, bytes: &[u8]) {
     let before = snapshot(ms);
     let counters_before = ms.counters().clone();
     ms.handle_datagram(now, src, via, bytes);
@@ -475,14 +540,15 @@ fn keyless_lisp_peers_register_and_resolve_on_the_plain_listener() {
             more_specifics: true,
         }],
     };
-    let mut ms = MapServer::new(
+    let mut ms: Ms = MapServer::new(
         Policy {
             peers: vec![oor],
             ..Policy::default()
         },
         now,
         1,
-    );
+    )
+    .into();
     let eid = EidPrefix::new(3, ip("10.3.1.0"), 24).unwrap();
     let rec = EidRecord::new(
         eid,
@@ -625,7 +691,7 @@ fn restore_counts_entries_and_never_overrides_a_static_mapping() {
         static_mappings: vec![(a.eid, fixed)],
         ..ms.policy().clone()
     };
-    let mut ms = MapServer::new(policy, now, 1);
+    let mut ms: Ms = MapServer::new(policy, now, 1).into();
     assert_eq!(ms.counters().entries, 1, "static mappings are counted");
     assert!(!ms.restore(a.eid, "robot-a", m, now));
     assert_eq!(ms.registry().get(&a.eid).unwrap().origin, Origin::Static);
@@ -643,7 +709,7 @@ fn with_push_moves_off_a_move_is_not_pushed() {
         push_moves: false,
         ..Policy::default()
     };
-    let mut ms = MapServer::new(policy, now, 42);
+    let mut ms: Ms = MapServer::new(policy, now, 42).into();
     let (a, b) = (node_a(), node_b());
     register(&mut ms, now, &a, 1);
     register(&mut ms, now, &b, 2);
@@ -672,4 +738,277 @@ fn with_push_moves_off_a_move_is_not_pushed() {
         "the move is stored"
     );
     assert_eq!(ms.counters().pushes, 0);
+}
+
+#[test]
+fn a_failed_commit_withholds_only_the_confirmation_and_is_retried() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let notify = parse_notify(&drain(&mut ms)[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    drain(&mut ms);
+
+    // B moves while the disk is full.
+    let t = now + Duration::from_secs(1);
+    let moved: SocketAddr = "203.0.113.5:51821".parse().unwrap();
+    let bytes = register_bytes(&b, 3, vec![record(b.eid, b.key, moved)]);
+    ms.handle_datagram(t, from(&b), Via::Tunnel, &bytes);
+    let commit = ms.poll_commit(t).expect("the move is to be persisted");
+    ms.handle_commit_result(
+        t,
+        commit.id,
+        Err(StoreFault("No space left on device".into())),
+    );
+    // The push waits only for the read of where B now is.
+    let (id, action) = ms.poll_action().expect("an endpoint read");
+    assert_eq!(action, ControlAction::ReadEndpoints);
+    ms.handle_endpoints(t, id, Ok(vec![]));
+    let out: Vec<Transmit> = std::iter::from_fn(|| ms.poll_transmit()).collect();
+    assert!(
+        out.iter().all(|tx| tx.dst != from(&b)),
+        "B's registration is not confirmed: it is not on disk"
+    );
+    assert_eq!(
+        out.iter().filter(|tx| tx.dst == from(&a)).count(),
+        1,
+        "the push to A does not wait for the disk"
+    );
+    let fault = ms.store_fault().expect("the fault shows");
+    assert!(fault.error.contains("No space"));
+    assert_eq!(ms.counters().withheld_notifies, 1);
+
+    // No retry before the backoff; then the same change is committed.
+    assert!(ms.poll_commit(t).is_none());
+    let retry_at = ms.poll_timeout().unwrap();
+    let retry = ms.poll_commit(retry_at).expect("retried");
+    assert!(matches!(&retry.ops[..], [StoreOp::Put { prefix, .. }] if *prefix == b.eid));
+    ms.handle_commit_result(retry_at, retry.id, Ok(()));
+    assert!(ms.store_fault().is_none());
+    // B re-registers (it got no notify) and is confirmed at once.
+    let bytes = register_bytes(&b, 4, vec![record(b.eid, b.key, moved)]);
+    ms.handle_datagram(retry_at, from(&b), Via::Tunnel, &bytes);
+    let out = drain(&mut ms);
+    assert_eq!(parse_notify(&out[0], &b.site_key).nonce, 4);
+}
+
+// ---- observed endpoints: nodes behind NAT ----------------------------------
+
+/// From now on the map-server's WireGuard sees the peers at `seen` (at the
+/// next read the core asks for).
+fn observe(ms: &mut Ms, _now: Instant, seen: &[([u8; 32], SocketAddr)]) {
+    ms.seen = seen.to_vec();
+    ms.commit_all();
+}
+
+fn candidates_in(t: &Transmit) -> Vec<SocketAddr> {
+    let records = match parse(&t.payload).unwrap() {
+        Message::MapReply(r) => r.records,
+        Message::MapNotify(n) => n.records,
+        other => panic!("no records in {other:?}"),
+    };
+    records[0]
+        .rlocs
+        .iter()
+        .map(|r| {
+            let i = r.info().unwrap();
+            SocketAddr::new(i.rloc, i.port.unwrap())
+        })
+        .collect()
+}
+
+/// A and B behind NATs: registered with private addresses, seen by the
+/// map-server's WireGuard at their NATs' public endpoints.
+fn natted() -> (Node, Node) {
+    let mut a = node_a();
+    a.rloc = "10.20.1.5:51820".parse().unwrap();
+    let mut b = node_b();
+    b.rloc = "10.30.1.5:51821".parse().unwrap();
+    (a, b)
+}
+
+const A_PUBLIC: &str = "198.51.100.7:51820";
+const B_PUBLIC: &str = "203.0.113.9:40001";
+
+#[test]
+fn a_node_behind_nat_is_handed_out_at_its_observed_endpoint() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = natted();
+    let seen = [
+        (a.key, A_PUBLIC.parse().unwrap()),
+        (b.key, B_PUBLIC.parse().unwrap()),
+    ];
+    observe(&mut ms, now, &seen);
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    assert_eq!(ms.observed(1), Some(B_PUBLIC.parse().unwrap()));
+
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let out = drain(&mut ms);
+    // B is told where A is seen; after B's ack, A gets B's public endpoint
+    // and not its private address.
+    let notify = &out[0];
+    assert_eq!(
+        candidates_in(notify),
+        vec![A_PUBLIC.parse::<SocketAddr>().unwrap()]
+    );
+    let n = parse_notify(notify, &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    let reply = drain(&mut ms);
+    assert_eq!(
+        candidates_in(&reply[0]),
+        vec![B_PUBLIC.parse::<SocketAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn behind_the_same_nat_peers_get_each_others_private_address_first() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = natted();
+    let b_public: SocketAddr = "198.51.100.7:51821".parse().unwrap();
+    observe(
+        &mut ms,
+        now,
+        &[(a.key, A_PUBLIC.parse().unwrap()), (b.key, b_public)],
+    );
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let out = drain(&mut ms);
+    let n = parse_notify(&out[0], &b.site_key);
+    assert_eq!(
+        candidates_in(&out[0])[0],
+        a.rloc,
+        "A's private address first"
+    );
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    let reply = drain(&mut ms);
+    assert_eq!(candidates_in(&reply[0]), vec![b.rloc, b_public]);
+}
+
+#[test]
+fn a_nat_rebinding_is_pushed_to_correspondents() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = natted();
+    let mut seen = [
+        (a.key, A_PUBLIC.parse().unwrap()),
+        (b.key, B_PUBLIC.parse().unwrap()),
+    ];
+    observe(&mut ms, now, &seen);
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let n = parse_notify(&drain(&mut ms)[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    drain(&mut ms);
+
+    // B's NAT restarts and maps it to another port; the periodic read sees
+    // it at B's next keepalive. A, which resolved B, is pushed at once.
+    let t = now + Duration::from_secs(30);
+    let rebound: SocketAddr = "203.0.113.9:47777".parse().unwrap();
+    seen[1].1 = rebound;
+    ms.handle_timeout(t);
+    observe(&mut ms, t, &seen);
+    let out = drain(&mut ms);
+    let push: Vec<_> = out.iter().filter(|tx| tx.dst == from(&a)).collect();
+    assert_eq!(push.len(), 1, "{out:?}");
+    assert_eq!(candidates_in(push[0]), vec![rebound]);
+    assert!(drain_store(&mut ms).contains(&StoreOp::Endpoint {
+        peer: "robot-b".into(),
+        endpoint: rebound
+    }));
+    assert_eq!(ms.counters().endpoint_changes, 3);
+}
+
+#[test]
+fn a_restarted_map_server_wakes_peers_where_they_were_last_seen() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, _) = natted();
+    let bytes = register_bytes(&a, 1, vec![record(a.eid, a.key, a.rloc)]);
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &bytes);
+    let mapping = ms.registry().get(&a.eid).unwrap().clone();
+    assert!(ms.restore_endpoint("robot-a", A_PUBLIC.parse().unwrap()));
+    assert!(!ms.restore_endpoint("nobody", A_PUBLIC.parse().unwrap()));
+    let mut fresh = server(now);
+    assert!(fresh.restore(a.eid, "robot-a", mapping, now));
+    fresh.restore_endpoint("robot-a", A_PUBLIC.parse().unwrap());
+    fresh.finish_restore();
+    let actions: Vec<_> = std::iter::from_fn(|| fresh.poll_action())
+        .map(|(_, a)| a)
+        .collect();
+    assert!(
+        actions.contains(&ControlAction::WakeControlPeer {
+            peer: 0,
+            endpoint: A_PUBLIC.parse().unwrap()
+        }),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_pair_resolving_each_other_at_once_gets_one_notify_and_one_responder() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    // A asks for B; B is told about A, A's reply waits for B's ack.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    let to_b = parse_notify(&out[0], &b.site_key);
+    // Before acking, B asks for A too.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(b.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&b, 6, a.eid),
+    );
+    assert!(
+        drain(&mut ms).is_empty(),
+        "no notify to A, and B's reply waits"
+    );
+    assert_eq!(ms.counters().crossed_requests, 1);
+    // B acks the notify: both replies go out, after it.
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &to_b));
+    let out = drain(&mut ms);
+    let mut dsts: Vec<IpAddr> = out.iter().map(|t| t.dst.ip()).collect();
+    dsts.sort();
+    assert_eq!(dsts, vec![a.ctl, b.ctl]);
+    assert!(out
+        .iter()
+        .all(|t| matches!(parse(&t.payload), Ok(Message::MapReply(_)))));
+    assert_eq!(ms.pending_notifies(), 0);
 }

@@ -1,7 +1,7 @@
 //! Counters of everything the map-server does or refuses, exported as
 //! Prometheus metrics by the shell.
 
-use crate::server::Refusal;
+use crate::io::Refusal;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -25,6 +25,17 @@ pub struct Counters {
     pub unexpected: u64,
     /// Gauge: mappings held.
     pub entries: u64,
+    pub store_commits: u64,
+    pub store_failures: u64,
+    /// Map-Notifies not sent because the commit holding their registration
+    /// failed.
+    pub withheld_notifies: u64,
+    /// Actions on the control interface that failed (each attempt).
+    pub action_failures: u64,
+    /// Times a control peer was first seen, or seen at a new endpoint.
+    pub endpoint_changes: u64,
+    /// Requests from a node about a node resolving it at the same moment.
+    pub crossed_requests: u64,
 }
 
 impl Counters {
@@ -146,6 +157,42 @@ impl Counters {
                 self.unexpected,
             ),
             ("lispwg_ms_entries", "mappings held", "gauge", self.entries),
+            (
+                "lispwg_ms_store_commits_total",
+                "durable store transactions committed",
+                "counter",
+                self.store_commits,
+            ),
+            (
+                "lispwg_ms_store_failures_total",
+                "store transactions that failed (retried)",
+                "counter",
+                self.store_failures,
+            ),
+            (
+                "lispwg_ms_withheld_notifies_total",
+                "Map-Notifies not sent because the store commit failed",
+                "counter",
+                self.withheld_notifies,
+            ),
+            (
+                "lispwg_ms_endpoint_changes_total",
+                "control peers first seen or seen at a new endpoint (NAT rebinding, move)",
+                "counter",
+                self.endpoint_changes,
+            ),
+            (
+                "lispwg_ms_crossed_requests_total",
+                "pairs that resolved each other at the same moment",
+                "counter",
+                self.crossed_requests,
+            ),
+            (
+                "lispwg_ms_action_failures_total",
+                "control interface actions that failed",
+                "counter",
+                self.action_failures,
+            ),
         ]
     }
 }

@@ -1,0 +1,192 @@
+//! Map-Notifies the map-server starts: to a destination about the node that
+//! resolved it (holding the requester's reply until the destination has
+//! acknowledged, so its peer is in place before the first handshake), and
+//! pushes of a moved mapping to the nodes that resolved it. Retransmitted
+//! with backoff until acknowledged.
+
+use crate::io::{Refusal, Transmit, Via};
+use crate::MapServer;
+use lisp_wire::{auth, Authentication, EidPrefix, KeyId, MapNotify, LISP_CONTROL_PORT};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// A node that resolved a prefix, and until when it caches it.
+#[derive(Debug)]
+pub(crate) struct Subscriber {
+    pub(crate) peer: u16,
+    pub(crate) expires: Instant,
+}
+
+/// A map-server-initiated Map-Notify awaiting its Ack.
+#[derive(Debug)]
+pub(crate) struct PendingNotify {
+    pub(crate) peer: u16,
+    transmit: Transmit,
+    retransmits: u32,
+    pub(crate) next: Instant,
+    /// The prefix whose mapping it carries.
+    pub(crate) about: EidPrefix,
+    /// Proxy replies released by the Ack or at `hold_until`.
+    pub(crate) held: Vec<Transmit>,
+    pub(crate) hold_until: Instant,
+}
+
+impl MapServer {
+    pub(crate) fn handle_map_notify_ack(
+        &mut self,
+        now: Instant,
+        peer_idx: u16,
+        bytes: &[u8],
+        ack: MapNotify,
+    ) -> Result<(), Refusal> {
+        let peer = &self.policy.peers[peer_idx as usize];
+        auth::verify(bytes, &peer.site_key).map_err(Refusal::Auth)?;
+        match self.pending.get(&ack.nonce) {
+            Some(p) if p.peer == peer_idx => {}
+            _ => {
+                // A late duplicate Ack after a retransmission is normal.
+                debug!(nonce = ack.nonce, peer = %peer.name, "Map-Notify-Ack for no pending notify");
+                return Ok(());
+            }
+        }
+        let Some(p) = self.pending.remove(&ack.nonce) else {
+            return Ok(());
+        };
+        self.counters.notify_acks += 1;
+        debug!(peer = %peer.name, eid = %p.about, waited_ms = ?now.checked_duration_since(p.next), "Map-Notify acknowledged");
+        self.release(p.held);
+        Ok(())
+    }
+
+    pub(crate) fn release(&mut self, held: Vec<Transmit>) {
+        for t in held {
+            self.counters.replies += 1;
+            self.transmits.push_back(t);
+        }
+    }
+    pub(crate) fn subscribe(
+        &mut self,
+        prefix: EidPrefix,
+        peer: u16,
+        now: Instant,
+        ttl_minutes: u32,
+    ) {
+        let expires = now + Duration::from_secs(60 * ttl_minutes.max(1) as u64);
+        let subs = self.subscriptions.entry(prefix).or_default();
+        match subs.iter_mut().find(|s| s.peer == peer) {
+            Some(s) => s.expires = s.expires.max(expires),
+            None => subs.push(Subscriber { peer, expires }),
+        }
+    }
+
+    /// Sends `about`'s current mapping to `peer` in a Map-Notify, retransmitted
+    /// until acknowledged; `held` is released on the Ack or at the hold time.
+    pub(crate) fn send_notify(
+        &mut self,
+        now: Instant,
+        peer_idx: u16,
+        about: EidPrefix,
+        held: Option<Transmit>,
+    ) {
+        let Some(mapping) = self.registry.get(&about) else {
+            return;
+        };
+        let record = self.record_for(about, mapping, Some(peer_idx));
+        let nonce = self.nonce_gen.next_nonce();
+        let peer = &self.policy.peers[peer_idx as usize];
+        let notify = MapNotify {
+            nonce,
+            auth: Authentication::unsigned(KeyId::HmacSha256),
+            records: vec![record],
+            xtr_site: None,
+        };
+        let payload = match notify.encode_signed_notify(&peer.site_key) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(error = %e, "cannot encode Map-Notify");
+                if let Some(h) = held {
+                    self.release(vec![h]);
+                }
+                return;
+            }
+        };
+        let via = if peer.wg_key.is_some() {
+            Via::Tunnel
+        } else {
+            Via::Plain
+        };
+        let transmit = Transmit {
+            via,
+            dst: SocketAddr::new(peer.control_address, LISP_CONTROL_PORT),
+            payload,
+        };
+        debug!(peer = %peer.name, eid = %about, nonce, "Map-Notify to correspondent");
+        self.counters.notifies += 1;
+        self.transmits.push_back(transmit.clone());
+        self.pending.insert(
+            nonce,
+            PendingNotify {
+                peer: peer_idx,
+                transmit,
+                retransmits: 0,
+                next: now + self.policy.notify.first_retransmit,
+                about,
+                held: held.into_iter().collect(),
+                hold_until: now + self.policy.notify.reply_hold,
+            },
+        );
+    }
+
+    /// Pushes `prefix`'s new mapping to every live subscriber but its owner.
+    pub(crate) fn push_to_subscribers(&mut self, now: Instant, prefix: EidPrefix, owner: u16) {
+        let targets: Vec<u16> = self
+            .subscriptions
+            .get(&prefix)
+            .map(|subs| {
+                subs.iter()
+                    .filter(|s| s.expires > now && s.peer != owner)
+                    .map(|s| s.peer)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for peer in targets {
+            self.counters.pushes += 1;
+            // A newer push supersedes an older one about the same prefix.
+            self.pending
+                .retain(|_, p| !(p.peer == peer && p.about == prefix && p.held.is_empty()));
+            self.send_notify(now, peer, prefix, None);
+        }
+    }
+
+    /// Retransmits unacknowledged notifies and releases held replies whose
+    /// hold time is over.
+    pub(crate) fn retransmit_notifies(&mut self, now: Instant) {
+        let timing = self.policy.notify;
+        let mut released = Vec::new();
+        let mut given_up = Vec::new();
+        for (&nonce, p) in self.pending.iter_mut() {
+            if !p.held.is_empty() && now >= p.hold_until {
+                released.append(&mut p.held);
+            }
+            if now >= p.next {
+                if p.retransmits >= timing.max_retransmits {
+                    given_up.push(nonce);
+                    continue;
+                }
+                p.retransmits += 1;
+                p.next = now + timing.first_retransmit * 2u32.pow(p.retransmits.min(16));
+                self.counters.notify_retransmits += 1;
+                self.transmits.push_back(p.transmit.clone());
+            }
+        }
+        for nonce in given_up {
+            if let Some(p) = self.pending.remove(&nonce) {
+                self.counters.notify_giveups += 1;
+                warn!(peer = %self.policy.peers[p.peer as usize].name, eid = %p.about, "Map-Notify never acknowledged; giving up");
+                released.extend(p.held);
+            }
+        }
+        self.release(released);
+    }
+}

@@ -1,0 +1,229 @@
+//! The map-server's status page: a [`Snapshot`] of plain data taken from the
+//! core and the shell, and its text rendering for `map-server status`.
+
+use map_server_core::{Counters, MapServer};
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Registrations listed on the status page, at most.
+pub const STATUS_ROWS: usize = 1000;
+
+/// What the shell knows that the core does not.
+#[derive(Debug, Clone)]
+pub struct ShellFacts {
+    pub uptime: Duration,
+    pub restored: usize,
+    /// The control socket and its interface, when the tunnel is configured.
+    pub tunnel: Option<(Option<SocketAddr>, String)>,
+    pub plain: Option<SocketAddr>,
+    pub store_path: PathBuf,
+}
+
+/// One registration, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappingRow {
+    pub eid: String,
+    pub rloc: String,
+    pub more_rlocs: usize,
+    /// Where the map-server's WireGuard sees the owner, and whether that is
+    /// through a NAT.
+    pub observed: Option<(SocketAddr, bool)>,
+    /// `None` for a static mapping.
+    pub peer: Option<String>,
+    pub age: Option<Duration>,
+    pub expires_in: Option<Duration>,
+}
+
+/// Everything the status page shows.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub facts: ShellFacts,
+    pub counters: Counters,
+    pub lifetime: Duration,
+    /// The store fault going on now: (error, for how long, failed commits).
+    pub store_fault: Option<(String, Duration, u64)>,
+    pub unsaved_ops: usize,
+    pub live_mappings: usize,
+    pub rows: Vec<MappingRow>,
+    /// Configured peers with no live registration; only filled when every
+    /// mapping is listed.
+    pub silent_peers: Vec<String>,
+}
+
+impl Snapshot {
+    pub fn take(core: &MapServer, facts: ShellFacts, now: Instant) -> Snapshot {
+        let mut live: Vec<_> = core
+            .registry()
+            .iter()
+            .filter(|(_, m)| m.is_live(now))
+            .collect();
+        let total = live.len();
+        live.sort_unstable_by_key(|(p, _)| *p);
+        live.truncate(STATUS_ROWS);
+        let mut seen = HashSet::new();
+        let rows = live
+            .into_iter()
+            .map(|(prefix, m)| {
+                let rloc = m.rlocs.first().map_or("-".to_string(), |r| match r.port {
+                    Some(port) => SocketAddr::new(r.addr, port).to_string(),
+                    None => r.addr.to_string(),
+                });
+                let peer = core.policy().peer(m.origin).map(|p| p.name.clone());
+                let observed = match m.origin {
+                    map_server_core::Origin::Peer(i) => core
+                        .observed(i)
+                        .map(|o| (o, map_server_core::behind_nat(m, Some(o)))),
+                    map_server_core::Origin::Static => None,
+                };
+                if let Some(p) = &peer {
+                    seen.insert(p.clone());
+                }
+                MappingRow {
+                    eid: prefix.to_string(),
+                    rloc,
+                    more_rlocs: m.rlocs.len().saturating_sub(1),
+                    observed,
+                    peer,
+                    age: core
+                        .last_refresh(m)
+                        .map(|t| now.saturating_duration_since(t)),
+                    expires_in: m.expires.map(|e| e.saturating_duration_since(now)),
+                }
+            })
+            .collect();
+        let silent_peers = if total <= STATUS_ROWS {
+            core.policy()
+                .peers
+                .iter()
+                .filter(|p| !seen.contains(&p.name))
+                .map(|p| p.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Snapshot {
+            facts,
+            counters: core.counters().clone(),
+            lifetime: core.policy().registration_lifetime,
+            store_fault: core.store_fault().map(|f| {
+                (
+                    f.error.clone(),
+                    now.saturating_duration_since(f.since),
+                    f.failures,
+                )
+            }),
+            unsaved_ops: core.unsaved_ops(),
+            live_mappings: total,
+            rows,
+            silent_peers,
+        }
+    }
+
+    /// The text of `map-server status`.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        let up = self.facts.uptime.as_secs();
+        let _ = writeln!(
+            out,
+            "lispwg map-server: up {}h{:02}m{:02}s, {} registrations restored at start",
+            up / 3600,
+            up / 60 % 60,
+            up % 60,
+            self.facts.restored
+        );
+        let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+        let tunnel = match &self.facts.tunnel {
+            Some((addr, ifname)) => format!("{} on {ifname}", show(*addr)),
+            None => "none".into(),
+        };
+        let _ = writeln!(
+            out,
+            "control tunnel: {tunnel}; plain listener: {}",
+            show(self.facts.plain)
+        );
+        let c = &self.counters;
+        let _ = writeln!(
+            out,
+            "store: {} ({} commits, {} failures)",
+            self.facts.store_path.display(),
+            c.store_commits,
+            c.store_failures
+        );
+        if let Some((error, for_how_long, failures)) = &self.store_fault {
+            let _ = writeln!(
+                out,
+                "  STORE FAULT for {}s ({failures} failed commits, {} changes unsaved): {error}; \
+                 registrations are not being confirmed",
+                for_how_long.as_secs(),
+                self.unsaved_ops
+            );
+        }
+        let _ = writeln!(
+            out,
+            "counters: {} registrations, {} requests, {} replies ({} negative), {} notifies, \
+             {} retransmits, {} auth failures, {} unauthorised, {} unknown peers, {} malformed",
+            c.registrations,
+            c.requests,
+            c.replies,
+            c.negative_replies,
+            c.notifies,
+            c.notify_retransmits,
+            c.auth_failures,
+            c.unauthorised,
+            c.unknown_peers,
+            c.malformed
+        );
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "{} mappings (gauge {}); lifetime {} s",
+            self.live_mappings,
+            c.entries,
+            self.lifetime.as_secs()
+        );
+        let _ = writeln!(
+            out,
+            "{:<28} {:<40} {:<34} {:<16} {:>8} {:>10}",
+            "EID", "RLOC:PORT", "SEEN AT", "PEER", "AGE", "EXPIRES IN"
+        );
+        for r in &self.rows {
+            let more = if r.more_rlocs > 0 {
+                format!(" (+{})", r.more_rlocs)
+            } else {
+                String::new()
+            };
+            let secs = |d: Option<Duration>, none: &str| {
+                d.map_or(none.to_string(), |d| format!("{}s", d.as_secs()))
+            };
+            let seen = match r.observed {
+                Some((ep, true)) => format!("{ep} (NAT)"),
+                Some((ep, false)) => ep.to_string(),
+                None => "-".into(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<28} {:<40} {:<34} {:<16} {:>8} {:>10}",
+                r.eid,
+                format!("{}{more}", r.rloc),
+                seen,
+                r.peer.as_deref().unwrap_or("(static)"),
+                secs(r.age, "-"),
+                secs(r.expires_in, "never"),
+            );
+        }
+        if self.live_mappings > self.rows.len() {
+            let _ = writeln!(out, "... and {} more", self.live_mappings - self.rows.len());
+        }
+        if !self.silent_peers.is_empty() {
+            let _ = writeln!(
+                out,
+                "\npeers with no live registration: {}",
+                self.silent_peers.join(", ")
+            );
+        }
+        out
+    }
+}

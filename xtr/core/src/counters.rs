@@ -1,0 +1,195 @@
+//! Counters of everything the agent does or refuses, exported as Prometheus
+//! metrics by the shell.
+
+use crate::io::Refusal;
+
+/// Counters exported as metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub misses: u64,
+    pub requests: u64,
+    pub request_retransmits: u64,
+    pub request_timeouts: u64,
+    pub replies: u64,
+    pub negative_replies: u64,
+    pub held_packets: u64,
+    pub dropped_packets: u64,
+    pub reinjected_packets: u64,
+    pub icmp_unreachable: u64,
+    pub notifies: u64,
+    pub acks: u64,
+    pub registers: u64,
+    pub peers_added: u64,
+    pub peers_updated: u64,
+    pub peers_removed: u64,
+    pub auth_failures: u64,
+    pub malformed: u64,
+    pub unknown_senders: u64,
+    pub unusable_mappings: u64,
+    /// Data-plane operations that failed (each attempt; they are retried).
+    pub dataplane_failures: u64,
+    /// Map-Replies for no pending request (late, duplicate or forged).
+    pub unknown_nonces: u64,
+    /// Peer statistics reads that failed.
+    pub stats_failures: u64,
+}
+
+impl Counters {
+    /// (name, help, kind, value) for every counter.
+    pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+        vec![
+            (
+                "lispwg_xtr_misses_total",
+                "packets that started a resolution",
+                "counter",
+                self.misses,
+            ),
+            (
+                "lispwg_xtr_map_requests_total",
+                "Map-Requests sent (to each map-server)",
+                "counter",
+                self.requests,
+            ),
+            (
+                "lispwg_xtr_request_retransmits_total",
+                "Map-Request retransmissions",
+                "counter",
+                self.request_retransmits,
+            ),
+            (
+                "lispwg_xtr_request_timeouts_total",
+                "resolutions no map-server answered",
+                "counter",
+                self.request_timeouts,
+            ),
+            (
+                "lispwg_xtr_map_replies_total",
+                "Map-Replies accepted",
+                "counter",
+                self.replies,
+            ),
+            (
+                "lispwg_xtr_negative_replies_total",
+                "negative Map-Replies",
+                "counter",
+                self.negative_replies,
+            ),
+            (
+                "lispwg_xtr_held_packets_total",
+                "packets held while resolving",
+                "counter",
+                self.held_packets,
+            ),
+            (
+                "lispwg_xtr_dropped_packets_total",
+                "packets dropped (limits, garbage, own EID)",
+                "counter",
+                self.dropped_packets,
+            ),
+            (
+                "lispwg_xtr_reinjected_packets_total",
+                "held packets re-injected",
+                "counter",
+                self.reinjected_packets,
+            ),
+            (
+                "lispwg_xtr_icmp_unreachable_total",
+                "ICMP unreachable errors sent to local senders",
+                "counter",
+                self.icmp_unreachable,
+            ),
+            (
+                "lispwg_xtr_map_notifies_total",
+                "Map-Notifies received",
+                "counter",
+                self.notifies,
+            ),
+            (
+                "lispwg_xtr_notify_acks_total",
+                "Map-Notify-Acks sent",
+                "counter",
+                self.acks,
+            ),
+            (
+                "lispwg_xtr_map_registers_total",
+                "Map-Registers sent",
+                "counter",
+                self.registers,
+            ),
+            (
+                "lispwg_xtr_peers_added_total",
+                "data peers programmed",
+                "counter",
+                self.peers_added,
+            ),
+            (
+                "lispwg_xtr_peers_updated_total",
+                "data peers updated in place (moves)",
+                "counter",
+                self.peers_updated,
+            ),
+            (
+                "lispwg_xtr_peers_removed_total",
+                "data peers removed",
+                "counter",
+                self.peers_removed,
+            ),
+            (
+                "lispwg_xtr_auth_failures_total",
+                "Map-Notifies with a bad HMAC",
+                "counter",
+                self.auth_failures,
+            ),
+            (
+                "lispwg_xtr_malformed_total",
+                "malformed or unexpected control messages",
+                "counter",
+                self.malformed,
+            ),
+            (
+                "lispwg_xtr_unknown_senders_total",
+                "control messages from no configured map-server",
+                "counter",
+                self.unknown_senders,
+            ),
+            (
+                "lispwg_xtr_unusable_mappings_total",
+                "mappings without a usable WireGuard key or locator",
+                "counter",
+                self.unusable_mappings,
+            ),
+            (
+                "lispwg_xtr_dataplane_failures_total",
+                "data-plane operations that failed (retried)",
+                "counter",
+                self.dataplane_failures,
+            ),
+            (
+                "lispwg_xtr_unknown_nonces_total",
+                "Map-Replies for no pending request",
+                "counter",
+                self.unknown_nonces,
+            ),
+            (
+                "lispwg_xtr_stats_failures_total",
+                "WireGuard statistics reads that failed",
+                "counter",
+                self.stats_failures,
+            ),
+        ]
+    }
+}
+
+impl Counters {
+    pub(crate) fn count_refusal(&mut self, r: &Refusal) {
+        let c = match r {
+            Refusal::UnknownSender => &mut self.unknown_senders,
+            Refusal::Malformed(_) | Refusal::Unexpected(_) | Refusal::Uncovered(_) => {
+                &mut self.malformed
+            }
+            Refusal::Auth(_) => &mut self.auth_failures,
+            Refusal::UnknownNonce(_) => &mut self.unknown_nonces,
+        };
+        *c += 1;
+    }
+}

@@ -1,0 +1,136 @@
+//! What goes in and out of the core: the leaf types every module shares.
+//!
+//! The shell carries out [`Output`]s in the order it takes them. Datagrams,
+//! re-injections and deliveries are fire-and-forget; every
+//! [`Output::Dataplane`] operation must be reported back with
+//! [`crate::Xtr::handle_dataplane_result`], and every
+//! [`Output::ReadPeerStats`] answered with [`crate::Xtr::handle_peer_stats`]
+//! (or [`crate::Xtr::handle_peer_stats_failed`]). The core retries failed
+//! operations and holds back what depends on them.
+
+use lisp_wire::EidPrefix;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Something for the shell to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// A control message to a map-server (its control address, port 4342).
+    Transmit { dst: SocketAddr, payload: Vec<u8> },
+    /// Change the data plane, then report the outcome under `id`.
+    Dataplane { id: OpId, op: DataplaneOp },
+    /// Send a held packet again, so the kernel routes it through the new
+    /// peer (whose peer and route are confirmed by now).
+    Reinject(Vec<u8>),
+    /// Hand a packet (an ICMP error) to the local stack through the TUN.
+    Deliver(Vec<u8>),
+    /// Read the WireGuard peers' counters and handshakes, and report them
+    /// with [`crate::Xtr::handle_peer_stats`].
+    ReadPeerStats,
+}
+
+/// Identifies a [`DataplaneOp`] when its outcome is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub(crate) u64);
+
+/// A change to the host's WireGuard interface or routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataplaneOp {
+    /// Add or update a data peer; `allowed` is its complete allowed-ips set.
+    UpsertPeer {
+        key: [u8; 32],
+        endpoint: SocketAddr,
+        allowed: Vec<EidPrefix>,
+    },
+    RemovePeer {
+        key: [u8; 32],
+    },
+    /// Route a prefix to the WireGuard interface (more specific than the
+    /// miss route).
+    AddRoute(EidPrefix),
+    DelRoute(EidPrefix),
+    /// Our address changed: wireguard-go needs its port set again to send.
+    ReapplyListenPort,
+    /// Re-create the WireGuard peer of this map-server (index in the
+    /// policy), dropping its session: after a map-server restart the old
+    /// session is dead, and WireGuard alone would only notice after ~15 s.
+    RenewControlPeer {
+        map_server: usize,
+    },
+}
+
+impl DataplaneOp {
+    /// A short name for logs and counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DataplaneOp::UpsertPeer { .. } => "upsert-peer",
+            DataplaneOp::RemovePeer { .. } => "remove-peer",
+            DataplaneOp::AddRoute(_) => "add-route",
+            DataplaneOp::DelRoute(_) => "delete-route",
+            DataplaneOp::ReapplyListenPort => "reapply-listen-port",
+            DataplaneOp::RenewControlPeer { .. } => "renew-control-peer",
+        }
+    }
+}
+
+/// Why a data-plane operation failed, as the shell saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneFault(pub String);
+
+/// Traffic counters of one data peer, as read from WireGuard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStats {
+    pub key: [u8; 32],
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Time since the last handshake, if there was one.
+    pub since_handshake: Option<Duration>,
+}
+
+/// A change of the host's links and addresses, as netlink reports it. The
+/// core decides which addresses are RLOCs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    Address {
+        ifname: String,
+        addr: IpAddr,
+        added: bool,
+        /// An IPv6 address still being checked for duplicates: the kernel
+        /// will not use it as a source yet.
+        tentative: bool,
+    },
+    Link {
+        ifname: String,
+        up: bool,
+    },
+}
+
+/// Why a control message was refused. Each maps to a counter and a log line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("not from a configured map-server")]
+    UnknownSender,
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("authentication failed: {0}")]
+    Auth(lisp_wire::AuthError),
+    #[error("unexpected message type {0}")]
+    Unexpected(&'static str),
+    #[error("Map-Reply for no pending request (nonce {0:#x})")]
+    UnknownNonce(u64),
+    #[error("Map-Reply does not cover the EID asked for ({0})")]
+    Uncovered(IpAddr),
+}
+
+/// Why a mapping cannot be used for a WireGuard tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("EID is not an IP prefix")]
+    NotAnIpPrefix,
+    #[error("no WireGuard key")]
+    NoKey,
+    #[error("the mapping carries our own key")]
+    OwnKey,
+    #[error("no usable locator")]
+    NoLocator,
+}

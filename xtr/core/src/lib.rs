@@ -1,0 +1,372 @@
+//! # xtr-core: the lispwg agent's protocol logic, with no I/O
+//!
+//! [`Xtr`] is a plain state machine. The shell feeds it packets captured by
+//! the miss TUN ([`Xtr::handle_miss`]), control messages from the
+//! map-servers ([`Xtr::handle_control`]), link and address changes
+//! ([`Xtr::handle_link_events`]), WireGuard peer statistics
+//! ([`Xtr::handle_peer_stats`]), the outcome of every data-plane operation
+//! ([`Xtr::handle_dataplane_result`]) and the clock ([`Xtr::handle_timeout`]),
+//! and carries out the [`Output`]s it polls, in order.
+//!
+//! The core decides everything: which addresses are RLOCs, when to read
+//! statistics, and the order of data-plane changes. Its promise, kept even
+//! when the data plane fails: a held packet is re-injected, and a
+//! Map-Notify acknowledged, only once the peer and route it needs are
+//! confirmed by the shell. Failed operations are retried with backoff.
+//!
+//! Modules by concern: [`registration`] (RLOCs, Map-Registers, map-server
+//! liveness), [`resolution`] (misses, held packets, Map-Requests and
+//! replies), [`peers`] (the map-cache and its peers, expiry, idleness),
+//! [`dataplane`] (wanted vs confirmed peers and routes, retries, what waits
+//! for them), [`policy`], [`counters`], [`packet`] and [`io`] (the types in
+//! and out).
+
+pub mod counters;
+pub mod dataplane;
+pub mod io;
+pub mod packet;
+pub mod peers;
+pub mod policy;
+pub mod registration;
+pub mod resolution;
+
+pub use counters::Counters;
+pub use io::{DataplaneFault, DataplaneOp, LinkEvent, OpId, Output, PeerStats, Refusal, Unusable};
+pub use policy::{LocalRloc, MapServerPeer, RlocInterface, XtrPolicy};
+
+use dataplane::{Backoff, Dataplane};
+use lisp_wire::{
+    auth, Authentication, EidPrefix, EidTable, KeyId, MapNotify, Message, LISP_CONTROL_PORT,
+};
+use peers::{CacheEntry, Peer};
+use registration::{Links, MapServerState};
+use resolution::Pending;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// How often cache expiry is checked.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// A statistics read the shell has not answered for this long is asked
+/// again.
+const STATS_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Status of one map-server, for `xtr status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapServerStatus {
+    pub name: String,
+    pub up: bool,
+    pub registered: bool,
+}
+
+/// One map-cache entry, for `xtr status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheStatus {
+    pub prefix: EidPrefix,
+    pub peer: Option<([u8; 32], SocketAddr)>,
+    pub expires_in: Duration,
+}
+
+/// The xtr state machine.
+#[derive(Debug)]
+pub struct Xtr {
+    policy: XtrPolicy,
+    links: Links,
+    rlocs: Vec<LocalRloc>,
+    /// False until the first RLOC report (start-up is not a move).
+    rlocs_known: bool,
+    servers: Vec<MapServerState>,
+    cache: EidTable<CacheEntry>,
+    peers: HashMap<[u8; 32], Peer>,
+    dataplane: Dataplane,
+    pending: HashMap<IpAddr, Pending>,
+    by_nonce: HashMap<u64, IpAddr>,
+    outputs: VecDeque<Output>,
+    next_housekeeping: Instant,
+    next_stats: Instant,
+    /// A statistics read asked for and not yet answered, since when.
+    stats_asked: Option<Instant>,
+    nonces: lisp_wire::Nonces,
+    counters: Counters,
+}
+
+impl Xtr {
+    pub fn new(policy: XtrPolicy, now: Instant, seed: u64) -> Self {
+        let servers = policy
+            .map_servers
+            .iter()
+            .map(|_| MapServerState::new(now, policy.register_retry_first))
+            .collect();
+        let dataplane = Dataplane::new(
+            policy.map_servers.len(),
+            Backoff {
+                first: policy.dataplane_retry_first,
+                max: policy.dataplane_retry_max,
+            },
+            policy.dataplane_patience,
+        );
+        Xtr {
+            next_stats: now + policy.stats_interval(),
+            policy,
+            links: Links::default(),
+            rlocs: Vec::new(),
+            rlocs_known: false,
+            servers,
+            cache: EidTable::new(),
+            peers: HashMap::new(),
+            dataplane,
+            pending: HashMap::new(),
+            by_nonce: HashMap::new(),
+            outputs: VecDeque::new(),
+            next_housekeeping: now + HOUSEKEEPING,
+            stats_asked: None,
+            nonces: lisp_wire::Nonces::new(seed),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn policy(&self) -> &XtrPolicy {
+        &self.policy
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Takes the next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Data peers programmed now (confirmed by the shell).
+    pub fn peer_count(&self) -> usize {
+        self.dataplane.confirmed_peers()
+    }
+
+    /// A resolution that started with a map-cache miss at `.1` and whose
+    /// peer and route for prefix `.0` are confirmed and its held packets
+    /// queued for re-injection: the shell's clock minus `.1` is the time from
+    /// the miss to the peer being programmed (the cache-add time the thesis
+    /// measured). Informational: ignoring it changes nothing.
+    pub fn poll_programmed(&mut self) -> Option<(EidPrefix, Instant)> {
+        self.dataplane.programmed.pop_front()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether every data-plane change asked for is confirmed.
+    pub fn dataplane_settled(&self) -> bool {
+        self.dataplane.settled()
+    }
+
+    /// The endpoint wanted for a data peer.
+    pub fn peer_endpoint(&self, key: &[u8; 32]) -> Option<SocketAddr> {
+        self.peers.get(key).map(|p| p.endpoint)
+    }
+
+    pub fn map_servers(&self) -> Vec<MapServerStatus> {
+        self.policy
+            .map_servers
+            .iter()
+            .zip(&self.servers)
+            .map(|(m, s)| MapServerStatus {
+                name: m.name.clone(),
+                up: s.up,
+                registered: s.confirmed_once,
+            })
+            .collect()
+    }
+
+    pub fn cache_entries(&self, now: Instant) -> Vec<CacheStatus> {
+        let mut v: Vec<_> = self
+            .cache
+            .iter()
+            .map(|(prefix, e)| CacheStatus {
+                prefix,
+                peer: e.peer,
+                expires_in: e.expires.saturating_duration_since(now),
+            })
+            .collect();
+        v.sort_by_key(|c| c.prefix);
+        v
+    }
+
+    /// The next instant [`Xtr::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let servers = self.servers.iter().map(MapServerState::timeout);
+        let pending = self.pending.values().map(|p| p.next);
+        let stats = self.stats_due();
+        servers
+            .chain(pending)
+            .chain(self.dataplane.poll_timeout())
+            .chain(stats)
+            .chain(std::iter::once(self.next_housekeeping))
+            .min()
+    }
+
+    /// Uniform in [0.9, 1.1): spreads refreshes of many nodes apart.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        let f = 0.9 + (self.nonces.next_nonce() % 2000) as f64 / 10_000.0;
+        d.mul_f64(f)
+    }
+
+    /// Turns what the map-cache wants into data-plane operations, and
+    /// releases what became ready.
+    fn flush_dataplane(&mut self, now: Instant) {
+        self.dataplane
+            .reconcile(now, &mut self.outputs, &mut self.counters);
+    }
+
+    // ---- outcomes -----------------------------------------------------------
+
+    /// The outcome of an [`Output::Dataplane`] operation.
+    pub fn handle_dataplane_result(
+        &mut self,
+        now: Instant,
+        id: OpId,
+        result: Result<(), DataplaneFault>,
+    ) {
+        self.dataplane
+            .handle_result(now, id, result, &mut self.counters);
+        self.flush_dataplane(now);
+    }
+
+    /// The answer to [`Output::ReadPeerStats`].
+    pub fn handle_peer_stats(&mut self, now: Instant, stats: &[PeerStats]) {
+        self.stats_asked = None;
+        self.idle_check(now, stats);
+        self.flush_dataplane(now);
+    }
+
+    /// [`Output::ReadPeerStats`] could not be carried out.
+    pub fn handle_peer_stats_failed(&mut self, now: Instant) {
+        self.stats_asked = None;
+        self.counters.stats_failures += 1;
+        self.next_stats = now + self.policy.stats_interval();
+    }
+
+    fn stats_due(&self) -> Option<Instant> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        Some(match self.stats_asked {
+            Some(t) => t + STATS_PATIENCE,
+            None => self.next_stats,
+        })
+    }
+
+    // ---- control messages ---------------------------------------------------
+
+    /// A control message received on the control socket. Only configured
+    /// map-servers are heard; anything else is counted and logged, and
+    /// changes nothing.
+    pub fn handle_control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if let Err(r) = self.dispatch_control(now, from, bytes) {
+            self.counters.count_refusal(&r);
+            match r {
+                // The second map-server's answer, or a late one: normal.
+                Refusal::UnknownNonce(_) => debug!(%from, reason = %r, "control message ignored"),
+                _ => warn!(%from, reason = %r, "refused control message"),
+            }
+        }
+        self.flush_dataplane(now);
+    }
+
+    fn dispatch_control(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(), Refusal> {
+        let ms = self
+            .policy
+            .map_servers
+            .iter()
+            .position(|m| m.control_address == from.ip())
+            .ok_or(Refusal::UnknownSender)?;
+        let msg = lisp_wire::parse(bytes).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        match msg {
+            Message::MapReply(reply) => {
+                self.servers[ms].unanswered_since = None;
+                self.handle_map_reply(now, reply)
+            }
+            Message::MapNotify(notify) => {
+                auth::verify(bytes, &self.policy.map_servers[ms].site_key)
+                    .map_err(Refusal::Auth)?;
+                self.servers[ms].unanswered_since = None;
+                self.counters.notifies += 1;
+                if !self.confirm_registration(now, ms, &notify) {
+                    self.handle_correspondent_notify(now, ms, notify);
+                }
+                Ok(())
+            }
+            other => Err(Refusal::Unexpected(other.name())),
+        }
+    }
+
+    /// A correspondent's mapping (it resolved us), or a move pushed to us:
+    /// install it, and acknowledge once its peers and routes are in place,
+    /// so the map-server's held reply (and the requester's first handshake)
+    /// finds our peer ready.
+    fn handle_correspondent_notify(&mut self, now: Instant, ms: usize, notify: MapNotify) {
+        let iid = self.policy.iid();
+        let mut installed = Vec::new();
+        for record in &notify.records {
+            let Ok(prefix) = EidPrefix::of_record(record) else {
+                continue;
+            };
+            if prefix.iid != iid || self.policy.eids.contains(&prefix) {
+                continue;
+            }
+            match self.install(now, record) {
+                Ok(Some(p)) => installed.push(p),
+                Ok(None) => {}
+                Err(why) => {
+                    self.counters.unusable_mappings += 1;
+                    warn!(eid = %prefix, reason = %why, "pushed mapping cannot be used");
+                }
+            }
+        }
+        let key_id = match notify.auth.key_id {
+            KeyId::None => KeyId::HmacSha256,
+            k => k,
+        };
+        let nonce = notify.nonce;
+        let ack = MapNotify {
+            auth: Authentication::unsigned(key_id),
+            ..notify
+        };
+        let ms_peer = &self.policy.map_servers[ms];
+        match ack.encode_signed_ack(&ms_peer.site_key) {
+            Ok(payload) => {
+                let transmit = Output::Transmit {
+                    dst: SocketAddr::new(ms_peer.control_address, LISP_CONTROL_PORT),
+                    payload,
+                };
+                self.dataplane
+                    .ack_when_ready(now, nonce, installed, transmit);
+            }
+            Err(e) => warn!(error = %e, "cannot encode Map-Notify-Ack"),
+        }
+    }
+
+    // ---- timers -------------------------------------------------------------
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.registration_timeout(now);
+        self.retransmit_requests(now);
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING;
+            self.expire_cache(now);
+        }
+        if self.stats_due().is_some_and(|t| now >= t) {
+            self.stats_asked = Some(now);
+            self.next_stats = now + self.policy.stats_interval();
+            self.outputs.push_back(Output::ReadPeerStats);
+        }
+        self.flush_dataplane(now);
+    }
+}

@@ -1,0 +1,297 @@
+//! Registration: which of the host's addresses are our RLOCs, the
+//! Map-Registers to every map-server (refreshed with jitter, retried fast
+//! until confirmed), and whether each map-server is up.
+
+use crate::io::{LinkEvent, Output};
+use crate::policy::LocalRloc;
+use crate::Xtr;
+use lisp_wire::{
+    wireguard_locator, EidRecord, MapNotify, MapRegister, RlocRecord, LISP_CONTROL_PORT,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// Consecutive unanswered registrations after which a map-server is down.
+const DOWN_AFTER_MISSES: u32 = 4;
+/// A map-server that has not answered a Map-Request for this long is probed
+/// with a registration (another map-server may have answered it): a dead
+/// map-server is noticed at the next resolution, not the next refresh.
+pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(crate) struct MapServerState {
+    /// Nonce of the last Map-Register not yet confirmed.
+    outstanding: Option<u64>,
+    /// Wait before the next retry while unconfirmed.
+    backoff: Duration,
+    pub(crate) next_register: Instant,
+    pub(crate) up: bool,
+    misses: u32,
+    pub(crate) confirmed_once: bool,
+    /// When we first asked it something it has not answered yet.
+    pub(crate) unanswered_since: Option<Instant>,
+}
+
+impl MapServerState {
+    pub(crate) fn new(now: Instant, backoff: Duration) -> Self {
+        MapServerState {
+            outstanding: None,
+            backoff,
+            next_register: now,
+            up: false,
+            misses: 0,
+            confirmed_once: false,
+            unanswered_since: None,
+        }
+    }
+
+    pub(crate) fn timeout(&self) -> Instant {
+        let probe = self.unanswered_since.map(|t| t + PROBE_AFTER);
+        probe.map_or(self.next_register, |p| p.min(self.next_register))
+    }
+}
+
+/// The host's links and addresses as netlink reported them: (up, addresses
+/// with their tentative flag), by interface name.
+#[derive(Debug, Default)]
+pub(crate) struct Links {
+    links: BTreeMap<String, (bool, BTreeMap<IpAddr, bool>)>,
+}
+
+impl Links {
+    fn apply(&mut self, ev: &LinkEvent) {
+        match ev {
+            LinkEvent::Address {
+                ifname,
+                addr,
+                added,
+                tentative,
+            } => {
+                let (_, addrs) = self
+                    .links
+                    .entry(ifname.clone())
+                    .or_insert((true, BTreeMap::new()));
+                if *added {
+                    addrs.insert(*addr, *tentative);
+                } else {
+                    addrs.remove(addr);
+                }
+            }
+            LinkEvent::Link { ifname, up } => {
+                self.links
+                    .entry(ifname.clone())
+                    .or_insert((true, BTreeMap::new()))
+                    .0 = *up;
+            }
+        }
+    }
+}
+
+/// Whether an address may be registered as an RLOC: a global or private
+/// unicast address the kernel will use as a source now.
+fn usable_rloc(addr: IpAddr, tentative: bool) -> bool {
+    if tentative || addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
+        return false;
+    }
+    match addr {
+        IpAddr::V4(a) => !a.is_link_local() && !a.is_broadcast(),
+        IpAddr::V6(a) => (a.segments()[0] & 0xffc0) != 0xfe80,
+    }
+}
+
+impl Xtr {
+    /// Changes of the host's links and addresses. The first batch is the
+    /// state at start-up; a later change of our RLOCs is a move: we
+    /// re-register with every map-server at once.
+    pub fn handle_link_events(&mut self, now: Instant, events: &[LinkEvent]) {
+        for ev in events {
+            self.links.apply(ev);
+        }
+        let rlocs = self.current_rlocs();
+        self.set_rlocs(now, rlocs);
+        self.flush_dataplane(now);
+    }
+
+    /// Up RLOCs by configured priority: the usable addresses of the RLOC
+    /// interfaces, never one of our EIDs or our control address (they
+    /// must never become the outer source of a WireGuard packet).
+    pub fn current_rlocs(&self) -> Vec<LocalRloc> {
+        let own: BTreeSet<IpAddr> = self
+            .policy
+            .eids
+            .iter()
+            .map(|e| e.addr())
+            .chain(std::iter::once(self.policy.control_address))
+            .collect();
+        let mut out = Vec::new();
+        for r in &self.policy.rloc_interfaces {
+            let Some((up, addrs)) = self.links.links.get(&r.name) else {
+                continue;
+            };
+            if !up {
+                continue;
+            }
+            for (&addr, &tentative) in addrs {
+                let own_eid = own.contains(&addr)
+                    || self
+                        .policy
+                        .eids
+                        .iter()
+                        .any(|e| e.contains_addr(e.iid, addr));
+                if usable_rloc(addr, tentative) && !own_eid {
+                    out.push(LocalRloc {
+                        addr,
+                        priority: r.priority,
+                        weight: r.weight,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|r| (r.priority, std::cmp::Reverse(r.weight), r.addr));
+        out
+    }
+
+    fn set_rlocs(&mut self, now: Instant, rlocs: Vec<LocalRloc>) {
+        if rlocs == self.rlocs && self.rlocs_known {
+            return;
+        }
+        let show = |r: &[LocalRloc]| {
+            r.iter()
+                .map(|r| r.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        info!(old = %show(&self.rlocs), new = %show(&rlocs), "RLOCs changed; re-registering");
+        let moved = self.rlocs_known && !rlocs.is_empty();
+        self.rlocs = rlocs;
+        self.rlocs_known = true;
+        if moved {
+            // wireguard-go sends nothing from a new address until its port
+            // is set again; this must follow the new address, not the removal.
+            self.dataplane.want_listen_port_reapplied();
+        }
+        for s in &mut self.servers {
+            s.next_register = now;
+            s.backoff = self.policy.register_retry_first;
+        }
+        self.send_registers(now);
+    }
+
+    fn own_records(&self) -> Vec<EidRecord> {
+        let rlocs: Vec<RlocRecord> = self
+            .rlocs
+            .iter()
+            .map(|r| {
+                let locator = wireguard_locator(
+                    SocketAddr::new(r.addr, self.policy.wg_port),
+                    self.policy.wg_public_key,
+                );
+                RlocRecord {
+                    local: true,
+                    ..RlocRecord::new(r.priority, r.weight, locator)
+                }
+            })
+            .collect();
+        self.policy
+            .eids
+            .iter()
+            .map(|e| EidRecord::new(*e, self.policy.record_ttl_minutes, rlocs.clone()))
+            .collect()
+    }
+
+    /// Probes map-servers that left a request unanswered, and sends the
+    /// registrations that are due.
+    pub(crate) fn registration_timeout(&mut self, now: Instant) {
+        for s in &mut self.servers {
+            if s.unanswered_since.is_some_and(|t| now >= t + PROBE_AFTER) {
+                s.unanswered_since = None;
+                // An outstanding register is already a probe.
+                if s.outstanding.is_none() {
+                    s.next_register = now;
+                }
+            }
+        }
+        self.send_registers(now);
+    }
+
+    /// Sends a Map-Register to every map-server whose turn it is.
+    fn send_registers(&mut self, now: Instant) {
+        if self.rlocs.is_empty() {
+            // Nothing to register until an RLOC comes up; try again later.
+            for s in &mut self.servers {
+                if s.next_register <= now {
+                    s.next_register = now + self.policy.register_retry;
+                }
+            }
+            return;
+        }
+        let records = self.own_records();
+        for i in 0..self.servers.len() {
+            if self.servers[i].next_register > now {
+                continue;
+            }
+            let nonce = self.nonces.next_nonce();
+            let s = &mut self.servers[i];
+            if s.outstanding.is_some() {
+                s.misses += 1;
+                if s.up && s.misses >= DOWN_AFTER_MISSES {
+                    s.up = false;
+                    warn!(map_server = %self.policy.map_servers[i].name, "map-server not answering: marked down");
+                }
+            }
+            if !s.up && s.misses >= DOWN_AFTER_MISSES {
+                // Each retry while down starts from a fresh WireGuard session,
+                // so a restarted map-server is reached at once.
+                self.dataplane.want_control_peer_renewed(i);
+            }
+            let s = &mut self.servers[i];
+            s.outstanding = Some(nonce);
+            let reg = MapRegister::proxied(nonce, records.clone());
+            let ms = &self.policy.map_servers[i];
+            match reg.encode_signed(&ms.site_key) {
+                Ok(payload) => {
+                    self.counters.registers += 1;
+                    self.outputs.push_back(Output::Transmit {
+                        dst: SocketAddr::new(ms.control_address, LISP_CONTROL_PORT),
+                        payload,
+                    });
+                }
+                Err(e) => warn!(error = %e, "cannot encode our Map-Register"),
+            }
+            // Until confirmed, retry quickly (backing off to register_retry);
+            // a down map-server is thus re-registered with soon after it is
+            // back, and a register lost during a move is repeated at once.
+            let wait = self.servers[i].backoff;
+            self.servers[i].backoff = (wait * 2).min(self.policy.register_retry);
+            let wait = self.jitter(wait);
+            self.servers[i].next_register = now + wait;
+        }
+    }
+
+    /// A Map-Notify from map-server `ms` that confirms our registration;
+    /// false when it is about something else (a correspondent, a push).
+    pub(crate) fn confirm_registration(
+        &mut self,
+        now: Instant,
+        ms: usize,
+        notify: &MapNotify,
+    ) -> bool {
+        let s = &mut self.servers[ms];
+        if s.outstanding != Some(notify.nonce) {
+            return false;
+        }
+        s.outstanding = None;
+        s.misses = 0;
+        if !s.up {
+            info!(map_server = %self.policy.map_servers[ms].name, "registered with map-server");
+        }
+        s.up = true;
+        s.confirmed_once = true;
+        s.backoff = self.policy.register_retry_first;
+        let wait = self.jitter(self.policy.register_interval);
+        self.servers[ms].next_register = now + wait;
+        true
+    }
+}

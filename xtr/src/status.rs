@@ -1,0 +1,141 @@
+//! The agent's status page: a [`Snapshot`] of plain data taken from the core,
+//! the configuration and WireGuard, and its text rendering for `xtr status`,
+//! laid out like `wg show`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+use xtr_core::{CacheStatus, LocalRloc, MapServerStatus};
+
+/// One WireGuard peer as the interface reports it.
+#[derive(Debug, Clone)]
+pub struct PeerRow {
+    pub public_key: String,
+    /// "map-server NAME" for a control peer.
+    pub role: Option<String>,
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<String>,
+    pub since_handshake: Option<Duration>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Everything `xtr status` shows.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub interface: String,
+    pub mode: &'static str,
+    pub public_key: String,
+    pub listen_port: u16,
+    pub eids: Vec<String>,
+    pub rlocs: Vec<LocalRloc>,
+    pub uptime: Duration,
+    pub map_servers: Vec<MapServerStatus>,
+    pub cache: Vec<CacheStatus>,
+    /// `None` when WireGuard could not be read.
+    pub peers: Option<Vec<PeerRow>>,
+}
+
+impl Snapshot {
+    pub fn render_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "interface: {}", self.interface);
+        let _ = writeln!(s, "  mode: {}", self.mode);
+        let _ = writeln!(s, "  public key: {}", self.public_key);
+        let _ = writeln!(s, "  listening port: {}", self.listen_port);
+        let _ = writeln!(s, "  eids: {}", self.eids.join(", "));
+        let rlocs: Vec<String> = self
+            .rlocs
+            .iter()
+            .map(|r| format!("{} (priority {}, weight {})", r.addr, r.priority, r.weight))
+            .collect();
+        let _ = writeln!(s, "  rlocs: {}", rlocs.join(", "));
+        let _ = writeln!(s, "  up for: {}", human(self.uptime));
+        for m in &self.map_servers {
+            let _ = writeln!(
+                s,
+                "  map-server {}: {}{}",
+                m.name,
+                if m.up { "up" } else { "down" },
+                if m.registered {
+                    ", registered"
+                } else {
+                    ", not registered yet"
+                }
+            );
+        }
+        let _ = writeln!(s, "\nmap-cache:");
+        if self.cache.is_empty() {
+            let _ = writeln!(s, "  (empty)");
+        }
+        for e in &self.cache {
+            match e.peer {
+                Some((key, endpoint)) => {
+                    let _ = writeln!(
+                        s,
+                        "  {}  -> {} key {}  ttl {}",
+                        e.prefix,
+                        endpoint,
+                        wgctl::keys::PublicKey::from_bytes(key),
+                        human(e.expires_in)
+                    );
+                }
+                None => {
+                    let _ = writeln!(s, "  {}  negative  ttl {}", e.prefix, human(e.expires_in));
+                }
+            }
+        }
+        match &self.peers {
+            None => {
+                let _ = writeln!(s, "\n(WireGuard could not be read)");
+            }
+            Some(peers) => {
+                for p in peers {
+                    let role = p
+                        .role
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default();
+                    let _ = writeln!(s, "\npeer: {}{role}", p.public_key);
+                    if let Some(ep) = p.endpoint {
+                        let _ = writeln!(s, "  endpoint: {ep}");
+                    }
+                    let _ = writeln!(s, "  allowed ips: {}", p.allowed_ips.join(", "));
+                    match p.since_handshake {
+                        Some(d) => {
+                            let _ = writeln!(s, "  latest handshake: {} ago", human(d));
+                        }
+                        None => {
+                            let _ = writeln!(s, "  latest handshake: none");
+                        }
+                    }
+                    let _ = writeln!(
+                        s,
+                        "  transfer: {} received, {} sent",
+                        bytes(p.rx_bytes),
+                        bytes(p.tx_bytes)
+                    );
+                }
+            }
+        }
+        s
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m {}s", s / 60, s % 60),
+        _ => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        0..=1023 => format!("{n} B"),
+        1024..=1_048_575 => format!("{:.2} KiB", n as f64 / 1024.0),
+        1_048_576..=1_073_741_823 => format!("{:.2} MiB", n as f64 / 1_048_576.0),
+        _ => format!("{:.2} GiB", n as f64 / 1_073_741_824.0),
+    }
+}
