@@ -62,10 +62,13 @@ pub struct Lab {
     _scratch: Option<tempfile::TempDir>,
 }
 
+/// `lw` + tag + pid % 10000 + one character counting this process's labs:
+/// at most 9 characters, unique among concurrent test processes.
 fn default_prefix(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    format!("lw{tag}{}{n}", std::process::id() % 1000)
+    let n = N.fetch_add(1, Ordering::Relaxed) % 36;
+    let c = char::from_digit(n, 36).expect("n < 36");
+    format!("lw{tag}{}{c}", std::process::id() % 10_000)
 }
 
 impl Lab {
@@ -288,6 +291,12 @@ impl Lab {
 
     fn add_namespace(&mut self, node: &str) -> Result<()> {
         let name = format!("{}-{node}", self.prefix);
+        if Netns::exists(&name) {
+            bail!(
+                "namespace {name} exists: another lab with prefix {} is up",
+                self.prefix
+            );
+        }
         // Recorded before it exists: a crash right after still cleans it.
         let mut list = std::fs::read_to_string(self.dir.join(NAMESPACES)).unwrap_or_default();
         list += &format!("{name}\n");
