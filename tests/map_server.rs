@@ -99,6 +99,21 @@ impl Client {
             .unwrap();
     }
 
+    /// `record` is this node's mapping: its EID, and its RLOC, port and key
+    /// in the best locator.
+    #[track_caller]
+    fn assert_mapped_by(&self, record: &EidRecord) {
+        assert_eq!(EidPrefix::of_record(record).unwrap(), self.eid);
+        let (_, info) = record.best_locator().expect("a positive record");
+        let key = *self.node.public_key().as_bytes();
+        assert_eq!(
+            (info.rloc, info.port, info.wg_key),
+            (self.rloc.ip(), Some(self.rloc.port()), Some(key)),
+            "{}'s mapping",
+            self.name
+        );
+    }
+
     fn ifname(&self) -> String {
         self.node.wg.name().to_owned()
     }
@@ -336,16 +351,7 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         let Ok(Message::MapNotify(n)) = parse(&notify) else {
             panic!("not a Map-Notify: {:?}", parse(&notify))
         };
-        let (_, about_a) = n.records[0].best_locator().unwrap();
-        assert_eq!(EidPrefix::of_record(&n.records[0]).unwrap(), a.eid);
-        assert_eq!(
-            (about_a.rloc, about_a.port, about_a.wg_key),
-            (
-                a.rloc.ip(),
-                Some(a.rloc.port()),
-                Some(*a.node.public_key().as_bytes())
-            )
-        );
+        a.assert_mapped_by(&n.records[0]);
         let ack = MapNotify {
             auth: Authentication::unsigned(KeyId::HmacSha256),
             ..n
@@ -358,16 +364,7 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         emitted.push(("Map-Notify to B about A", notify));
         let (bytes, reply) = a.reply(0xa1);
         println!("A's Map-Request for B answered in {:?}", t0.elapsed());
-        let (_, info) = reply.records[0].best_locator().expect("a positive reply");
-        assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
-        assert_eq!(
-            (info.rloc, info.port, info.wg_key),
-            (
-                b.rloc.ip(),
-                Some(b.rloc.port()),
-                Some(*b.node.public_key().as_bytes())
-            )
-        );
+        b.assert_mapped_by(&reply.records[0]);
         emitted.push(("Map-Reply to A for B", bytes));
 
         // An unregistered EID: a negative reply.
@@ -526,15 +523,7 @@ fn restart_after_kill_9_serves_registrations_without_re_registration() {
         a.send_request(0xb1, "10.1.0.1");
         let (bytes, reply) = a.reply(0xb1);
         let answered = t0.elapsed();
-        let (_, info) = reply.records[0].best_locator().expect("a positive reply");
-        assert_eq!(
-            (info.rloc, info.port, info.wg_key),
-            (
-                a.rloc.ip(),
-                Some(a.rloc.port()),
-                Some(*a.node.public_key().as_bytes())
-            )
-        );
+        a.assert_mapped_by(&reply.records[0]);
         let m = metrics(&ms_ns);
         assert_eq!(
             metric(&m, "lispwg_ms_map_registers_total"),
