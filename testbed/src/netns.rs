@@ -198,16 +198,21 @@ impl Netns {
     }
 }
 
-/// Kills what still runs in namespace `name` (started there by the testbed)
-/// and deletes it.
+/// Stops what still runs in namespace `name` (started there by the
+/// testbed: SIGTERM, so that a wireguard-go removes its control socket, then
+/// SIGKILL after a second) and deletes it.
 pub fn delete_namespace(name: &str) -> Result<()> {
     let ns = Netns::existing(name);
-    for pid in ns.pids() {
-        // SAFETY: kill has no memory-safety preconditions; every process in
-        // a namespace the testbed made was started by it.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        for pid in ns.pids() {
+            // SAFETY: kill has no memory-safety preconditions; every process
+            // in a namespace the testbed made was started by it.
+            unsafe { libc::kill(pid as libc::pid_t, sig) };
+        }
+        if crate::wait_until(Duration::from_secs(1), || ns.pids().is_empty()) {
+            break;
+        }
     }
-    crate::wait_until(Duration::from_secs(2), || ns.pids().is_empty());
     run("ip", &["netns", "del", name]).map(|_| ())
 }
 

@@ -171,10 +171,10 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     let dir = ctx.dir(NAME)?;
     progress(NAME, "bringing up the lab (map-server, robot-a, robot-b)");
     let lab = super::lab(ctx, &dir.join("lab"), Vec::new(), true)?;
-    let _hand = HandTunnel::up(&lab, &dir)?;
+    let hand = HandTunnel::up(&lab, &dir)?;
     let iperf_bin = testbed::which("iperf3").context("iperf3 not on PATH")?;
     let (a, paths) = (lab.ns("robot-a"), paths());
-    let _server = lab.ns("robot-b").spawn(
+    let server = lab.ns("robot-b").spawn(
         "iperf3 server",
         &iperf_bin,
         &["-s", "-p", IPERF_PORT],
@@ -230,6 +230,9 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
             }
         }
     }
+    // Our processes in the lab's namespaces first, each by its PID (a
+    // wireguard-go removes its socket on SIGTERM), then the lab.
+    drop((server, hand));
     drop(lab);
 
     let mut series = Vec::new();
