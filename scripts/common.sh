@@ -14,8 +14,10 @@ lispwg_need_root() {
     exit 1
 }
 
-# Debian packages the tests, the lab and the benchmarks use.
-LISPWG_APT_PACKAGES=(tshark wireguard-go wireguard-tools iproute2 iputils-ping iperf3 tcpdump openssl procps)
+# Debian packages the tests, the lab and the benchmarks use (nftables and
+# conntrack for the lab's NAT routers, coturn for its TURN relay).
+LISPWG_APT_PACKAGES=(tshark wireguard-go wireguard-tools iproute2 iputils-ping iperf3 tcpdump openssl procps
+    nftables conntrack coturn)
 
 # Installs whatever of LISPWG_APT_PACKAGES is missing, without prompts.
 lispwg_install_packages() {
@@ -24,6 +26,7 @@ lispwg_install_packages() {
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
     done
     if [ ${#missing[@]} -eq 0 ]; then
+        lispwg_disable_system_coturn
         return 0
     fi
     echo ">> installing: ${missing[*]}"
@@ -32,6 +35,32 @@ lispwg_install_packages() {
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update -q >/dev/null
     apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    lispwg_disable_system_coturn
+}
+
+# Debian's coturn package comes with a system service (started on install
+# under systemd). The lab runs its own turnserver inside a namespace and never
+# uses it: stop and disable it, so that it does not hold port 3478 on the host.
+lispwg_disable_system_coturn() {
+    if [ -d /run/systemd/system ]; then
+        if systemctl is-enabled --quiet coturn 2>/dev/null || systemctl is-active --quiet coturn 2>/dev/null; then
+            echo ">> stopping and disabling the system coturn service (the lab runs its own)"
+            systemctl disable --now coturn >/dev/null 2>&1 || true
+        fi
+    elif [ -x /etc/init.d/coturn ] && grep -q '^TURNSERVER_ENABLED=1' /etc/default/coturn 2>/dev/null; then
+        # Without systemd the init script starts it only when enabled here.
+        echo ">> stopping and disabling the system coturn service (the lab runs its own)"
+        /etc/init.d/coturn stop >/dev/null 2>&1 || true
+        sed -i 's/^TURNSERVER_ENABLED=1/#TURNSERVER_ENABLED=1/' /etc/default/coturn
+    fi
+}
+
+# What demo.sh and test.sh do first: root (through sudo if need be), the
+# Debian packages, a Rust toolchain. Call with the script's arguments.
+lispwg_setup() {
+    lispwg_need_root "$@"
+    lispwg_install_packages
+    lispwg_need_rust
 }
 
 # Makes sure a Rust toolchain with rustfmt and clippy is on PATH.

@@ -7,9 +7,7 @@ set -euo pipefail
 LISPWG_SELF="$(readlink -f "$0")"
 cd "$(dirname "$LISPWG_SELF")/.."
 source scripts/common.sh
-lispwg_need_root "$@"
-lispwg_install_packages
-lispwg_need_rust
+lispwg_setup "$@"
 
 echo ">> building (debug profile; the first build takes a few minutes)"
 cargo build --bins --locked

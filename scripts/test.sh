@@ -6,9 +6,7 @@ set -euo pipefail
 LISPWG_SELF="$(readlink -f "$0")"
 cd "$(dirname "$LISPWG_SELF")/.."
 source scripts/common.sh
-lispwg_need_root "$@"
-lispwg_install_packages
-lispwg_need_rust
+lispwg_setup "$@"
 
 echo ">> cargo fmt --check"
 cargo fmt --all -- --check

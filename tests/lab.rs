@@ -1,206 +1,81 @@
-//! [`Lab`]: the namespace lab of `scripts/lab.sh` (campus router, map-server,
-//! robots, edge xTR, host), brought up under a unique prefix and always torn
-//! down, for tests of the real daemons end to end.
+//! `lispwg-lab`, the lab's command line: `down` removes everything `up`
+//! made, even when `up` was killed half-way.
 
-use crate::{assert_no_leftovers, binary, require_root_and_tools, target_dir};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use testbed::{binary, leftovers::leftovers, wait_until, Daemon};
 
-/// A running lab. Dropping it stops every daemon by PID, deletes the
-/// namespaces, and (unless the test is already failing) checks that nothing
-/// is left behind.
-pub struct Lab {
-    dir: tempfile::TempDir,
-    prefix: String,
-    map_servers: u8,
+fn lab_cli(dir: &Path, prefix: &str) -> Command {
+    let mut cmd = Command::new(binary("lispwg-lab"));
+    cmd.env("LAB_DIR", dir)
+        .env("LAB_PREFIX", prefix)
+        .env("LISPWG_BIN", binary("xtr").parent().unwrap());
+    cmd
 }
 
-/// A command's stdout and stderr, as text.
-pub fn output_text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+/// The namespaces and interfaces a campus lab with `prefix` makes.
+fn made_by(prefix: &str) -> (Vec<String>, Vec<String>) {
+    let nodes = ["router", "ms", "robot-a", "robot-b", "edge", "host"];
+    let ifs = ["ms", "a", "am", "b", "bm", "e", "em"];
+    (
+        nodes.iter().map(|n| format!("{prefix}-{n}")).collect(),
+        ifs.iter().map(|i| format!("{prefix}-{i}")).collect(),
     )
 }
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab.sh")
-}
+#[test]
+fn down_cleans_up_after_an_up_that_was_killed_half_way() {
+    testbed::require_root_and_tools(testbed::BASE_TOOLS).unwrap();
+    binary("map-server");
+    let dir = testbed::tempdir();
+    let prefix = format!("lwk{}", std::process::id() % 10_000);
+    let mut up_cmd = lab_cli(dir.path(), &prefix);
+    up_cmd.arg("up");
+    let mut up = Daemon::spawn("lispwg-lab up", up_cmd, &dir.path().join("up.log")).unwrap();
+    // Killed once the map-server runs and before the agents have all
+    // registered (or at worst just after): daemons and namespaces exist.
+    let started = wait_until(Duration::from_secs(20), || {
+        dir.path().join("map-server.pid").exists()
+    });
+    up.kill9();
+    assert!(started, "lispwg-lab up never started the map-server");
+    let ms_pid: u32 = std::fs::read_to_string(dir.path().join("map-server.pid"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        testbed::daemon::start_time(ms_pid).is_some(),
+        "the map-server outlived the killed up"
+    );
+    let (namespaces, ifnames) = made_by(&prefix);
+    assert!(
+        !leftovers(&namespaces[..1], &[]).is_empty(),
+        "the killed up had made the router's namespace"
+    );
 
-impl Lab {
-    /// Brings up a lab with one or two map-servers. Panics (after tearing
-    /// down) with the daemons' logs if it does not come up.
-    pub fn up(tag: &str, map_servers: u8) -> Lab {
-        require_root_and_tools();
-        binary("xtr");
-        binary("map-server");
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!(
-            "lw{}{}{}",
-            &tag[..tag.len().min(2)],
-            std::process::id() % 1000,
-            n
-        );
-        assert!(
-            prefix.len() <= 10,
-            "lab prefix {prefix} too long for interface names"
-        );
-        let lab = Lab {
-            dir: crate::tempdir(),
-            prefix,
-            map_servers,
-        };
-        let out = lab.sh(&["up"]);
-        if !out.status.success() {
-            panic!(
-                "lab did not come up: {}\n{}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout),
-                lab.logs()
-            );
-        }
-        lab
-    }
-
-    /// Runs `scripts/lab.sh ARGS` for this lab.
-    pub fn sh(&self, args: &[&str]) -> Output {
-        Command::new("bash")
-            .arg(script())
-            .args(args)
-            .env("LAB_DIR", self.dir.path())
-            .env("LAB_PREFIX", &self.prefix)
-            .env("LAB_MAP_SERVERS", self.map_servers.to_string())
-            .env("LISPWG_BIN", target_dir().join("debug"))
-            .output()
-            .expect("run scripts/lab.sh")
-    }
-
-    /// Runs `scripts/lab.sh ARGS` and panics with the logs if it fails.
-    #[track_caller]
-    pub fn must(&self, args: &[&str]) -> String {
-        let out = self.sh(args);
-        assert!(
-            out.status.success(),
-            "lab.sh {args:?} failed: {}{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.logs()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Runs a command in a node's namespace (router ms ms2 robot-a robot-b
-    /// edge host).
-    pub fn exec(&self, node: &str, args: &[&str]) -> Output {
-        let mut all = vec!["exec", node];
-        all.extend_from_slice(args);
-        self.sh(&all)
-    }
-
-    /// Pings `to` from `from` `count` times (0.2 s apart) and panics, with
-    /// the daemons' logs, unless every request is answered. Returns ping's
-    /// output.
-    #[track_caller]
-    pub fn ping_ok(&self, from: &str, to: &str, count: u32) -> String {
-        let n = count.to_string();
-        let t = output_text(&self.exec(from, &["ping", "-c", &n, "-i", "0.2", "-W", "2", to]));
-        assert!(
-            t.contains(&format!("{count} packets transmitted, {count} received")),
-            "{from} -> {to} lost packets:\n{t}\n{}",
-            self.logs()
-        );
-        t
-    }
-
-    /// The namespace of a node.
-    pub fn ns(&self, node: &str) -> String {
-        format!("{}-{node}", self.prefix)
-    }
-
-    /// The WireGuard interface of a node (`a`, `b`, `e`, `ms`, `ms2`).
-    pub fn wg(&self, short: &str) -> String {
-        format!("{}-{short}", self.prefix)
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// A node's WireGuard public key (robot-a, robot-b, edge, ms, ms2).
-    pub fn public_key(&self, node: &str) -> String {
-        let key =
-            std::fs::read_to_string(self.dir.path().join(format!("{node}.key"))).expect("key file");
-        let k = wgctl::keys::PrivateKey::from_base64(key.trim()).expect("valid key");
-        k.public_key().to_base64()
-    }
-
-    /// `wg show IFACE FIELD` in a node's namespace, as (key, value) lines.
-    pub fn wg_show(&self, node: &str, iface: &str, field: &str) -> Vec<(String, String)> {
-        let out = self.exec(node, &["wg", "show", iface, field]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                l.split_once('\t')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-            })
-            .collect()
-    }
-
-    /// The PID the lab recorded for a daemon.
-    pub fn pid(&self, daemon: &str) -> Option<u32> {
-        std::fs::read_to_string(self.dir.path().join(format!("{daemon}.pid")))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Every daemon's log, for failure messages.
-    pub fn logs(&self) -> String {
-        let mut s = String::new();
-        for name in ["map-server", "map-server2", "robot-a", "robot-b", "edge"] {
-            if let Ok(text) = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))) {
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                s += &format!("--- {name}.log (last lines)\n");
-                for l in tail.into_iter().rev() {
-                    s += l;
-                    s.push('\n');
-                }
-            }
-        }
-        s
-    }
-
-    fn interfaces(&self) -> Vec<String> {
-        ["ms", "ms2", "a", "am", "b", "bm", "e", "em"]
-            .iter()
-            .map(|s| self.wg(s))
-            .collect()
-    }
-
-    fn namespaces(&self) -> Vec<String> {
-        ["router", "ms", "ms2", "robot-a", "robot-b", "edge", "host"]
-            .iter()
-            .map(|n| self.ns(n))
-            .collect()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let out = self.sh(&["down"]);
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-            return;
-        }
-        assert!(
-            out.status.success(),
-            "lab.sh down failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_no_leftovers(&self.namespaces(), &self.interfaces());
-    }
+    let out = lab_cli(dir.path(), &prefix).arg("down").output().unwrap();
+    assert!(
+        out.status.success(),
+        "lispwg-lab down: {}",
+        testbed::output_text(&out)
+    );
+    assert!(
+        testbed::daemon::start_time(ms_pid).is_none(),
+        "down left the map-server (PID {ms_pid}) running"
+    );
+    let left = leftovers(&namespaces, &ifnames);
+    assert!(left.is_empty(), "left behind: {}", left.join("; "));
+    let pids: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pid"))
+        .collect();
+    assert!(pids.is_empty(), "PID files left: {pids:?}");
+    // And a second down has nothing to do.
+    let out = lab_cli(dir.path(), &prefix).arg("down").output().unwrap();
+    assert!(out.status.success(), "{}", testbed::output_text(&out));
 }

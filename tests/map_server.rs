@@ -10,12 +10,12 @@
 //!  ns B: wg 100.64.0.3/16 ── veth 198.51.100.2 ┘     wg 100.64.0.1/16 (control)
 //! ```
 
-use conf::telemetry;
 use lisp_wire::*;
-use lispwg_tests::*;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use testbed::config::{AllowedEid, MapServerConfig, MsControl, MsPeer, MsServer};
+use testbed::*;
 use wgctl::PeerConfig;
 
 const MS_CTL: &str = "100.64.0.1";
@@ -54,14 +54,17 @@ impl Client {
         ms_underlay: &str,
     ) -> Client {
         let ifname = unique("c");
-        let node = WgNode::new(ns, &ifname, port, &format!("{ctl}/16"));
+        let node = WgNode::new(ns, &ifname, port, &format!("{ctl}/16")).unwrap();
         let ctl_addr = ip(ctl);
-        let (ctl_sock, req_sock) = ns.run(|| {
-            (
-                UdpSocket::bind(SocketAddr::new(ctl_addr, LISP_CONTROL_PORT)).expect("bind 4342"),
-                UdpSocket::bind(SocketAddr::new(ctl_addr, 0)).expect("bind request socket"),
-            )
-        });
+        let (ctl_sock, req_sock) = ns
+            .run(|| {
+                (
+                    UdpSocket::bind(SocketAddr::new(ctl_addr, LISP_CONTROL_PORT))
+                        .expect("bind 4342"),
+                    UdpSocket::bind(SocketAddr::new(ctl_addr, 0)).expect("bind request socket"),
+                )
+            })
+            .unwrap();
         for s in [&ctl_sock, &req_sock] {
             s.set_read_timeout(Some(WAIT)).unwrap();
         }
@@ -83,15 +86,32 @@ impl Client {
     /// before would only be retried 5 s later.
     fn peer_with_ms(&self) {
         let ms_pub = ms_key().public_key();
-        if self.node.read().peer(&ms_pub).is_some() {
-            self.node.remove_peer(ms_pub);
+        if self.node.read().unwrap().peer(&ms_pub).is_some() {
+            self.node.remove_peer(ms_pub).unwrap();
         }
-        self.node.upsert_peer(PeerConfig {
-            public_key: ms_pub,
-            endpoint: Some(self.ms_endpoint),
-            allowed_ips: vec![format!("{MS_CTL}/32").parse().unwrap()],
-            persistent_keepalive: Some(25),
-        });
+        self.node
+            .upsert_peer(PeerConfig {
+                public_key: ms_pub,
+                endpoint: Some(self.ms_endpoint),
+                allowed_ips: vec![format!("{MS_CTL}/32").parse().unwrap()],
+                persistent_keepalive: Some(25),
+            })
+            .unwrap();
+    }
+
+    /// `record` is this node's mapping: its EID, and its RLOC, port and key
+    /// in the best locator.
+    #[track_caller]
+    fn assert_mapped_by(&self, record: &EidRecord) {
+        assert_eq!(EidPrefix::of_record(record).unwrap(), self.eid);
+        let (_, info) = record.best_locator().expect("a positive record");
+        let key = *self.node.public_key().as_bytes();
+        assert_eq!(
+            (info.rloc, info.port, info.wg_key),
+            (self.rloc.ip(), Some(self.rloc.port()), Some(key)),
+            "{}'s mapping",
+            self.name
+        );
     }
 
     fn ifname(&self) -> String {
@@ -100,22 +120,11 @@ impl Client {
 
     fn register_bytes(&self, nonce: u64) -> Vec<u8> {
         let key = *self.node.public_key().as_bytes();
-        MapRegister {
-            proxy_reply: true,
-            security: false,
-            rtr: false,
-            want_map_notify: true,
-            nonce,
-            auth: Authentication::unsigned(KeyId::HmacSha256),
-            records: vec![EidRecord::new(
-                self.eid,
-                1,
-                vec![RlocRecord::new(1, 100, wireguard_locator(self.rloc, key))],
-            )],
-            xtr_site: None,
-        }
-        .encode_signed(&self.site_key)
-        .unwrap()
+        let locator = wireguard_locator(self.rloc, key);
+        let record = EidRecord::new(self.eid, 1, vec![RlocRecord::new(1, 100, locator)]);
+        MapRegister::proxied(nonce, vec![record])
+            .encode_signed(&self.site_key)
+            .unwrap()
     }
 
     /// Registers over the control tunnel and returns the Map-Notify, checked:
@@ -147,39 +156,11 @@ impl Client {
     /// An ECM-encapsulated Map-Request for `target`, from the request socket.
     fn request_bytes(&self, nonce: u64, target: IpAddr) -> Vec<u8> {
         let target = EidPrefix::host(0, target);
-        let req = MapRequest {
-            authoritative: false,
-            probe: false,
-            smr: false,
-            pitr: false,
-            smr_invoked: false,
-            local_xtr: false,
-            dont_map_reply: false,
-            nonce,
-            source_eid: self.eid.to_address(),
-            itr_rlocs: vec![Address::from(self.ctl_addr)],
-            records: vec![RequestRecord {
-                eid_mask_len: target.prefix_len(),
-                eid: target.to_address(),
-            }],
-            map_reply_record: None,
-        };
-        Message::Ecm(Ecm {
-            security: false,
-            ddt: false,
-            to_etr: false,
-            to_ms: false,
-            inner: InnerHeader {
-                src: self.ctl_addr,
-                dst: ip(MS_CTL),
-                ttl: 64,
-                src_port: self.req.local_addr().unwrap().port(),
-                dst_port: LISP_CONTROL_PORT,
-            },
-            message: Box::new(Message::MapRequest(req)),
-        })
-        .encode()
-        .unwrap()
+        let port = self.req.local_addr().unwrap().port();
+        MapRequest::for_eid(nonce, self.eid.to_address(), self.ctl_addr, target)
+            .encapsulated(self.ctl_addr, port, ip(MS_CTL))
+            .encode()
+            .unwrap()
     }
 
     fn send_request(&self, nonce: u64, target: &str) {
@@ -218,51 +199,50 @@ fn ms_key() -> wgctl::keys::PrivateKey {
 
 /// Writes the map-server's configuration, key and site-key files into `dir`.
 fn write_config(dir: &Path, ifname: &str, clients: &[&Client]) -> PathBuf {
-    secret_file(dir, "ms.key", &ms_key().to_base64());
-    let mut peers = String::new();
+    secret_file(&dir.join("ms.key"), &ms_key().to_base64()).unwrap();
+    let mut peers = Vec::new();
     for c in clients {
-        secret_file(
-            dir,
-            &format!("{}.site", c.name),
-            &String::from_utf8_lossy(&c.site_key),
-        );
-        peers += &format!(
-            r#"
-[[peers]]
-name = "{name}"
-public_key = "{key}"
-control_address = "{ctl}"
-site_key_file = "{name}.site"
-eids = [{{ prefix = "{eid}/32" }}]
-"#,
-            name = c.name,
-            key = c.node.public_key(),
-            ctl = c.ctl_addr,
-            eid = c.eid.addr(),
-        );
+        let site = dir.join(format!("{}.site", c.name));
+        secret_file(&site, &String::from_utf8_lossy(&c.site_key)).unwrap();
+        peers.push(MsPeer {
+            name: c.name.into(),
+            public_key: Some(c.node.public_key().to_string()),
+            control_address: c.ctl_addr.to_string(),
+            site_key_file: format!("{}.site", c.name),
+            eids: vec![AllowedEid::exact(format!("{}/32", c.eid.addr()))],
+        });
     }
-    let text = format!(
-        r#"
-[control]
-interface = "{ifname}"
-private_key_file = "ms.key"
-listen_port = {MS_WG_PORT}
-address = "{MS_CTL}/16"
-backend = "userspace"
-
-[server]
-state_dir = "state"
-metrics = "{METRICS}"
-{peers}"#
-    );
-    secret_file(dir, "ms.toml", &text)
+    let config = MapServerConfig {
+        control: Some(MsControl {
+            interface: ifname.into(),
+            private_key_file: "ms.key".into(),
+            listen_port: MS_WG_PORT,
+            address: format!("{MS_CTL}/16"),
+            backend: "userspace".into(),
+        }),
+        server: MsServer {
+            state_dir: "state".into(),
+            metrics: METRICS.into(),
+            ..MsServer::default()
+        },
+        peers,
+        static_mappings: Vec::new(),
+    };
+    let path = dir.join("ms.toml");
+    config::write_toml(&path, &config).unwrap();
+    path
 }
 
 fn start_ms(ns: &Netns, config: &Path) -> Daemon {
-    let mut ms = ns.spawn(
-        &binary("map-server"),
-        &["run", "-c", config.to_str().unwrap()],
-    );
+    let mut ms = ns
+        .spawn(
+            "map-server",
+            binary("map-server"),
+            &["run", "-c", config.to_str().unwrap()],
+            &daemon::temp_log("map-server"),
+        )
+        .unwrap()
+        .remove_log_when_done();
     assert!(
         ms.wait_for_log("map-server ready", Duration::from_secs(15)),
         "the map-server did not start:\n{}",
@@ -272,13 +252,13 @@ fn start_ms(ns: &Netns, config: &Path) -> Daemon {
 }
 
 fn metrics(ns: &Netns) -> String {
-    ns.run(|| telemetry::fetch(METRICS.parse().unwrap(), "/metrics"))
+    ns.fetch(METRICS.parse().unwrap(), "/metrics")
         .expect("fetch /metrics")
 }
 
 /// The kernel's count of UDP datagrams for which no socket was found.
 fn udp_no_ports(ns: &Netns) -> u64 {
-    let snmp = ns.exec(&["cat", "/proc/net/snmp"]);
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"]).unwrap();
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
     let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
     let i = names
@@ -290,7 +270,7 @@ fn udp_no_ports(ns: &Netns) -> u64 {
 
 /// Runs `body`, then checks that it left nothing behind.
 fn checked(body: impl FnOnce(&mut Vec<String>, &mut Vec<String>)) {
-    require_root_and_tools();
+    require_root_and_tools(&[BASE_TOOLS, CAPTURE_TOOLS].concat()).unwrap();
     let (mut namespaces, mut ifnames) = (Vec::new(), Vec::new());
     body(&mut namespaces, &mut ifnames);
     assert_no_leftovers(&namespaces, &ifnames);
@@ -300,12 +280,18 @@ fn checked(body: impl FnOnce(&mut Vec<String>, &mut Vec<String>)) {
 fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
     checked(|namespaces, ifnames| {
         let dir = tempdir();
-        let ms_ns = Netns::new("m");
-        let a_ns = Netns::new("a");
-        let b_ns = Netns::new("b");
+        let ms_ns = Netns::new("m").unwrap();
+        let a_ns = Netns::new("a").unwrap();
+        let b_ns = Netns::new("b").unwrap();
         namespaces.extend([&ms_ns, &a_ns, &b_ns].map(|n| n.name().to_owned()));
-        let (_, a_veth) = veth(&ms_ns, "192.0.2.1/24", &a_ns, "192.0.2.2/24");
-        veth(&ms_ns, "198.51.100.1/24", &b_ns, "198.51.100.2/24");
+        let (_, a_veth) = link(&ms_ns, Some("192.0.2.1/24"), &a_ns, Some("192.0.2.2/24")).unwrap();
+        link(
+            &ms_ns,
+            Some("198.51.100.1/24"),
+            &b_ns,
+            Some("198.51.100.2/24"),
+        )
+        .unwrap();
         let a = Client::new(
             &a_ns,
             "robot-a",
@@ -338,12 +324,14 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         emitted.push(("Map-Notify to B", b.register(&mut nonce)));
 
         // `map-server status` lists both, with their peer names.
-        let status = ms_ns.exec(&[
-            binary("map-server").to_str().unwrap(),
-            "status",
-            "-c",
-            config.to_str().unwrap(),
-        ]);
+        let status = ms_ns
+            .exec(&[
+                binary("map-server").to_str().unwrap(),
+                "status",
+                "-c",
+                config.to_str().unwrap(),
+            ])
+            .unwrap();
         for needle in [
             "[0]10.1.0.1/32",
             "robot-a",
@@ -363,16 +351,7 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         let Ok(Message::MapNotify(n)) = parse(&notify) else {
             panic!("not a Map-Notify: {:?}", parse(&notify))
         };
-        let (_, about_a) = n.records[0].best_locator().unwrap();
-        assert_eq!(EidPrefix::of_record(&n.records[0]).unwrap(), a.eid);
-        assert_eq!(
-            (about_a.rloc, about_a.port, about_a.wg_key),
-            (
-                a.rloc.ip(),
-                Some(a.rloc.port()),
-                Some(*a.node.public_key().as_bytes())
-            )
-        );
+        a.assert_mapped_by(&n.records[0]);
         let ack = MapNotify {
             auth: Authentication::unsigned(KeyId::HmacSha256),
             ..n
@@ -385,16 +364,7 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         emitted.push(("Map-Notify to B about A", notify));
         let (bytes, reply) = a.reply(0xa1);
         println!("A's Map-Request for B answered in {:?}", t0.elapsed());
-        let (_, info) = reply.records[0].best_locator().expect("a positive reply");
-        assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
-        assert_eq!(
-            (info.rloc, info.port, info.wg_key),
-            (
-                b.rloc.ip(),
-                Some(b.rloc.port()),
-                Some(*b.node.public_key().as_bytes())
-            )
-        );
+        b.assert_mapped_by(&reply.records[0]);
         emitted.push(("Map-Reply to A for B", bytes));
 
         // An unregistered EID: a negative reply.
@@ -409,28 +379,37 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
 
         let before = metrics(&ms_ns);
         let registers = |m: &str| metric(m, "lispwg_ms_map_registers_total").unwrap();
-        assert_eq!(metric(&before, "lispwg_ms_entries"), Some(2));
-        assert_eq!(metric(&before, "lispwg_ms_negative_replies_total"), Some(1));
+        assert_eq!(metric(&before, "lispwg_ms_entries"), Some(2.0));
+        assert_eq!(
+            metric(&before, "lispwg_ms_negative_replies_total"),
+            Some(1.0)
+        );
 
         // The same kind of Map-Register sent over the underlay, to the
         // map-server's underlay address: no answer, nothing changes.
         let no_ports = udp_no_ports(&ms_ns);
-        let under = a_ns.run(|| UdpSocket::bind("192.0.2.2:0").unwrap());
-        under
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        nonce += 1;
-        under
-            .send_to(&a.register_bytes(nonce), "192.0.2.1:4342")
-            .unwrap();
-        assert!(recv(&under).is_none(), "an answer over the underlay");
+        // A's register from `from`, to `to`: the answer, if any.
+        let mut register_from = |from: &str, to: &str| {
+            let sock = a_ns.run(|| UdpSocket::bind(from).unwrap()).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            nonce += 1;
+            sock.send_to(&a.register_bytes(nonce), to).unwrap();
+            recv(&sock)
+        };
+        assert!(
+            register_from("192.0.2.2:0", "192.0.2.1:4342").is_none(),
+            "an answer over the underlay"
+        );
 
         // And to the control address, routed over the underlay (no tunnel),
         // from A's own control address: the host accepts it (weak host model,
         // no reverse-path filter), but the control socket is bound to the
         // WireGuard interface and never sees it.
-        ms_ns.sysctl("net.ipv4.conf.all.rp_filter", "0");
-        ms_ns.sysctl("net.ipv4.conf.default.rp_filter", "0");
+        ms_ns.sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
+        ms_ns
+            .sysctl("net.ipv4.conf.default.rp_filter", "0")
+            .unwrap();
         a_ns.ip(&[
             "route",
             "add",
@@ -439,17 +418,10 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
             "192.0.2.1",
             "dev",
             &a_veth,
-        ]);
-        let spoof = a_ns.run(|| UdpSocket::bind("100.64.0.2:0").unwrap());
-        spoof
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        nonce += 1;
-        spoof
-            .send_to(&a.register_bytes(nonce), "100.64.0.1:4342")
-            .unwrap();
+        ])
+        .unwrap();
         assert!(
-            recv(&spoof).is_none(),
+            register_from("100.64.0.2:0", "100.64.0.1:4342").is_none(),
             "an answer to a register over the underlay"
         );
         assert!(
@@ -475,27 +447,21 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
 
         // Everything the map-server sent decodes cleanly in Wireshark.
         let payloads: Vec<Vec<u8>> = emitted.iter().map(|(_, p)| p.clone()).collect();
-        for ((what, _), frame) in emitted.iter().zip(tshark_decode_all(&payloads)) {
-            assert_tshark_clean(&frame, what);
+        for ((what, _), frame) in emitted.iter().zip(tshark::decode_payloads(&payloads)) {
             let want = if what.starts_with("Map-Notify") {
                 "4"
             } else {
                 "2"
             };
-            assert_eq!(tshark_field(&frame, "lisp.type"), [want], "{what}");
+            assert_eq!(frame.all("lisp.type"), [want], "{what}");
+            frame.assert_clean();
         }
 
         // A clean stop removes the control interface and its wireguard-go.
         let status = ms.stop().expect("the map-server stops on SIGTERM");
         assert!(status.success(), "exit status {status}:\n{}", ms.log());
         assert!(wireguard_go_pids(&ms_if).is_empty());
-        assert!(
-            ms_ns
-                .exec_output(&["ip", "link", "show", "dev", &ms_if])
-                .status
-                .code()
-                != Some(0)
-        );
+        assert!(!ms_ns.has_link(&ms_if), "{ms_if} is left");
     });
 }
 
@@ -503,10 +469,16 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
 fn restart_after_kill_9_serves_registrations_without_re_registration() {
     checked(|namespaces, ifnames| {
         let dir = tempdir();
-        let ms_ns = Netns::new("m");
-        let a_ns = Netns::new("a");
+        let ms_ns = Netns::new("m").unwrap();
+        let a_ns = Netns::new("a").unwrap();
         namespaces.extend([&ms_ns, &a_ns].map(|n| n.name().to_owned()));
-        veth(&ms_ns, "203.0.113.1/24", &a_ns, "203.0.113.2/24");
+        link(
+            &ms_ns,
+            Some("203.0.113.1/24"),
+            &a_ns,
+            Some("203.0.113.2/24"),
+        )
+        .unwrap();
         let a = Client::new(
             &a_ns,
             "robot-a",
@@ -551,25 +523,17 @@ fn restart_after_kill_9_serves_registrations_without_re_registration() {
         a.send_request(0xb1, "10.1.0.1");
         let (bytes, reply) = a.reply(0xb1);
         let answered = t0.elapsed();
-        let (_, info) = reply.records[0].best_locator().expect("a positive reply");
-        assert_eq!(
-            (info.rloc, info.port, info.wg_key),
-            (
-                a.rloc.ip(),
-                Some(a.rloc.port()),
-                Some(*a.node.public_key().as_bytes())
-            )
-        );
+        a.assert_mapped_by(&reply.records[0]);
         let m = metrics(&ms_ns);
         assert_eq!(
             metric(&m, "lispwg_ms_map_registers_total"),
-            Some(0),
+            Some(0.0),
             "no re-registration"
         );
-        assert_eq!(metric(&m, "lispwg_ms_entries"), Some(1));
-        let frames = tshark_decode_all(&[notify, bytes]);
-        assert_tshark_clean(&frames[0], "Map-Notify before the restart");
-        assert_tshark_clean(&frames[1], "Map-Reply after the restart");
+        assert_eq!(metric(&m, "lispwg_ms_entries"), Some(1.0));
+        for frame in tshark::decode_payloads(&[notify, bytes]) {
+            frame.assert_clean();
+        }
         println!(
             "restart: ready {} ms after spawn, first positive Map-Reply {} ms after spawn",
             ready.as_millis(),
@@ -581,11 +545,16 @@ fn restart_after_kill_9_serves_registrations_without_re_registration() {
 
 #[test]
 fn check_config_and_status_report_problems_clearly() {
-    require_root_and_tools();
+    require_root_and_tools(BASE_TOOLS).unwrap();
     let ms = binary("map-server");
     let dir = tempdir();
-    secret_file(dir.path(), "ms.key", &ms_key().to_base64());
-    secret_file(dir.path(), "a.site", "site-a");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        secret_file(&path, text).unwrap();
+        path
+    };
+    file("ms.key", &ms_key().to_base64());
+    file("a.site", "site-a");
     let a_pub = wgctl::keys::PrivateKey::generate().public_key();
     let config = |control_address: &str, metrics: &str| {
         format!(
@@ -616,11 +585,7 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
             .expect("run map-server")
     };
 
-    let good = secret_file(
-        dir.path(),
-        "good.toml",
-        &config("100.64.0.2", "metrics = \"\""),
-    );
+    let good = file("good.toml", &config("100.64.0.2", "metrics = \"\""));
     let out = run(&["check-config", "-c", good.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -639,7 +604,7 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
         assert!(text.contains(needle), "summary lacks {needle}:\n{text}");
     }
 
-    let bad = secret_file(dir.path(), "bad.toml", &config("100.64.0.300", ""));
+    let bad = file("bad.toml", &config("100.64.0.300", ""));
     let out = run(&["check-config", "-c", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -656,18 +621,19 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("server.metrics is \"\" (disabled)"), "{err}");
-    let ns = Netns::new("s");
-    let silent = secret_file(
-        dir.path(),
+    let ns = Netns::new("s").unwrap();
+    let silent = file(
         "silent.toml",
         &config("100.64.0.2", &format!("metrics = \"{METRICS}\"")),
     );
-    let out = ns.exec_output(&[
-        ms.to_str().unwrap(),
-        "status",
-        "-c",
-        silent.to_str().unwrap(),
-    ]);
+    let out = ns
+        .output(&[
+            ms.to_str().unwrap(),
+            "status",
+            "-c",
+            silent.to_str().unwrap(),
+        ])
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

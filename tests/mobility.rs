@@ -2,9 +2,8 @@
 //! map-server's push, the push reaching a correspondent the moved robot
 //! never talks to, and failover between two map-servers.
 
-use lispwg_tests::lab::{output_text as text, Lab};
-use lispwg_tests::{wait_until, Daemon};
 use std::time::Duration;
+use testbed::{wait_until, Lab, LabSpec};
 
 /// Reply timestamps (seconds) from `ping -D` output.
 fn reply_times(output: &str) -> Vec<f64> {
@@ -17,39 +16,31 @@ fn reply_times(output: &str) -> Vec<f64> {
 
 #[test]
 fn handover_outage_is_short_and_recovers_by_itself() {
-    let lab = Lab::up("mh", 1);
+    let mut lab = Lab::for_test(LabSpec::campus().tag("mh"));
     lab.ping_ok("robot-a", "10.0.0.2", 2);
     let moves = 3;
     let log = lab.dir().join("handover-ping.log");
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &lab.ns("robot-a"),
-        "ping",
-        "-D",
-        "-i",
-        "0.01",
-        "-W",
-        "1",
-        "-c",
-        "700",
-        "10.0.0.2",
-    ]);
-    let mut ping = Daemon::from_command(cmd, log.clone());
+    let mut ping = lab
+        .ns("robot-a")
+        .spawn(
+            "ping",
+            "ping",
+            &["-D", "-i", "0.01", "-W", "1", "-c", "700", "10.0.0.2"],
+            &log,
+        )
+        .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     for _ in 0..moves {
-        lab.must(&["move"]);
+        lab.move_node("robot-b").unwrap();
         std::thread::sleep(Duration::from_millis(1500));
     }
     assert!(
         wait_until(Duration::from_secs(15), || !ping.is_running()),
         "ping did not finish"
     );
-    let out = std::fs::read_to_string(&log).unwrap();
-    let times = reply_times(&out);
+    let times = reply_times(&ping.log());
     let mut gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    gaps.sort_by(|a, b| b.partial_cmp(a).unwrap());
+    gaps.sort_by(|a, b| b.total_cmp(a));
     let outages: Vec<String> = gaps
         .iter()
         .take(moves)
@@ -72,58 +63,52 @@ fn handover_outage_is_short_and_recovers_by_itself() {
 
 #[test]
 fn the_push_updates_the_correspondent_even_when_the_moved_robot_sends_nothing() {
-    let lab = Lab::up("mp", 1);
+    let mut lab = Lab::for_test(LabSpec::campus().tag("mp"));
     lab.ping_ok("robot-a", "10.0.0.2", 1);
-    let b_key = lab.public_key("robot-b");
-    let endpoint_of_b = || {
-        lab.wg_show("robot-a", &lab.wg("a"), "endpoints")
+    let b_key = lab.public_key("robot-b").unwrap();
+    let endpoint_of_b = |lab: &Lab| {
+        lab.wg_show("robot-a", "endpoints")
             .into_iter()
             .find(|(k, _)| *k == b_key)
             .map(|(_, e)| e)
     };
-    assert_eq!(endpoint_of_b().as_deref(), Some("203.0.113.10:51820"));
+    assert_eq!(endpoint_of_b(&lab).as_deref(), Some("203.0.113.10:51820"));
     // No traffic between the robots from here on; robot-b moves.
-    lab.must(&["move"]);
+    lab.move_node("robot-b").unwrap();
     let updated = wait_until(Duration::from_secs(2), || {
-        endpoint_of_b().as_deref() == Some("198.51.100.30:51820")
+        endpoint_of_b(&lab).as_deref() == Some("198.51.100.30:51820")
     });
     assert!(
         updated,
         "robot-a's peer for robot-b still at {:?}\n{}",
-        endpoint_of_b(),
+        endpoint_of_b(&lab),
         lab.logs()
     );
     // WireGuard roaming did not do it: robot-b sent robot-a nothing.
-    let log = std::fs::read_to_string(lab.dir().join("robot-a.log")).unwrap();
+    let log = std::fs::read_to_string(lab.log_path("robot-a")).unwrap();
     assert!(log.contains("updating data peer"), "{log}");
     lab.ping_ok("robot-a", "10.0.0.2", 2);
 }
 
 #[test]
 fn with_one_of_two_map_servers_dead_new_pairs_resolve_and_it_is_re_registered_with_when_back() {
-    let lab = Lab::up("mf", 2);
-    lab.must(&["kill9", "map-server"]);
+    let mut lab = Lab::for_test(LabSpec::campus().tag("mf").map_servers(2));
+    lab.kill9("map-server").unwrap();
     // A pair that never talked: robot-a and the host behind the edge.
     lab.ping_ok("robot-a", "10.1.0.10", 3);
     lab.ping_ok("host", "10.0.0.2", 3);
     // Restart it with no state: what it knows, it must learn again.
     std::fs::remove_dir_all(lab.dir().join("map-server-state")).unwrap();
-    lab.must(&["start", "map-server"]);
-    let ms_status = || {
-        let out = lab.exec(
-            "ms",
-            &[
-                lispwg_tests::binary("map-server").to_str().unwrap(),
-                "status",
-                "-c",
-                lab.dir().join("map-server.toml").to_str().unwrap(),
-            ],
-        );
-        text(&out)
-    };
+    lab.start("map-server").unwrap();
+    let ms_status = || lab.fetch("map-server", "/status").unwrap_or_default();
     let back = wait_until(Duration::from_secs(5), || {
         let s = ms_status();
         s.contains("10.0.0.1/32") && s.contains("10.1.0.0/24")
     });
-    assert!(back, "the robots that used the surviving map-server re-registered with the restarted one:\n{}\n{}", ms_status(), lab.logs());
+    assert!(
+        back,
+        "the robots that used the surviving map-server re-registered with the restarted one:\n{}\n{}",
+        ms_status(),
+        lab.logs()
+    );
 }

@@ -2,15 +2,15 @@
 //! first packet delivered, robot ↔ host through an edge xTR, an encrypted
 //! underlay, fast ICMP unreachable, map-server restarts, clean exit.
 
-use lispwg_tests::lab::{output_text as text, Lab};
-use lispwg_tests::Daemon;
 use std::time::{Duration, Instant};
+use testbed::{output_text as text, wireguard_go_pids, Capture, Lab, LabSpec};
 
 #[test]
 fn the_first_ping_to_a_never_resolved_robot_is_answered_and_the_destination_learns_the_source() {
-    let lab = Lab::up("xf", 1);
-    let (a_key, b_key) = (lab.public_key("robot-a"), lab.public_key("robot-b"));
-    let b_peers = lab.wg_show("robot-b", &lab.wg("b"), "endpoints");
+    let lab = Lab::for_test(LabSpec::campus().tag("xf"));
+    let a_key = lab.public_key("robot-a").unwrap();
+    let b_key = lab.public_key("robot-b").unwrap();
+    let b_peers = lab.wg_show("robot-b", "endpoints");
     assert_eq!(
         b_peers.len(),
         1,
@@ -24,13 +24,13 @@ fn the_first_ping_to_a_never_resolved_robot_is_answered_and_the_destination_lear
         "the very first request is answered:\n{t}"
     );
 
-    let b_peers = lab.wg_show("robot-b", &lab.wg("b"), "endpoints");
+    let b_peers = lab.wg_show("robot-b", "endpoints");
     let a_at_b = b_peers
         .iter()
         .find(|(k, _)| *k == a_key)
         .unwrap_or_else(|| panic!("robot-b has no peer for robot-a: {b_peers:?}"));
     assert_eq!(a_at_b.1, "198.51.100.10:51820");
-    let a_peers = lab.wg_show("robot-a", &lab.wg("a"), "allowed-ips");
+    let a_peers = lab.wg_show("robot-a", "allowed-ips");
     assert!(
         a_peers
             .iter()
@@ -41,42 +41,21 @@ fn the_first_ping_to_a_never_resolved_robot_is_answered_and_the_destination_lear
 
 #[test]
 fn a_robot_reaches_a_host_behind_an_edge_xtr_and_back() {
-    let lab = Lab::up("xh", 1);
+    let lab = Lab::for_test(LabSpec::campus().tag("xh"));
     lab.ping_ok("robot-a", "10.1.0.10", 3);
     lab.ping_ok("host", "10.0.0.2", 3);
-    let e_peers = lab.wg_show("edge", &lab.wg("e"), "allowed-ips");
-    assert!(
-        e_peers.iter().any(|(_, ips)| ips == "10.0.0.1/32"),
-        "{e_peers:?}"
-    );
-    assert!(
-        e_peers.iter().any(|(_, ips)| ips == "10.0.0.2/32"),
-        "{e_peers:?}"
-    );
+    let e_peers = lab.wg_show("edge", "allowed-ips");
+    for eid in ["10.0.0.1/32", "10.0.0.2/32"] {
+        assert!(e_peers.iter().any(|(_, ips)| ips == eid), "{e_peers:?}");
+    }
 }
 
 #[test]
 fn robot_traffic_on_the_underlay_is_only_wireguard() {
-    let lab = Lab::up("xe", 1);
+    let lab = Lab::for_test(LabSpec::campus().tag("xe"));
     let pcap = lab.dir().join("router.pcap");
-    let ns = lab.ns("router");
-    let mut capture: Daemon = {
-        let mut c = std::process::Command::new("ip");
-        c.args([
-            "netns", "exec", &ns, "tcpdump", "-U", "-n", "-i", "any", "-w",
-        ])
-        .arg(&pcap)
-        .args(["not", "arp"]);
-        Daemon::from_command(c, lab.dir().join("tcpdump.log"))
-    };
-    assert!(
-        lispwg_tests::wait_until(Duration::from_secs(5), || capture
-            .log()
-            .contains("listening")),
-        "tcpdump did not start: {}",
-        capture.log()
-    );
-    // A recognisable payload: "lispwg-secret-payload" repeated by ping.
+    let mut capture = Capture::start(lab.ns("router"), "any", &["not", "arp"], &pcap).unwrap();
+    // A recognisable payload: "lispwg-secret" repeated by ping.
     let pattern = "6c69737077672d736563726574";
     let out = lab.exec(
         "robot-a",
@@ -86,62 +65,63 @@ fn robot_traffic_on_the_underlay_is_only_wireguard() {
     );
     assert!(text(&out).contains("5 received"), "{}", text(&out));
     std::thread::sleep(Duration::from_millis(300));
-    capture.stop();
 
-    let raw = std::fs::read(&pcap).expect("capture file");
+    let raw = capture.bytes();
     let needle = b"lispwg-secret";
     assert!(
         !raw.windows(needle.len()).any(|w| w == needle),
         "the ICMP payload crossed the underlay in clear"
     );
-    let out = std::process::Command::new("tshark")
-        .arg("-r")
-        .arg(&pcap)
-        .args([
-            "-T",
-            "fields",
-            "-e",
-            "frame.protocols",
-            "-e",
-            "ip.src",
-            "-e",
-            "ip.dst",
-            "-e",
-            "udp.length",
-        ])
-        .output()
-        .unwrap();
-    let frames = String::from_utf8_lossy(&out.stdout).into_owned();
-    let robots = |l: &&str| l.contains("198.51.100.10") && l.contains("203.0.113.10");
-    let between: Vec<&str> = frames.lines().filter(robots).collect();
+    let frames = capture.frames(&["frame.protocols", "ip.src", "ip.dst", "udp.length"]);
+    let show = |f: &testbed::tshark::Frame| {
+        format!(
+            "{} {:?} {:?} {}",
+            f.one("frame.protocols"),
+            f.all("ip.src"),
+            f.all("ip.dst"),
+            f.all("udp.length").join(",")
+        )
+    };
+    let between: Vec<_> = frames
+        .iter()
+        .filter(|f| {
+            f.all("ip.src").contains(&"198.51.100.10") && f.all("ip.dst").contains(&"203.0.113.10")
+                || f.all("ip.src").contains(&"203.0.113.10")
+                    && f.all("ip.dst").contains(&"198.51.100.10")
+        })
+        .collect();
+    let all: Vec<String> = frames.iter().map(show).collect();
     assert!(
         between.len() >= 10,
-        "expected the pings as WireGuard packets between the robots:\n{frames}"
+        "expected the pings as WireGuard packets between the robots:\n{}",
+        all.join("\n")
     );
     // Besides WireGuard, only the responder's NAT punches: one zero byte
     // (UDP length 9), a few at most.
-    let punch = |l: &&&str| l.ends_with("\t9") && l.contains(":udp:data");
+    let punch = |f: &&&testbed::tshark::Frame| {
+        f.all("udp.length") == ["9"] && f.one("frame.protocols").ends_with(":udp:data")
+    };
     let punches = between.iter().filter(punch).count();
-    assert!(punches <= 5, "{punches} punches:\n{}", between.join("\n"));
+    assert!(punches <= 5, "{punches} punches:\n{}", all.join("\n"));
     assert!(
         between
             .iter()
-            .filter(|l| !punch(l))
-            .all(|l| l.contains(":udp:wg")),
+            .filter(|f| !punch(f))
+            .all(|f| f.one("frame.protocols").ends_with(":udp:wg")),
         "only WireGuard between the robots:\n{}",
-        between.join("\n")
+        all.join("\n")
     );
     assert!(
-        !frames
-            .lines()
+        !all.iter()
             .any(|l| l.contains("icmp") && l.contains("10.0.0.")),
-        "overlay ICMP seen on the underlay:\n{frames}"
+        "overlay ICMP seen on the underlay:\n{}",
+        all.join("\n")
     );
 }
 
 #[test]
 fn an_unregistered_eid_gets_icmp_unreachable_quickly() {
-    let lab = Lab::up("xu", 1);
+    let lab = Lab::for_test(LabSpec::campus().tag("xu"));
     let start = Instant::now();
     let out = lab.exec("robot-a", &["ping", "-c", "1", "-W", "5", "10.0.0.99"]);
     let took = start.elapsed();
@@ -156,12 +136,12 @@ fn an_unregistered_eid_gets_icmp_unreachable_quickly() {
 
 #[test]
 fn a_map_server_restart_does_not_break_established_tunnels() {
-    let lab = Lab::up("xr", 1);
+    let mut lab = Lab::for_test(LabSpec::campus().tag("xr"));
     lab.ping_ok("robot-a", "10.0.0.2", 2);
-    lab.must(&["kill9", "map-server"]);
+    lab.kill9("map-server").unwrap();
     lab.ping_ok("robot-a", "10.0.0.2", 3);
     lab.ping_ok("robot-b", "10.0.0.1", 3);
-    lab.must(&["start", "map-server"]);
+    lab.start("map-server").unwrap();
     lab.ping_ok("robot-a", "10.0.0.2", 3);
     // And new resolutions work again after the restart.
     lab.ping_ok("robot-a", "10.1.0.10", 2);
@@ -169,29 +149,26 @@ fn a_map_server_restart_does_not_break_established_tunnels() {
 
 #[test]
 fn sigterm_leaves_no_interface_route_or_process_behind() {
-    let lab = Lab::up("xs", 1);
+    let mut lab = Lab::for_test(LabSpec::campus().tag("xs"));
     lab.ping_ok("robot-a", "10.0.0.2", 2);
-    let pid = lab.pid("robot-a").expect("robot-a pid");
-    let wg_pid = lispwg_tests::wireguard_go_pids(&lab.wg("a"));
-    assert_eq!(wg_pid.len(), 1, "robot-a's wireguard-go runs");
-    lab.must(&["stop", "robot-a"]);
+    let (wg, miss) = (lab.wg_if("robot-a"), lab.miss_if("robot-a"));
+    assert_eq!(
+        wireguard_go_pids(&wg).len(),
+        1,
+        "robot-a's wireguard-go runs"
+    );
+    let status = lab.stop("robot-a").unwrap();
     assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "xtr exited"
+        status.is_some_and(|s| s.success()),
+        "xtr exits cleanly on SIGTERM: {status:?}"
     );
     let links = text(&lab.exec("robot-a", &["ip", "-o", "link"]));
-    assert!(
-        !links.contains(&lab.wg("a")),
-        "WireGuard interface left: {links}"
-    );
-    assert!(!links.contains(&lab.wg("am")), "miss TUN left: {links}");
+    assert!(!links.contains(&wg), "WireGuard interface left: {links}");
+    assert!(!links.contains(&miss), "miss TUN left: {links}");
     let routes = text(&lab.exec("robot-a", &["ip", "route"]));
     assert!(!routes.contains("10.0.0."), "overlay routes left: {routes}");
-    assert!(
-        lispwg_tests::wireguard_go_pids(&lab.wg("a")).is_empty(),
-        "wireguard-go left"
-    );
-    assert!(!std::path::Path::new(&format!("/var/run/wireguard/{}.sock", lab.wg("a"))).exists());
-    let log = std::fs::read_to_string(lab.dir().join("robot-a.log")).unwrap();
+    assert!(wireguard_go_pids(&wg).is_empty(), "wireguard-go left");
+    assert!(!testbed::leftovers::socket_path(&wg).exists());
+    let log = std::fs::read_to_string(lab.log_path("robot-a")).unwrap();
     assert!(log.contains("SIGTERM"), "{log}");
 }

@@ -9,7 +9,6 @@
 
 pub mod exp;
 pub mod icmp;
-pub mod lab;
 pub mod lisp;
 pub mod report;
 pub mod stats;

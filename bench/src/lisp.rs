@@ -497,7 +497,7 @@ impl RequestLoad {
         let mut io = Mmsg::new();
         let mut buf = Vec::new();
         loop {
-            crate::sys::interrupted()?;
+            testbed::interrupted()?;
             if start.elapsed() > limit {
                 return Ok(None);
             }

@@ -2,28 +2,18 @@
 
 use anyhow::{bail, Context, Result};
 use bench::exp::{self, Ctx};
-use bench::lab::Bins;
 use bench::report::{self, Machine};
-use bench::sys;
-use clap::{Parser, Subcommand};
+use clap::{Arg, ArgMatches, Args, FromArgMatches};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
+use testbed::Bins;
 
-/// The thesis's experiments, replayed against lispwg in network namespaces.
-///
-/// Each experiment runs the real map-server and xtr binaries (by default the
-/// ones next to this binary: build them with `cargo build --release --bins`),
-/// measures a baseline in the same run, and writes into --out:
-/// <experiment>.json (raw samples, summaries, the machine), a chart
-/// (<experiment>.svg) and SUMMARY.md (figures beside the thesis's and the
-/// targets). Needs root, wireguard-go, wg, ip, ping and iperf3. Everything it
-/// creates (namespaces lwb…, interfaces, processes) is removed again, on
-/// Ctrl-C too.
-#[derive(Parser)]
-#[command(name = "bench", version)]
-struct Cli {
+// The options every subcommand takes (a doc comment here would become the
+// command's about).
+#[derive(Args)]
+struct Global {
     /// Short runs (fewer repetitions and sizes, a few minutes in all): a
     /// smoke test that every experiment produces samples, not timings to
     /// quote.
@@ -40,70 +30,42 @@ struct Cli {
     /// Keep the scratch folder (configurations, keys, daemon logs).
     #[arg(long, global = true)]
     keep: bool,
-    #[command(subcommand)]
-    command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// TCP and UDP (1380-byte payloads) through an on-demand tunnel with
-    /// iperf3, beside a hand-configured wireguard-go tunnel between the same
-    /// namespaces and the plain underlay. Target: ≥ 95 % of the
-    /// hand-configured tunnel. Full: 3 runs × 10 s per path and protocol.
-    Throughput,
-    /// Time from a map-cache miss to the peer being programmed, for 100
-    /// fresh EIDs (read from the agent's lispwg_xtr_cache_add_seconds
-    /// histogram). Thesis: 16.6 ms (OOR+WG), 13.2 ms (OOR). Target: p50 ≤ 2 ms,
-    /// p99 ≤ 5 ms.
-    CacheAdd,
-    /// A fresh robot pair (both agents restarted), fast ping (every 2 ms):
-    /// time from the first request to the first reply and requests lost, 100
-    /// repetitions. Thesis: 32.6 ms with the first packets dropped. Target:
-    /// p50 ≤ 5 ms and nothing lost.
-    FirstPacket,
-    /// Map-Request → Map-Reply latency (1 outstanding) and throughput (8 and
-    /// 64 outstanding) at 10, 1 000, 100 000 and 1 000 000 mappings, plus
-    /// RSS and start-up time, beside a do-nothing UDP reflector on the same
-    /// path. Targets: ≥ 75 % of the reflector, p50 flat within 10 %, RSS ≤
-    /// 256 MiB and start-up ≤ 2 s at 1 000 000.
-    MsScale,
-    /// Map-Register → Map-Notify rate with HMAC-SHA-256, persisted (durable
-    /// redb commit before the notify). Target: ≥ 20 000 registrations/s.
-    Register,
-    /// robot-b moves subnet 20 times while robot-a pings every 10 ms; outage
-    /// per move, with the map-server's push on, then off (WireGuard roaming
-    /// only), then off with robot-b sending too. Thesis: ≈1 s (OOR+WG), 8–10
-    /// s (OOR). Target: p50 < 100 ms, max < 250 ms.
-    Handover,
-    /// The xtr's RSS and CPU when idle and with 1 000 cached peers. Target:
-    /// idle CPU ≈ 0 (no busy polling), RSS ≤ 20 MiB.
-    Agent,
-    /// Every experiment above, in that order, then SUMMARY.md. About 15
-    /// minutes on 2 cores; with --quick, under 3.
-    All,
-    /// Rebuild SUMMARY.md from the result files in --out.
-    Summary,
-    /// (Used by ms-scale.) The do-nothing reflector: answers each
-    /// Map-Request with a precomputed Map-Reply, nonce patched.
-    #[command(hide = true)]
-    Reflector {
-        #[arg(long)]
-        listen: SocketAddr,
-    },
-}
-
-type Runner = fn(&Ctx) -> Result<exp::Produced>;
-
-fn experiments() -> Vec<(&'static str, Runner)> {
-    vec![
-        ("throughput", exp::throughput::run as Runner),
-        ("cache-add", exp::cache_add::run),
-        ("first-packet", exp::first_packet::run),
-        ("ms-scale", exp::ms_scale::run),
-        ("register", exp::register::run),
-        ("handover", exp::handover::run),
-        ("agent", exp::agent::run),
-    ]
+/// The command line: one subcommand per experiment of [`exp::EXPERIMENTS`],
+/// then `all`, `summary` and the hidden `reflector`.
+fn cli() -> clap::Command {
+    let mut cmd = Global::augment_args(
+        clap::Command::new("bench")
+            .version(env!("CARGO_PKG_VERSION"))
+            .about("The thesis's experiments, replayed against lispwg in network namespaces.")
+            .long_about(include_str!("long_about.txt"))
+            .subcommand_required(true),
+    );
+    for e in exp::EXPERIMENTS {
+        cmd = cmd.subcommand(clap::Command::new(e.name).about(e.about));
+    }
+    cmd.subcommand(clap::Command::new("all").about(
+        "Every experiment above, in that order, then SUMMARY.md. About 15 minutes on 2 cores; \
+         with --quick, under 3.",
+    ))
+    .subcommand(
+        clap::Command::new("summary").about("Rebuild SUMMARY.md from the result files in --out."),
+    )
+    .subcommand(
+        clap::Command::new("reflector")
+            .about(
+                "(Used by ms-scale.) The do-nothing reflector: answers each Map-Request with a \
+                 precomputed Map-Reply, nonce patched.",
+            )
+            .hide(true)
+            .arg(
+                Arg::new("listen")
+                    .long("listen")
+                    .required(true)
+                    .value_parser(clap::value_parser!(SocketAddr)),
+            ),
+    )
 }
 
 fn default_out() -> PathBuf {
@@ -115,8 +77,12 @@ fn default_out() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = cli().get_matches();
+    let global = match Global::from_arg_matches(&matches) {
+        Ok(g) => g,
+        Err(e) => e.exit(),
+    };
+    match run(global, &matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e:#}");
@@ -125,26 +91,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Global, matches: &ArgMatches) -> Result<()> {
     let out = cli.out.clone().unwrap_or_else(default_out);
-    let selected: Vec<&str> = match &cli.command {
-        Command::Reflector { listen } => return bench::lisp::reflector(*listen),
-        Command::Summary => {
+    let selected: Vec<&str> = match matches.subcommand() {
+        Some(("reflector", m)) => {
+            let listen = *m.get_one::<SocketAddr>("listen").context("--listen")?;
+            return bench::lisp::reflector(listen);
+        }
+        Some(("summary", _)) => {
             report::write_summary(&out)?;
             println!("wrote {}", out.join("SUMMARY.md").display());
             return Ok(());
         }
-        Command::All => report::EXPERIMENTS.to_vec(),
-        Command::Throughput => vec!["throughput"],
-        Command::CacheAdd => vec!["cache-add"],
-        Command::FirstPacket => vec!["first-packet"],
-        Command::MsScale => vec!["ms-scale"],
-        Command::Register => vec!["register"],
-        Command::Handover => vec!["handover"],
-        Command::Agent => vec!["agent"],
+        Some(("all", _)) => exp::EXPERIMENTS.iter().map(|e| e.name).collect(),
+        Some((name, _)) => vec![name],
+        None => bail!("no subcommand"),
     };
-    sys::require_root_and_tools(&["ip", "wg", "wireguard-go", "ping", "iperf3", "timeout"])?;
-    sys::install_signal_flag();
+    testbed::require_root_and_tools(&[testbed::BASE_TOOLS, &["iperf3", "timeout"]].concat())?;
+    testbed::install_signal_flag();
     let bin_dir = match &cli.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?
@@ -166,23 +130,25 @@ fn run(cli: Cli) -> Result<()> {
     eprintln!("bench: machine: {}", machine.one_line());
     let ctx = Ctx {
         bins,
+        bench: std::env::current_exe().context("the bench's own path")?,
         quick: cli.quick,
         work: work.clone(),
         machine,
     };
     let t0 = Instant::now();
     let mut failed = Vec::new();
-    for (name, runner) in experiments() {
+    for e in exp::EXPERIMENTS {
+        let name = e.name;
         if !selected.contains(&name) {
             continue;
         }
-        if sys::interrupted().is_err() {
+        if testbed::interrupted().is_err() {
             failed.push(format!("{name}: not run (interrupted)"));
             continue;
         }
         let t = Instant::now();
         eprintln!("bench: == {name} ==");
-        match runner(&ctx) {
+        match (e.run)(&ctx) {
             Ok((result, svgs)) => {
                 report::write(&out, &result, &svgs)?;
                 report::write_summary(&out)?;

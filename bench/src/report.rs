@@ -9,17 +9,6 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The experiments, in report order.
-pub const EXPERIMENTS: &[&str] = &[
-    "throughput",
-    "cache-add",
-    "first-packet",
-    "ms-scale",
-    "register",
-    "handover",
-    "agent",
-];
-
 /// Where the numbers were measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
@@ -266,8 +255,8 @@ fn status_cell(s: Status) -> &'static str {
 /// Rebuilds `SUMMARY.md` from the result files in `out`.
 pub fn write_summary(out: &Path) -> Result<()> {
     let mut results = Vec::new();
-    for name in EXPERIMENTS {
-        let path = out.join(format!("{name}.json"));
+    for e in crate::exp::EXPERIMENTS {
+        let path = out.join(format!("{}.json", e.name));
         if !path.exists() {
             continue;
         }

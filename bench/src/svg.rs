@@ -1,17 +1,32 @@
-//! Hand-written SVG charts (no plotting dependency): CDFs, line charts and
-//! grouped bar charts, with dashed reference lines for the thesis's figures
-//! and the targets.
+//! Charts as SVG, drawn with plotters (its SVG backend only): CDFs, line
+//! charts and grouped bar charts, with dashed reference lines for the
+//! thesis's figures and the targets, and the legend beside the plot.
 
-use std::fmt::Write as _;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::ops::Range;
 
-const W: f64 = 980.0;
-const H: f64 = 440.0;
-const LEFT: f64 = 80.0;
-const RIGHT: f64 = 360.0;
-const TOP: f64 = 46.0;
-const BOTTOM: f64 = 56.0;
-const COLORS: [&str; 8] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+const W: u32 = 980;
+const H: u32 = 440;
+const LEGEND_W: u32 = 340;
+const FONT: &str = "sans-serif";
+const COLORS: [RGBColor; 8] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+];
+const REF_COLORS: [RGBColor; 4] = [
+    RGBColor(0x55, 0x55, 0x55),
+    RGBColor(0xaa, 0x88, 0x00),
+    RGBColor(0x00, 0x88, 0x88),
+    RGBColor(0xaa, 0x00, 0xaa),
 ];
 
 /// A dashed reference line: at `value` on the value axis, labelled.
@@ -30,72 +45,12 @@ impl RefLine {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Axis {
-    lo: f64,
-    hi: f64,
-    log: bool,
-}
-
-impl Axis {
-    fn new(mut lo: f64, mut hi: f64, log: bool) -> Axis {
-        if log {
-            lo = lo.max(1e-9);
-            hi = hi.max(lo * 10.0);
-            lo = 10f64.powf(lo.log10().floor());
-            hi = 10f64.powf(hi.log10().ceil());
-        } else {
-            if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
-                hi = lo + 1.0;
-            }
-            let step = nice_step((hi - lo) / 5.0);
-            lo = (lo / step).floor() * step;
-            hi = (hi / step).ceil() * step;
-        }
-        Axis { lo, hi, log }
-    }
-
-    /// 0..1 along the axis.
-    fn frac(&self, v: f64) -> f64 {
-        if self.log {
-            let v = v.max(self.lo * 1e-3);
-            (v.log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
-        } else {
-            (v - self.lo) / (self.hi - self.lo)
-        }
-    }
-
-    fn ticks(&self) -> Vec<f64> {
-        if self.log {
-            let (a, b) = (
-                self.lo.log10().round() as i32,
-                self.hi.log10().round() as i32,
-            );
-            (a..=b).map(|e| 10f64.powi(e)).collect()
-        } else {
-            let step = nice_step((self.hi - self.lo) / 5.0);
-            let n = ((self.hi - self.lo) / step).round() as usize;
-            (0..=n).map(|i| self.lo + step * i as f64).collect()
-        }
-    }
-}
-
-fn nice_step(raw: f64) -> f64 {
-    if raw.is_nan() || raw <= 0.0 || !raw.is_finite() {
-        return 1.0;
-    }
-    let mag = 10f64.powf(raw.log10().floor());
-    let f = raw / mag;
-    let n = if f <= 1.0 {
-        1.0
-    } else if f <= 2.0 {
-        2.0
-    } else if f <= 5.0 {
-        5.0
-    } else {
-        10.0
-    };
-    n * mag
+/// One bar: its value and the (min, max) of repetitions, if any.
+#[derive(Debug, Clone)]
+pub struct Bar {
+    pub series: String,
+    pub value: f64,
+    pub range: Option<(f64, f64)>,
 }
 
 /// A compact number for tick labels.
@@ -115,139 +70,170 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// One axis. A logarithmic one spans whole decades and is plotted in log10
+/// space, with a tick at each decade.
+#[derive(Debug, Clone, Copy)]
+struct Axis {
+    lo: f64,
+    hi: f64,
+    log: bool,
 }
 
-struct Canvas {
-    out: String,
-    x: Axis,
-    y: Axis,
-}
-
-impl Canvas {
-    fn new(title: &str, x: Axis, y: Axis, x_label: &str, y_label: &str) -> Canvas {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-        );
-        let _ = writeln!(out, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="24" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
-            W / 2.0,
-            esc(title)
-        );
-        let mut c = Canvas { out, x, y };
-        c.axes(x_label, y_label);
-        c
-    }
-
-    fn px(&self, v: f64) -> f64 {
-        LEFT + self.x.frac(v) * (W - LEFT - RIGHT)
-    }
-
-    fn py(&self, v: f64) -> f64 {
-        H - BOTTOM - self.y.frac(v) * (H - TOP - BOTTOM)
-    }
-
-    fn axes(&mut self, x_label: &str, y_label: &str) {
-        let (x0, x1, y0, y1) = (LEFT, W - RIGHT, H - BOTTOM, TOP);
-        for t in self.x.ticks() {
-            let x = self.px(t);
-            let _ = writeln!(
-                self.out,
-                r##"<line x1="{x:.1}" y1="{y0}" x2="{x:.1}" y2="{y1}" stroke="#e5e5e5"/><text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
-                y0 + 16.0,
-                fmt_num(t)
-            );
-        }
-        for t in self.y.ticks() {
-            let y = self.py(t);
-            let _ = writeln!(
-                self.out,
-                r##"<line x1="{x0}" y1="{y:.1}" x2="{x1}" y2="{y:.1}" stroke="#e5e5e5"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-                x0 - 6.0,
-                y + 4.0,
-                fmt_num(t)
-            );
-        }
-        let _ = writeln!(
-            self.out,
-            r#"<rect x="{x0}" y="{y1}" width="{}" height="{}" fill="none" stroke="black"/>"#,
-            x1 - x0,
-            y0 - y1
-        );
-        let _ = writeln!(
-            self.out,
-            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-            (x0 + x1) / 2.0,
-            H - 14.0,
-            esc(x_label)
-        );
-        let _ = writeln!(
-            self.out,
-            r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">{}</text>"#,
-            (y0 + y1) / 2.0,
-            (y0 + y1) / 2.0,
-            esc(y_label)
-        );
-    }
-
-    fn legend(&mut self, i: usize, label: &str, color: &str, dashed: bool) {
-        let x = W - RIGHT + 14.0;
-        let y = TOP + 10.0 + 20.0 * i as f64;
-        let dash = if dashed {
-            r#" stroke-dasharray="6 4""#
+impl Axis {
+    fn new(lo: f64, hi: f64, log: bool) -> Axis {
+        if log {
+            let lo = lo.max(1e-9);
+            let hi = hi.max(lo * 10.0);
+            Axis {
+                lo: lo.log10().floor(),
+                hi: hi.log10().ceil(),
+                log,
+            }
+        } else if hi.partial_cmp(&lo) == Some(std::cmp::Ordering::Greater) {
+            Axis { lo, hi, log }
         } else {
-            ""
-        };
-        let _ = writeln!(
-            self.out,
-            r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="2.5"{dash}/><text x="{}" y="{}">{}</text>"#,
-            x + 24.0,
-            x + 30.0,
-            y + 4.0,
-            esc(label)
-        );
-    }
-
-    fn vline(&mut self, r: &RefLine, color: &str) {
-        if self.x.frac(r.value) < 0.0 || self.x.frac(r.value) > 1.0 {
-            return;
+            Axis {
+                lo,
+                hi: lo + 1.0,
+                log,
+            }
         }
-        let x = self.px(r.value);
-        let _ = writeln!(
-            self.out,
-            r#"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4"/>"#,
-            H - BOTTOM,
-            TOP
-        );
     }
 
-    fn hline(&mut self, r: &RefLine, color: &str) {
-        if self.y.frac(r.value) < 0.0 || self.y.frac(r.value) > 1.0 {
-            return;
+    /// Where `v` is plotted, kept inside the axis.
+    fn at(&self, v: f64) -> f64 {
+        let p = if self.log { v.max(1e-300).log10() } else { v };
+        p.clamp(self.lo, self.hi)
+    }
+
+    fn contains(&self, v: f64) -> bool {
+        let p = if self.log { v.log10() } else { v };
+        (self.lo..=self.hi).contains(&p)
+    }
+
+    fn range(&self) -> Range<f64> {
+        self.lo..self.hi
+    }
+
+    fn label(&self, p: &f64) -> String {
+        if self.log {
+            fmt_num(10f64.powf(p.round()))
+        } else {
+            fmt_num(*p)
         }
-        let y = self.py(r.value);
-        let _ = writeln!(
-            self.out,
-            r#"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4"/>"#,
-            W - RIGHT
-        );
     }
 
-    fn finish(mut self) -> String {
-        self.out.push_str("</svg>\n");
-        self.out
+    fn ticks(&self) -> usize {
+        if self.log {
+            (self.hi - self.lo).round() as usize + 1
+        } else {
+            6
+        }
     }
 }
 
-fn ref_color(i: usize) -> &'static str {
-    ["#555555", "#aa8800", "#008888", "#aa00aa"][i % 4]
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Drawn<T> = Result<T, DrawingAreaErrorKind<std::io::Error>>;
+/// A legend entry: label, colour, dashed.
+type Entry = (String, RGBColor, bool);
+
+/// Draws a chart titled `title` with `plot` (which returns its legend) and
+/// returns the SVG text. A drawing error gives an SVG that says so.
+fn render(title: &str, plot: impl FnOnce(&Area) -> Drawn<Vec<Entry>>) -> String {
+    let mut out = String::new();
+    let drawn = (|| {
+        let root = SVGBackend::with_string(&mut out, (W, H)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, (FONT, 16).into_font().style(FontStyle::Bold))?;
+        let (chart, legend) = root.split_horizontally(W - LEGEND_W);
+        let entries = plot(&chart)?;
+        for (i, (label, color, dashed)) in entries.iter().enumerate() {
+            let y = 24 + 20 * i as i32;
+            let segments: &[(i32, i32)] = if *dashed {
+                &[(14, 20), (24, 30), (34, 38)]
+            } else {
+                &[(14, 38)]
+            };
+            for &(x0, x1) in segments {
+                legend.draw(&PathElement::new(
+                    vec![(x0, y), (x1, y)],
+                    color.stroke_width(3),
+                ))?;
+            }
+            legend.draw(&Text::new(
+                label.as_str(),
+                (44, y - 7),
+                (FONT, 13).into_font(),
+            ))?;
+        }
+        root.present()
+    })();
+    match drawn {
+        Ok(()) => out,
+        Err(e) => format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\">\
+             <text x=\"20\" y=\"40\">chart failed: {}</text></svg>\n",
+            e.to_string().replace('<', "&lt;")
+        ),
+    }
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart on `area` with axes `x` and `y`, a light grid and labels. With
+/// `categories`, the x ticks are on the integers, named by it, and there are
+/// no vertical grid lines.
+fn chart<'a, 'b>(
+    area: &'a Area<'b>,
+    (x, y): (Axis, Axis),
+    (x_label, y_label): (&str, &str),
+    categories: Option<&dyn Fn(&f64) -> String>,
+) -> Drawn<Chart<'a, 'b>> {
+    let mut c = ChartBuilder::on(area)
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x.range(), y.range())?;
+    let (fx, fy) = (move |p: &f64| x.label(p), move |p: &f64| y.label(p));
+    let mut mesh = c.configure_mesh();
+    match categories {
+        Some(names) => mesh
+            .disable_x_mesh()
+            .x_labels(x.hi.ceil() as usize + 1)
+            .x_label_formatter(names),
+        None => mesh.x_labels(x.ticks()).x_label_formatter(&fx),
+    };
+    mesh.y_labels(y.ticks())
+        .y_label_formatter(&fy)
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style((FONT, 12))
+        .axis_desc_style((FONT, 13))
+        .light_line_style(WHITE)
+        .bold_line_style(RGBColor(0xe5, 0xe5, 0xe5))
+        .draw()?;
+    Ok(c)
+}
+
+/// Horizontal dashed reference lines across the chart; their legend
+/// entries.
+fn hlines(c: &mut Chart, refs: &[RefLine], (x, y): (Axis, Axis)) -> Drawn<Vec<Entry>> {
+    let mut legend = Vec::new();
+    for (i, r) in refs.iter().enumerate() {
+        let color = REF_COLORS[i % REF_COLORS.len()];
+        if y.contains(r.value) {
+            c.draw_series(dashed(vec![(x.lo, r.value), (x.hi, r.value)], color))?;
+        }
+        legend.push((r.label.clone(), color, true));
+    }
+    Ok(legend)
+}
+
+fn dashed(
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+) -> DashedLineSeries<std::vec::IntoIter<(f64, f64)>, i32> {
+    DashedLineSeries::new(points, 6, 4, color.stroke_width(2))
 }
 
 /// Cumulative distributions of `series` (name, samples), with vertical
@@ -269,45 +255,33 @@ pub fn cdf(
     let hi = all.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
     let x = Axis::new(if log_x { lo } else { lo.min(0.0) }, hi, log_x);
-    let y = Axis {
-        lo: 0.0,
-        hi: 1.0,
-        log: false,
-    };
-    let mut c = Canvas::new(title, x, y, x_label, "fraction of samples ≤ x");
-    let mut legend = 0;
-    for (i, r) in refs.iter().enumerate() {
-        let color = ref_color(i);
-        c.vline(r, color);
-        c.legend(legend, &r.label, color, true);
-        legend += 1;
-    }
-    for (i, (name, samples)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let s = crate::stats::sorted(samples);
-        if s.is_empty() {
-            continue;
+    let y = Axis::new(0.0, 1.0, false);
+    render(title, |area| {
+        let mut c = chart(area, (x, y), (x_label, "fraction of samples ≤ x"), None)?;
+        let mut legend = Vec::new();
+        for (i, r) in refs.iter().enumerate() {
+            let color = REF_COLORS[i % REF_COLORS.len()];
+            if x.contains(r.value) {
+                let at = x.at(r.value);
+                c.draw_series(dashed(vec![(at, 0.0), (at, 1.0)], color))?;
+            }
+            legend.push((r.label.clone(), color, true));
         }
-        let n = s.len() as f64;
-        let mut d = format!("M{:.1},{:.1}", c.px(s[0]), c.py(0.0));
-        for (k, v) in s.iter().enumerate() {
-            let _ = write!(
-                d,
-                " L{:.1},{:.1} L{:.1},{:.1}",
-                c.px(*v),
-                c.py(k as f64 / n),
-                c.px(*v),
-                c.py((k + 1) as f64 / n)
-            );
+        for (i, (name, samples)) in series.iter().enumerate() {
+            let s = crate::stats::sorted(samples);
+            let Some(first) = s.first() else { continue };
+            let color = COLORS[i % COLORS.len()];
+            let n = s.len() as f64;
+            let mut steps = vec![(x.at(*first), 0.0)];
+            for (k, v) in s.iter().enumerate() {
+                steps.push((x.at(*v), k as f64 / n));
+                steps.push((x.at(*v), (k + 1) as f64 / n));
+            }
+            c.draw_series(LineSeries::new(steps, color.stroke_width(2)))?;
+            legend.push((format!("{name} (n={})", s.len()), color, false));
         }
-        let _ = writeln!(
-            c.out,
-            r#"<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>"#
-        );
-        c.legend(legend, &format!("{name} (n={})", s.len()), color, false);
-        legend += 1;
-    }
-    c.finish()
+        Ok(legend)
+    })
 }
 
 /// Lines through points (x, y) per series, markers at the points.
@@ -319,71 +293,40 @@ pub fn lines(
     refs: &[RefLine],
     log_x: bool,
 ) -> String {
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|(_, p)| p.iter().copied()).collect();
-    let fold = |f: fn(f64, f64) -> f64, init: f64, sel: fn(&(f64, f64)) -> f64| {
-        pts.iter().map(sel).filter(|v| v.is_finite()).fold(init, f)
+    let finite = |sel: fn(&(f64, f64)) -> f64| {
+        series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(sel))
+            .filter(|v| v.is_finite())
+            .collect::<Vec<f64>>()
     };
-    let (xlo, xhi) = (
-        fold(f64::min, f64::INFINITY, |p| p.0),
-        fold(f64::max, f64::NEG_INFINITY, |p| p.0),
-    );
-    let yhi = fold(f64::max, f64::NEG_INFINITY, |p| p.1).max(
-        refs.iter()
-            .map(|r| r.value)
-            .fold(f64::NEG_INFINITY, f64::max),
-    );
-    let (xlo, xhi) = if xlo.is_finite() {
-        (xlo, xhi)
-    } else {
-        (1.0, 10.0)
+    let (xs, ys) = (finite(|p| p.0), finite(|p| p.1));
+    let (xlo, xhi) = match (
+        xs.iter().copied().reduce(f64::min),
+        xs.iter().copied().reduce(f64::max),
+    ) {
+        (Some(a), Some(b)) => (a, b),
+        _ => (1.0, 10.0),
     };
-    let yhi = if yhi.is_finite() { yhi * 1.05 } else { 1.0 };
-    let x = Axis::new(xlo, xhi, log_x);
-    let y = Axis::new(0.0, yhi, false);
-    let mut c = Canvas::new(title, x, y, x_label, y_label);
-    let mut legend = 0;
-    for (i, r) in refs.iter().enumerate() {
-        let color = ref_color(i);
-        c.hline(r, color);
-        c.legend(legend, &r.label, color, true);
-        legend += 1;
-    }
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
-        let mut d = String::new();
-        for (k, (px, py)) in points.iter().enumerate() {
-            let _ = write!(
-                d,
-                "{}{:.1},{:.1} ",
-                if k == 0 { "M" } else { "L" },
-                c.px(*px),
-                c.py(*py)
-            );
+    let yhi = ys
+        .iter()
+        .copied()
+        .chain(refs.iter().map(|r| r.value))
+        .reduce(f64::max)
+        .map_or(1.0, |v| v * 1.05);
+    let (x, y) = (Axis::new(xlo, xhi, log_x), Axis::new(0.0, yhi, false));
+    render(title, |area| {
+        let mut c = chart(area, (x, y), (x_label, y_label), None)?;
+        let mut legend = hlines(&mut c, refs, (x, y))?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let pts: Vec<(f64, f64)> = points.iter().map(|&(px, py)| (x.at(px), py)).collect();
+            c.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?;
+            c.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            legend.push((name.clone(), color, false));
         }
-        let _ = writeln!(
-            c.out,
-            r#"<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>"#
-        );
-        for (px, py) in points {
-            let _ = writeln!(
-                c.out,
-                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{color}"/>"#,
-                c.px(*px),
-                c.py(*py)
-            );
-        }
-        c.legend(legend, name, color, false);
-        legend += 1;
-    }
-    c.finish()
-}
-
-/// One bar: its value and the (min, max) of repetitions, if any.
-#[derive(Debug, Clone)]
-pub struct Bar {
-    pub series: String,
-    pub value: f64,
-    pub range: Option<(f64, f64)>,
+        Ok(legend)
+    })
 }
 
 /// Grouped bars (one group per label), with horizontal reference lines.
@@ -397,82 +340,55 @@ pub fn bars(title: &str, y_label: &str, groups: &[(String, Vec<Bar>)], refs: &[R
         .chain(refs.iter().map(|r| r.value))
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max);
-    let x = Axis {
-        lo: 0.0,
-        hi: 1.0,
-        log: false,
-    };
+    let mut names: Vec<&str> = Vec::new();
+    for b in groups.iter().flat_map(|(_, bs)| bs) {
+        if !names.contains(&b.series.as_str()) {
+            names.push(&b.series);
+        }
+    }
+    // Group g is centred on x = g; ticks fall on the integers.
+    let n = groups.len().max(1);
+    let x = Axis::new(-0.5, n as f64 - 0.5, false);
     let y = Axis::new(0.0, if yhi > 0.0 { yhi * 1.1 } else { 1.0 }, false);
-    let mut c = Canvas::new(title, x, y, "", y_label);
-    // The canvas drew x ticks 0..1; cover them (bars have category labels).
-    let _ = writeln!(
-        c.out,
-        r#"<rect x="{}" y="{}" width="{}" height="20" fill="white"/>"#,
-        LEFT - 20.0,
-        H - BOTTOM + 2.0,
-        W - LEFT - RIGHT + 40.0
-    );
-    let mut names: Vec<String> = Vec::new();
-    for (_, bs) in groups {
-        for b in bs {
-            if !names.contains(&b.series) {
-                names.push(b.series.clone());
+    render(title, |area| {
+        let group = |p: &f64| {
+            let g = p.round();
+            match groups.get(g as usize) {
+                Some((label, _)) if (p - g).abs() < 1e-6 && g >= 0.0 => label.clone(),
+                _ => String::new(),
+            }
+        };
+        let mut c = chart(area, (x, y), ("", y_label), Some(&group))?;
+        let bw = 0.8 / names.len().max(1) as f64;
+        for (g, (_, bs)) in groups.iter().enumerate() {
+            for b in bs {
+                let si = names.iter().position(|s| *s == b.series).unwrap_or(0);
+                let color = COLORS[si % COLORS.len()];
+                let x0 = g as f64 - 0.4 + bw * si as f64;
+                let (mid, top) = (x0 + bw * 0.5, b.value.max(0.0));
+                c.draw_series([Rectangle::new(
+                    [(x0 + bw * 0.05, 0.0), (x0 + bw * 0.95, top)],
+                    color.filled(),
+                )])?;
+                c.draw_series([Text::new(
+                    fmt_num((b.value * 10.0).round() / 10.0),
+                    (mid, top),
+                    (FONT, 10)
+                        .into_font()
+                        .into_text_style(area)
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                )])?;
+                if let Some((lo, hi)) = b.range {
+                    c.draw_series([PathElement::new(vec![(mid, lo), (mid, hi)], BLACK)])?;
+                }
             }
         }
-    }
-    let plot_w = W - LEFT - RIGHT;
-    let gw = plot_w / groups.len().max(1) as f64;
-    let bw = (gw * 0.8) / names.len().max(1) as f64;
-    for (gi, (label, bs)) in groups.iter().enumerate() {
-        let gx = LEFT + gw * gi as f64 + gw * 0.1;
-        let _ = writeln!(
-            c.out,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-            LEFT + gw * (gi as f64 + 0.5),
-            H - BOTTOM + 16.0,
-            esc(label)
-        );
-        for b in bs {
-            let si = names.iter().position(|n| *n == b.series).unwrap_or(0);
-            let color = COLORS[si % COLORS.len()];
-            let x = gx + bw * si as f64;
-            let (y0, y1) = (c.py(0.0), c.py(b.value.max(0.0)));
-            let _ = writeln!(
-                c.out,
-                r#"<rect x="{x:.1}" y="{y1:.1}" width="{:.1}" height="{:.1}" fill="{color}"/>"#,
-                bw * 0.9,
-                (y0 - y1).max(0.0)
-            );
-            let _ = writeln!(
-                c.out,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="10">{}</text>"#,
-                x + bw * 0.45,
-                y1 - 4.0,
-                fmt_num((b.value * 10.0).round() / 10.0)
-            );
-            if let Some((lo, hi)) = b.range {
-                let cx = x + bw * 0.45;
-                let _ = writeln!(
-                    c.out,
-                    r#"<line x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="black"/>"#,
-                    c.py(lo),
-                    c.py(hi)
-                );
-            }
+        let mut legend = hlines(&mut c, refs, (x, y))?;
+        for (i, name) in names.iter().enumerate() {
+            legend.push((name.to_string(), COLORS[i % COLORS.len()], false));
         }
-    }
-    let mut legend = 0;
-    for (i, r) in refs.iter().enumerate() {
-        let color = ref_color(i);
-        c.hline(r, color);
-        c.legend(legend, &r.label, color, true);
-        legend += 1;
-    }
-    for (i, n) in names.iter().enumerate() {
-        c.legend(legend, n, COLORS[i % COLORS.len()], false);
-        legend += 1;
-    }
-    c.finish()
+        Ok(legend)
+    })
 }
 
 #[cfg(test)]
@@ -488,8 +404,11 @@ mod tests {
             &[RefLine::new("thesis", 16.6)],
             false,
         );
-        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
-        assert!(s.contains("<path"));
+        assert!(
+            s.starts_with("<svg") && s.trim_end().ends_with("</svg>"),
+            "{s}"
+        );
+        assert!(s.contains("<polyline") && s.contains("thesis") && s.contains("a (n=3)"));
         let l = lines(
             "t",
             "entries",
@@ -498,7 +417,7 @@ mod tests {
             &[],
             true,
         );
-        assert!(l.contains("1M") && l.contains("<circle"));
+        assert!(l.contains("1M") && l.contains("<circle"), "{l}");
         let b = bars(
             "t",
             "Mbit/s",
@@ -512,7 +431,7 @@ mod tests {
             )],
             &[],
         );
-        assert!(b.contains("<rect"));
+        assert!(b.contains("<rect") && b.contains("TCP"), "{b}");
         assert_eq!(fmt_num(0.25), "0.25");
         assert_eq!(fmt_num(100000.0), "100k");
     }

@@ -68,17 +68,27 @@ fn quick_mode_produces_samples_for_every_experiment() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(status.success(), "bench all --quick failed: {status}");
+    // Nothing of the run is left: its namespaces and wireguard-go sockets
+    // are named lw<tag><pid % 10000>….
+    let pid = child.id() % 10_000;
+    let ours = |name: &str| {
+        ["lwb", "lwld", "lwrg"]
+            .iter()
+            .any(|tag| name.starts_with(&format!("{tag}{pid}")))
+    };
+    for dir in ["/var/run/netns", "/var/run/wireguard"] {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| ours(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "the bench left in {dir}: {left:?}");
+    }
     eprintln!("bench all --quick took {:.0} s", t0.elapsed().as_secs_f64());
 
-    for name in [
-        "throughput",
-        "cache-add",
-        "first-packet",
-        "ms-scale",
-        "register",
-        "handover",
-        "agent",
-    ] {
+    for name in bench::exp::EXPERIMENTS.iter().map(|e| e.name) {
         let path = out.path().join(format!("{name}.json"));
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

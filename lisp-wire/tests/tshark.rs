@@ -2,12 +2,11 @@
 //! (tshark) to the fields we put in, with no malformed packet, no error
 //! expert info and no undissected bytes (DESIGN.md, "Wire format").
 //!
-//! The payloads go through the pipeline DESIGN.md names,
-//! `od -Ax -tx1 -v | text2pcap -q -u 61000,4342`, then
-//! `tshark -T json -e <fields>` with IP and UDP checksum validation on, so the
-//! inner checksums of an ECM are checked by Wireshark too. Several payloads go
-//! into one capture (od offsets restart at 0 for each packet) so that a test
-//! costs one tshark start.
+//! The payloads go through the testbed's tshark pipeline (`testbed::tshark`),
+//! the one DESIGN.md names: `od -Ax -tx1 -v | text2pcap -q -u 61000,4342`,
+//! then `tshark -T json -e <fields>` with IP and UDP checksum validation on,
+//! so the inner checksums of an ECM are checked by Wireshark too, several
+//! payloads in one capture.
 //!
 //! WireGuard locators are AFI-List LCAFs (see `lisp_wire::mapping`), which
 //! Wireshark 4.0 dissects item by item: the plain RLOC, the Security Key LCAF
@@ -29,287 +28,23 @@ mod common;
 use lisp_wire::*;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
-use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use testbed::tshark::{decode_payloads, Frame, CHECKSUM_GOOD, SEVERITY_ERROR};
 
 // ---------------------------------------------------------------------------
-// The tshark helper
+// The tshark pipeline is the testbed's
 // ---------------------------------------------------------------------------
 
-/// The fields asked from tshark. An unknown name makes tshark fail, so a
-/// renamed field is an error, not a silently empty list.
-const FIELDS: &[&str] = &[
-    "frame.protocols",
-    "_ws.malformed",
-    "_ws.expert.severity",
-    "_ws.expert.message",
-    "ip.src",
-    "ip.dst",
-    "ip.checksum.status",
-    "ipv6.src",
-    "ipv6.dst",
-    "udp.srcport",
-    "udp.dstport",
-    "udp.checksum.status",
-    "lisp.type",
-    "lisp.nonce",
-    "lisp.records",
-    "lisp.irc",
-    "lisp.mreq.flags.mrp",
-    "lisp.mreq.srceid.afi",
-    "lisp.mreq.srceid.ipv4",
-    "lisp.mreq.srceid_ipv6",
-    "lisp.mreq.itr_rloc_ipv4",
-    "lisp.mreq.itr_rloc_ipv6",
-    "lisp.mreq.record.prefix.length",
-    "lisp.mreq.record.prefix.afi",
-    "lisp.mreq.record.prefix.ipv4",
-    "lisp.mreq.record.prefix.ipv6",
-    "lisp.mreg.flags.pmr",
-    "lisp.mreg.flags.sec",
-    "lisp.mreg.flags.xtrid",
-    "lisp.mreg.flags.rtr",
-    "lisp.mreg.flags.wmn",
-    "lisp.mnot.flags.xtrid",
-    "lisp.keyid",
-    "lisp.authlen",
-    "lisp.auth",
-    "lisp.xtrid",
-    "lisp.siteid",
-    "lisp.mapping.ttl",
-    "lisp.mapping.loccnt",
-    "lisp.mapping.eid.masklen",
-    "lisp.mapping.act",
-    "lisp.mapping.auth",
-    "lisp.mapping.ver",
-    "lisp.mapping.eid.afi",
-    "lisp.mapping.eid.ipv4",
-    "lisp.mapping.eid.ipv6",
-    "lisp.lcaf.type",
-    "lisp.lcaf.length",
-    "lisp.lcaf.iid",
-    "lisp.lcaf.iid.afi",
-    "lisp.lcaf.iid.ipv4",
-    "lisp.lcaf.iid.ipv6",
-    "lisp.lcaf.afi_list.afi",
-    "lisp.lcaf.afi_list.ipv4",
-    "lisp.lcaf.afi_list.ipv6",
-    "lisp.lcaf.natt.msport",
-    "lisp.lcaf.natt.etrport",
-    "lisp.lcaf.natt.rloc.afi",
-    "lisp.lcaf.natt.rloc.ipv4",
-    "lisp.lcaf.natt.rloc.ipv6",
-    "lisp.loc.priority",
-    "lisp.loc.weight",
-    "lisp.loc.multicast_priority",
-    "lisp.loc.multicast_weight",
-    "lisp.loc.afi",
-    "lisp.loc.locator",
-    "lisp.loc.flags.local",
-    "lisp.loc.flags.probe",
-    "lisp.loc.flags.reach",
-    "lisp.undecoded",
-    "data.data",
-    "data.len",
-];
-
-/// `_ws.expert.severity` of PI_ERROR; PI_WARN is 0x00600000.
-const SEVERITY_ERROR: u64 = 0x0080_0000;
-/// `*.checksum.status` value for a verified, good checksum.
-const CHECKSUM_GOOD: &str = "1";
-
-/// One decoded packet: the `-e` fields, each with all its occurrences in
-/// dissection order.
-struct Frame {
-    layers: serde_json::Map<String, Value>,
-}
-
-impl Frame {
-    /// Every occurrence of `field` (empty when absent).
-    fn all(&self, field: &str) -> Vec<&str> {
-        assert!(FIELDS.contains(&field), "{field} is not in FIELDS");
-        match self.layers.get(field) {
-            None => Vec::new(),
-            Some(Value::Array(v)) => v.iter().map(|x| x.as_str().unwrap_or("?")).collect(),
-            Some(other) => panic!("{field}: unexpected JSON {other}"),
-        }
-    }
-
-    /// The single occurrence of `field`.
-    fn one(&self, field: &str) -> &str {
-        match self.all(field)[..] {
-            [v] => v,
-            ref v => panic!("{field}: expected one value, got {v:?}\n{self}"),
-        }
-    }
-
-    fn has(&self, field: &str) -> bool {
-        !self.all(field).is_empty()
-    }
-
-    /// `field` occurs exactly with `want`, in this order.
-    #[track_caller]
-    fn expect(&self, field: &str, want: &[&str]) {
-        assert_eq!(self.all(field), want, "field {field}\n{self}");
-    }
-
-    /// Wireshark found nothing wrong: no malformed packet, no expert info of
-    /// Error severity (warnings, e.g. the undissected Security Key, are
-    /// allowed), and every checksum it verified is good.
-    #[track_caller]
-    fn assert_no_errors(&self) {
-        assert!(!self.has("_ws.malformed"), "malformed packet\n{self}");
-        let severities = self.all("_ws.expert.severity");
-        let messages = self.all("_ws.expert.message");
-        for (i, s) in severities.iter().enumerate() {
-            let sev: u64 = s.parse().unwrap_or_else(|_| panic!("severity {s:?}"));
-            assert!(
-                sev < SEVERITY_ERROR,
-                "expert info of error severity: {:?}\n{self}",
-                messages.get(i)
-            );
-        }
-        for field in ["ip.checksum.status", "udp.checksum.status"] {
-            for s in self.all(field) {
-                assert_eq!(s, CHECKSUM_GOOD, "{field} is not good\n{self}");
-            }
-        }
-    }
-
-    /// No errors, and LISP dissected every byte: nothing was left to the
-    /// generic `data` dissector.
-    #[track_caller]
-    fn assert_clean(&self) {
-        self.assert_no_errors();
-        let protocols = self.one("frame.protocols");
-        assert!(
-            protocols.ends_with(":lisp") && !protocols.split(':').any(|p| p == "data"),
-            "bytes left undissected after LISP: {protocols}\n{self}"
-        );
-    }
-
-    /// What can be checked of a Map-Notify-Ack, which Wireshark 4.0 shows as
-    /// "Unknown (5)" and hands whole to the `data` dissector: no errors, the
-    /// type, and that exactly our payload reached it.
-    #[track_caller]
-    fn assert_clean_notify_ack(&self, payload: &[u8]) {
-        self.assert_no_errors();
-        assert!(
-            self.one("frame.protocols").ends_with(":lisp:data"),
-            "{self}"
-        );
-        assert_eq!(self.all("lisp.type").last(), Some(&"5"), "{self}");
-        self.expect("data.data", &[&hex(payload)]);
-        self.expect("data.len", &[&payload.len().to_string()]);
-    }
-}
-
-impl std::fmt::Display for Frame {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let json = serde_json::to_string_pretty(&self.layers).map_err(|_| std::fmt::Error)?;
-        write!(f, "tshark fields: {json}")
-    }
-}
-
-/// Runs `cmd` with `input` on its stdin and returns its stdout; `note` is
-/// added to the failure message.
-fn run(cmd: &mut Command, input: Option<&[u8]>, note: &str) -> Vec<u8> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let name = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {name}: {e}. This test needs tshark and text2pcap: \
-                 run scripts/test.sh, or `apt-get install tshark`"
-            )
-        });
-    // Feed stdin from another thread so that a child filling its stdout
-    // pipe cannot deadlock us. A write error (the child exited early) shows
-    // up as a failed exit status below.
-    let out = std::thread::scope(|s| {
-        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-            s.spawn(move || stdin.write_all(input));
-        }
-        child.wait_with_output()
-    })
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{name} failed ({}): {}{note}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// Decodes each payload as one UDP datagram 61000 → 4342 and returns the
-/// frames in order. The capture is kept (and its path printed) if tshark
-/// fails or its output does not match the payloads.
-fn tshark(payloads: &[Vec<u8>]) -> Vec<Frame> {
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let mut dump = Vec::new();
-    for p in payloads {
-        dump.extend(run(
-            Command::new("od").args(["-Ax", "-tx1", "-v"]),
-            Some(p),
-            "",
-        ));
-    }
-    let dir: PathBuf = std::env::temp_dir().join(format!(
-        "lisp-wire-tshark-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pcap = dir.join("msgs.pcap");
-    let pcap_s = pcap.to_str().unwrap();
-    run(
-        Command::new("text2pcap").args(["-q", "-u", "61000,4342", "-", pcap_s]),
-        Some(&dump),
-        "",
-    );
-    let mut cmd = Command::new("tshark");
-    cmd.args(["-n", "-r", pcap_s])
-        .args(["-o", "ip.check_checksum:TRUE"])
-        .args(["-o", "udp.check_checksum:TRUE"])
-        .args(["-T", "json"]);
-    for f in FIELDS {
-        cmd.args(["-e", f]);
-    }
-    let kept = format!("; capture kept at {}", pcap.display());
-    let out = run(&mut cmd, None, &kept);
-    let json: Value =
-        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("tshark JSON: {e}{kept}"));
-    let frames: Vec<Frame> = json
-        .as_array()
-        .expect("tshark JSON is an array of packets")
-        .iter()
-        .map(|p| Frame {
-            layers: p["_source"]["layers"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        })
-        .collect();
-    assert_eq!(
-        frames.len(),
-        payloads.len(),
-        "tshark saw another number of packets{kept}"
-    );
-    std::fs::remove_dir_all(&dir).ok();
-    frames
+/// What can be checked of a Map-Notify-Ack, which Wireshark 4.0 shows as
+/// "Unknown (5)" and hands whole to the `data` dissector: no errors, the
+/// type, and that exactly our payload reached it.
+#[track_caller]
+fn assert_clean_notify_ack(f: &Frame, payload: &[u8]) {
+    f.assert_no_errors();
+    assert!(f.one("frame.protocols").ends_with(":lisp:data"), "{f}");
+    assert_eq!(f.all("lisp.type").last(), Some(&"5"), "{f}");
+    f.expect("data.data", &[&hex(payload)]);
+    f.expect("data.len", &[&payload.len().to_string()]);
 }
 
 /// Encodes `msg`, checks lisp-wire reads it back, and decodes it with tshark.
@@ -320,7 +55,7 @@ fn decode(msg: &Message) -> Frame {
 
 fn decode_bytes(bytes: Vec<u8>) -> Frame {
     parse(&bytes).expect("lisp-wire parses its own output");
-    let frame = tshark(&[bytes]).pop().unwrap();
+    let frame = decode_payloads(&[bytes]).pop().unwrap();
     frame.assert_clean();
     frame
 }
@@ -741,7 +476,7 @@ fn checker_flags_a_truncated_message() {
         .encode()
         .unwrap();
     bytes.truncate(60);
-    let frame = tshark(&[bytes]).pop().unwrap();
+    let frame = decode_payloads(&[bytes]).pop().unwrap();
     assert!(frame.has("_ws.malformed"), "{frame}");
     assert!(frame
         .all("_ws.expert.severity")
@@ -1116,9 +851,9 @@ fn map_notify_ack() {
     assert!(matches!(parse(&ack), Ok(Message::MapNotifyAck(_))));
     let mut as_notify = ack.clone();
     as_notify[0] = (as_notify[0] & 0x0f) | (TYPE_MAP_NOTIFY << 4);
-    let frames = tshark(&[ack.clone(), as_notify]);
+    let frames = decode_payloads(&[ack.clone(), as_notify]);
 
-    frames[0].assert_clean_notify_ack(&ack);
+    assert_clean_notify_ack(&frames[0], &ack);
 
     let f = &frames[1];
     f.assert_clean();
@@ -1247,12 +982,12 @@ fn random_messages_decode_cleanly() {
     for (p, m) in payloads.iter().zip(&msgs) {
         assert_eq!(parse(p).as_ref(), Ok(m));
     }
-    let frames = tshark(&payloads);
+    let frames = decode_payloads(&payloads);
     let mut failures = Vec::new();
     for (i, (f, m)) in frames.iter().zip(&msgs).enumerate() {
         let checked = std::panic::catch_unwind(|| {
             if let Some(ack) = notify_ack_bytes(m) {
-                f.assert_clean_notify_ack(&ack)
+                assert_clean_notify_ack(f, &ack)
             } else {
                 f.assert_clean()
             }

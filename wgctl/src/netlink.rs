@@ -602,8 +602,10 @@ fn usable(msg: &AddressMessage) -> bool {
         AddressAttribute::Flags(f) => Some(*f),
         _ => None,
     });
-    let bad_header = header.intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed);
-    let bad = flags.is_some_and(|f| f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed));
+    let bad_header =
+        header.intersects(AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed);
+    let bad =
+        flags.is_some_and(|f| f.intersects(AddressFlags::Tentative | AddressFlags::Dadfailed));
     !(bad_header || bad)
 }
 

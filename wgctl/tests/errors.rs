@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{unique, Netns, NsRuntime};
+use testbed::{unique, Netns, NsRuntime};
 use wgctl::{
     keys::{PrivateKey, PublicKey},
     Backend, BackendKind, Error, Host, IpPrefix, KernelSupport, PeerConfig, RouteSpec,
@@ -27,8 +27,8 @@ async fn bad_input_gives_typed_errors() {
         Err(Error::InvalidPrefix(_))
     ));
 
-    let ns = Netns::new("err");
-    let rt = NsRuntime::new(&ns);
+    let ns = Netns::new("err").unwrap();
+    let rt = NsRuntime::new(&ns).unwrap();
     let wg_name = unique("erw");
     rt.run(move || async move {
         let host = Host::open().await.unwrap();
@@ -127,8 +127,8 @@ async fn bad_input_gives_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_backend_selection_and_missing_module() {
     common::require_root_and_wireguard_go();
-    let ns = Netns::new("krn");
-    let rt = NsRuntime::new(&ns);
+    let ns = Netns::new("krn").unwrap();
+    let rt = NsRuntime::new(&ns).unwrap();
     let host = Arc::new(rt.run(|| async { Host::open().await.unwrap() }).await);
     let name = unique("krw");
     let (support, auto, forced, auto_created) = rt
@@ -184,6 +184,6 @@ async fn kernel_backend_selection_and_missing_module() {
         }
     }
     // The probe's throwaway link is gone too.
-    assert!(!ns.ip_output(&["-o", "link"]).contains("wgp"));
+    assert!(!ns.ip(&["-o", "link"]).unwrap().contains("wgp"));
     drop(Arc::into_inner(host).expect("sole owner"));
 }

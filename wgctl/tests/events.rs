@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{unique, veth, Netns, NsRuntime};
+use testbed::{unique, veth, Netns, NsRuntime};
 use wgctl::{Host, IpPrefix, NetEvent, NetEvents};
 
 /// Generous bound for a noisy machine; the target is 50 ms and the measured
@@ -34,13 +34,13 @@ async fn wait_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn address_change_on_a_veth_is_reported_quickly() {
     common::require_root_and_wireguard_go();
-    let ns = Netns::new("eva");
-    let peer_ns = Netns::new("evb");
+    let ns = Netns::new("eva").unwrap();
+    let peer_ns = Netns::new("evb").unwrap();
     let veth_a = unique("evv");
     let veth_b = unique("evv");
-    veth(&ns, &veth_a, &peer_ns, &veth_b);
-    peer_ns.ip(&["link", "set", &veth_b, "up"]);
-    let rt = NsRuntime::new(&ns);
+    veth(&ns, &veth_a, &peer_ns, &veth_b).unwrap();
+    peer_ns.ip(&["link", "set", &veth_b, "up"]).unwrap();
+    let rt = NsRuntime::new(&ns).unwrap();
 
     let ifname = veth_a.clone();
     let (added, removed) = rt
@@ -115,13 +115,13 @@ async fn address_change_on_a_veth_is_reported_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_made_outside_wgctl_and_link_state_are_reported() {
     common::require_root_and_wireguard_go();
-    let ns = Netns::new("evc");
-    let peer_ns = Netns::new("evd");
+    let ns = Netns::new("evc").unwrap();
+    let peer_ns = Netns::new("evd").unwrap();
     let veth_a = unique("evv");
     let veth_b = unique("evv");
-    veth(&ns, &veth_a, &peer_ns, &veth_b);
-    peer_ns.ip(&["link", "set", &veth_b, "up"]);
-    let rt = NsRuntime::new(&ns);
+    veth(&ns, &veth_a, &peer_ns, &veth_b).unwrap();
+    peer_ns.ip(&["link", "set", &veth_b, "up"]).unwrap();
+    let rt = NsRuntime::new(&ns).unwrap();
 
     let host = std::sync::Arc::new(rt.run(|| async { Host::open().await.unwrap() }).await);
     let net = host.netlink();
@@ -133,7 +133,8 @@ async fn changes_made_outside_wgctl_and_link_state_are_reported() {
     // An address appearing from elsewhere (as DHCP would add it): the harness
     // adds it, wgctl only reports it.
     let start = Instant::now();
-    ns.ip(&["addr", "add", "198.51.100.7/24", "dev", &veth_a]);
+    ns.ip(&["addr", "add", "198.51.100.7/24", "dev", &veth_a])
+        .unwrap();
     let event = wait_for(&mut events, EVENT_BOUND, |e| {
         matches!(e, NetEvent::AddressAdded { .. })
     })
@@ -187,6 +188,7 @@ async fn changes_made_outside_wgctl_and_link_state_are_reported() {
         .expect("shutdown");
     // The externally added address was not wgctl's, so it stays.
     assert!(ns
-        .ip_output(&["-o", "addr", "show", "dev", &veth_a])
+        .ip(&["-o", "addr", "show", "dev", &veth_a])
+        .unwrap()
         .contains("198.51.100.7"));
 }

@@ -40,7 +40,7 @@ async fn missed_packet_is_captured_then_reinjected_and_answered() {
     .expect("route to A's EID on B");
 
     // On A, the whole overlay goes to the miss TUN at low priority.
-    let tun_name = common::unique("mit");
+    let tun_name = testbed::unique("mit");
     let host_a = a.host();
     let (tun, reinjector) =
         a.rt.run({

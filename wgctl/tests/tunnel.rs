@@ -6,7 +6,8 @@ mod common;
 
 use std::{process::Stdio, sync::Arc, time::Duration};
 
-use common::{is_live_wireguard_go, socket_path, wait_until, Netns, NsRuntime};
+use testbed::leftovers::{is_live_wireguard_go, socket_path};
+use testbed::{wait_until, Netns, NsRuntime};
 use wgctl::{keys::PrivateKey, Backend, BackendKind, Error, Host, IpPrefix, RouteSpec};
 
 /// Sum of "N received" from ping's summary line.
@@ -182,7 +183,7 @@ async fn userspace_tunnel_traffic_readback_endpoint_change_and_removal() {
         !is_live_wireguard_go(pid_before),
         "wireguard-go {pid_before} left running"
     );
-    let veth_addrs = a.ns.ip_output(&["-o", "addr", "show", "dev", &a.veth]);
+    let veth_addrs = a.ns.ip(&["-o", "addr", "show", "dev", &a.veth]).unwrap();
     assert!(
         !veth_addrs.contains("192.0.2.1") && !veth_addrs.contains("198.51.100.1"),
         "addresses left on the veth: {veth_addrs}"
@@ -231,11 +232,11 @@ async fn dead_wireguard_go_is_restarted_and_reconfigured() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_host_removes_everything_it_created() {
     common::require_root_and_wireguard_go();
-    let ns = Netns::new("dr");
-    let rt = NsRuntime::new(&ns);
+    let ns = Netns::new("dr").unwrap();
+    let rt = NsRuntime::new(&ns).unwrap();
     let host = Arc::new(rt.run(|| async { Host::open().await.unwrap() }).await);
-    let wg_name = common::unique("drw");
-    let tun_name = common::unique("drt");
+    let wg_name = testbed::unique("drw");
+    let tun_name = testbed::unique("drt");
     let (wg, tun) = rt
         .run({
             let host = host.clone();
@@ -267,7 +268,7 @@ async fn dropping_the_host_removes_everything_it_created() {
         .expect("create resources through wgctl");
 
     let pid = wg.wireguard_go_pid().expect("pid");
-    let routes = ns.ip_output(&["route", "show"]);
+    let routes = ns.ip(&["route", "show"]).unwrap();
     assert!(
         routes.contains(&format!("10.0.0.0/8 dev {tun_name}")),
         "{routes}"
@@ -285,7 +286,7 @@ async fn dropping_the_host_removes_everything_it_created() {
     // on the host's own namespace.
     drop(Arc::into_inner(host).expect("sole owner of host"));
 
-    let routes = ns.ip_output(&["route", "show"]);
+    let routes = ns.ip(&["route", "show"]).unwrap();
     assert!(
         !routes.contains("10.0.0.0/8") && !routes.contains("10.8.0.0/24"),
         "{routes}"

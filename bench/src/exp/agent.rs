@@ -1,7 +1,6 @@
 //! agent: the xtr's memory and CPU when idle, and with 1 000 cached peers.
 
 use super::{progress, Ctx, Outcome, Produced, Started};
-use crate::lab::{self, Lab, LabOptions, Robot};
 use crate::report::{Figure, Series};
 use crate::svg::{self, Bar, RefLine};
 use crate::sys;
@@ -9,6 +8,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
+use testbed::Lab;
 
 const NAME: &str = "agent";
 /// "≈ 0": at most this share of one core, in percent.
@@ -19,7 +19,7 @@ const RSS_MAX_MIB: f64 = 20.0;
 const NET: u8 = 4;
 
 fn eid(i: u32) -> Ipv4Addr {
-    lab::numbered_eid(NET, i)
+    super::numbered_eid(NET, i)
 }
 
 /// One observation window of a process.
@@ -37,7 +37,7 @@ fn observe(pid: u32, window: Duration) -> Result<Usage> {
         sys::context_switches(pid)?,
         Instant::now(),
     );
-    sys::sleep(window)?;
+    testbed::sleep(window)?;
     let (c1, w1, dt) = (
         sys::cpu_seconds(pid)?,
         sys::context_switches(pid)?,
@@ -46,15 +46,15 @@ fn observe(pid: u32, window: Duration) -> Result<Usage> {
     let (rss_kib, hwm_kib) = sys::rss_kib(pid)?;
     Ok(Usage {
         cpu_percent: (c1 - c0) / dt * 100.0,
-        wakeups_per_s: (w1 - w0) as f64 / dt,
+        wakeups_per_s: sys::wakeups_between(&w0, &w1) as f64 / dt,
         rss_kib,
         hwm_kib,
     })
 }
 
 fn peers(lab: &Lab) -> Result<f64> {
-    let m = lab.xtr_metrics(Robot::A)?;
-    lab::metric(&m, "lispwg_xtr_peers").context("the agent's /metrics has no lispwg_xtr_peers")
+    let m = lab.fetch("robot-a", "/metrics")?;
+    testbed::metric(&m, "lispwg_xtr_peers").context("the agent's /metrics has no lispwg_xtr_peers")
 }
 
 pub fn run(ctx: &Ctx) -> Result<Produced> {
@@ -65,23 +65,15 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         (1000, Duration::from_secs(10), Duration::from_secs(3))
     };
     let dir = ctx.dir(NAME)?;
-    let static_mappings = lab::unreachable_mappings(NET, n);
+    let static_mappings = super::unreachable_mappings(NET, n);
     progress(
         NAME,
         format!("bringing up the lab; {n} static mappings with distinct keys"),
     );
-    let mut lab = Lab::up(
-        &ctx.bins,
-        &dir.join("lab"),
-        LabOptions {
-            static_mappings,
-            robot_b: false,
-            ..LabOptions::default()
-        },
-    )?;
-    let pid = lab.robot_pid(Robot::A).context("robot-a's agent")?;
+    let mut lab = super::lab(ctx, &dir.join("lab"), static_mappings, false)?;
+    let pid = lab.pid("robot-a").context("robot-a's agent")?;
     let wg_pid = sys::children_named(pid, "wireguard-go").first().copied();
-    sys::sleep(settle)?;
+    testbed::sleep(settle)?;
     progress(
         NAME,
         format!("idle: observing the agent for {} s", window.as_secs()),
@@ -92,14 +84,14 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         .transpose()?;
 
     progress(NAME, format!("resolving {n} EIDs (one datagram each)"));
-    let sock = lab.a.enter(|| UdpSocket::bind("0.0.0.0:0"))??;
+    let sock = lab.ns("robot-a").run(|| UdpSocket::bind("0.0.0.0:0"))??;
     let t0 = Instant::now();
     for chunk_start in (0..n).step_by(100) {
         let end = (chunk_start + 100).min(n);
         for i in chunk_start..end {
             sock.send_to(b"lispwg bench: agent", (eid(i), 9))?;
         }
-        sys::wait_for(
+        testbed::wait_for(
             Duration::from_secs(60),
             Duration::from_millis(20),
             &format!("{end} data peers"),
@@ -111,7 +103,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     }
     let resolve_s = t0.elapsed().as_secs_f64();
     progress(NAME, format!("{n} peers programmed in {resolve_s:.1} s"));
-    sys::sleep(settle)?;
+    testbed::sleep(settle)?;
     progress(
         NAME,
         format!("{n} peers: observing the agent for {} s", window.as_secs()),

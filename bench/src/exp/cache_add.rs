@@ -4,15 +4,15 @@
 //! sample).
 
 use super::{ms, progress, Ctx, Outcome, Produced, Started};
-use crate::lab::{self, Lab, LabOptions, Robot};
 use crate::report::{Figure, Series};
 use crate::stats::summarize;
 use crate::svg::{self, RefLine};
-use crate::sys;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
+use testbed::topology::NOWHERE;
+use testbed::Lab;
 
 const NAME: &str = "cache-add";
 
@@ -20,14 +20,14 @@ const NAME: &str = "cache-add";
 const NET: u8 = 3;
 
 fn eid(i: u32) -> Ipv4Addr {
-    lab::numbered_eid(NET, i)
+    super::numbered_eid(NET, i)
 }
 
 /// (sum in seconds, count, peers) from the agent's metrics.
 fn reading(lab: &Lab) -> Result<(f64, f64, f64)> {
-    let m = lab.xtr_metrics(Robot::A)?;
+    let m = lab.fetch("robot-a", "/metrics")?;
     let get = |name: &str| {
-        lab::metric(&m, name).with_context(|| format!("the agent's /metrics has no {name}"))
+        testbed::metric(&m, name).with_context(|| format!("the agent's /metrics has no {name}"))
     };
     Ok((
         get("lispwg_xtr_cache_add_seconds_sum")?,
@@ -40,23 +40,15 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     let started = Started::now();
     let n: u32 = if ctx.quick { 10 } else { 100 };
     let dir = ctx.dir(NAME)?;
-    let static_mappings = lab::unreachable_mappings(NET, n);
+    let static_mappings = super::unreachable_mappings(NET, n);
     progress(
         NAME,
         format!(
             "bringing up the lab; the map-server serves {n} static mappings with distinct keys"
         ),
     );
-    let mut lab = Lab::up(
-        &ctx.bins,
-        &dir.join("lab"),
-        LabOptions {
-            static_mappings,
-            robot_b: false,
-            ..LabOptions::default()
-        },
-    )?;
-    let sock = lab.a.enter(|| UdpSocket::bind("0.0.0.0:0"))??;
+    let mut lab = super::lab(ctx, &dir.join("lab"), static_mappings, false)?;
+    let sock = lab.ns("robot-a").run(|| UdpSocket::bind("0.0.0.0:0"))??;
     let mut samples = Vec::new();
     for i in 0..n {
         lab.check_daemons()?;
@@ -64,8 +56,8 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         sock.send_to(b"lispwg bench: cache-add", (eid(i), 9))
             .with_context(|| format!("send to {}", eid(i)))?;
         // Leave the agent alone while it resolves; then poll.
-        sys::sleep(Duration::from_millis(15))?;
-        let (sum, _, peers) = sys::wait_for(
+        testbed::sleep(Duration::from_millis(15))?;
+        let (sum, _, peers) = testbed::wait_for(
             Duration::from_secs(5),
             Duration::from_millis(5),
             &format!("the agent to program a peer for {}", eid(i)),
@@ -119,7 +111,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
              lispwg_xtr_cache_add_seconds on /metrics. The bench resolves one EID at a time and \
              reads the change of the histogram's sum as one exact sample."
         ),
-        parameters: json!({"eids": n, "first_eid": eid(0).to_string(), "rloc": lab::NOWHERE.to_string()}),
+        parameters: json!({"eids": n, "first_eid": eid(0).to_string(), "rloc": NOWHERE.to_string()}),
         series: vec![Series::new("miss to peer programmed", "ms", samples)],
         notes: [super::if_missed(
             &figures,

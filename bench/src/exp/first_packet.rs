@@ -4,7 +4,6 @@
 
 use super::{ms, progress, Ctx, Outcome, Produced, Started};
 use crate::icmp::{Pinger, Probe};
-use crate::lab::{self, Lab, LabOptions, Robot};
 use crate::report::{Figure, Series};
 use crate::stats::summarize;
 use crate::svg::{self, RefLine};
@@ -12,6 +11,8 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
+use testbed::topology::ROBOT_B_EID;
+use testbed::Lab;
 
 const NAME: &str = "first-packet";
 const INTERVAL: Duration = Duration::from_millis(2);
@@ -50,12 +51,15 @@ fn analyse(probes: &[Probe]) -> Option<Rep> {
 }
 
 fn fresh_pair(lab: &mut Lab) -> Result<()> {
-    lab.stop_robot(Robot::A);
-    lab.stop_robot(Robot::B);
-    lab.start_robot(Robot::A)?;
-    lab.start_robot(Robot::B)?;
-    lab.wait_registered(Robot::A)?;
-    lab.wait_registered(Robot::B)?;
+    for robot in ["robot-a", "robot-b"] {
+        lab.stop(robot)?;
+    }
+    for robot in ["robot-a", "robot-b"] {
+        lab.spawn(robot)?;
+    }
+    for robot in ["robot-a", "robot-b"] {
+        lab.wait_ready(robot)?;
+    }
     Ok(())
 }
 
@@ -64,18 +68,18 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     let reps: usize = if ctx.quick { 5 } else { 100 };
     let dir = ctx.dir(NAME)?;
     progress(NAME, "bringing up the lab (map-server, robot-a, robot-b)");
-    let mut lab = Lab::up(&ctx.bins, &dir.join("lab"), LabOptions::default())?;
-    let dst: Ipv4Addr = lab::ROBOT_B_EID.parse()?;
+    let mut lab = super::lab(ctx, &dir.join("lab"), Vec::new(), true)?;
+    let dst: Ipv4Addr = ROBOT_B_EID;
     let mut results = Vec::new();
     let mut restart_s = Vec::new();
     for rep in 0..reps {
-        crate::sys::interrupted()?;
+        testbed::interrupted()?;
         if rep > 0 {
             let t = Instant::now();
             fresh_pair(&mut lab)?;
             restart_s.push(t.elapsed().as_secs_f64());
         }
-        let probes = lab.a.enter(|| -> Result<Vec<Probe>> {
+        let probes = lab.ns("robot-a").run(|| -> Result<Vec<Probe>> {
             let pinger = Pinger::new(dst)?;
             let mut first_reply: Option<Instant> = None;
             pinger.run(
@@ -166,7 +170,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         ),
         parameters: json!({
             "repetitions": reps, "interval_ms": INTERVAL.as_millis() as u64,
-            "destination": lab::ROBOT_B_EID,
+            "destination": ROBOT_B_EID.to_string(),
         }),
         series: vec![
             Series::new("first reply delay", "ms", delays).with_details(details),

@@ -6,29 +6,22 @@
 
 use super::{ms, progress, Ctx, Outcome, Produced, Started};
 use crate::icmp::{Pinger, Probe};
-use crate::lab::{self, Lab, LabOptions, Robot};
 use crate::report::{Figure, Series};
 use crate::stats::summarize;
 use crate::svg::{self, RefLine};
-use crate::sys;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testbed::topology::{ROBOT_A_EID, ROBOT_B_EID};
+use testbed::Lab;
 
 const NAME: &str = "handover";
 const INTERVAL: Duration = Duration::from_millis(10);
 /// Replies flowing before each move.
 const BEFORE: Duration = Duration::from_millis(300);
-
-const AWAY: &str = "addr del 203.0.113.10/24 dev eth0\n\
-                    addr add 198.51.100.30/24 dev eth1\n\
-                    route replace default via 198.51.100.1 dev eth1\n";
-const HOME: &str = "addr del 198.51.100.30/24 dev eth1\n\
-                    addr add 203.0.113.10/24 dev eth0\n\
-                    route replace default via 203.0.113.1 dev eth0\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -106,15 +99,15 @@ fn analyse(probes: &[Probe], at: Instant, window: Duration) -> (f64, bool, usize
     (gap.as_secs_f64() * 1e3, recovered, lost, was_down)
 }
 
-fn ping_until_reply(lab: &Lab, robot: Robot, dst: &str, limit: Duration) -> Result<()> {
-    let ns = lab.ns(robot);
-    sys::wait_for(
+fn ping_until_reply(lab: &Lab, robot: &str, dst: Ipv4Addr, limit: Duration) -> Result<()> {
+    let (ns, dst) = (lab.ns(robot), dst.to_string());
+    testbed::wait_for(
         limit,
         Duration::from_millis(50),
         &format!("{dst} to answer"),
         || {
             Ok(ns
-                .exec(&["ping", "-c", "1", "-W", "1", dst])
+                .exec(&["ping", "-c", "1", "-W", "1", &dst])
                 .is_ok()
                 .then_some(()))
         },
@@ -130,15 +123,15 @@ struct Series3 {
 fn run_mode(lab: &mut Lab, mode: Mode, moves: usize, window: Duration) -> Result<Series3> {
     let stop = Arc::new(AtomicBool::new(false));
     let limit = (window + BEFORE) * (moves as u32 + 2) + Duration::from_secs(10);
-    let a_dst: Ipv4Addr = lab::ROBOT_B_EID.parse()?;
+    let a_dst = ROBOT_B_EID;
     let flag = stop.clone();
-    let pinger = lab.a.spawn_thread(move || {
+    let pinger = lab.ns("robot-a").spawn_thread(move || {
         Pinger::new(a_dst)?.run_until(INTERVAL, limit, Duration::from_millis(200), flag)
     })?;
     let back = if mode == Mode::RoamingBothSend {
         let flag = stop.clone();
-        let b_dst: Ipv4Addr = lab::ROBOT_A_EID.parse()?;
-        Some(lab.b.spawn_thread(move || {
+        let b_dst = ROBOT_A_EID;
+        Some(lab.ns("robot-b").spawn_thread(move || {
             Pinger::new(b_dst)?.run_until(INTERVAL, limit, Duration::from_millis(200), flag)
         })?)
     } else {
@@ -147,15 +140,14 @@ fn run_mode(lab: &mut Lab, mode: Mode, moves: usize, window: Duration) -> Result
     let mut marks = Vec::new();
     let mut away = false;
     let result = (|| -> Result<()> {
-        sys::sleep(BEFORE * 2)?;
+        testbed::sleep(BEFORE * 2)?;
         for k in 0..moves {
             lab.check_daemons()?;
             let t = Instant::now();
-            lab.b.ip_batch(if away { HOME } else { AWAY })?;
-            let move_ms = t.elapsed().as_secs_f64() * 1e3;
+            let move_ms = lab.move_to("robot-b", usize::from(!away))?.as_secs_f64() * 1e3;
             away = !away;
             marks.push((t, away, move_ms));
-            sys::sleep(window + BEFORE)?;
+            testbed::sleep(window + BEFORE)?;
             if (k + 1) % 5 == 0 || k + 1 == moves {
                 progress(NAME, format!("{}: {}/{moves} moves", mode.key(), k + 1));
             }
@@ -172,7 +164,7 @@ fn run_mode(lab: &mut Lab, mode: Mode, moves: usize, window: Duration) -> Result
     }
     // Whatever happened, bring robot-b home before the next mode.
     if away {
-        lab.b.ip_batch(HOME)?;
+        lab.move_to("robot-b", 0)?;
     }
     result?;
     let moves = marks
@@ -233,17 +225,19 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         NAME,
         "bringing up the lab (map-server with push on, robot-a, robot-b)",
     );
-    let mut lab = Lab::up(&ctx.bins, &dir.join("lab"), LabOptions::default())?;
-    ping_until_reply(&lab, Robot::A, lab::ROBOT_B_EID, Duration::from_secs(10))?;
+    let mut lab = super::lab(ctx, &dir.join("lab"), Vec::new(), true)?;
+    ping_until_reply(&lab, "robot-a", ROBOT_B_EID, Duration::from_secs(10))?;
     let mut all = Vec::new();
     all.push(run_mode(&mut lab, Mode::Push, moves, push_window)?);
     progress(NAME, "restarting the map-server with push_moves = false");
-    lab.restart_ms(false)?;
-    ping_until_reply(&lab, Robot::A, lab::ROBOT_B_EID, Duration::from_secs(20))?;
+    lab.stop("map-server")?;
+    lab.set_push_moves(false)?;
+    lab.start("map-server")?;
+    ping_until_reply(&lab, "robot-a", ROBOT_B_EID, Duration::from_secs(20))?;
     all.push(run_mode(&mut lab, Mode::RoamingOnly, moves, cap)?);
-    ping_until_reply(&lab, Robot::A, lab::ROBOT_B_EID, Duration::from_secs(20))
+    ping_until_reply(&lab, "robot-a", ROBOT_B_EID, Duration::from_secs(20))
         .context("robot-b did not become reachable again after moving home")?;
-    ping_until_reply(&lab, Robot::B, lab::ROBOT_A_EID, Duration::from_secs(20))?;
+    ping_until_reply(&lab, "robot-b", ROBOT_A_EID, Duration::from_secs(20))?;
     all.push(run_mode(
         &mut lab,
         Mode::RoamingBothSend,

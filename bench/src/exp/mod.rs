@@ -9,18 +9,89 @@ pub mod ms_scale;
 pub mod register;
 pub mod throughput;
 
-use crate::lab::Bins;
 use crate::report::{utc, ExperimentResult, Figure, Machine, Series};
 use anyhow::Result;
-use std::path::PathBuf;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
+use testbed::config::{
+    write_toml, AllowedEid, MapServerConfig, MsPeer, MsServer, StaticMapping, StaticRloc,
+};
+use testbed::topology::NOWHERE;
+use testbed::{Bins, Lab, LabSpec};
 
 /// What an experiment produces: its result and its charts (file name, SVG).
 pub type Produced = (ExperimentResult, Vec<(String, String)>);
 
+/// One experiment: its name (the subcommand and the result files), what it
+/// measures (the subcommand's help) and how it runs.
+pub struct Experiment {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&Ctx) -> Result<Produced>,
+}
+
+/// Every experiment, in the order `bench all` runs them and SUMMARY.md
+/// lists them: the one list the command line, `bench all`, the summary and
+/// the quick test go by.
+pub const EXPERIMENTS: &[Experiment] = &[
+    Experiment {
+        name: "throughput",
+        about: "TCP and UDP (1380-byte payloads) through an on-demand tunnel with iperf3, beside \
+                a hand-configured wireguard-go tunnel between the same namespaces and the plain \
+                underlay. Target: ≥ 95 % of the hand-configured tunnel. Full: 4 runs × 10 s per \
+                path and protocol.",
+        run: throughput::run,
+    },
+    Experiment {
+        name: "cache-add",
+        about: "Time from a map-cache miss to the peer being programmed, for 100 fresh EIDs \
+                (read from the agent's lispwg_xtr_cache_add_seconds histogram). Thesis: 16.6 ms \
+                (OOR+WG), 13.2 ms (OOR). Target: p50 ≤ 2 ms, p99 ≤ 5 ms.",
+        run: cache_add::run,
+    },
+    Experiment {
+        name: "first-packet",
+        about: "A fresh robot pair (both agents restarted), fast ping (every 2 ms): time from the \
+                first request to the first reply and requests lost, 100 repetitions. Thesis: \
+                32.6 ms with the first packets dropped. Target: p50 ≤ 5 ms and nothing lost.",
+        run: first_packet::run,
+    },
+    Experiment {
+        name: "ms-scale",
+        about: "Map-Request → Map-Reply latency (1 outstanding) and throughput (8 and 64 \
+                outstanding) at 10, 1 000, 100 000 and 1 000 000 mappings, plus RSS and start-up \
+                time, beside a do-nothing UDP reflector on the same path. Targets: ≥ 75 % of the \
+                reflector, p50 flat within 10 %, RSS ≤ 256 MiB and start-up ≤ 2 s at 1 000 000.",
+        run: ms_scale::run,
+    },
+    Experiment {
+        name: "register",
+        about: "Map-Register → Map-Notify rate with HMAC-SHA-256, persisted (durable redb commit \
+                before the notify). Target: ≥ 20 000 registrations/s.",
+        run: register::run,
+    },
+    Experiment {
+        name: "handover",
+        about: "robot-b moves subnet 20 times while robot-a pings every 10 ms; outage per move, \
+                with the map-server's push on, then off (WireGuard roaming only), then off with \
+                robot-b sending too. Thesis: ≈1 s (OOR+WG), 8–10 s (OOR). Target: p50 < 100 ms, \
+                max < 250 ms.",
+        run: handover::run,
+    },
+    Experiment {
+        name: "agent",
+        about: "The xtr's RSS and CPU when idle and with 1 000 cached peers. Target: idle CPU ≈ 0 \
+                (no busy polling), RSS ≤ 20 MiB.",
+        run: agent::run,
+    },
+];
+
 /// What every experiment gets.
 pub struct Ctx {
     pub bins: Bins,
+    /// The bench itself (for its reflector subcommand).
+    pub bench: PathBuf,
     pub quick: bool,
     /// Scratch space for this run: lab folders, configurations, logs.
     pub work: PathBuf,
@@ -45,6 +116,84 @@ impl Ctx {
         std::fs::create_dir_all(&d)?;
         Ok(d)
     }
+}
+
+/// The bench's lab: the campus lab of the tests and the demo without the
+/// edge xTR and its host (map-server, robot-a, robot-b with its spare
+/// interface on subnet A), its state in `dir`.
+pub fn lab(
+    ctx: &Ctx,
+    dir: &Path,
+    static_mappings: Vec<StaticMapping>,
+    robot_b: bool,
+) -> Result<Lab> {
+    let mut spec = LabSpec::campus()
+        .tag("b")
+        .without("edge")
+        .static_mappings(static_mappings);
+    if !robot_b {
+        spec = spec.idle("robot-b");
+    }
+    Lab::up(spec, dir, &ctx.bins)
+}
+
+/// The i-th EID of 10.`net`.0.0/16.
+pub fn numbered_eid(net: u8, i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, net, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// `n` static mappings for the EIDs of 10.`net`.0.0/16, each with its own
+/// fresh WireGuard key, all pointing nowhere: for experiments that time
+/// only the control plane.
+pub fn unreachable_mappings(net: u8, n: u32) -> Vec<StaticMapping> {
+    (0..n)
+        .map(|i| StaticMapping {
+            prefix: format!("{}/32", numbered_eid(net, i)),
+            public_key: Some(testbed::random_public_key()),
+            port: Some(testbed::topology::WG_PORT),
+            rlocs: vec![StaticRloc {
+                address: NOWHERE.to_string(),
+            }],
+        })
+        .collect()
+}
+
+/// Writes, into `dir`, a map-server configuration without a control tunnel:
+/// LISP in the clear on `listen` (as keyless peers and the load generators
+/// use it), telemetry on `metrics`, and one peer `name` at `control` that may
+/// register anything in 10.0.0.0/8 with site key `site` (and, if given, WireGuard
+/// key `public_key`). Returns its path.
+pub fn plain_ms_config(
+    dir: &Path,
+    listen: &str,
+    metrics: &str,
+    name: &str,
+    control: &str,
+    site: &str,
+    public_key: Option<String>,
+) -> Result<PathBuf> {
+    let site_file = format!("{name}.site");
+    testbed::secret_file(&dir.join(&site_file), &format!("{site}\n"))?;
+    let config = MapServerConfig {
+        control: None,
+        server: MsServer {
+            state_dir: "state".into(),
+            metrics: metrics.into(),
+            plain_listen: Some(listen.into()),
+            ..MsServer::default()
+        },
+        peers: vec![MsPeer {
+            name: name.into(),
+            public_key,
+            control_address: control.into(),
+            site_key_file: site_file,
+            eids: vec![AllowedEid::within("10.0.0.0/8")],
+        }],
+        static_mappings: Vec::new(),
+    };
+    let path = dir.join("map-server.toml");
+    write_toml(&path, &config)?;
+    Ok(path)
 }
 
 /// Prints a progress line.

@@ -8,7 +8,7 @@ use crate::lisp::{self, Check, RequestLoad, Until, BULK_KEY};
 use crate::report::{Figure, Series};
 use crate::stats::{median, spread, summarize};
 use crate::svg;
-use crate::sys::{self, secret_file, Daemon, Netns};
+use crate::sys;
 use anyhow::{Context, Result};
 use lisp_wire::EidPrefix;
 use map_server::store::{Clock, Store, DEFAULT_CACHE_BYTES};
@@ -17,6 +17,7 @@ use serde_json::json;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use testbed::{Daemon, Netns};
 
 const NAME: &str = "ms-scale";
 /// The map-servers listen on 127.0.0.1:5000 + k, one per size.
@@ -43,25 +44,23 @@ fn fill(state: &Path, from: u32, to: u32) -> Result<Duration> {
         if ops.len() == BATCH as usize || i == to {
             store.apply(&ops, clock)?;
             ops.clear();
-            sys::interrupted()?;
+            testbed::interrupted()?;
         }
     }
     Ok(t0.elapsed())
 }
 
 fn config(dir: &Path, port: u16) -> Result<std::path::PathBuf> {
-    secret_file(&dir.join("bulk.site"), "bench-bulk-site-key\n")?;
-    let key = wgctl::keys::PublicKey::from_bytes(BULK_KEY);
-    let text = format!(
-        "[server]\nstate_dir = \"state\"\nplain_listen = \"127.0.0.1:{port}\"\n\
-         metrics = \"127.0.0.1:{}\"\n\n\
-         [[peers]]\nname = \"bulk\"\npublic_key = \"{key}\"\ncontrol_address = \"127.0.0.2\"\n\
-         site_key_file = \"bulk.site\"\neids = [{{ prefix = \"10.0.0.0/8\", more_specifics = true }}]\n",
-        port + 1000
-    );
-    let path = dir.join("map-server.toml");
-    secret_file(&path, &text)?;
-    Ok(path)
+    let key = wgctl::keys::PublicKey::from_bytes(BULK_KEY).to_string();
+    super::plain_ms_config(
+        dir,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{}", port + 1000),
+        "bulk",
+        "127.0.0.2",
+        "bench-bulk-site-key",
+        Some(key),
+    )
 }
 
 /// Measurements at one size.
@@ -98,7 +97,7 @@ fn pinned<'a>(pin: bool, program: &'a Path, args: &[&'a str]) -> (std::path::Pat
         full.extend(["-c".into(), "1".into(), program.display().to_string()]);
         full.extend(args.iter().map(|a| a.to_string()));
         (
-            sys::which("taskset").unwrap_or_else(|| "taskset".into()),
+            testbed::which("taskset").unwrap_or_else(|| "taskset".into()),
             full,
         )
     } else {
@@ -126,16 +125,12 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     };
     let pin = sys::cpus() >= 2;
     let dir = ctx.dir(NAME)?;
-    let ns = Netns::create(&format!("{}-ld", sys::unique_prefix()))?;
+    let ns = Netns::new("ld")?;
     let reflector_addr: SocketAddr = REFLECTOR_ADDR.parse()?;
-    let (prog, args) = pinned(
-        pin,
-        &ctx.bins.bench,
-        &["reflector", "--listen", REFLECTOR_ADDR],
-    );
+    let (prog, args) = pinned(pin, &ctx.bench, &["reflector", "--listen", REFLECTOR_ADDR]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let reflector = ns.spawn("reflector", &prog, &args, &dir.join("reflector.log"))?;
-    let sock = ns.enter(|| UdpSocket::bind("127.0.0.1:0"))??;
+    let sock = ns.run(|| UdpSocket::bind("127.0.0.1:0"))??;
     let mut load = RequestLoad::new(sock, 1, Duration::from_millis(200), false)?;
     let mut servers: Vec<Server> = Vec::new();
     for (k, &size) in sizes.iter().enumerate() {
@@ -192,7 +187,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
                 sys::pin_current_thread(0)?;
             }
             let mut load = RequestLoad::new(
-                ns.enter(|| UdpSocket::bind("127.0.0.1:0"))??,
+                ns.run(|| UdpSocket::bind("127.0.0.1:0"))??,
                 1,
                 Duration::from_millis(200),
                 pin,
@@ -255,7 +250,7 @@ fn measure(
     // that drift of the shared machine affects all of them alike.
     for round in 0..rounds {
         for srv in servers.iter_mut() {
-            sys::interrupted()?;
+            testbed::interrupted()?;
             srv.daemon.check_running()?;
             load.set_entries(srv.at.entries);
             let targets = [
@@ -296,7 +291,7 @@ fn measure(
                     (reflector, Check::NonceOnly, reflector_pid),
                 ];
                 for (t, (addr, check, pid)) in targets.into_iter().enumerate() {
-                    sys::interrupted()?;
+                    testbed::interrupted()?;
                     srv.daemon.check_running()?;
                     let cpu0 = sys::cpu_seconds(pid)?;
                     let r = load.run(

@@ -3,18 +3,17 @@
 //! it sends their Map-Notifies).
 
 use super::{progress, Ctx, Outcome, Produced, Started};
-use crate::lab;
 use crate::lisp::RegisterLoad;
 use crate::report::{Figure, Series};
 use crate::stats::{median, spread};
 use crate::svg::{self, RefLine};
-use crate::sys::{self, secret_file, Netns};
 use anyhow::{bail, Context, Result};
 use lisp_wire::EidPrefix;
 use map_server::store::{Store, DEFAULT_CACHE_BYTES};
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
+use testbed::Netns;
 
 const NAME: &str = "register";
 const MS_ADDR: &str = "127.0.0.1:4342";
@@ -34,19 +33,9 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     let started = Started::now();
     let (reps, n): (u32, u32) = if ctx.quick { (1, 5_000) } else { (3, 100_000) };
     let dir = ctx.dir(NAME)?;
-    let site = lab::site_key();
-    secret_file(&dir.join("loadgen.site"), &format!("{site}\n"))?;
-    let cfg = dir.join("map-server.toml");
-    secret_file(
-        &cfg,
-        &format!(
-            "[server]\nstate_dir = \"state\"\nplain_listen = \"{MS_ADDR}\"\nmetrics = \"{METRICS}\"\n\n\
-             [[peers]]\nname = \"loadgen\"\ncontrol_address = \"127.0.0.1\"\n\
-             site_key_file = \"loadgen.site\"\n\
-             eids = [{{ prefix = \"10.0.0.0/8\", more_specifics = true }}]\n"
-        ),
-    )?;
-    let ns = Netns::create(&format!("{}-rg", sys::unique_prefix()))?;
+    let site = testbed::files::random_token(32);
+    let cfg = super::plain_ms_config(&dir, MS_ADDR, METRICS, "loadgen", "127.0.0.1", &site, None)?;
+    let ns = Netns::new("rg")?;
     let mut ms = ns.spawn(
         "map-server",
         &ctx.bins.map_server,
@@ -54,7 +43,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         &dir.join("map-server.log"),
     )?;
     let metrics_addr: SocketAddr = METRICS.parse()?;
-    sys::wait_for(
+    testbed::wait_for(
         Duration::from_secs(20),
         Duration::from_millis(10),
         "the map-server to start",
@@ -63,12 +52,12 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
             Ok(ns.fetch(metrics_addr, "/metrics").ok())
         },
     )?;
-    let sock = ns.enter(|| UdpSocket::bind("127.0.0.1:0"))??;
+    let sock = ns.run(|| UdpSocket::bind("127.0.0.1:0"))??;
     let mut load = RegisterLoad::new(sock, site.as_bytes(), Duration::from_secs(2))?;
     let dst: SocketAddr = MS_ADDR.parse()?;
     let mut runs = Vec::new();
     for rep in 0..reps {
-        sys::interrupted()?;
+        testbed::interrupted()?;
         let r = load.run(dst, &prefixes(rep, n), WINDOW)?;
         progress(
             NAME,
@@ -86,7 +75,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     }
     ms.check_running()?;
     let metrics = ns.fetch(metrics_addr, "/metrics")?;
-    let commits = lab::metric(&metrics, "lispwg_ms_store_commits_total").unwrap_or(f64::NAN);
+    let commits = testbed::metric(&metrics, "lispwg_ms_store_commits_total").unwrap_or(f64::NAN);
     ms.stop();
     drop(ns);
     let acked: u64 = runs.iter().map(|r| r.notified).sum();

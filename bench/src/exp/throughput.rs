@@ -4,27 +4,30 @@
 //! plain underlay.
 
 use super::{progress, Ctx, Outcome, Produced, Started};
-use crate::lab::{self, Lab, LabOptions, Robot};
 use crate::report::{Figure, Series};
 use crate::stats::{median, spread};
 use crate::svg::{self, Bar, RefLine};
-use crate::sys::{self, Daemon, Netns};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
+use testbed::topology::{ROBOT_A_RLOC, ROBOT_B_EID, ROBOT_B_RLOC};
+use testbed::{Daemon, Lab, Netns};
 
 const NAME: &str = "throughput";
 const IPERF_PORT: &str = "5201";
 const HAND_PORT: u16 = 51900;
 const UDP_PAYLOAD: &str = "1380";
 
-/// The three paths measured, in the order they run in each repetition.
-const PATHS: [(&str, &str); 3] = [
-    ("underlay", lab::ROBOT_B_RLOC),
-    ("hand-configured WireGuard", "10.200.0.2"),
-    ("lispwg on-demand tunnel", lab::ROBOT_B_EID),
-];
+/// The three paths measured, in the order they run in each repetition:
+/// (name, destination).
+fn paths() -> [(&'static str, String); 3] {
+    [
+        ("underlay", ROBOT_B_RLOC.to_string()),
+        ("hand-configured WireGuard", "10.200.0.2".into()),
+        ("lispwg on-demand tunnel", ROBOT_B_EID.to_string()),
+    ]
+}
 
 /// A WireGuard tunnel between robot-a and robot-b configured by hand with
 /// `wg` and `ip` over wireguard-go: the baseline.
@@ -34,7 +37,7 @@ struct HandTunnel {
 
 fn wait_socket(ifname: &str) -> Result<()> {
     let sock = format!("/var/run/wireguard/{ifname}.sock");
-    sys::wait_for(
+    testbed::wait_for(
         Duration::from_secs(10),
         Duration::from_millis(5),
         &format!("{sock} (wireguard-go)"),
@@ -44,30 +47,20 @@ fn wait_socket(ifname: &str) -> Result<()> {
 
 impl HandTunnel {
     fn up(lab: &Lab, dir: &Path) -> Result<HandTunnel> {
-        let wg = sys::which("wireguard-go").context("wireguard-go not on PATH")?;
+        let wg = testbed::which("wireguard-go").context("wireguard-go not on PATH")?;
         let ends = [
-            (
-                Robot::A,
-                "10.200.0.1/24",
-                lab::ROBOT_B_RLOC,
-                "10.200.0.2/32",
-            ),
-            (
-                Robot::B,
-                "10.200.0.2/24",
-                lab::ROBOT_A_RLOC,
-                "10.200.0.1/32",
-            ),
+            ("robot-a", "10.200.0.1/24", ROBOT_B_RLOC, "10.200.0.2/32"),
+            ("robot-b", "10.200.0.2/24", ROBOT_A_RLOC, "10.200.0.1/32"),
         ];
         let mut keys = Vec::new();
         for (robot, ..) in &ends {
-            let path = dir.join(format!("hand-{}.key", robot.name()));
-            keys.push((lab::keypair(&path)?, path));
+            let path = dir.join(format!("hand-{robot}.key"));
+            keys.push((testbed::keypair(&path)?, path));
         }
         let mut daemons = Vec::new();
         for (i, (robot, addr, peer_rloc, peer_allowed)) in ends.iter().enumerate() {
-            let ns: &Netns = lab.ns(*robot);
-            let ifname = format!("{}w{}", lab.prefix, if i == 0 { 'a' } else { 'b' });
+            let ns: &Netns = lab.ns(robot);
+            let ifname = format!("{}-w{}", lab.prefix(), if i == 0 { 'a' } else { 'b' });
             let log = dir.join(format!("wireguard-go-{ifname}.log"));
             daemons.push(ns.spawn("wireguard-go", &wg, &["-f", &ifname], &log)?);
             wait_socket(&ifname)?;
@@ -101,7 +94,7 @@ fn ping_until_reply(ns: &Netns, dst: &str) -> Result<()> {
         if ns.exec(&["ping", "-c", "1", "-W", "1", dst]).is_ok() {
             return Ok(());
         }
-        sys::interrupted()?;
+        testbed::interrupted()?;
     }
     bail!("{dst} does not answer pings from {}", ns.name())
 }
@@ -177,17 +170,18 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     let (reps, secs, omit) = if ctx.quick { (1, 2, 0) } else { (4, 10, 1) };
     let dir = ctx.dir(NAME)?;
     progress(NAME, "bringing up the lab (map-server, robot-a, robot-b)");
-    let lab = Lab::up(&ctx.bins, &dir.join("lab"), LabOptions::default())?;
-    let _hand = HandTunnel::up(&lab, &dir)?;
-    let iperf_bin = sys::which("iperf3").context("iperf3 not on PATH")?;
-    let _server = lab.b.spawn(
+    let lab = super::lab(ctx, &dir.join("lab"), Vec::new(), true)?;
+    let hand = HandTunnel::up(&lab, &dir)?;
+    let iperf_bin = testbed::which("iperf3").context("iperf3 not on PATH")?;
+    let (a, paths) = (lab.ns("robot-a"), paths());
+    let server = lab.ns("robot-b").spawn(
         "iperf3 server",
         &iperf_bin,
         &["-s", "-p", IPERF_PORT],
         &dir.join("iperf3-server.log"),
     )?;
-    for (_, dst) in PATHS {
-        ping_until_reply(&lab.a, dst)?;
+    for (_, dst) in &paths {
+        ping_until_reply(a, dst)?;
     }
     // results[proto][path] = Mbit/s per repetition.
     let mut mbps = [[vec![], vec![], vec![]], [vec![], vec![], vec![]]];
@@ -212,9 +206,9 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
                 offered.push(r as f64);
             }
             for k in order {
-                let (path, dst) = PATHS[k];
-                sys::interrupted()?;
-                let (m, l, brief) = iperf(&lab.a, dst, udp, secs, omit)?;
+                let (path, dst) = &paths[k];
+                testbed::interrupted()?;
+                let (m, l, brief) = iperf(a, dst, udp, secs, omit)?;
                 progress(
                     NAME,
                     format!(
@@ -236,11 +230,14 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
             }
         }
     }
+    // Our processes in the lab's namespaces first, each by its PID (a
+    // wireguard-go removes its socket on SIGTERM), then the lab.
+    drop((server, hand));
     drop(lab);
 
     let mut series = Vec::new();
     for (pi, proto) in ["TCP", "UDP"].iter().enumerate() {
-        for (k, (path, _)) in PATHS.iter().enumerate() {
+        for (k, (path, _)) in paths.iter().enumerate() {
             series.push(Series::new(
                 format!("{proto} {path}"),
                 "Mbit/s",
@@ -309,7 +306,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         .iter()
         .enumerate()
         .map(|(pi, label)| {
-            let bars = PATHS
+            let bars = paths
                 .iter()
                 .enumerate()
                 .skip(1)
@@ -362,7 +359,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
             "repetitions": reps, "seconds": secs, "omit_seconds": omit,
             "udp_payload_bytes": 1380, "udp_rate": "1.25 × the hand-configured tunnel's TCP rate of the round",
             "udp_offered_mbps": offered,
-            "paths": PATHS.iter().map(|(p, d)| json!({"path": p, "destination": d})).collect::<Vec<_>>(),
+            "paths": paths.iter().map(|(p, d)| json!({"path": p, "destination": d})).collect::<Vec<_>>(),
         }),
         series,
         figures,
