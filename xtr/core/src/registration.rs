@@ -171,6 +171,11 @@ impl Xtr {
             // wireguard-go sends nothing from a new address until its port
             // is set again; this must follow the new address, not the removal.
             self.dataplane.want_listen_port_reapplied();
+            // Open our new NAT toward every peer: they will be told where we
+            // are and send to us there.
+            for p in self.peers.values_mut() {
+                p.path.punch_series(now);
+            }
         }
         self.reregister_now(now);
     }

@@ -1734,3 +1734,16 @@ fn a_restarted_peer_is_reached_again_within_two_seconds() {
         "told by the map-server, which saw B's new map version"
     );
 }
+#[test]
+fn a_node_that_moves_punches_its_new_nat_open_toward_its_peers() {
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_millis(50));
+    let before = sim.node("B").dp.punches.len();
+    sim.set_addresses("B", &[("eth0", "203.0.113.77")]);
+    sim.advance(Duration::from_millis(500));
+    let b = sim.node("B");
+    let after: Vec<_> = b.dp.punches[before..].to_vec();
+    assert_eq!(after.len(), 4, "a few times, toward A: {after:?}");
+    assert!(after.iter().all(|p| p.ip() == ip("192.0.2.10")));
+}
