@@ -122,8 +122,18 @@ impl Xtr {
             .iter()
             .map(|_| MapServerState::new(now, policy.register_retry_first))
             .collect();
+        let endpoints: Vec<SocketAddr> = policy
+            .map_servers
+            .iter()
+            .map(|m| {
+                m.endpoints
+                    .first()
+                    .copied()
+                    .unwrap_or_else(|| SocketAddr::new(m.control_address, 0))
+            })
+            .collect();
         let dataplane = Dataplane::new(
-            policy.map_servers.len(),
+            &endpoints,
             Backoff {
                 first: policy.dataplane_retry_first,
                 max: policy.dataplane_retry_max,

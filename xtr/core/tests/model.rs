@@ -41,6 +41,7 @@ struct Dataplane {
     delivered: Vec<Vec<u8>>,
     reapplied_port: u32,
     renewed_control_peers: Vec<usize>,
+    control_endpoints: HashMap<usize, SocketAddr>,
     /// Fail the next N operations of this kind (see `DataplaneOp::name`).
     fail: HashMap<&'static str, u32>,
     failed: u32,
@@ -93,8 +94,14 @@ impl Dataplane {
                 self.routes.remove(p);
             }
             DataplaneOp::ReapplyListenPort => self.reapplied_port += 1,
-            DataplaneOp::RenewControlPeer { map_server } => {
+            DataplaneOp::RenewControlPeer { map_server, .. } => {
                 self.renewed_control_peers.push(*map_server)
+            }
+            DataplaneOp::SetControlEndpoint {
+                map_server,
+                endpoint,
+            } => {
+                self.control_endpoints.insert(*map_server, *endpoint);
             }
         }
         Ok(())
@@ -229,6 +236,10 @@ impl Sim {
                         name: format!("ms{j}"),
                         control_address: c,
                         site_key: site_key.clone(),
+                        endpoints: vec![
+                            SocketAddr::new(ip("192.0.2.1"), 4340 + j as u16),
+                            SocketAddr::new(ip("2001:db8::1"), 4340 + j as u16),
+                        ],
                     })
                     .collect();
                 let eid = EidPrefix::host(0, ip(eid));
@@ -574,7 +585,12 @@ impl Sim {
                 }
             }
         }
-        panic!("timers never reach {by:?}");
+        let stuck: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}: {:?}", n.name, n.xtr))
+            .collect();
+        panic!("timers never reach {by:?}: {}", stuck.join("\n\n"));
     }
 
     /// A packet from `from`'s EID to `to`, captured by `from`'s miss TUN.
@@ -1746,4 +1762,21 @@ fn a_node_that_moves_punches_its_new_nat_open_toward_its_peers() {
     let after: Vec<_> = b.dp.punches[before..].to_vec();
     assert_eq!(after.len(), 4, "a few times, toward A: {after:?}");
     assert!(after.iter().all(|p| p.ip() == ip("192.0.2.10")));
+}
+
+#[test]
+fn a_map_server_is_reached_over_the_family_the_node_has() {
+    let mut sim = Sim::new(1);
+    // B loses its IPv4 address and has only IPv6: it reaches the map-server
+    // at its IPv6 endpoint; with IPv4 back, at the first (IPv4) one again.
+    sim.set_addresses("B", &[("eth0", "2001:db8:9::5")]);
+    assert_eq!(
+        sim.node("B").dp.control_endpoints.get(&0),
+        Some(&"[2001:db8::1]:4340".parse().unwrap())
+    );
+    sim.set_addresses("B", &[("eth0", "198.51.100.20"), ("lte", "2001:db8:9::5")]);
+    assert_eq!(
+        sim.node("B").dp.control_endpoints.get(&0),
+        Some(&"192.0.2.1:4340".parse().unwrap())
+    );
 }
