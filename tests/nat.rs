@@ -270,3 +270,25 @@ fn reply_times(output: &str) -> Vec<f64> {
         .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
         .collect()
 }
+
+#[test]
+fn a_dual_stack_robot_that_loses_ipv4_keeps_its_map_server_and_tunnels() {
+    let lab = Lab::for_test(
+        LabSpec::campus()
+            .tag("n8")
+            .family("robot-a", Family::Dual)
+            .family("robot-b", Family::Dual),
+    );
+    // robot-a's IPv4 address goes: only IPv6 is left on its uplink.
+    let out = lab.exec("robot-a", &["ip", "-4", "addr", "flush", "dev", "eth0"]);
+    assert!(out.status.success(), "{}", testbed::output_text(&out));
+    std::thread::sleep(Duration::from_millis(300));
+    // It reaches the map-server over IPv6 now: a new pair resolves.
+    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.05");
+    assert_eq!(received, 10, "{out}\n{}", lab.logs());
+    let log = std::fs::read_to_string(lab.log_path("robot-a")).unwrap();
+    assert!(
+        log.contains("reaching the map-server at another endpoint"),
+        "{log}"
+    );
+}

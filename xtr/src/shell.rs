@@ -662,6 +662,7 @@ impl Agent {
     async fn status(&self) -> String {
         let now = Instant::now();
         let wall = SystemTime::now();
+        let paths = self.core.paths(now);
         let peers = self.wg.read().await.ok().map(|info| {
             info.peers
                 .iter()
@@ -678,6 +679,10 @@ impl Agent {
                     since_handshake: p.last_handshake.and_then(|t| wall.duration_since(t).ok()),
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
+                    path: paths
+                        .iter()
+                        .find(|x| x.key == *p.public_key.as_bytes())
+                        .cloned(),
                 })
                 .collect()
         });
@@ -691,6 +696,7 @@ impl Agent {
             listen_port: self.cfg.wireguard.listen_port,
             eids: self.cfg.eids.iter().map(|e| e.to_string()).collect(),
             rlocs: self.core.current_rlocs(),
+            seen_at: self.core.seen_at(),
             uptime: self.started.elapsed().unwrap_or_default(),
             map_servers: self.core.map_servers(),
             cache: self.core.cache_entries(now),

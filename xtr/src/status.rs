@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
-use xtr_core::{CacheStatus, LocalRloc, MapServerStatus};
+use xtr_core::{CacheStatus, LocalRloc, MapServerStatus, PathStatus};
 
 /// One WireGuard peer as the interface reports it.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct PeerRow {
     pub since_handshake: Option<Duration>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The agent's view of its path (data peers only).
+    pub path: Option<PathStatus>,
 }
 
 /// Everything `xtr status` shows.
@@ -29,6 +31,9 @@ pub struct Snapshot {
     pub listen_port: u16,
     pub eids: Vec<String>,
     pub rlocs: Vec<LocalRloc>,
+    /// Where the map-server sees our WireGuard socket, and whether through
+    /// a NAT.
+    pub seen_at: Option<(SocketAddr, bool)>,
     pub uptime: Duration,
     pub map_servers: Vec<MapServerStatus>,
     pub cache: Vec<CacheStatus>,
@@ -50,6 +55,15 @@ impl Snapshot {
             .map(|r| format!("{} (priority {}, weight {})", r.addr, r.priority, r.weight))
             .collect();
         let _ = writeln!(s, "  rlocs: {}", rlocs.join(", "));
+        match self.seen_at {
+            Some((ep, true)) => {
+                let _ = writeln!(s, "  seen at: {ep} (behind NAT)");
+            }
+            Some((ep, false)) => {
+                let _ = writeln!(s, "  seen at: {ep} (no NAT)");
+            }
+            None => {}
+        }
         let _ = writeln!(s, "  up for: {}", human(self.uptime));
         for m in &self.map_servers {
             let _ = writeln!(
@@ -101,6 +115,22 @@ impl Snapshot {
                     let _ = writeln!(s, "\npeer: {}{role}", p.public_key);
                     if let Some(ep) = p.endpoint {
                         let _ = writeln!(s, "  endpoint: {ep}");
+                    }
+                    if let Some(path) = &p.path {
+                        let kind = path.kind.map_or("-", |k| k.name());
+                        let nat = if path.nat { ", through NAT" } else { "" };
+                        let _ = writeln!(
+                            s,
+                            "  path: {kind}, {} for {} ({}{nat})",
+                            path.state,
+                            human(path.since),
+                            path.role
+                        );
+                        if path.candidates.len() > 1 {
+                            let c: Vec<String> =
+                                path.candidates.iter().map(|c| c.to_string()).collect();
+                            let _ = writeln!(s, "  candidates: {}", c.join(", "));
+                        }
                     }
                     let _ = writeln!(s, "  allowed ips: {}", p.allowed_ips.join(", "));
                     match p.since_handshake {

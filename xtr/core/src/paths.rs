@@ -35,13 +35,13 @@ use std::time::{Duration, Instant};
 
 /// Which side starts the handshake of a new pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     Initiator,
     Responder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub enum Phase {
     /// Waiting for the first handshake of the current attempt, since `since`;
     /// judged at `deadline`.
     Probing {

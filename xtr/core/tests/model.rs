@@ -149,6 +149,8 @@ struct Node {
     /// Where the map-server's WireGuard last saw this node's control
     /// messages come from.
     seen_at: Option<SocketAddr>,
+    /// Nonces of the Map-Registers it sent.
+    register_nonces: BTreeSet<u64>,
 }
 
 struct Ms {
@@ -269,6 +271,7 @@ impl Sim {
                     addrs: BTreeMap::from([("eth0", vec![ip(rloc)])]),
                     nat: None,
                     seen_at: None,
+                    register_nonces: BTreeSet::new(),
                 }
             })
             .collect();
@@ -337,10 +340,8 @@ impl Sim {
                     }
                     if let Some(n) = self.nodes.iter_mut().find(|n| n.ctl == t.dst.ip()) {
                         if let Ok(Message::MapNotify(notify)) = lisp_wire::parse(&t.payload) {
-                            let confirms_own = notify
-                                .records
-                                .iter()
-                                .any(|r| EidPrefix::of_record(r) == Ok(n.eid));
+                            // The answer to one of its Map-Registers.
+                            let confirms_own = n.register_nonces.contains(&notify.nonce);
                             assert!(
                                 !confirms_own || self.servers[s].disk.contains_key(&n.eid),
                                 "map-server {s} confirmed {}'s registration before it was on disk",
@@ -460,6 +461,9 @@ impl Sim {
         });
         match out {
             Output::Transmit { dst, payload } => {
+                if let Ok(Message::MapRegister(r)) = lisp_wire::parse(&payload) {
+                    node.register_nonces.insert(r.nonce);
+                }
                 if let Ok(Message::MapNotifyAck(ack)) = lisp_wire::parse(&payload) {
                     // No ack without a peer: every mapping the notify carried
                     // is programmed, peer and route.
