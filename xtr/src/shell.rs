@@ -649,6 +649,34 @@ impl Agent {
                     "counter",
                     self.output_errors,
                 ));
+                let paths = self.core.paths(Instant::now());
+                let count = |f: &dyn Fn(&xtr_core::PathStatus) -> bool| {
+                    paths.iter().filter(|p| f(p)).count() as u64
+                };
+                m.push((
+                    "lispwg_xtr_paths_direct",
+                    "data peers reached directly (state up)",
+                    "gauge",
+                    count(&|p| p.state == "up"),
+                ));
+                m.push((
+                    "lispwg_xtr_paths_connecting",
+                    "data peers waiting for their first handshake",
+                    "gauge",
+                    count(&|p| p.state == "connecting"),
+                ));
+                m.push((
+                    "lispwg_xtr_paths_no_direct",
+                    "data peers no candidate endpoint reached",
+                    "gauge",
+                    count(&|p| p.state == "no direct path"),
+                ));
+                m.push((
+                    "lispwg_xtr_behind_nat",
+                    "1 when the map-server sees this node through a NAT",
+                    "gauge",
+                    u64::from(self.core.seen_at().is_some_and(|(_, nat)| nat)),
+                ));
                 let mut page = telemetry::render_metrics(m);
                 self.cache_add.render(&mut page);
                 page
