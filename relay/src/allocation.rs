@@ -224,14 +224,12 @@ impl Allocation {
     fn take_events(&mut self, now: Instant) {
         while let Some(ev) = self.client.poll_event() {
             match ev {
-                TurnEvent::AllocationCreated(_, relayed) => {
-                    if self.state == State::Allocating {
-                        debug!(%relayed, server = %self.server, "relay allocation created");
-                        self.state = State::Allocated(relayed);
-                        self.relay_ip = Some(relayed.ip());
-                        self.events.push_back(Event::Allocated { relayed });
-                        self.apply_permissions(now);
-                    }
+                TurnEvent::AllocationCreated(_, relayed) if self.state == State::Allocating => {
+                    debug!(%relayed, server = %self.server, "relay allocation created");
+                    self.state = State::Allocated(relayed);
+                    self.relay_ip = Some(relayed.ip());
+                    self.events.push_back(Event::Allocated { relayed });
+                    self.apply_permissions(now);
                 }
                 TurnEvent::AllocationCreateFailed(family) => {
                     self.lose(format!("the relay refused an allocation ({family:?})"));
@@ -315,14 +313,15 @@ impl Allocation {
             return Err(SendError::NotAllocated);
         }
         let t = self.turn_now(now);
-        if !self.channels.contains(&peer) && self.channels.len() < MAX_CHANNELS {
-            if self.client.have_permission(TransportType::Udp, peer.ip()) {
-                match self.client.bind_channel(TransportType::Udp, peer, t) {
-                    Ok(()) => {
-                        self.channels.insert(peer);
-                    }
-                    Err(e) => debug!(%peer, error = %e, "cannot bind a channel"),
+        if !self.channels.contains(&peer)
+            && self.channels.len() < MAX_CHANNELS
+            && self.client.have_permission(TransportType::Udp, peer.ip())
+        {
+            match self.client.bind_channel(TransportType::Udp, peer, t) {
+                Ok(()) => {
+                    self.channels.insert(peer);
                 }
+                Err(e) => debug!(%peer, error = %e, "cannot bind a channel"),
             }
         }
         let built = match self.client.send_to(TransportType::Udp, peer, payload, t) {

@@ -85,7 +85,7 @@ impl Lab {
     }
 
     /// Client bytes to the server; what the server answers goes on.
-    fn to_server(&mut self, from: SocketAddr, bytes: Vec<u8>) {
+    fn send_to_server(&mut self, from: SocketAddr, bytes: Vec<u8>) {
         let chunks: Vec<Vec<u8>> = if self.transport.is_stream() {
             bytes.chunks(self.chunk).map(<[u8]>::to_vec).collect()
         } else {
@@ -175,7 +175,7 @@ impl Lab {
                 while let Some(b) = self.nodes[i].alloc.poll_transmit(now) {
                     busy = true;
                     let from = self.nodes[i].local;
-                    self.to_server(from, b);
+                    self.send_to_server(from, b);
                 }
             }
             if !busy {
@@ -203,7 +203,7 @@ impl Lab {
         let now = self.now;
         let n = self.nodes[i].alloc.send(to, payload, now, &mut out)?;
         let from = self.nodes[i].local;
-        self.to_server(from, out[..n].to_vec());
+        self.send_to_server(from, out[..n].to_vec());
         self.settle();
         Ok(n)
     }
