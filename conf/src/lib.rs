@@ -323,3 +323,7 @@ fn default_backend() -> String {
 pub(crate) fn backend(c: &Checker, field: &str, value: &str) -> Result<BackendKind, ConfigError> {
     value.parse().map_err(|e: String| c.err(field, e))
 }
+
+/// The map-server's node API (relay grants), on its control address inside
+/// the control tunnel: reachable only by nodes with a configured key.
+pub const NODE_API_PORT: u16 = 4343;

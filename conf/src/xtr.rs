@@ -46,6 +46,14 @@
 //! # interface = "eth1"
 //!
 //! metrics = "127.0.0.1:9343"          # status and Prometheus; "" disables
+//!
+//! [relay]                             # the campus relay (coturn), all optional
+//! enabled = true                      # ask the map-servers for relay credentials
+//! only = false                        # everything through the relay (UDP blocked)
+//! grant_file = "/var/lib/lispwg/xtr/lwrobota-relay.json"
+//!                                     # credentials kept across restarts; put
+//!                                     # one there (map-server relay-grant) for a
+//!                                     # node that must reach the relay first
 //! ```
 
 use crate::{
@@ -79,6 +87,32 @@ struct Raw {
     cache: RawCache,
     lan: Option<RawLan>,
     metrics: Option<String>,
+    #[serde(default)]
+    relay: RawRelay,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    only: bool,
+    grant_file: Option<String>,
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        RawRelay {
+            enabled: true,
+            only: false,
+            grant_file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +265,15 @@ pub struct RlocInterface {
     pub weight: u8,
 }
 
+/// The campus relay, from the agent's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub enabled: bool,
+    pub only: bool,
+    /// Where the relay grant is kept across restarts.
+    pub grant_file: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheConfig {
     pub max_entries: usize,
@@ -257,6 +300,7 @@ pub struct XtrConfig {
     pub cache: CacheConfig,
     pub lan_interface: Option<String>,
     pub metrics: Option<SocketAddr>,
+    pub relay: RelayConfig,
     pub ignored_env: Vec<String>,
 }
 
@@ -273,6 +317,7 @@ impl XtrConfig {
             "cache",
             "lan",
             "metrics",
+            "relay",
         ];
         let (raw, ignored_env) = load_raw::<Raw>(file, ENV_PREFIX, &known)?;
         let c = checker(file);
@@ -455,6 +500,23 @@ impl XtrConfig {
             Some(s) => Some(c.socket("metrics", s)?),
             None => Some(DEFAULT_METRICS.parse().expect("valid default")),
         };
+        let rr = &raw.relay;
+        if rr.only && !rr.enabled {
+            return Err(c.err("relay.only", "needs relay.enabled = true"));
+        }
+        let grant_file = match rr.grant_file.as_deref() {
+            Some("") => return Err(c.err("relay.grant_file", "give a path, or leave it out")),
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(format!(
+                "/var/lib/lispwg/xtr/{}-relay.json",
+                wireguard.interface
+            )),
+        };
+        let relay = RelayConfig {
+            enabled: rr.enabled,
+            only: rr.only,
+            grant_file,
+        };
         Ok(XtrConfig {
             file: file.to_path_buf(),
             mode,
@@ -469,6 +531,7 @@ impl XtrConfig {
             cache,
             lan_interface,
             metrics,
+            relay,
             ignored_env,
         })
     }

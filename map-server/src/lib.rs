@@ -5,6 +5,7 @@
 //! the clock), the crash-safe [`store`] that carries out its commits, and the
 //! [`status`] page.
 
+pub mod node_api;
 pub mod shell;
 pub mod status;
 pub mod store;

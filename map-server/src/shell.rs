@@ -21,6 +21,7 @@ use map_server_core::{
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -96,6 +97,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
                         port: s.port,
                         priority: r.priority,
                         weight: r.weight,
+                        relayed: false,
                     })
                     .collect(),
                 wg_key: s.public_key.map(|k| *k.as_bytes()),
@@ -145,6 +147,7 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         started,
         restored,
         interface: cfg.control.as_ref().map(|c| c.interface.clone()),
+        node_api: Arc::new(crate::node_api::NodeApi::new(&cfg)),
     };
     // Drop what no longer passes the policy before anything else happens.
     shell.flush().await;
@@ -167,6 +170,14 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
             let addr = SocketAddr::new(ctl.address, LISP_CONTROL_PORT);
             shell.tunnel = Some(bind_udp(addr, Some(&ctl.interface))?);
             info!(%addr, ifname = %ctl.interface, "listening for control messages inside the WireGuard tunnel only");
+            let api = SocketAddr::new(ctl.address, conf::NODE_API_PORT);
+            crate::node_api::serve(api, &ctl.interface, shell.node_api.clone())
+                .await
+                .map_err(|error| ShellError::Socket {
+                    addr: api,
+                    device: Some(ctl.interface.clone()),
+                    error,
+                })?;
             // The core wakes the control peers whose registrations it restored.
             shell.core.finish_restore();
             shell.flush().await;
@@ -353,6 +364,7 @@ struct Shell {
     started: Instant,
     restored: usize,
     interface: Option<String>,
+    node_api: Arc<crate::node_api::NodeApi>,
 }
 
 async fn recv_on(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
@@ -572,6 +584,22 @@ impl Shell {
                 "seconds since start",
                 "gauge",
                 self.started.elapsed().as_secs(),
+            ),
+            (
+                "lispwg_ms_relay_grants_total",
+                "relay credentials handed to nodes",
+                "counter",
+                self.node_api
+                    .grants
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            (
+                "lispwg_ms_relay_grants_refused_total",
+                "relay credential requests refused",
+                "counter",
+                self.node_api
+                    .refused
+                    .load(std::sync::atomic::Ordering::Relaxed),
             ),
         ];
         telemetry::render_metrics(self.core.counters().metrics().into_iter().chain(shell))

@@ -155,6 +155,23 @@ pub fn spki_pin(spki_der: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki_der))
 }
 
+/// The SHA-256 of a DER certificate's SubjectPublicKeyInfo; `None` for
+/// something that is not an X.509 certificate.
+pub fn certificate_spki_sha256(der: &[u8]) -> Option<[u8; 32]> {
+    let der = pki_types::CertificateDer::from(der);
+    let cert = webpki::EndEntityCert::try_from(&der).ok()?;
+    Some(sha2::Sha256::digest(cert.subject_public_key_info().as_ref()).into())
+}
+
+/// The pin of the first certificate in PEM text (what `tls_cert_file`
+/// holds), as `tls_spki_sha256` holds it.
+pub fn pem_spki_pin(pem: &str) -> Option<String> {
+    use pki_types::pem::PemObject as _;
+    let der = pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let hash = certificate_spki_sha256(&der)?;
+    Some(base64::engine::general_purpose::STANDARD.encode(hash))
+}
+
 impl Grant {
     /// A grant for node `name`, valid for `ttl` from `now_unix`.
     pub fn issue(
@@ -275,6 +292,22 @@ mod tests {
         let mut g = Grant::issue(b"s", "n", 0, Duration::ZERO, vec![server()]).unwrap();
         g.version = 2;
         assert_eq!(g.check(), Err(GrantError::Version(2)));
+    }
+
+    #[test]
+    fn a_certificate_pin_matches_openssl() {
+        // openssl x509 -pubkey -noout | openssl pkey -pubin -outform der
+        //   | openssl dgst -sha256 -binary | base64
+        const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBfjCCASOgAwIBAgIUWb9DBmLXH7m8bw771rpA7o1tLhgwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJdHVybi50ZXN0MB4XDTI2MTIwMTEwNTEyN1oXDTM2MTEyODEw\nNTEyN1owFDESMBAGA1UEAwwJdHVybi50ZXN0MFkwEwYHKoZIzj0CAQYIKoZIzj0D\nAQcDQgAERqv3dooP3vW3I5rZ3RFtrlojNMjHoKKVmwNgl7itOgtRcl+2bDK4U5iu\nQM6DOWT2tjlbZrAKqx4IPN2fS/mw86NTMFEwHQYDVR0OBBYEFD1oz7w6+YBeUyPN\nvMVYtvArRgqgMB8GA1UdIwQYMBaAFD1oz7w6+YBeUyPNvMVYtvArRgqgMA8GA1Ud\nEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSQAwRgIhAP3loIndTi6/vUrKmj0Km3Fc\nRHU923V0FtzZAOcG4C66AiEAgFNZUXZkgdh8MTAJOVdm8GegCkxRz/L3oI1gcftZ\n8+4=\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            pem_spki_pin(CERT).as_deref(),
+            Some("A3P2DXVRHJ1hjW7VxH7j/Z/BSCgs+3MWZknKCqlqbuQ=")
+        );
+        assert_eq!(
+            pem_spki_pin("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+            None
+        );
+        assert_eq!(pem_spki_pin(""), None);
     }
 
     #[test]

@@ -4,20 +4,23 @@
 //! outcome of each data-plane operation and statistics read back to it. It
 //! decides nothing.
 
+use crate::relay::Relay;
 use crate::status::{PeerRow, Snapshot};
 use conf::telemetry::{self, Page, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use wgctl::{Host, IpPrefix, MissTun, NetEvent, PeerConfig, Reinjector, RouteSpec, WgInterface};
 use xtr_core::{
-    DataplaneFault, DataplaneOp, LinkEvent, MapServerPeer, Output, PeerStats, RlocInterface, Xtr,
-    XtrPolicy,
+    DataplaneFault, DataplaneOp, LinkEvent, MapServerPeer, Output, PeerStats, RelayPolicy,
+    RlocInterface, Xtr, XtrPolicy,
 };
 
 /// Metric of the per-peer routes: below the miss route's, though being more
@@ -125,13 +128,20 @@ struct Agent {
     core: Xtr,
     wg: WgInterface,
     miss: MissTun,
-    reinjector: Reinjector,
+    reinjector: Arc<Reinjector>,
     control: UdpSocket,
+    /// The relay's I/O, when the relay is on.
+    relay: Option<Relay>,
+    /// Answers of relay grant fetches.
+    grants: (GrantSender, mpsc::UnboundedReceiver<GrantResult>),
     netlink: wgctl::Netlink,
     started: SystemTime,
     output_errors: u64,
     cache_add: CacheAddHistogram,
 }
+
+type GrantResult = std::result::Result<(relay::Grant, Duration), String>;
+type GrantSender = mpsc::UnboundedSender<GrantResult>;
 
 fn prefix(p: &EidPrefix) -> Result<IpPrefix> {
     IpPrefix::new(p.addr(), p.prefix_len()).ctx(format!("prefix {p}"))
@@ -215,7 +225,11 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     };
 
     let control = control_socket(&cfg)?;
-    let reinjector = Reinjector::new().ctx("opening the re-injection socket")?;
+    let reinjector = Arc::new(Reinjector::new().ctx("opening the re-injection socket")?);
+    let relay = cfg
+        .relay
+        .enabled
+        .then(|| Relay::new(cfg.wireguard.listen_port, reinjector.clone()));
     let mut events = netlink
         .events()
         .await
@@ -247,12 +261,15 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         miss,
         reinjector,
         control,
+        relay,
+        grants: mpsc::unbounded_channel(),
         netlink,
         started: SystemTime::now(),
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
     };
     agent.core.handle_link_events(now, &initial);
+    agent.load_grant(now);
     agent.flush().await;
 
     let mut telemetry = match agent.cfg.metrics {
@@ -283,13 +300,63 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             },
             _ = sleep_until(deadline) => agent.core.handle_timeout(Instant::now()),
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
+            Some(ev) = next_relay_event(&mut agent.relay) => agent.core.handle_relay_event(Instant::now(), ev),
+            Some(g) = agent.grants.1.recv() => agent.on_grant(g),
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
         }
         agent.flush().await;
         agent.record_programmed();
     }
+    if let Some(r) = agent.relay.take() {
+        r.shutdown().await;
+    }
     Ok(())
+}
+
+async fn next_relay_event(r: &mut Option<Relay>) -> Option<xtr_core::RelayEvent> {
+    match r {
+        Some(r) => r.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Asks map-server `ms` for a relay grant, over the control tunnel (run
+/// off the event loop).
+fn fetch_grant(control_address: IpAddr, name: String) -> GrantResult {
+    let url = format!(
+        "http://{}/v1/relay",
+        SocketAddr::new(control_address, conf::NODE_API_PORT)
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&url)
+        .call()
+        .map_err(|e| format!("{name}: {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{name}: {url}: {e}"))?;
+    match status {
+        200 => {}
+        404 => return Err(format!("{name} offers no relay")),
+        s => return Err(format!("{name}: {url}: HTTP {s}: {}", body.trim())),
+    }
+    let grant: relay::Grant = serde_json::from_str(&body)
+        .map_err(|e| format!("{name}: the grant does not parse: {e}"))?;
+    let valid = grant.valid_for(unix_now());
+    Ok((grant, valid))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -362,7 +429,35 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
     p.held_bytes_per_eid = cfg.cache.held_bytes;
     p.max_cache_entries = cfg.cache.max_entries;
     p.idle_timeout = cfg.cache.idle_timeout;
+    p.relay = RelayPolicy {
+        enabled: cfg.relay.enabled,
+        only: cfg.relay.only,
+    };
     p
+}
+
+/// Writes the grant atomically (a temporary file renamed over it), 0600:
+/// it holds credentials.
+fn save_grant(path: &std::path::Path, grant: &relay::Grant) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(
+        serde_json::to_string_pretty(grant)
+            .map_err(std::io::Error::other)?
+            .as_bytes(),
+    )?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The control socket: our control address, port 4342, bound to the
@@ -433,6 +528,44 @@ impl Agent {
         self.core.handle_link_events(Instant::now(), &[ev]);
     }
 
+    /// The grant kept from an earlier run (or put there by the operator),
+    /// if it still works.
+    fn load_grant(&mut self, now: Instant) {
+        if !self.cfg.relay.enabled {
+            return;
+        }
+        let path = &self.cfg.relay.grant_file;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot read the relay grant");
+                return;
+            }
+        };
+        match serde_json::from_str::<relay::Grant>(&text) {
+            Ok(g) => {
+                let valid = g.valid_for(unix_now());
+                info!(file = %path.display(), valid_for_secs = valid.as_secs(), "relay grant from file");
+                self.core.handle_relay_grant(now, Ok((g, valid)));
+            }
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "the relay grant file does not parse")
+            }
+        }
+    }
+
+    /// A fetched grant: kept on disk (so a restart in a network that lets
+    /// only TCP out still reaches the relay), then handed to the core.
+    fn on_grant(&mut self, g: GrantResult) {
+        if let Ok((grant, _)) = &g {
+            if let Err(e) = save_grant(&self.cfg.relay.grant_file, grant) {
+                warn!(file = %self.cfg.relay.grant_file.display(), error = %e, "cannot keep the relay grant");
+            }
+        }
+        self.core.handle_relay_grant(Instant::now(), g);
+    }
+
     /// Reads WireGuard's peer counters for the core.
     async fn read_peer_stats(&mut self) {
         let info = match self.wg.read().await {
@@ -452,6 +585,7 @@ impl Agent {
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
                 since_handshake: p.last_handshake.and_then(|t| now.duration_since(t).ok()),
+                endpoint: p.endpoint,
             })
             .collect();
         self.core.handle_peer_stats(Instant::now(), &stats);
@@ -497,6 +631,27 @@ impl Agent {
                     if let Err(e) = self.miss.deliver(&packet).await {
                         self.output_errors += 1;
                         warn!(error = %e, "ICMP error could not be delivered");
+                    }
+                }
+                Output::Relay(op) => match &self.relay {
+                    Some(r) => r.apply(op),
+                    None => debug!("relay operation with the relay off"),
+                },
+                Output::FetchRelayGrant { map_server } => {
+                    match self.cfg.map_servers.get(map_server) {
+                        Some(ms) => {
+                            let (addr, name) = (ms.control_address, ms.name.clone());
+                            let tx = self.grants.0.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let _ = tx.send(fetch_grant(addr, name));
+                            });
+                        }
+                        None => {
+                            let _ = self
+                                .grants
+                                .0
+                                .send(Err(format!("no map-server {map_server}")));
+                        }
                     }
                 }
                 Output::Punch { to } => {
@@ -653,12 +808,55 @@ impl Agent {
                 let count = |f: &dyn Fn(&xtr_core::PathStatus) -> bool| {
                     paths.iter().filter(|p| f(p)).count() as u64
                 };
+                let relayed =
+                    |p: &xtr_core::PathStatus| p.kind == Some(xtr_core::PathKind::Relayed);
                 m.push((
                     "lispwg_xtr_paths_direct",
                     "data peers reached directly (state up)",
                     "gauge",
-                    count(&|p| p.state == "up"),
+                    count(&|p| p.state == "up" && !relayed(p)),
                 ));
+                m.push((
+                    "lispwg_xtr_paths_relayed",
+                    "data peers reached through the relay",
+                    "gauge",
+                    count(&|p| p.state == "up" && relayed(p)),
+                ));
+                let rs = self.core.relay_status(Instant::now());
+                m.push((
+                    "lispwg_xtr_relay_up",
+                    "1 while the relay allocation is up",
+                    "gauge",
+                    u64::from(rs.state == "up"),
+                ));
+                m.push((
+                    "lispwg_xtr_relay_only",
+                    "1 while everything goes through the relay",
+                    "gauge",
+                    u64::from(rs.only),
+                ));
+                if let Some(r) = &self.relay {
+                    let c = r.counters();
+                    let get = |a: &std::sync::atomic::AtomicU64| {
+                        a.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    for (name, help, v) in [
+                        ("lispwg_xtr_relay_sent_bytes_total", "WireGuard bytes sent through the relay", get(&c.out_bytes)),
+                        ("lispwg_xtr_relay_sent_datagrams_total", "WireGuard datagrams sent through the relay", get(&c.out_datagrams)),
+                        ("lispwg_xtr_relay_received_bytes_total", "WireGuard bytes the relay delivered", get(&c.in_bytes)),
+                        ("lispwg_xtr_relay_received_datagrams_total", "WireGuard datagrams the relay delivered", get(&c.in_datagrams)),
+                        ("lispwg_xtr_relay_dropped_datagrams_total", "datagrams the relay path dropped (no allocation, no permission, full queue)", get(&c.dropped)),
+                        ("lispwg_xtr_relay_probe_copies_total", "copies sent straight while probing a direct path", get(&c.mirrored)),
+                    ] {
+                        m.push((name, help, "counter", v));
+                    }
+                    m.push((
+                        "lispwg_xtr_relay_proxies",
+                        "relay proxy sockets open",
+                        "gauge",
+                        r.proxies() as u64,
+                    ));
+                }
                 m.push((
                     "lispwg_xtr_paths_connecting",
                     "data peers waiting for their first handshake",
@@ -727,6 +925,7 @@ impl Agent {
             seen_at: self.core.seen_at(),
             uptime: self.started.elapsed().unwrap_or_default(),
             map_servers: self.core.map_servers(),
+            relay: self.cfg.relay.enabled.then(|| self.core.relay_status(now)),
             cache: self.core.cache_entries(now),
             peers,
         }

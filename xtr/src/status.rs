@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
-use xtr_core::{CacheStatus, LocalRloc, MapServerStatus, PathStatus};
+use xtr_core::{CacheStatus, LocalRloc, MapServerStatus, PathStatus, RelayStatus};
 
 /// One WireGuard peer as the interface reports it.
 #[derive(Debug, Clone)]
@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub seen_at: Option<(SocketAddr, bool)>,
     pub uptime: Duration,
     pub map_servers: Vec<MapServerStatus>,
+    /// `None` when the relay is off in the configuration.
+    pub relay: Option<RelayStatus>,
     pub cache: Vec<CacheStatus>,
     /// `None` when WireGuard could not be read.
     pub peers: Option<Vec<PeerRow>>,
@@ -77,6 +79,25 @@ impl Snapshot {
                     ", not registered yet"
                 }
             );
+        }
+        if let Some(r) = &self.relay {
+            let how = match (r.transport, r.server) {
+                (Some(t), Some(a)) => format!(" via {t} {a}"),
+                _ => String::new(),
+            };
+            let at = r.relayed.map(|a| format!(" at {a}")).unwrap_or_default();
+            let since = r
+                .since
+                .map(|d| format!(" for {}", human(d)))
+                .unwrap_or_default();
+            let grant = match r.grant_valid_for {
+                Some(d) => format!(", credentials valid {}", human(d)),
+                None => ", no credentials yet".to_string(),
+            };
+            let _ = writeln!(s, "  relay: {}{at}{how}{since}{grant}", r.state);
+            if r.only {
+                let _ = writeln!(s, "  relay only: everything goes through the relay");
+            }
         }
         let _ = writeln!(s, "\nmap-cache:");
         if self.cache.is_empty() {

@@ -170,6 +170,7 @@ impl MapServer {
                         port: info.port,
                         priority: r.priority,
                         weight: r.weight,
+                        relayed: info.relayed,
                     })
                 })
                 .collect();

@@ -26,6 +26,8 @@ pub struct Rloc {
     pub port: Option<u16>,
     pub priority: u8,
     pub weight: u8,
+    /// A relay's address (the node's TURN allocation), not the node's.
+    pub relayed: bool,
 }
 
 /// What the map-server knows about one EID prefix.
@@ -185,6 +187,7 @@ mod tests {
                 port: Some(51820),
                 priority: 1,
                 weight: 100,
+                relayed: false,
             }]
             .into_boxed_slice(),
             wg_key: Some([7; 32]),

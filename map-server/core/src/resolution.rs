@@ -175,6 +175,9 @@ impl MapServer {
                 if let Some(private) = c.private {
                     locator = locator.with_private(private);
                 }
+                if c.relayed {
+                    locator = locator.with_rtrs([c.endpoint.ip()]);
+                }
                 RlocRecord::new(c.priority, c.weight, locator.to_address())
             })
             .collect();
@@ -192,11 +195,12 @@ pub fn mapping_record(prefix: EidPrefix, m: &Mapping) -> EidRecord {
         .rlocs
         .iter()
         .map(|r| {
+            let endpoint = SocketAddr::new(r.addr, r.port.unwrap_or(DEFAULT_WG_PORT));
             let locator = match m.wg_key {
-                Some(key) => wireguard_locator(
-                    SocketAddr::new(r.addr, r.port.unwrap_or(DEFAULT_WG_PORT)),
-                    key,
-                ),
+                Some(key) if r.relayed => WgLocator::new(endpoint, key)
+                    .with_rtrs([r.addr])
+                    .to_address(),
+                Some(key) => wireguard_locator(endpoint, key),
                 None => Address::from(r.addr),
             };
             RlocRecord::new(r.priority, r.weight, locator)

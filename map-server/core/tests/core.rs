@@ -628,6 +628,7 @@ fn persisted_mapping(a: &Node, now: Instant) -> Mapping {
             port: Some(a.rloc.port()),
             priority: 1,
             weight: 100,
+            relayed: false,
         }]
         .into_boxed_slice(),
         wg_key: Some(a.key),

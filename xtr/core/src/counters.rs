@@ -44,6 +44,20 @@ pub struct Counters {
     pub stalls: u64,
     /// Solicit-Map-Requests heard: a correspondent restarted.
     pub smrs: u64,
+    /// Relay grants received, and fetches that failed.
+    pub relay_grants: u64,
+    pub relay_grant_failures: u64,
+    /// Relay allocations made, and lost (or failed to come).
+    pub relay_allocations: u64,
+    pub relay_losses: u64,
+    /// Relay self-checks that got no answer in time.
+    pub relay_checks_missed: u64,
+    /// Paths that moved onto the relay, and off it to a direct path.
+    pub relay_switches_to_relay: u64,
+    pub relay_switches_to_direct: u64,
+    /// Direct probes of relayed paths, and those that found no path.
+    pub relay_probes: u64,
+    pub relay_probe_failures: u64,
 }
 
 impl Counters {
@@ -217,6 +231,60 @@ impl Counters {
                 "Solicit-Map-Requests heard (a correspondent restarted)",
                 "counter",
                 self.smrs,
+            ),
+            (
+                "lispwg_xtr_relay_grants_total",
+                "relay credentials received",
+                "counter",
+                self.relay_grants,
+            ),
+            (
+                "lispwg_xtr_relay_grant_failures_total",
+                "relay credential fetches that failed",
+                "counter",
+                self.relay_grant_failures,
+            ),
+            (
+                "lispwg_xtr_relay_allocations_total",
+                "relay allocations made",
+                "counter",
+                self.relay_allocations,
+            ),
+            (
+                "lispwg_xtr_relay_losses_total",
+                "relay allocations lost, or ways to the relay that failed",
+                "counter",
+                self.relay_losses,
+            ),
+            (
+                "lispwg_xtr_relay_checks_missed_total",
+                "relay self-checks that got no answer in time",
+                "counter",
+                self.relay_checks_missed,
+            ),
+            (
+                "lispwg_xtr_relay_switches_to_relay_total",
+                "paths that moved onto the relay",
+                "counter",
+                self.relay_switches_to_relay,
+            ),
+            (
+                "lispwg_xtr_relay_switches_to_direct_total",
+                "relayed paths that moved to a direct path",
+                "counter",
+                self.relay_switches_to_direct,
+            ),
+            (
+                "lispwg_xtr_relay_probes_total",
+                "direct probes of relayed paths",
+                "counter",
+                self.relay_probes,
+            ),
+            (
+                "lispwg_xtr_relay_probe_failures_total",
+                "direct probes that found no direct path",
+                "counter",
+                self.relay_probe_failures,
             ),
             (
                 "lispwg_xtr_stats_failures_total",

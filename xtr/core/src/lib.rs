@@ -29,11 +29,16 @@ pub mod paths;
 pub mod peers;
 pub mod policy;
 pub mod registration;
+pub mod relaying;
 pub mod resolution;
 
 pub use counters::Counters;
-pub use io::{DataplaneFault, DataplaneOp, LinkEvent, OpId, Output, PeerStats, Refusal, Unusable};
+pub use io::{
+    DataplaneFault, DataplaneOp, LinkEvent, OpId, Output, PeerStats, Refusal, RelayEvent, RelayOp,
+    Unusable,
+};
 pub use policy::{LocalRloc, MapServerPeer, RlocInterface, XtrPolicy};
+pub use relaying::{RelayPolicy, RelayStatus};
 
 use dataplane::{Backoff, Dataplane};
 use lisp_wire::{
@@ -84,6 +89,8 @@ pub enum PathKind {
     DirectPrivate,
     /// Over IPv6.
     Ipv6,
+    /// Through the campus relay.
+    Relayed,
 }
 
 impl PathKind {
@@ -92,6 +99,7 @@ impl PathKind {
             PathKind::Direct => "direct",
             PathKind::DirectPrivate => "direct (private)",
             PathKind::Ipv6 => "direct (IPv6)",
+            PathKind::Relayed => "relayed",
         }
     }
 }
@@ -114,6 +122,8 @@ pub struct PathStatus {
     pub since: Duration,
     /// Whether either side is behind a NAT (keepalives while active).
     pub nat: bool,
+    /// Where WireGuard sends to it, as last read.
+    pub wg_endpoint: Option<SocketAddr>,
 }
 
 /// The xtr state machine.
@@ -158,6 +168,7 @@ pub struct Xtr {
     /// Where the map-server sees our WireGuard socket, and whether that is
     /// through a NAT (it tells us when that changes).
     seen_at: Option<(SocketAddr, bool)>,
+    relay: relaying::Relay,
 }
 
 impl Xtr {
@@ -210,6 +221,7 @@ impl Xtr {
             map_version: 1 + (seed % 4095) as u16,
             resolve_after_register: Vec::new(),
             seen_at: None,
+            relay: relaying::Relay::new(),
         }
     }
 
@@ -308,6 +320,7 @@ impl Xtr {
             .chain(self.dataplane.poll_timeout())
             .chain(self.paths_timeout())
             .chain(stats)
+            .chain(self.relay_poll_timeout())
             .chain(std::iter::once(self.next_housekeeping))
             .min()
     }
@@ -537,6 +550,7 @@ impl Xtr {
             self.expire_cache(now);
         }
         self.punch(now);
+        self.relay_timeout(now);
         self.ask_stats_if_due(now);
         self.flush_dataplane(now);
     }

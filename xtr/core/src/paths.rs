@@ -29,7 +29,7 @@
 //! after the first 300 ms), at each initiator's deadline, and at once when a
 //! packet for a waiting responder is held.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,12 @@ pub(crate) struct Path {
     /// An established responder whose peer moved: it follows the pushed
     /// candidates instead of the endpoint WireGuard learnt.
     follow: bool,
+    /// The candidates that go through a relay (see [`crate::relaying`]).
+    pub(crate) relayed: BTreeSet<SocketAddr>,
+    /// An endpoint chosen over the plan: a relayed candidate a stalled
+    /// path fell back to, or the direct address WireGuard roamed to from
+    /// the relay.
+    pub(crate) pinned: Option<SocketAddr>,
 }
 
 /// The attempt plan over the candidates: the best one twice, then the
@@ -119,6 +125,8 @@ impl Path {
             punches: VecDeque::new(),
             generation: 0,
             follow: false,
+            relayed: BTreeSet::new(),
+            pinned: None,
         }
     }
 
@@ -138,6 +146,8 @@ impl Path {
                 .collect(),
             generation: 0,
             follow: false,
+            relayed: BTreeSet::new(),
+            pinned: None,
         }
     }
 
@@ -146,6 +156,9 @@ impl Path {
     /// knows the initiator's real source (through a symmetric NAT, not the
     /// endpoint the map-server sees it at).
     pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
+        if self.pinned.is_some() {
+            return self.pinned;
+        }
         match self.role {
             Role::Responder if !self.follow => None,
             _ => plan(&self.candidates)

@@ -78,6 +78,8 @@ pub struct XtrPolicy {
     /// How long held packets and Map-Notify-Acks wait for a data plane that
     /// keeps failing.
     pub dataplane_patience: Duration,
+    /// The campus relay (see [`crate::relaying`]).
+    pub relay: crate::relaying::RelayPolicy,
 }
 
 impl XtrPolicy {
@@ -111,6 +113,7 @@ impl XtrPolicy {
             dataplane_retry_first: Duration::from_millis(10),
             dataplane_retry_max: Duration::from_secs(1),
             dataplane_patience: Duration::from_secs(3),
+            relay: crate::relaying::RelayPolicy::default(),
         }
     }
 

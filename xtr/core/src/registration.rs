@@ -167,19 +167,13 @@ impl Xtr {
         let moved = self.rlocs_known && !rlocs.is_empty();
         self.rlocs = rlocs;
         self.rlocs_known = true;
-        // Each map-server at an endpoint of a family we can reach now.
-        for (i, ms) in self.policy.map_servers.iter().enumerate() {
-            let reachable = ms
-                .endpoints
-                .iter()
-                .find(|e| self.rlocs.iter().any(|r| r.addr.is_ipv4() == e.is_ipv4()));
-            if let Some(&e) = reachable {
-                if self.dataplane.control_endpoint(i) != Some(e) {
-                    info!(map_server = %ms.name, endpoint = %e, "reaching the map-server at another endpoint");
-                }
-                self.dataplane.want_control_endpoint(i, e);
-            }
+        if moved {
+            // The allocation was made from our old address.
+            self.relay_moved(now);
+            self.probe_after_move(now);
         }
+        // Each map-server at an endpoint of a family we can reach now.
+        self.route_control();
         if moved {
             // wireguard-go sends nothing from a new address until its port
             // is set again; this must follow the new address, not the removal.
@@ -204,7 +198,7 @@ impl Xtr {
     }
 
     fn own_records(&self) -> Vec<EidRecord> {
-        let rlocs: Vec<RlocRecord> = self
+        let mut rlocs: Vec<RlocRecord> = self
             .rlocs
             .iter()
             .map(|r| {
@@ -218,6 +212,14 @@ impl Xtr {
                 }
             })
             .collect();
+        // Our relayed address, last: the relay's address is its RTR.
+        if let Some(l) = self.relayed_locator() {
+            rlocs.push(RlocRecord::new(
+                crate::relaying::RELAYED_PRIORITY,
+                100,
+                l.to_address(),
+            ));
+        }
         self.policy
             .eids
             .iter()
@@ -325,6 +327,7 @@ impl Xtr {
         for dst in std::mem::take(&mut self.resolve_after_register) {
             self.resolve_again(now, dst);
         }
+        self.fetch_grant_if_due(now);
         true
     }
 }
