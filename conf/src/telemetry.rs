@@ -35,14 +35,27 @@ const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 /// Sets up `tracing` for a daemon: one line per event on stderr, with the
 /// event's structured fields, filtered by `RUST_LOG` (default `info`). Calling
 /// it again is harmless.
+/// Dependencies whose info-level logs are per-packet noise.
+const QUIET_CRATES: [&str; 3] = ["turn_client_proto", "stun_proto", "turn_types"];
+
 pub fn init_logging() {
-    let (filter, bad) = match tracing_subscriber::EnvFilter::try_from_default_env() {
+    let (mut filter, bad) = match tracing_subscriber::EnvFilter::try_from_default_env() {
         Ok(f) => (f, None),
         Err(e) => (
             tracing_subscriber::EnvFilter::new("info"),
             std::env::var("RUST_LOG").ok().map(|v| (v, e)),
         ),
     };
+    // The TURN client logs every poll at info; only its warnings matter to
+    // an operator, unless RUST_LOG names it.
+    let asked = std::env::var("RUST_LOG").unwrap_or_default();
+    for noisy in QUIET_CRATES {
+        if !asked.contains(noisy) {
+            if let Ok(d) = format!("{noisy}=warn").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
     let installed = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -91,6 +91,8 @@ pub struct Allocation {
     channels: BTreeSet<SocketAddr>,
     /// The relay's own address, whose permission must hold.
     relay_ip: Option<IpAddr>,
+    /// We gave the allocation back: its end is no loss.
+    deleted: bool,
 }
 
 impl Allocation {
@@ -125,6 +127,7 @@ impl Allocation {
             asked: BTreeSet::new(),
             channels: BTreeSet::new(),
             relay_ip: None,
+            deleted: false,
         }
     }
 
@@ -165,6 +168,10 @@ impl Allocation {
     }
 
     fn lose(&mut self, reason: String) {
+        if self.deleted {
+            self.state = State::Lost;
+            return;
+        }
         if self.state != State::Lost {
             warn!(server = %self.server, transport = %self.transport, %reason, "relay allocation lost");
             self.state = State::Lost;
@@ -379,5 +386,6 @@ impl Allocation {
             let t = self.turn_now(now);
             let _ = self.client.delete(t);
         }
+        self.deleted = true;
     }
 }

@@ -202,6 +202,7 @@ pub fn plain_ms_config(
             eids: vec![AllowedEid::within("10.0.0.0/8")],
         }],
         static_mappings: Vec::new(),
+        relay: None,
     };
     let path = dir.join("map-server.toml");
     write_toml(&path, &config)?;

@@ -475,7 +475,7 @@ impl Xtr {
             }
             if self.policy.eids.contains(&prefix) {
                 // Our own mapping as the map-server hands it out.
-                self.note_own_mapping(record);
+                self.note_own_mapping(now, record);
                 continue;
             }
             match self.install(now, record, Learned::Notify) {
@@ -517,7 +517,7 @@ impl Xtr {
 
     /// Where the map-server sees us, from our own mapping: the candidate it
     /// marks as behind a NAT, else the one at our own address.
-    fn note_own_mapping(&mut self, record: &lisp_wire::EidRecord) {
+    fn note_own_mapping(&mut self, now: Instant, record: &lisp_wire::EidRecord) {
         let infos: Vec<_> = record.rlocs.iter().filter_map(|r| r.info()).collect();
         let endpoint = |i: &lisp_wire::LocatorInfo| {
             SocketAddr::new(i.rloc, i.port.unwrap_or(self.policy.wg_port))
@@ -536,7 +536,15 @@ impl Xtr {
             if let Some((ep, nat)) = seen {
                 tracing::info!(endpoint = %ep, behind_nat = nat, "the map-server sees us here");
             }
+            let moved = self.seen_at.is_some();
             self.seen_at = seen;
+            if moved {
+                // Our NAT mapped us anew (it restarted, or was
+                // reconfigured): what we learnt about relayed peers while
+                // we were unreachable may be stale. Ask again; their
+                // answers start direct probes.
+                self.refresh_relayed_peers(now);
+            }
         }
     }
 

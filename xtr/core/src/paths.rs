@@ -169,12 +169,26 @@ impl Path {
     }
 
     /// Whether the route (and so the peer's traffic) may go in: not while
-    /// a responder waits for the handshake.
+    /// a responder waits for the handshake, nor while an initiator retries
+    /// after its first attempt failed (WireGuard drops what it queued for
+    /// a peer that is re-created: the agent holds the packets instead, and
+    /// re-injects them once a handshake came).
+    /// A path that failed is unrouted too: its packets come to the agent,
+    /// which answers them or tries again.
     pub(crate) fn routed(&self) -> bool {
-        !matches!(
-            (self.role, self.phase),
-            (Role::Responder, Phase::Probing { .. })
-        )
+        match self.phase {
+            Phase::Established { .. } => true,
+            Phase::Probing { .. } => self.role == Role::Initiator && self.attempt == 0,
+            Phase::Failed { .. } => false,
+        }
+    }
+
+    /// When every attempt failed, if they did.
+    pub(crate) fn failed_since(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Failed { since } => Some(since),
+            _ => None,
+        }
     }
 
     pub(crate) fn probing(&self) -> bool {
@@ -222,8 +236,8 @@ impl Path {
             return None;
         };
         match self.role {
-            Role::Initiator => Some(deadline),
-            Role::Responder => {
+            Role::Initiator if self.routed() => Some(deadline),
+            _ => {
                 let base = last_read.unwrap_or(since).max(since);
                 let step = if base.saturating_duration_since(since) < Duration::from_millis(300) {
                     Duration::from_millis(10)

@@ -119,6 +119,11 @@ impl Peer {
         }
     }
 
+    /// Its EID prefixes.
+    pub(crate) fn prefixes(&self) -> impl Iterator<Item = &EidPrefix> {
+        self.prefixes.iter()
+    }
+
     /// The persistent keepalive it should have now.
     pub(crate) fn keepalive(&self, now: Instant) -> Option<u16> {
         let initiator = self.path.role == Role::Initiator;
@@ -291,6 +296,7 @@ impl Xtr {
         }
         let new_prefix = peer.prefixes.insert(prefix);
         let before = peer.path.endpoint();
+        let old_relayed_all = peer.path.relayed.clone();
         let mut relay_changed = false;
         if !new_peer {
             match (learned, peer.path.role, peer.path.probing()) {
@@ -337,14 +343,20 @@ impl Xtr {
                         match peer.path.pinned {
                             Some(p) if !candidates.contains(&p) => {
                                 peer.path.pinned = if old_relayed.contains(&p) {
-                                    new_relayed
+                                    // While the peer allocates again it has
+                                    // no relayed candidate: stay, rather
+                                    // than jump to an unprobed direct path.
+                                    new_relayed.or(Some(p))
                                 } else {
                                     None
                                 };
                             }
                             // A pair on the relay stays there (its probes
                             // find the direct path, if there is one now).
-                            None if peer.on_relay => peer.path.pinned = new_relayed,
+                            None if peer.on_relay => {
+                                peer.path.pinned =
+                                    new_relayed.or(before.filter(|b| old_relayed.contains(b)));
+                            }
                             _ => {}
                         }
                         // The peer's relayed address changed: maybe the
@@ -360,6 +372,13 @@ impl Xtr {
             }
         }
         peer.path.relayed = relayed;
+        // A pin kept on a relayed address the update no longer lists is
+        // still relayed.
+        if let Some(p) = peer.path.pinned {
+            if old_relayed_all.contains(&p) {
+                peer.path.relayed.insert(p);
+            }
+        }
         let moved = !new_peer && peer.path.endpoint() != before;
         if new_peer {
             self.counters.peers_added += 1;
@@ -470,12 +489,19 @@ impl Xtr {
         }
     }
 
-    /// Whether the peer of `prefix` is a responder waiting for its first
-    /// handshake (its held packets want a statistics read at once).
+    /// When the path of `prefix`'s peer failed, if it did.
+    pub(crate) fn failed_since(&self, prefix: &EidPrefix) -> Option<Instant> {
+        self.peer_of(prefix)
+            .and_then(|k| self.peers.get(&k))
+            .and_then(|p| p.path.failed_since())
+    }
+
+    /// Whether the peer of `prefix` waits unrouted for a handshake (its
+    /// held packets want a statistics read at once).
     pub(crate) fn awaiting_handshake(&self, prefix: &EidPrefix) -> bool {
         self.peer_of(prefix)
             .and_then(|k| self.peers.get(&k))
-            .is_some_and(|p| p.path.role == Role::Responder && p.path.probing())
+            .is_some_and(|p| p.path.probing() && !p.path.routed())
     }
 
     /// Latest WireGuard statistics: first handshakes, failed attempts, and
@@ -551,6 +577,10 @@ impl Xtr {
                         self.counters.icmp_unreachable += 1;
                         self.outputs.push_back(Output::Deliver(icmp));
                     }
+                }
+                // Later packets come to us: answered, or a new try.
+                for p in peer.prefixes.clone() {
+                    self.dataplane.want_route(p, None);
                 }
             }
         }

@@ -13,6 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// Register nonces remembered per map-server, for late answers.
+const RECENT_REGISTERS: usize = 8;
 /// Consecutive unanswered registrations after which a map-server is down.
 const DOWN_AFTER_MISSES: u32 = 4;
 /// A map-server that has not answered a Map-Request for this long is probed
@@ -24,6 +26,9 @@ pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(1);
 pub(crate) struct MapServerState {
     /// Nonce of the last Map-Register not yet confirmed.
     outstanding: Option<u64>,
+    /// Nonces of our latest Map-Registers: a late answer to one is not a
+    /// push about us (it echoes what we registered, not how we are seen).
+    recent: std::collections::VecDeque<u64>,
     /// Wait before the next retry while unconfirmed.
     backoff: Duration,
     pub(crate) next_register: Instant,
@@ -38,6 +43,7 @@ impl MapServerState {
     pub(crate) fn new(now: Instant, backoff: Duration) -> Self {
         MapServerState {
             outstanding: None,
+            recent: std::collections::VecDeque::new(),
             backoff,
             next_register: now,
             up: false,
@@ -279,6 +285,10 @@ impl Xtr {
             }
             let s = &mut self.servers[i];
             s.outstanding = Some(nonce);
+            if s.recent.len() >= RECENT_REGISTERS {
+                s.recent.pop_front();
+            }
+            s.recent.push_back(nonce);
             let reg = MapRegister::proxied(nonce, records.clone());
             let ms = &self.policy.map_servers[i];
             match reg.encode_signed(&ms.site_key) {
@@ -311,7 +321,8 @@ impl Xtr {
     ) -> bool {
         let s = &mut self.servers[ms];
         if s.outstanding != Some(notify.nonce) {
-            return false;
+            // A late answer to an earlier register: handled, nothing more.
+            return s.recent.contains(&notify.nonce);
         }
         s.outstanding = None;
         s.misses = 0;

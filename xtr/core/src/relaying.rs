@@ -54,9 +54,11 @@ pub const ALLOCATE_WAIT: Duration = Duration::from_secs(3);
 /// First wait after every server and transport failed; doubles.
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(60);
-/// Period of the self-check while allocated: also keeps our NAT's mapping
-/// toward the relay (30 s unanswered, 120 s assured in conntrack) open.
-pub const CHECK_EVERY: Duration = Duration::from_secs(15);
+/// Period of the self-check while allocated: a relay that lost us is
+/// noticed within about 7 s even with no traffic to show it, and our NAT's
+/// mapping toward the relay (30 s unanswered, 120 s assured in conntrack)
+/// stays open.
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// How long a self-check answer may take.
 pub const CHECK_WAIT: Duration = Duration::from_secs(1);
 /// Missed self-checks in a row that lose the allocation.
@@ -742,6 +744,19 @@ impl Xtr {
         self.want_peer(now, key);
     }
 
+    /// Resolves every relayed peer again.
+    pub(crate) fn refresh_relayed_peers(&mut self, now: Instant) {
+        let dsts: Vec<IpAddr> = self
+            .peers
+            .values()
+            .filter(|p| p.on_relay)
+            .filter_map(|p| p.prefixes().next().map(|e| e.addr()))
+            .collect();
+        for dst in dsts {
+            self.resolve_again(now, dst);
+        }
+    }
+
     /// Our addresses changed: relayed pairs try direct soon.
     pub(crate) fn probe_after_move(&mut self, now: Instant) {
         for p in self.peers.values_mut().filter(|p| p.on_relay) {
@@ -765,11 +780,13 @@ impl Xtr {
                     self.counters.relay_probe_failures += 1;
                     peer.probe_backoff = (peer.probe_backoff * 2).min(PROBE_MAX);
                     peer.probe_next = Some(now + peer.probe_backoff);
-                    debug!(next_in = ?peer.probe_backoff, "no direct path yet");
+                    info!(next_in = ?peer.probe_backoff, "no direct path yet; staying on the relay");
                 }
                 continue;
             }
-            if peer.probe_next.is_none_or(|t| now < t) {
+            if peer.probe_next.is_none_or(|t| now < t) || !self.relay.up() {
+                // (Not while our allocation is being made again: the
+                // proxies would carry nothing to copy.)
                 continue;
             }
             peer.probe_next = None;
@@ -785,13 +802,31 @@ impl Xtr {
                 .copied()
                 .collect();
             // Only a side that sends through its own proxy can copy; the
-            // other side probes from its end.
-            let remote = peer.wg_endpoint.and_then(|e| self.relay.remote_of(e));
-            let (Some(remote), false) = (remote, direct.is_empty()) else {
+            // other side probes from its end. The proxy is the one we
+            // program (a relayed candidate), else the one WireGuard uses
+            // (a responder's, made for the peer that reached us).
+            let programmed = peer
+                .path
+                .endpoint()
+                .filter(|e| peer.path.relayed.contains(e) && self.relay.proxy(*e).is_some());
+            let remote = programmed.or(peer.wg_endpoint.and_then(|e| self.relay.remote_of(e)));
+            if direct.is_empty() {
+                continue;
+            }
+            let Some(remote) = remote else {
+                // The proxy for the relayed candidate is still being made
+                // (our allocation just came up): try in a moment.
+                if peer
+                    .path
+                    .endpoint()
+                    .is_some_and(|e| peer.path.relayed.contains(&e))
+                {
+                    peer.probe_next = Some(now + PROBE_SOON * 2);
+                }
                 continue;
             };
             self.counters.relay_probes += 1;
-            debug!(to = ?direct, "probing a direct path");
+            info!(to = ?direct, "probing a direct path");
             for &to in &direct {
                 self.counters.punches += 1;
                 self.outputs.push_back(Output::Punch { to });
@@ -810,9 +845,11 @@ impl Xtr {
     }
 
     fn probes_due(&self) -> Option<Instant> {
+        // A probe waits for our allocation (see probe_paths).
+        let up = self.relay.up();
         self.peers
             .values()
-            .filter_map(|p| p.probe_until.or(p.probe_next))
+            .filter_map(|p| p.probe_until.or(p.probe_next.filter(|_| up)))
             .min()
     }
 }

@@ -795,7 +795,11 @@ impl Sim {
 
     /// A datagram from `src` arriving at relayed address `to`: the holder's
     /// proxy socket for `src` hands it to its WireGuard, if permitted.
-    fn arrive_at_relayed(&mut self, src: SocketAddr, to: SocketAddr) -> Option<(usize, SocketAddr)> {
+    fn arrive_at_relayed(
+        &mut self,
+        src: SocketAddr,
+        to: SocketAddr,
+    ) -> Option<(usize, SocketAddr)> {
         if !self.relay.alive {
             return None;
         }
@@ -2358,4 +2362,32 @@ fn a_direct_path_that_stalls_falls_back_to_the_relay_at_once() {
     assert!(step < 30, "took {step} steps");
     sim.advance(Duration::from_millis(200));
     assert_eq!(sim.path_kind("A", "B"), Some(PathKind::Relayed));
+}
+
+#[test]
+fn a_pair_no_path_joined_is_tried_again_when_traffic_asks() {
+    // Found by the randomised scenarios: the map-server lost its store, so
+    // it cannot tell C about A (A is not registered again yet) and every
+    // attempt of A's fails. Later packets are answered at once, and one
+    // every 2 s tries again: once A is registered, the pair comes up.
+    let mut sim = Sim::new(1);
+    sim.restart_ms(0, true);
+    sim.with_relay(2, false);
+    sim.miss("A", "10.0.0.3", 1);
+    sim.advance(Duration::from_secs(1));
+    assert!(!sim.established("A", "C"));
+    assert!(sim.path_kind("A", "C").is_some());
+    let icmp = sim.nodes[0].dp.delivered.len();
+    sim.miss("A", "10.0.0.3", 2);
+    assert_eq!(
+        sim.nodes[0].dp.delivered.len(),
+        icmp + 1,
+        "answered at once"
+    );
+    sim.advance(Duration::from_secs(70));
+    let before = sim.nodes[0].dp.reinjected.len();
+    sim.miss("A", "10.0.0.3", 9);
+    sim.advance(Duration::from_millis(200));
+    assert_eq!(sim.nodes[0].dp.reinjected.len(), before + 1);
+    assert!(sim.established("A", "C"));
 }
