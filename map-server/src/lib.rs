@@ -7,6 +7,7 @@
 
 pub mod shell;
 pub mod status;
+pub mod status_json;
 pub mod store;
 
 pub use map_server_core as core;

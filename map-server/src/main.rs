@@ -46,7 +46,17 @@ enum Command {
     /// Fetches /status from the telemetry address in server.metrics: each
     /// registered EID with its RLOC and port, the peer that registered it, the
     /// time since its last registration and the time until it expires.
-    Status(ConfigArg),
+    /// With --json, the same data as a JSON document (docs/status-json.md).
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the status as JSON (the schema is in docs/status-json.md).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -168,8 +178,8 @@ fn check_config(a: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(a: ConfigArg) -> anyhow::Result<()> {
-    let cfg = MapServerConfig::load(&a.config)?;
+fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let cfg = MapServerConfig::load(&a.config.config)?;
     let Some(addr) = cfg.metrics else {
         bail!(
             "{}: server.metrics is \"\" (disabled), so the map-server serves no status; \
@@ -177,7 +187,12 @@ fn status(a: ConfigArg) -> anyhow::Result<()> {
             cfg.file.display()
         );
     };
-    let body = conf::telemetry::fetch(addr, "/status")
+    let path = if a.json {
+        "/status?format=json"
+    } else {
+        "/status"
+    };
+    let body = conf::telemetry::fetch(addr, path)
         .with_context(|| format!("cannot get the status of the map-server at {addr}"))?;
     print!("{body}");
     Ok(())

@@ -9,10 +9,9 @@
 //! back a Map-Notify until the commit of its registration is reported done,
 //! so the shell needs no knowledge of which datagram promises what.
 
-use crate::status::{ShellFacts, Snapshot};
 use crate::store::{Clock, Store, StoreError, DEFAULT_CACHE_BYTES};
 use conf::map_server::{ControlInterface, MapServerConfig};
-use conf::telemetry::{self, Page, PageRequest, Telemetry, TelemetryError};
+use conf::telemetry::{self, PageRequest, Telemetry, TelemetryError};
 use lisp_wire::LISP_CONTROL_PORT;
 use map_server_core::{
     ActionFault, ControlAction, Endpoints, MapServer, Mapping, Origin, PeerPolicy, Policy, Rloc,
@@ -26,6 +25,8 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{debug, error, info, warn};
 use wgctl::{Host, IpPrefix, PeerConfig, WgInterface};
+
+mod pages;
 
 /// Datagrams handled per iteration before the flush, so a burst is committed
 /// in one transaction without starving the timers.
@@ -397,13 +398,7 @@ impl Shell {
                     self.drain(&mut tunnel_buf);
                 }
                 Event::Timeout => self.core.handle_timeout(Instant::now()),
-                Event::Page(req) => {
-                    let body = match req.page {
-                        Page::Metrics => self.metrics(),
-                        Page::Status => self.status(),
-                    };
-                    req.respond(body);
-                }
+                Event::Page(req) => self.answer_page(req),
                 Event::Stop(name) => return name,
             }
             self.flush().await;
@@ -545,50 +540,5 @@ impl Shell {
             self.stats.send_errors += 1;
             warn!(dst = %t.dst, via = ?t.via, error = %e, "send failed");
         }
-    }
-
-    fn metrics(&self) -> String {
-        let shell = [
-            (
-                "lispwg_ms_send_errors_total",
-                "datagrams that could not be sent",
-                "counter",
-                self.stats.send_errors,
-            ),
-            (
-                "lispwg_ms_recv_errors_total",
-                "socket receive errors",
-                "counter",
-                self.stats.recv_errors,
-            ),
-            (
-                "lispwg_ms_pending_notifies",
-                "Map-Notifies awaiting their Ack",
-                "gauge",
-                self.core.pending_notifies() as u64,
-            ),
-            (
-                "lispwg_ms_uptime_seconds",
-                "seconds since start",
-                "gauge",
-                self.started.elapsed().as_secs(),
-            ),
-        ];
-        telemetry::render_metrics(self.core.counters().metrics().into_iter().chain(shell))
-    }
-
-    fn status(&self) -> String {
-        let local = |s: &Option<UdpSocket>| s.as_ref().and_then(|s| s.local_addr().ok());
-        let facts = ShellFacts {
-            uptime: self.started.elapsed(),
-            restored: self.restored,
-            tunnel: self
-                .interface
-                .clone()
-                .map(|ifname| (local(&self.tunnel), ifname)),
-            plain: local(&self.plain),
-            store_path: self.store.path().to_path_buf(),
-        };
-        Snapshot::take(&self.core, facts, Instant::now()).render_text()
     }
 }

@@ -8,5 +8,6 @@
 
 pub mod shell;
 pub mod status;
+pub mod status_json;
 
 pub use xtr_core as core;

@@ -4,13 +4,11 @@
 //! outcome of each data-plane operation and statistics read back to it. It
 //! decides nothing.
 
-use crate::status::{PeerRow, Snapshot};
-use conf::telemetry::{self, Page, PageRequest};
+use conf::telemetry::{self, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, error, info, warn};
@@ -20,6 +18,9 @@ use xtr_core::{
     XtrPolicy,
 };
 
+mod pages;
+use pages::CacheAddHistogram;
+
 /// Metric of the per-peer routes: below the miss route's, though being more
 /// specific they win anyway.
 const PEER_ROUTE_METRIC: u32 = 100;
@@ -28,49 +29,6 @@ const MISS_ROUTE_METRIC: u32 = 1000;
 /// endpoint (and NATs keep it open).
 const MS_KEEPALIVE_SECS: u16 = 25;
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-/// Upper bounds, in seconds, of the cache-add histogram's buckets.
-const CACHE_ADD_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-
-/// Time from a map-cache miss (the packet read from the miss TUN) to the
-/// end of the flush that programmed its peer and route (and re-injected the
-/// held packets), as the Prometheus histogram `lispwg_xtr_cache_add_seconds`.
-#[derive(Debug, Default)]
-struct CacheAddHistogram {
-    buckets: [u64; CACHE_ADD_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl CacheAddHistogram {
-    fn record(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, n) in CACHE_ADD_BUCKETS.iter().zip(&mut self.buckets) {
-            if secs <= *bound {
-                *n += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
-    }
-
-    fn render(&self, out: &mut String) {
-        let name = "lispwg_xtr_cache_add_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} time from a map-cache miss to its peer and route being programmed"
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, n) in CACHE_ADD_BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {:.9}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-}
-
 /// Why the agent could not start, or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -606,98 +564,5 @@ impl Agent {
             r = r.with_src(src);
         }
         Ok(r)
-    }
-
-    async fn answer(&mut self, req: PageRequest) {
-        let body = match req.page {
-            Page::Metrics => {
-                let c = self.core.counters();
-                let mut m = c.metrics();
-                m.push((
-                    "lispwg_xtr_peers",
-                    "data peers programmed now",
-                    "gauge",
-                    self.core.peer_count() as u64,
-                ));
-                m.push((
-                    "lispwg_xtr_pending",
-                    "resolutions in flight",
-                    "gauge",
-                    self.core.pending_count() as u64,
-                ));
-                m.push((
-                    "lispwg_xtr_output_errors_total",
-                    "dataplane or send operations that failed",
-                    "counter",
-                    self.output_errors,
-                ));
-                let mut page = telemetry::render_metrics(m);
-                self.cache_add.render(&mut page);
-                page
-            }
-            Page::Status => self.status().await,
-        };
-        req.respond(body);
-    }
-
-    /// What `xtr status` prints.
-    async fn status(&self) -> String {
-        let now = Instant::now();
-        let wall = SystemTime::now();
-        let peers = self.wg.read().await.ok().map(|info| {
-            info.peers
-                .iter()
-                .map(|p| PeerRow {
-                    public_key: p.public_key.to_string(),
-                    role: self
-                        .cfg
-                        .map_servers
-                        .iter()
-                        .find(|m| m.public_key == p.public_key)
-                        .map(|m| format!("map-server {}", m.name)),
-                    endpoint: p.endpoint,
-                    allowed_ips: p.allowed_ips.iter().map(|a| a.to_string()).collect(),
-                    since_handshake: p.last_handshake.and_then(|t| wall.duration_since(t).ok()),
-                    rx_bytes: p.rx_bytes,
-                    tx_bytes: p.tx_bytes,
-                })
-                .collect()
-        });
-        Snapshot {
-            interface: self.cfg.wireguard.interface.clone(),
-            mode: match self.cfg.mode {
-                Mode::MobileNode => "mobile-node",
-                Mode::Xtr => "xtr",
-            },
-            public_key: self.cfg.wireguard.private_key.public_key().to_string(),
-            listen_port: self.cfg.wireguard.listen_port,
-            eids: self.cfg.eids.iter().map(|e| e.to_string()).collect(),
-            rlocs: self.core.current_rlocs(),
-            uptime: self.started.elapsed().unwrap_or_default(),
-            map_servers: self.core.map_servers(),
-            cache: self.core.cache_entries(now),
-            peers,
-        }
-        .render_text()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_add_histogram_is_cumulative_with_sum_and_count() {
-        let mut h = CacheAddHistogram::default();
-        h.record(Duration::from_micros(800));
-        h.record(Duration::from_millis(4));
-        let mut page = String::new();
-        h.render(&mut page);
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.0005\"} 0\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.005\"} 2\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_sum 0.004800000\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_count 2\n"));
     }
 }

@@ -1,0 +1,149 @@
+//! The agent's answers to the telemetry endpoint: `/metrics` (the core's
+//! counters, the shell's, and the cache-add histogram), `/status` (text or
+//! JSON, from one [`Snapshot`]) and `/healthz`.
+
+use super::Agent;
+use crate::status::{PeerRow, Snapshot};
+use conf::metrics::Metrics;
+use conf::telemetry::{Page, PageRequest};
+use conf::xtr::Mode;
+use std::time::{Duration, Instant, SystemTime};
+use xtr_core::counters::METRICS_PREFIX;
+
+/// Name (after the prefix) of the cache-add histogram.
+const CACHE_ADD: &str = "cache_add_seconds";
+/// Upper bounds, in seconds, of the cache-add histogram's buckets.
+const CACHE_ADD_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// The agent's metrics, holding the histogram of the time from a map-cache
+/// miss (the packet read from the miss TUN) to the end of the flush that
+/// programmed its peer and route (and re-injected the held packets):
+/// `lispwg_xtr_cache_add_seconds`.
+#[derive(Debug)]
+pub(super) struct CacheAddHistogram(Metrics);
+
+impl Default for CacheAddHistogram {
+    fn default() -> Self {
+        CacheAddHistogram(Metrics::new(
+            METRICS_PREFIX,
+            &[(
+                CACHE_ADD,
+                "time from a map-cache miss to its peer and route being programmed",
+                &CACHE_ADD_BUCKETS,
+            )],
+        ))
+    }
+}
+
+impl CacheAddHistogram {
+    pub(super) fn record(&mut self, d: Duration) {
+        self.0.observe(CACHE_ADD, d.as_secs_f64());
+    }
+}
+
+impl Agent {
+    /// Answers one page request from the agent's and the core's state.
+    pub(super) async fn answer(&mut self, req: PageRequest) {
+        match req.page {
+            Page::Metrics => {
+                let mut page = self.cache_add.0.page();
+                page.add_list(self.core.counters().metrics());
+                page.add_list([
+                    (
+                        "peers",
+                        "data peers programmed now",
+                        "gauge",
+                        self.core.peer_count() as u64,
+                    ),
+                    (
+                        "pending",
+                        "resolutions in flight",
+                        "gauge",
+                        self.core.pending_count() as u64,
+                    ),
+                    (
+                        "output_errors_total",
+                        "dataplane or send operations that failed",
+                        "counter",
+                        self.output_errors,
+                    ),
+                ]);
+                req.respond_metrics(page)
+            }
+            Page::Status(_) => req.respond_status(&self.snapshot().await),
+            Page::Health => req.respond_health(None),
+        }
+    }
+
+    /// What `xtr status` shows.
+    async fn snapshot(&self) -> Snapshot {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let peers = self.wg.read().await.ok().map(|info| {
+            info.peers
+                .iter()
+                .map(|p| PeerRow {
+                    public_key: p.public_key.to_string(),
+                    role: self
+                        .cfg
+                        .map_servers
+                        .iter()
+                        .find(|m| m.public_key == p.public_key)
+                        .map(|m| format!("map-server {}", m.name)),
+                    endpoint: p.endpoint,
+                    allowed_ips: p.allowed_ips.iter().map(|a| a.to_string()).collect(),
+                    since_handshake: p.last_handshake.and_then(|t| wall.duration_since(t).ok()),
+                    rx_bytes: p.rx_bytes,
+                    tx_bytes: p.tx_bytes,
+                })
+                .collect()
+        });
+        Snapshot {
+            interface: self.cfg.wireguard.interface.clone(),
+            mode: match self.cfg.mode {
+                Mode::MobileNode => "mobile-node",
+                Mode::Xtr => "xtr",
+            },
+            public_key: self.cfg.wireguard.private_key.public_key().to_string(),
+            listen_port: self.cfg.wireguard.listen_port,
+            eids: self.cfg.eids.iter().map(|e| e.to_string()).collect(),
+            rlocs: self.core.current_rlocs(),
+            uptime: self.started.elapsed().unwrap_or_default(),
+            map_servers: self.core.map_servers(),
+            cache: self.core.cache_entries(now),
+            peers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_add_histogram_is_cumulative_with_sum_and_count() {
+        let mut h = CacheAddHistogram::default();
+        h.record(Duration::from_micros(800));
+        h.record(Duration::from_millis(4));
+        let page = h.0.page().render();
+        for want in [
+            "# TYPE lispwg_xtr_cache_add_seconds histogram\n",
+            "lispwg_xtr_cache_add_seconds_bucket{le=\"0.0005\"} 0\n",
+            "lispwg_xtr_cache_add_seconds_bucket{le=\"0.001\"} 1\n",
+            "lispwg_xtr_cache_add_seconds_bucket{le=\"0.005\"} 2\n",
+            "lispwg_xtr_cache_add_seconds_bucket{le=\"+Inf\"} 2\n",
+            "lispwg_xtr_cache_add_seconds_count 2\n",
+        ] {
+            assert!(page.contains(want), "missing {want:?} in\n{page}");
+        }
+        let sum: f64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix("lispwg_xtr_cache_add_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - 0.0048).abs() < 1e-9, "{sum}");
+    }
+}

@@ -1,0 +1,70 @@
+//! The JSON form of the status page (`xtr status --json`,
+//! `/status?format=json`): how the core types in [`Snapshot`] serialise.
+//! The schema is documented in `docs/status-json.md`.
+
+use crate::status::Snapshot;
+use serde::Serializer;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use xtr_core::{CacheStatus, LocalRloc, MapServerStatus};
+
+impl conf::telemetry::StatusView for Snapshot {
+    fn render_text(&self) -> String {
+        Snapshot::render_text(self)
+    }
+}
+
+/// `[{"addr": ip, "priority": n, "weight": n}]`.
+pub fn rlocs<S: Serializer>(r: &[LocalRloc], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct Rloc {
+        addr: IpAddr,
+        priority: u8,
+        weight: u8,
+    }
+    s.collect_seq(r.iter().map(|r| Rloc {
+        addr: r.addr,
+        priority: r.priority,
+        weight: r.weight,
+    }))
+}
+
+/// `[{"name": "...", "up": bool, "registered": bool}]`.
+pub fn map_servers<S: Serializer>(m: &[MapServerStatus], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct MapServer<'a> {
+        name: &'a str,
+        up: bool,
+        registered: bool,
+    }
+    s.collect_seq(m.iter().map(|m| MapServer {
+        name: &m.name,
+        up: m.up,
+        registered: m.registered,
+    }))
+}
+
+/// `[{"eid": prefix, "negative": bool, "public_key": base64 | null,
+/// "endpoint": "addr:port" | null, "expires_in_secs": n}]`.
+pub fn cache<S: Serializer>(c: &[CacheStatus], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct Entry {
+        eid: String,
+        negative: bool,
+        public_key: Option<String>,
+        endpoint: Option<SocketAddr>,
+        #[serde(serialize_with = "conf::json::secs")]
+        expires_in_secs: Duration,
+    }
+    s.collect_seq(c.iter().map(|e| {
+        Entry {
+            eid: e.prefix.to_string(),
+            negative: e.peer.is_none(),
+            public_key: e
+                .peer
+                .map(|(k, _)| wgctl::keys::PublicKey::from_bytes(k).to_string()),
+            endpoint: e.peer.and_then(|(_, ep)| ep),
+            expires_in_secs: e.expires_in,
+        }
+    }))
+}
