@@ -92,7 +92,10 @@ fn run(a: ConfigArg) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(map_server::shell::run(cfg))?;
+    runtime.block_on(async {
+        conf::service::ignore_sighup().context("cannot install the SIGHUP handler")?;
+        anyhow::Ok(map_server::shell::run(cfg).await?)
+    })?;
     Ok(())
 }
 

@@ -182,8 +182,10 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
             startup_ms = started.elapsed().as_millis() as u64,
             "map-server ready"
         );
+        conf::service::ready("serving");
         let why = shell.event_loop(&mut sigterm, &mut sigint).await;
-        info!(signal = why, "stopping");
+        info!(signal = %why, "stopping");
+        conf::service::stopping();
         Ok(())
     }
     .await;
@@ -275,14 +277,8 @@ async fn bring_up_control(
             .map_err(err("add peer"))?;
         debug!(peer = %peer.name, control_address = %peer.control_address, "control peer configured");
     }
-    info!(
-        ifname = %ctl.interface,
-        address = %address,
-        listen_port = ctl.listen_port,
-        backend = %wg.backend(),
-        public_key = %wg.public_key(),
-        "control tunnel up"
-    );
+    // wgctl logged the interface itself (backend, port, key).
+    info!(ifname = %ctl.interface, address = %address, peers = cfg.peers.len(), "control tunnel up");
     Ok(wg)
 }
 
@@ -412,7 +408,7 @@ impl Shell {
                 .handle_datagram(Instant::now(), from, via, &buf[..n]),
             Err(e) => {
                 self.stats.recv_errors += 1;
-                warn!(?via, error = %e, "receive failed");
+                warn!(via = via.name(), error = %e, "receive failed");
             }
         }
     }
@@ -440,7 +436,7 @@ impl Shell {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         self.stats.recv_errors += 1;
-                        warn!(?via, error = %e, "receive failed");
+                        warn!(via = via.name(), error = %e, "receive failed");
                     }
                 }
             }
@@ -533,12 +529,12 @@ impl Shell {
         };
         let Some(sock) = sock else {
             self.stats.send_errors += 1;
-            warn!(dst = %t.dst, via = ?t.via, "no socket for this transmit; dropped");
+            warn!(dst = %t.dst, via = t.via.name(), "no socket for this transmit; dropped");
             return;
         };
         if let Err(e) = sock.send_to(&t.payload, t.dst).await {
             self.stats.send_errors += 1;
-            warn!(dst = %t.dst, via = ?t.via, error = %e, "send failed");
+            warn!(dst = %t.dst, via = t.via.name(), error = %e, "send failed");
         }
     }
 }

@@ -79,7 +79,10 @@ fn dispatch(command: Command) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            Ok(rt.block_on(xtr::shell::run(cfg))?)
+            rt.block_on(async {
+                conf::service::ignore_sighup().context("installing the SIGHUP handler")?;
+                Ok(xtr::shell::run(cfg).await?)
+            })
         }
         Command::Status { config, json } => {
             let cfg = XtrConfig::load(&config)?;

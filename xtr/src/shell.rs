@@ -120,7 +120,6 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         )
         .await
         .ctx(format!("creating WireGuard interface {wg_if}"))?;
-    info!(interface = %wg_if, backend = ?wg.backend(), port = cfg.wireguard.listen_port, "WireGuard interface up");
     let control =
         IpPrefix::new(cfg.control_address, cfg.control_prefix_len).ctx("the control address")?;
     netlink
@@ -220,7 +219,8 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).ctx("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).ctx("installing the SIGINT handler")?;
     let mut buf = vec![0u8; 65_535];
-    info!(eids = ?agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "xtr running");
+    info!(eids = %agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","), "xtr running");
+    conf::service::ready("serving");
     loop {
         let deadline = agent
             .core
@@ -241,8 +241,8 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             },
             _ = sleep_until(deadline) => agent.core.handle_timeout(Instant::now()),
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); conf::service::stopping(); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); conf::service::stopping(); break; }
         }
         agent.flush().await;
         agent.record_programmed();

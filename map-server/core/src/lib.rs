@@ -278,11 +278,11 @@ impl MapServer {
         if let Err(ActionFault(e)) = result {
             self.counters.action_failures += 1;
             if attempts < ACTION_ATTEMPTS {
-                warn!(action = ?action, error = %e, "control interface action failed; will retry");
+                warn!(action = %action, error = %e, "control interface action failed; will retry");
                 self.actions_open
                     .insert(id, (action, attempts, Some(now + ACTION_RETRY)));
             } else {
-                error!(action = ?action, error = %e, attempts, "control interface action failed; giving up");
+                error!(action = %action, error = %e, attempts, "control interface action failed; giving up");
             }
         }
     }
