@@ -163,7 +163,10 @@ fn children(pid: u32) -> Vec<u32> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let path = task.unwrap().path().join("children");
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        kids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        kids.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
     }
     kids
 }

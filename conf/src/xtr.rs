@@ -15,6 +15,9 @@
 //! [[map_servers]]
 //! name = "ms1"
 //! endpoint = "192.0.2.1:4340"         # the map-server's WireGuard endpoint
+//! # endpoints = ["[2001:db8::1]:4340"] # more, e.g. one per address family:
+//!                                     # the agent uses one of a family it
+//!                                     # has an address of
 //! public_key = "…"
 //! control_address = "100.64.0.1"
 //! site_key_file = "robot-a.site"      # or site_key = "…" in a 0600 file
@@ -104,6 +107,8 @@ struct RawControl {
 struct RawMapServer {
     name: String,
     endpoint: String,
+    #[serde(default)]
+    endpoints: Vec<String>,
     public_key: String,
     control_address: String,
     site_key: Option<String>,
@@ -212,6 +217,8 @@ pub struct WireguardConfig {
 pub struct MapServerConfig {
     pub name: String,
     pub endpoint: SocketAddr,
+    /// `endpoint` first, then the others configured (one per family, say).
+    pub endpoints: Vec<SocketAddr>,
     pub public_key: PublicKey,
     pub control_address: IpAddr,
     pub site_key: SiteKey,
@@ -314,9 +321,18 @@ impl XtrConfig {
                         format!("`{}` is empty or used by another map-server", m.name),
                     ));
                 }
+                let endpoint = c.socket(&format!("{f}.endpoint"), &m.endpoint)?;
+                let mut endpoints = vec![endpoint];
+                for (j, e) in m.endpoints.iter().enumerate() {
+                    let e = c.socket(&format!("{f}.endpoints[{j}]"), e)?;
+                    if !endpoints.contains(&e) {
+                        endpoints.push(e);
+                    }
+                }
                 Ok(MapServerConfig {
                     name: m.name.clone(),
-                    endpoint: c.socket(&format!("{f}.endpoint"), &m.endpoint)?,
+                    endpoint,
+                    endpoints,
                     public_key: c.public_key(&format!("{f}.public_key"), &m.public_key)?,
                     control_address: c.ip(&format!("{f}.control_address"), &m.control_address)?,
                     site_key: c.site_key(&f, &m.site_key, &m.site_key_file)?,

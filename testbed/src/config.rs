@@ -145,6 +145,9 @@ pub struct XtrMapServer {
     pub name: String,
     /// The map-server's WireGuard endpoint, `192.0.2.10:4340`.
     pub endpoint: String,
+    /// Its endpoints of the other families, for dual-stack nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
     pub public_key: String,
     pub control_address: String,
     pub site_key_file: String,

@@ -534,9 +534,18 @@ impl Lab {
                     (_, Some(a), None) => IpAddr::V4(a),
                     (_, None, None) => unreachable!("a map-server has an address"),
                 };
+                // A dual-stack node is given the map-server's endpoint of
+                // each family.
+                let other = match (n.family, ip, v6) {
+                    (Family::Dual, IpAddr::V4(_), Some(a)) => {
+                        vec![SocketAddr::new(IpAddr::V6(a), MS_WG_PORT).to_string()]
+                    }
+                    _ => Vec::new(),
+                };
                 XtrMapServer {
                     name: ms.name.clone(),
                     endpoint: SocketAddr::new(ip, MS_WG_PORT).to_string(),
+                    endpoints: other,
                     public_key: keys[&ms.name].clone(),
                     control_address: ms.control().expect("map-servers have one").to_string(),
                     site_key_file: format!("{}.site", n.name),

@@ -141,7 +141,7 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         .await
         .ctx(format!("setting {wg_if} up"))?;
     for ms in &cfg.map_servers {
-        wg.upsert_peer(control_peer(ms))
+        wg.upsert_peer(control_peer(ms, ms.endpoint))
             .await
             .ctx(format!("adding map-server peer {}", ms.name))?;
     }
@@ -264,11 +264,11 @@ async fn next_request(t: &mut Option<telemetry::Telemetry>) -> Option<PageReques
     }
 }
 
-/// The manually keyed WireGuard peer of a map-server.
-fn control_peer(ms: &conf::xtr::MapServerConfig) -> PeerConfig {
+/// The manually keyed WireGuard peer of a map-server, at `endpoint`.
+fn control_peer(ms: &conf::xtr::MapServerConfig, endpoint: SocketAddr) -> PeerConfig {
     PeerConfig {
         public_key: ms.public_key,
-        endpoint: Some(ms.endpoint),
+        endpoint: Some(endpoint),
         allowed_ips: vec![IpPrefix::host(ms.control_address)],
         persistent_keepalive: Some(MS_KEEPALIVE_SECS),
     }
@@ -295,6 +295,7 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
             name: m.name.clone(),
             control_address: m.control_address,
             site_key: m.site_key.as_bytes().to_vec(),
+            endpoints: m.endpoints.clone(),
         })
         .collect();
     let rloc_interfaces = cfg
@@ -539,7 +540,10 @@ impl Agent {
                     .await
                     .ctx("re-apply the listen port")?;
             }
-            DataplaneOp::RenewControlPeer { map_server } => {
+            DataplaneOp::RenewControlPeer {
+                map_server,
+                endpoint,
+            } => {
                 let ms = self
                     .cfg
                     .map_servers
@@ -550,9 +554,23 @@ impl Agent {
                     .await
                     .ctx("remove control peer")?;
                 self.wg
-                    .upsert_peer(control_peer(ms))
+                    .upsert_peer(control_peer(ms, *endpoint))
                     .await
                     .ctx("add control peer")?;
+            }
+            DataplaneOp::SetControlEndpoint {
+                map_server,
+                endpoint,
+            } => {
+                let ms = self
+                    .cfg
+                    .map_servers
+                    .get(*map_server)
+                    .ok_or(AgentError::NoSuchMapServer(*map_server))?;
+                self.wg
+                    .upsert_peer(control_peer(ms, *endpoint))
+                    .await
+                    .ctx("move control peer")?;
             }
         }
         Ok(())

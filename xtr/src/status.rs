@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
-use xtr_core::{CacheStatus, LocalRloc, MapServerStatus};
+use xtr_core::{CacheStatus, LocalRloc, MapServerStatus, PathStatus};
 
 /// One WireGuard peer as the interface reports it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -22,6 +22,9 @@ pub struct PeerRow {
     pub since_handshake: Option<Duration>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The agent's view of its path (data peers only).
+    #[serde(serialize_with = "crate::status_json::path")]
+    pub path: Option<PathStatus>,
 }
 
 /// Everything `xtr status` shows (and, serialised, `/status?format=json`:
@@ -35,6 +38,10 @@ pub struct Snapshot {
     pub eids: Vec<String>,
     #[serde(serialize_with = "crate::status_json::rlocs")]
     pub rlocs: Vec<LocalRloc>,
+    /// Where the map-server sees our WireGuard socket, and whether through
+    /// a NAT.
+    #[serde(serialize_with = "crate::status_json::seen_at")]
+    pub seen_at: Option<(SocketAddr, bool)>,
     #[serde(rename = "uptime_secs", serialize_with = "conf::json::secs")]
     pub uptime: Duration,
     #[serde(serialize_with = "crate::status_json::map_servers")]
@@ -59,6 +66,15 @@ impl Snapshot {
             .map(|r| format!("{} (priority {}, weight {})", r.addr, r.priority, r.weight))
             .collect();
         let _ = writeln!(s, "  rlocs: {}", rlocs.join(", "));
+        match self.seen_at {
+            Some((ep, true)) => {
+                let _ = writeln!(s, "  seen at: {ep} (behind NAT)");
+            }
+            Some((ep, false)) => {
+                let _ = writeln!(s, "  seen at: {ep} (no NAT)");
+            }
+            None => {}
+        }
         let _ = writeln!(s, "  up for: {}", human(self.uptime));
         for m in &self.map_servers {
             let _ = writeln!(
@@ -110,6 +126,22 @@ impl Snapshot {
                     let _ = writeln!(s, "\npeer: {}{role}", p.public_key);
                     if let Some(ep) = p.endpoint {
                         let _ = writeln!(s, "  endpoint: {ep}");
+                    }
+                    if let Some(path) = &p.path {
+                        let kind = path.kind.map_or("-", |k| k.name());
+                        let nat = if path.nat { ", through NAT" } else { "" };
+                        let _ = writeln!(
+                            s,
+                            "  path: {kind}, {} for {} ({}{nat})",
+                            path.state,
+                            human(path.since),
+                            path.role
+                        );
+                        if path.candidates.len() > 1 {
+                            let c: Vec<String> =
+                                path.candidates.iter().map(|c| c.to_string()).collect();
+                            let _ = writeln!(s, "  candidates: {}", c.join(", "));
+                        }
                     }
                     let _ = writeln!(s, "  allowed ips: {}", p.allowed_ips.join(", "));
                     match p.since_handshake {

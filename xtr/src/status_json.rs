@@ -6,7 +6,7 @@ use crate::status::Snapshot;
 use serde::Serializer;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use xtr_core::{CacheStatus, LocalRloc, MapServerStatus};
+use xtr_core::{CacheStatus, LocalRloc, MapServerStatus, PathStatus};
 
 impl conf::telemetry::StatusView for Snapshot {
     fn render_text(&self) -> String {
@@ -67,4 +67,50 @@ pub fn cache<S: Serializer>(c: &[CacheStatus], s: S) -> Result<S::Ok, S::Error> 
             expires_in_secs: e.expires_in,
         }
     }))
+}
+
+/// `{"endpoint": address, "behind_nat": bool}` or `null`.
+pub fn seen_at<S: Serializer>(o: &Option<(SocketAddr, bool)>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct SeenAt {
+        endpoint: SocketAddr,
+        behind_nat: bool,
+    }
+    match o {
+        None => s.serialize_none(),
+        Some((endpoint, behind_nat)) => s.serialize_some(&SeenAt {
+            endpoint: *endpoint,
+            behind_nat: *behind_nat,
+        }),
+    }
+}
+
+/// `{"eids", "endpoint", "candidates", "kind", "role", "state",
+/// "since_secs", "nat"}` or `null` (a control peer).
+pub fn path<S: Serializer>(p: &Option<PathStatus>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct Path<'a> {
+        eids: Vec<String>,
+        endpoint: Option<SocketAddr>,
+        candidates: &'a [SocketAddr],
+        kind: Option<&'static str>,
+        role: &'static str,
+        state: &'static str,
+        #[serde(serialize_with = "conf::json::secs")]
+        since_secs: Duration,
+        nat: bool,
+    }
+    match p {
+        None => s.serialize_none(),
+        Some(p) => s.serialize_some(&Path {
+            eids: p.eids.iter().map(|e| e.to_string()).collect(),
+            endpoint: p.endpoint,
+            candidates: &p.candidates,
+            kind: p.kind.map(|k| k.name()),
+            role: p.role,
+            state: p.state,
+            since_secs: p.since,
+            nat: p.nat,
+        }),
+    }
 }

@@ -983,9 +983,23 @@ fn a_nat_rebinding_is_pushed_to_correspondents() {
     ms.handle_timeout(t);
     observe(&mut ms, t, &seen);
     let out = drain(&mut ms);
-    let push: Vec<_> = out.iter().filter(|tx| tx.dst == from(&a)).collect();
+    let about = |tx: &Transmit, eid: EidPrefix| {
+        matches!(parse(&tx.payload), Ok(Message::MapNotify(n))
+            if EidPrefix::of_record(&n.records[0]) == Ok(eid))
+    };
+    let push: Vec<_> = out
+        .iter()
+        .filter(|tx| tx.dst == from(&a) && about(tx, b.eid))
+        .collect();
     assert_eq!(push.len(), 1, "{out:?}");
     assert_eq!(candidates_in(push[0]), vec![rebound]);
+    // B itself is told where it is seen now.
+    let own: Vec<_> = out
+        .iter()
+        .filter(|tx| tx.dst == from(&b) && about(tx, b.eid))
+        .collect();
+    assert_eq!(own.len(), 1, "{out:?}");
+    assert!(candidates_in(own[0]).contains(&rebound));
     assert!(drain_store(&mut ms).contains(&StoreOp::Endpoint {
         peer: "robot-b".into(),
         endpoint: rebound

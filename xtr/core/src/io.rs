@@ -62,10 +62,18 @@ pub enum DataplaneOp {
     /// Our address changed: wireguard-go needs its port set again to send.
     ReapplyListenPort,
     /// Re-create the WireGuard peer of this map-server (index in the
-    /// policy), dropping its session: after a map-server restart the old
-    /// session is dead, and WireGuard alone would only notice after ~15 s.
+    /// policy) at `endpoint`, dropping its session: after a map-server
+    /// restart the old session is dead, and WireGuard alone would only
+    /// notice after ~15 s.
     RenewControlPeer {
         map_server: usize,
+        endpoint: SocketAddr,
+    },
+    /// Reach this map-server at `endpoint` from now on (our addresses of the
+    /// endpoint's family came, or the other family's went).
+    SetControlEndpoint {
+        map_server: usize,
+        endpoint: SocketAddr,
     },
 }
 
@@ -79,6 +87,7 @@ impl DataplaneOp {
             DataplaneOp::DelRoute(_) => "delete-route",
             DataplaneOp::ReapplyListenPort => "reapply-listen-port",
             DataplaneOp::RenewControlPeer { .. } => "renew-control-peer",
+            DataplaneOp::SetControlEndpoint { .. } => "set-control-endpoint",
         }
     }
 }

@@ -75,6 +75,48 @@ pub struct CacheStatus {
     pub expires_in: Duration,
 }
 
+/// How a data peer is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// At a public address (its own, or its NAT's).
+    Direct,
+    /// At a private address: behind the same NAT as us, or a campus that
+    /// routes private addresses.
+    DirectPrivate,
+    /// Over IPv6.
+    Ipv6,
+}
+
+impl PathKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::DirectPrivate => "direct (private)",
+            PathKind::Ipv6 => "direct (IPv6)",
+        }
+    }
+}
+
+/// One data peer's path, for `xtr status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStatus {
+    pub key: [u8; 32],
+    pub eids: Vec<EidPrefix>,
+    /// What it is programmed at; `None` while a responder waits, or once
+    /// WireGuard learnt it from the peer's handshake.
+    pub endpoint: Option<SocketAddr>,
+    pub candidates: Vec<SocketAddr>,
+    pub kind: Option<PathKind>,
+    /// "initiator" or "responder" of its first handshake.
+    pub role: &'static str,
+    /// "connecting", "up" or "no direct path".
+    pub state: &'static str,
+    /// For how long it has been in that state.
+    pub since: Duration,
+    /// Whether either side is behind a NAT (keepalives while active).
+    pub nat: bool,
+}
+
 /// The xtr state machine.
 #[derive(Debug)]
 pub struct Xtr {
@@ -114,6 +156,9 @@ pub struct Xtr {
     /// EIDs to resolve again once a registration is confirmed (after a
     /// path stopped working: the map-server must first see our endpoint).
     resolve_after_register: Vec<IpAddr>,
+    /// Where the map-server sees our WireGuard socket, and whether that is
+    /// through a NAT (it tells us when that changes).
+    seen_at: Option<(SocketAddr, bool)>,
 }
 
 impl Xtr {
@@ -123,8 +168,18 @@ impl Xtr {
             .iter()
             .map(|_| MapServerState::new(now, policy.register_retry_first))
             .collect();
+        let endpoints: Vec<SocketAddr> = policy
+            .map_servers
+            .iter()
+            .map(|m| {
+                m.endpoints
+                    .first()
+                    .copied()
+                    .unwrap_or_else(|| SocketAddr::new(m.control_address, 0))
+            })
+            .collect();
         let dataplane = Dataplane::new(
-            policy.map_servers.len(),
+            &endpoints,
             Backoff {
                 first: policy.dataplane_retry_first,
                 max: policy.dataplane_retry_max,
@@ -155,6 +210,7 @@ impl Xtr {
             counters: Counters::default(),
             map_version: 1 + (seed % 4095) as u16,
             resolve_after_register: Vec::new(),
+            seen_at: None,
         }
     }
 
@@ -197,6 +253,23 @@ impl Xtr {
     /// The endpoint wanted for a data peer.
     pub fn peer_endpoint(&self, key: &[u8; 32]) -> Option<SocketAddr> {
         self.peers.get(key).and_then(|p| p.path.endpoint())
+    }
+
+    /// Where the map-server sees our WireGuard socket, and whether through a
+    /// NAT.
+    pub fn seen_at(&self) -> Option<(SocketAddr, bool)> {
+        self.seen_at
+    }
+
+    /// Every data peer's path.
+    pub fn paths(&self, now: Instant) -> Vec<PathStatus> {
+        let mut v: Vec<PathStatus> = self
+            .peers
+            .iter()
+            .map(|(key, p)| p.status(*key, now))
+            .collect();
+        v.sort_by(|a, b| a.eids.cmp(&b.eids));
+        v
     }
 
     pub fn map_servers(&self) -> Vec<MapServerStatus> {
@@ -385,7 +458,12 @@ impl Xtr {
             let Ok(prefix) = EidPrefix::of_record(record) else {
                 continue;
             };
-            if prefix.iid != iid || self.policy.eids.contains(&prefix) {
+            if prefix.iid != iid {
+                continue;
+            }
+            if self.policy.eids.contains(&prefix) {
+                // Our own mapping as the map-server hands it out.
+                self.note_own_mapping(record);
                 continue;
             }
             match self.install(now, record, Learned::Notify) {
@@ -422,6 +500,31 @@ impl Xtr {
                     .ack_when_ready(now, nonce, installed, transmit);
             }
             Err(e) => warn!(error = %e, "cannot encode Map-Notify-Ack"),
+        }
+    }
+
+    /// Where the map-server sees us, from our own mapping: the candidate it
+    /// marks as behind a NAT, else the one at our own address.
+    fn note_own_mapping(&mut self, record: &lisp_wire::EidRecord) {
+        let infos: Vec<_> = record.rlocs.iter().filter_map(|r| r.info()).collect();
+        let endpoint = |i: &lisp_wire::LocatorInfo| {
+            SocketAddr::new(i.rloc, i.port.unwrap_or(self.policy.wg_port))
+        };
+        let seen = infos
+            .iter()
+            .find(|i| i.behind_nat())
+            .map(|i| (endpoint(i), true))
+            .or_else(|| {
+                infos
+                    .iter()
+                    .find(|i| self.rlocs.iter().any(|r| r.addr == i.rloc))
+                    .map(|i| (endpoint(i), false))
+            });
+        if seen.is_some() && seen != self.seen_at {
+            if let Some((ep, nat)) = seen {
+                tracing::info!(endpoint = %ep, behind_nat = nat, "the map-server sees us here");
+            }
+            self.seen_at = seen;
         }
     }
 

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 /// Which side starts the handshake of a new pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     Initiator,
     Responder,
 }
@@ -50,7 +50,7 @@ impl std::fmt::Display for Role {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub enum Phase {
     /// Waiting for the first handshake of the current attempt, since `since`;
     /// judged at `deadline`.
     Probing {
@@ -198,9 +198,17 @@ impl Path {
             due = true;
         }
         if due {
-            self.candidates.clone()
+            self.targets_for_punch()
         } else {
             Vec::new()
+        }
+    }
+
+    fn targets_for_punch(&self) -> Vec<SocketAddr> {
+        if self.established() {
+            self.targets()
+        } else {
+            self.candidates.clone()
         }
     }
 
@@ -313,6 +321,25 @@ impl Path {
     /// Punch again toward the candidates now (a push told us they moved).
     pub(crate) fn punch_now(&mut self, now: Instant) {
         self.punches.push_front(now);
+    }
+
+    /// Punch from a new address of ours (we moved), a few times: the new
+    /// NAT then lets the peer's packets in as soon as it is told where we
+    /// are, and the first punch may leave before our new route is in place.
+    pub(crate) fn punch_series(&mut self, now: Instant) {
+        self.punches = PUNCHES
+            .iter()
+            .take(4)
+            .map(|ms| now + Duration::from_millis(*ms))
+            .collect();
+    }
+
+    /// Where the peer is reached now: the endpoint programmed, or for a
+    /// responder the candidates it was handed.
+    pub(crate) fn targets(&self) -> Vec<SocketAddr> {
+        self.endpoint()
+            .map(|e| vec![e])
+            .unwrap_or_else(|| self.candidates.clone())
     }
 }
 

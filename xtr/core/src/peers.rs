@@ -71,6 +71,41 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    pub(crate) fn status(&self, key: [u8; 32], now: Instant) -> crate::PathStatus {
+        use crate::paths::Phase;
+        use crate::PathKind;
+        let (state, since) = match self.path.phase {
+            Phase::Probing { since, .. } => ("connecting", since),
+            Phase::Established { since } => ("up", since),
+            Phase::Failed { since } => ("no direct path", since),
+        };
+        let endpoint = self.path.endpoint();
+        let reached = endpoint.or(self.path.candidates.first().copied());
+        let kind = reached.map(|e| {
+            if e.is_ipv6() {
+                PathKind::Ipv6
+            } else if is_private(e.ip()) {
+                PathKind::DirectPrivate
+            } else {
+                PathKind::Direct
+            }
+        });
+        crate::PathStatus {
+            key,
+            eids: self.prefixes.iter().copied().collect(),
+            endpoint,
+            candidates: self.path.candidates.clone(),
+            kind,
+            role: match self.path.role {
+                Role::Initiator => "initiator",
+                Role::Responder => "responder",
+            },
+            state,
+            since: now.saturating_duration_since(since),
+            nat: self.nat,
+        }
+    }
+
     fn spec(&self, now: Instant) -> PeerSpec {
         let initiator = self.path.role == Role::Initiator;
         let keepalive = if initiator && self.path.probing() {

@@ -13,6 +13,9 @@ pub struct MapServerPeer {
     pub control_address: IpAddr,
     /// HMAC key for our Map-Registers and its Map-Notifies.
     pub site_key: Vec<u8>,
+    /// Its WireGuard endpoints (one per address family, say), in order of
+    /// preference: we use the first of a family we have an RLOC of.
+    pub endpoints: Vec<std::net::SocketAddr>,
 }
 
 /// An underlay interface whose addresses are our RLOCs.

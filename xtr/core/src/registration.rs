@@ -167,10 +167,28 @@ impl Xtr {
         let moved = self.rlocs_known && !rlocs.is_empty();
         self.rlocs = rlocs;
         self.rlocs_known = true;
+        // Each map-server at an endpoint of a family we can reach now.
+        for (i, ms) in self.policy.map_servers.iter().enumerate() {
+            let reachable = ms
+                .endpoints
+                .iter()
+                .find(|e| self.rlocs.iter().any(|r| r.addr.is_ipv4() == e.is_ipv4()));
+            if let Some(&e) = reachable {
+                if self.dataplane.control_endpoint(i) != Some(e) {
+                    info!(map_server = %ms.name, endpoint = %e, "reaching the map-server at another endpoint");
+                }
+                self.dataplane.want_control_endpoint(i, e);
+            }
+        }
         if moved {
             // wireguard-go sends nothing from a new address until its port
             // is set again; this must follow the new address, not the removal.
             self.dataplane.want_listen_port_reapplied();
+            // Open our new NAT toward every peer: they will be told where we
+            // are and send to us there.
+            for p in self.peers.values_mut() {
+                p.path.punch_series(now);
+            }
         }
         self.reregister_now(now);
     }

@@ -41,6 +41,7 @@ struct Dataplane {
     delivered: Vec<Vec<u8>>,
     reapplied_port: u32,
     renewed_control_peers: Vec<usize>,
+    control_endpoints: HashMap<usize, SocketAddr>,
     /// Fail the next N operations of this kind (see `DataplaneOp::name`).
     fail: HashMap<&'static str, u32>,
     failed: u32,
@@ -93,8 +94,14 @@ impl Dataplane {
                 self.routes.remove(p);
             }
             DataplaneOp::ReapplyListenPort => self.reapplied_port += 1,
-            DataplaneOp::RenewControlPeer { map_server } => {
+            DataplaneOp::RenewControlPeer { map_server, .. } => {
                 self.renewed_control_peers.push(*map_server)
+            }
+            DataplaneOp::SetControlEndpoint {
+                map_server,
+                endpoint,
+            } => {
+                self.control_endpoints.insert(*map_server, *endpoint);
             }
         }
         Ok(())
@@ -142,6 +149,8 @@ struct Node {
     /// Where the map-server's WireGuard last saw this node's control
     /// messages come from.
     seen_at: Option<SocketAddr>,
+    /// Nonces of the Map-Registers it sent.
+    register_nonces: BTreeSet<u64>,
 }
 
 struct Ms {
@@ -229,6 +238,10 @@ impl Sim {
                         name: format!("ms{j}"),
                         control_address: c,
                         site_key: site_key.clone(),
+                        endpoints: vec![
+                            SocketAddr::new(ip("192.0.2.1"), 4340 + j as u16),
+                            SocketAddr::new(ip("2001:db8::1"), 4340 + j as u16),
+                        ],
                     })
                     .collect();
                 let eid = EidPrefix::host(0, ip(eid));
@@ -258,6 +271,7 @@ impl Sim {
                     addrs: BTreeMap::from([("eth0", vec![ip(rloc)])]),
                     nat: None,
                     seen_at: None,
+                    register_nonces: BTreeSet::new(),
                 }
             })
             .collect();
@@ -326,10 +340,8 @@ impl Sim {
                     }
                     if let Some(n) = self.nodes.iter_mut().find(|n| n.ctl == t.dst.ip()) {
                         if let Ok(Message::MapNotify(notify)) = lisp_wire::parse(&t.payload) {
-                            let confirms_own = notify
-                                .records
-                                .iter()
-                                .any(|r| EidPrefix::of_record(r) == Ok(n.eid));
+                            // The answer to one of its Map-Registers.
+                            let confirms_own = n.register_nonces.contains(&notify.nonce);
                             assert!(
                                 !confirms_own || self.servers[s].disk.contains_key(&n.eid),
                                 "map-server {s} confirmed {}'s registration before it was on disk",
@@ -449,6 +461,9 @@ impl Sim {
         });
         match out {
             Output::Transmit { dst, payload } => {
+                if let Ok(Message::MapRegister(r)) = lisp_wire::parse(&payload) {
+                    node.register_nonces.insert(r.nonce);
+                }
                 if let Ok(Message::MapNotifyAck(ack)) = lisp_wire::parse(&payload) {
                     // No ack without a peer: every mapping the notify carried
                     // is programmed, peer and route.
@@ -574,7 +589,12 @@ impl Sim {
                 }
             }
         }
-        panic!("timers never reach {by:?}");
+        let stuck: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}: {:?}", n.name, n.xtr))
+            .collect();
+        panic!("timers never reach {by:?}: {}", stuck.join("\n\n"));
     }
 
     /// A packet from `from`'s EID to `to`, captured by `from`'s miss TUN.
@@ -1732,5 +1752,35 @@ fn a_restarted_peer_is_reached_again_within_two_seconds() {
         sim.node("A").xtr.counters().smrs,
         1,
         "told by the map-server, which saw B's new map version"
+    );
+}
+#[test]
+fn a_node_that_moves_punches_its_new_nat_open_toward_its_peers() {
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_millis(50));
+    let before = sim.node("B").dp.punches.len();
+    sim.set_addresses("B", &[("eth0", "203.0.113.77")]);
+    sim.advance(Duration::from_millis(500));
+    let b = sim.node("B");
+    let after: Vec<_> = b.dp.punches[before..].to_vec();
+    assert_eq!(after.len(), 4, "a few times, toward A: {after:?}");
+    assert!(after.iter().all(|p| p.ip() == ip("192.0.2.10")));
+}
+
+#[test]
+fn a_map_server_is_reached_over_the_family_the_node_has() {
+    let mut sim = Sim::new(1);
+    // B loses its IPv4 address and has only IPv6: it reaches the map-server
+    // at its IPv6 endpoint; with IPv4 back, at the first (IPv4) one again.
+    sim.set_addresses("B", &[("eth0", "2001:db8:9::5")]);
+    assert_eq!(
+        sim.node("B").dp.control_endpoints.get(&0),
+        Some(&"[2001:db8::1]:4340".parse().unwrap())
+    );
+    sim.set_addresses("B", &[("eth0", "198.51.100.20"), ("lte", "2001:db8:9::5")]);
+    assert_eq!(
+        sim.node("B").dp.control_endpoints.get(&0),
+        Some(&"192.0.2.1:4340".parse().unwrap())
     );
 }

@@ -70,6 +70,34 @@ impl Agent {
                         self.output_errors,
                     ),
                 ]);
+                let paths = self.core.paths(Instant::now());
+                let count = |state: &str| paths.iter().filter(|p| p.state == state).count() as u64;
+                page.add_list([
+                    (
+                        "paths_direct",
+                        "data peers reached directly (state up)",
+                        "gauge",
+                        count("up"),
+                    ),
+                    (
+                        "paths_connecting",
+                        "data peers waiting for their first handshake",
+                        "gauge",
+                        count("connecting"),
+                    ),
+                    (
+                        "paths_no_direct",
+                        "data peers no candidate endpoint reached",
+                        "gauge",
+                        count("no direct path"),
+                    ),
+                    (
+                        "behind_nat",
+                        "1 when the map-server sees this node through a NAT",
+                        "gauge",
+                        u64::from(self.core.seen_at().is_some_and(|(_, nat)| nat)),
+                    ),
+                ]);
                 req.respond_metrics(page)
             }
             Page::Status(_) => req.respond_status(&self.snapshot().await),
@@ -81,6 +109,7 @@ impl Agent {
     async fn snapshot(&self) -> Snapshot {
         let now = Instant::now();
         let wall = SystemTime::now();
+        let paths = self.core.paths(now);
         let peers = self.wg.read().await.ok().map(|info| {
             info.peers
                 .iter()
@@ -97,6 +126,10 @@ impl Agent {
                     since_handshake: p.last_handshake.and_then(|t| wall.duration_since(t).ok()),
                     rx_bytes: p.rx_bytes,
                     tx_bytes: p.tx_bytes,
+                    path: paths
+                        .iter()
+                        .find(|x| x.key == *p.public_key.as_bytes())
+                        .cloned(),
                 })
                 .collect()
         });
@@ -110,6 +143,7 @@ impl Agent {
             listen_port: self.cfg.wireguard.listen_port,
             eids: self.cfg.eids.iter().map(|e| e.to_string()).collect(),
             rlocs: self.core.current_rlocs(),
+            seen_at: self.core.seen_at(),
             uptime: self.started.elapsed().unwrap_or_default(),
             map_servers: self.core.map_servers(),
             cache: self.core.cache_entries(now),
