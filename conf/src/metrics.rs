@@ -60,6 +60,9 @@ impl Metrics {
                 None,
                 SharedString::const_str(help),
             );
+            // On the page from the start, with count 0 (readers take the
+            // change of sum and count).
+            m.recorder.register_histogram(&m.key(name), &METADATA);
         }
         m
     }
@@ -228,6 +231,14 @@ mod tests {
         again.add_list([("things_total", "things", "counter", 4)]);
         let text = again.render();
         assert!(text.contains("lispwg_test_things_total 4\n"), "{text}");
+    }
+
+    #[test]
+    fn a_histogram_is_on_the_page_before_its_first_sample() {
+        let m = Metrics::new("t", &[("d_seconds", "d", &[0.1])]);
+        let text = m.page().render();
+        assert!(text.contains("t_d_seconds_count 0\n"), "{text}");
+        assert!(text.contains("t_d_seconds_sum 0\n"), "{text}");
     }
 
     #[test]
