@@ -62,7 +62,7 @@ impl Metrics {
             );
             // On the page from the start, with count 0 (readers take the
             // change of sum and count).
-            m.recorder.register_histogram(&m.key(name), &METADATA);
+            let _ = m.recorder.register_histogram(&m.key(name), &METADATA);
         }
         m
     }

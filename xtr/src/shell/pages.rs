@@ -159,6 +159,11 @@ mod tests {
     #[test]
     fn cache_add_histogram_is_cumulative_with_sum_and_count() {
         let mut h = CacheAddHistogram::default();
+        let empty = h.0.page().render();
+        assert!(
+            empty.contains("lispwg_xtr_cache_add_seconds_count 0\n"),
+            "{empty}"
+        );
         h.record(Duration::from_micros(800));
         h.record(Duration::from_millis(4));
         let page = h.0.page().render();
