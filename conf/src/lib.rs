@@ -11,7 +11,11 @@
 //! read; the loader refuses files that group or others can read, and refuses a
 //! configuration file holding an inline site key under the same rule.
 
+pub mod json;
+pub mod logging;
 pub mod map_server;
+pub mod metrics;
+pub mod service;
 pub mod telemetry;
 pub mod xtr;
 

@@ -8,6 +8,7 @@
 pub mod node_api;
 pub mod shell;
 pub mod status;
+pub mod status_json;
 pub mod store;
 
 pub use map_server_core as core;

@@ -46,7 +46,8 @@ enum Command {
     /// Fetches /status from the telemetry address in server.metrics: each
     /// registered EID with its RLOC and port, the peer that registered it, the
     /// time since its last registration and the time until it expires.
-    Status(ConfigArg),
+    /// With --json, the same data as a JSON document (docs/status-json.md).
+    Status(StatusArgs),
     /// Print a node's relay grant (JSON), for its relay.grant_file.
     ///
     /// Nodes fetch their relay credentials from the map-server over the
@@ -56,6 +57,15 @@ enum Command {
     /// relay.grant_file, mode 0600. The credentials work for new allocations
     /// until they expire (--ttl-secs, default relay.credential_ttl_secs).
     RelayGrant(RelayGrantArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the status as JSON (the schema is in docs/status-json.md).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -104,7 +114,10 @@ fn run(a: ConfigArg) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(map_server::shell::run(cfg))?;
+    runtime.block_on(async {
+        conf::service::ignore_sighup().context("cannot install the SIGHUP handler")?;
+        anyhow::Ok(map_server::shell::run(cfg).await?)
+    })?;
     Ok(())
 }
 
@@ -242,8 +255,8 @@ fn check_config(a: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(a: ConfigArg) -> anyhow::Result<()> {
-    let cfg = MapServerConfig::load(&a.config)?;
+fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let cfg = MapServerConfig::load(&a.config.config)?;
     let Some(addr) = cfg.metrics else {
         bail!(
             "{}: server.metrics is \"\" (disabled), so the map-server serves no status; \
@@ -251,7 +264,12 @@ fn status(a: ConfigArg) -> anyhow::Result<()> {
             cfg.file.display()
         );
     };
-    let body = conf::telemetry::fetch(addr, "/status")
+    let path = if a.json {
+        "/status?format=json"
+    } else {
+        "/status"
+    };
+    let body = conf::telemetry::fetch(addr, path)
         .with_context(|| format!("cannot get the status of the map-server at {addr}"))?;
     print!("{body}");
     Ok(())

@@ -9,10 +9,9 @@
 //! back a Map-Notify until the commit of its registration is reported done,
 //! so the shell needs no knowledge of which datagram promises what.
 
-use crate::status::{ShellFacts, Snapshot};
 use crate::store::{Clock, Store, StoreError, DEFAULT_CACHE_BYTES};
 use conf::map_server::{ControlInterface, MapServerConfig};
-use conf::telemetry::{self, Page, PageRequest, Telemetry, TelemetryError};
+use conf::telemetry::{self, PageRequest, Telemetry, TelemetryError};
 use lisp_wire::LISP_CONTROL_PORT;
 use map_server_core::{
     ActionFault, ControlAction, Endpoints, MapServer, Mapping, Origin, PeerPolicy, Policy, Rloc,
@@ -27,6 +26,8 @@ use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{debug, error, info, warn};
 use wgctl::{Host, IpPrefix, PeerConfig, WgInterface};
+
+mod pages;
 
 /// Datagrams handled per iteration before the flush, so a burst is committed
 /// in one transaction without starving the timers.
@@ -192,8 +193,10 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
             startup_ms = started.elapsed().as_millis() as u64,
             "map-server ready"
         );
+        conf::service::ready("serving");
         let why = shell.event_loop(&mut sigterm, &mut sigint).await;
-        info!(signal = why, "stopping");
+        info!(signal = %why, "stopping");
+        conf::service::stopping();
         Ok(())
     }
     .await;
@@ -285,14 +288,8 @@ async fn bring_up_control(
             .map_err(err("add peer"))?;
         debug!(peer = %peer.name, control_address = %peer.control_address, "control peer configured");
     }
-    info!(
-        ifname = %ctl.interface,
-        address = %address,
-        listen_port = ctl.listen_port,
-        backend = %wg.backend(),
-        public_key = %wg.public_key(),
-        "control tunnel up"
-    );
+    // wgctl logged the interface itself (backend, port, key).
+    info!(ifname = %ctl.interface, address = %address, peers = cfg.peers.len(), "control tunnel up");
     Ok(wg)
 }
 
@@ -409,13 +406,7 @@ impl Shell {
                     self.drain(&mut tunnel_buf);
                 }
                 Event::Timeout => self.core.handle_timeout(Instant::now()),
-                Event::Page(req) => {
-                    let body = match req.page {
-                        Page::Metrics => self.metrics(),
-                        Page::Status => self.status(),
-                    };
-                    req.respond(body);
-                }
+                Event::Page(req) => self.answer_page(req),
                 Event::Stop(name) => return name,
             }
             self.flush().await;
@@ -429,7 +420,7 @@ impl Shell {
                 .handle_datagram(Instant::now(), from, via, &buf[..n]),
             Err(e) => {
                 self.stats.recv_errors += 1;
-                warn!(?via, error = %e, "receive failed");
+                warn!(via = via.name(), error = %e, "receive failed");
             }
         }
     }
@@ -457,7 +448,7 @@ impl Shell {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
                         self.stats.recv_errors += 1;
-                        warn!(?via, error = %e, "receive failed");
+                        warn!(via = via.name(), error = %e, "receive failed");
                     }
                 }
             }
@@ -550,73 +541,12 @@ impl Shell {
         };
         let Some(sock) = sock else {
             self.stats.send_errors += 1;
-            warn!(dst = %t.dst, via = ?t.via, "no socket for this transmit; dropped");
+            warn!(dst = %t.dst, via = t.via.name(), "no socket for this transmit; dropped");
             return;
         };
         if let Err(e) = sock.send_to(&t.payload, t.dst).await {
             self.stats.send_errors += 1;
-            warn!(dst = %t.dst, via = ?t.via, error = %e, "send failed");
+            warn!(dst = %t.dst, via = t.via.name(), error = %e, "send failed");
         }
-    }
-
-    fn metrics(&self) -> String {
-        let shell = [
-            (
-                "lispwg_ms_send_errors_total",
-                "datagrams that could not be sent",
-                "counter",
-                self.stats.send_errors,
-            ),
-            (
-                "lispwg_ms_recv_errors_total",
-                "socket receive errors",
-                "counter",
-                self.stats.recv_errors,
-            ),
-            (
-                "lispwg_ms_pending_notifies",
-                "Map-Notifies awaiting their Ack",
-                "gauge",
-                self.core.pending_notifies() as u64,
-            ),
-            (
-                "lispwg_ms_uptime_seconds",
-                "seconds since start",
-                "gauge",
-                self.started.elapsed().as_secs(),
-            ),
-            (
-                "lispwg_ms_relay_grants_total",
-                "relay credentials handed to nodes",
-                "counter",
-                self.node_api
-                    .grants
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ),
-            (
-                "lispwg_ms_relay_grants_refused_total",
-                "relay credential requests refused",
-                "counter",
-                self.node_api
-                    .refused
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ),
-        ];
-        telemetry::render_metrics(self.core.counters().metrics().into_iter().chain(shell))
-    }
-
-    fn status(&self) -> String {
-        let local = |s: &Option<UdpSocket>| s.as_ref().and_then(|s| s.local_addr().ok());
-        let facts = ShellFacts {
-            uptime: self.started.elapsed(),
-            restored: self.restored,
-            tunnel: self
-                .interface
-                .clone()
-                .map(|ifname| (local(&self.tunnel), ifname)),
-            plain: local(&self.plain),
-            store_path: self.store.path().to_path_buf(),
-        };
-        Snapshot::take(&self.core, facts, Instant::now()).render_text()
     }
 }

@@ -9,6 +9,7 @@
 pub mod relay;
 pub mod shell;
 pub mod status;
+pub mod status_json;
 pub mod tlspin;
 
 pub use xtr_core as core;

@@ -5,11 +5,9 @@
 //! decides nothing.
 
 use crate::relay::Relay;
-use crate::status::{PeerRow, Snapshot};
-use conf::telemetry::{self, Page, PageRequest};
+use conf::telemetry::{self, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +21,9 @@ use xtr_core::{
     RlocInterface, Xtr, XtrPolicy,
 };
 
+mod pages;
+use pages::CacheAddHistogram;
+
 /// Metric of the per-peer routes: below the miss route's, though being more
 /// specific they win anyway.
 const PEER_ROUTE_METRIC: u32 = 100;
@@ -31,49 +32,6 @@ const MISS_ROUTE_METRIC: u32 = 1000;
 /// endpoint (and NATs keep it open).
 const MS_KEEPALIVE_SECS: u16 = 25;
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-/// Upper bounds, in seconds, of the cache-add histogram's buckets.
-const CACHE_ADD_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-
-/// Time from a map-cache miss (the packet read from the miss TUN) to the
-/// end of the flush that programmed its peer and route (and re-injected the
-/// held packets), as the Prometheus histogram `lispwg_xtr_cache_add_seconds`.
-#[derive(Debug, Default)]
-struct CacheAddHistogram {
-    buckets: [u64; CACHE_ADD_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl CacheAddHistogram {
-    fn record(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, n) in CACHE_ADD_BUCKETS.iter().zip(&mut self.buckets) {
-            if secs <= *bound {
-                *n += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
-    }
-
-    fn render(&self, out: &mut String) {
-        let name = "lispwg_xtr_cache_add_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} time from a map-cache miss to its peer and route being programmed"
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, n) in CACHE_ADD_BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {:.9}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-}
-
 /// Why the agent could not start, or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -172,7 +130,6 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         )
         .await
         .ctx(format!("creating WireGuard interface {wg_if}"))?;
-    info!(interface = %wg_if, backend = ?wg.backend(), port = cfg.wireguard.listen_port, "WireGuard interface up");
     let control =
         IpPrefix::new(cfg.control_address, cfg.control_prefix_len).ctx("the control address")?;
     netlink
@@ -279,7 +236,8 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).ctx("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).ctx("installing the SIGINT handler")?;
     let mut buf = vec![0u8; 65_535];
-    info!(eids = ?agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "xtr running");
+    info!(eids = %agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","), "xtr running");
+    conf::service::ready("serving");
     loop {
         let deadline = agent
             .core
@@ -302,8 +260,8 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
             Some(ev) = next_relay_event(&mut agent.relay) => agent.core.handle_relay_event(Instant::now(), ev),
             Some(g) = agent.grants.1.recv() => agent.on_grant(g),
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); conf::service::stopping(); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); conf::service::stopping(); break; }
         }
         agent.flush().await;
         agent.record_programmed();
@@ -779,176 +737,5 @@ impl Agent {
             r = r.with_src(src);
         }
         Ok(r)
-    }
-
-    async fn answer(&mut self, req: PageRequest) {
-        let body = match req.page {
-            Page::Metrics => {
-                let c = self.core.counters();
-                let mut m = c.metrics();
-                m.push((
-                    "lispwg_xtr_peers",
-                    "data peers programmed now",
-                    "gauge",
-                    self.core.peer_count() as u64,
-                ));
-                m.push((
-                    "lispwg_xtr_pending",
-                    "resolutions in flight",
-                    "gauge",
-                    self.core.pending_count() as u64,
-                ));
-                m.push((
-                    "lispwg_xtr_output_errors_total",
-                    "dataplane or send operations that failed",
-                    "counter",
-                    self.output_errors,
-                ));
-                let paths = self.core.paths(Instant::now());
-                let count = |f: &dyn Fn(&xtr_core::PathStatus) -> bool| {
-                    paths.iter().filter(|p| f(p)).count() as u64
-                };
-                let relayed =
-                    |p: &xtr_core::PathStatus| p.kind == Some(xtr_core::PathKind::Relayed);
-                m.push((
-                    "lispwg_xtr_paths_direct",
-                    "data peers reached directly (state up)",
-                    "gauge",
-                    count(&|p| p.state == "up" && !relayed(p)),
-                ));
-                m.push((
-                    "lispwg_xtr_paths_relayed",
-                    "data peers reached through the relay",
-                    "gauge",
-                    count(&|p| p.state == "up" && relayed(p)),
-                ));
-                let rs = self.core.relay_status(Instant::now());
-                m.push((
-                    "lispwg_xtr_relay_up",
-                    "1 while the relay allocation is up",
-                    "gauge",
-                    u64::from(rs.state == "up"),
-                ));
-                m.push((
-                    "lispwg_xtr_relay_only",
-                    "1 while everything goes through the relay",
-                    "gauge",
-                    u64::from(rs.only),
-                ));
-                if let Some(r) = &self.relay {
-                    let c = r.counters();
-                    let get = |a: &std::sync::atomic::AtomicU64| {
-                        a.load(std::sync::atomic::Ordering::Relaxed)
-                    };
-                    for (name, help, v) in [
-                        ("lispwg_xtr_relay_sent_bytes_total", "WireGuard bytes sent through the relay", get(&c.out_bytes)),
-                        ("lispwg_xtr_relay_sent_datagrams_total", "WireGuard datagrams sent through the relay", get(&c.out_datagrams)),
-                        ("lispwg_xtr_relay_received_bytes_total", "WireGuard bytes the relay delivered", get(&c.in_bytes)),
-                        ("lispwg_xtr_relay_received_datagrams_total", "WireGuard datagrams the relay delivered", get(&c.in_datagrams)),
-                        ("lispwg_xtr_relay_dropped_datagrams_total", "datagrams the relay path dropped (no allocation, no permission, full queue)", get(&c.dropped)),
-                        ("lispwg_xtr_relay_probe_copies_total", "copies sent straight while probing a direct path", get(&c.mirrored)),
-                    ] {
-                        m.push((name, help, "counter", v));
-                    }
-                    m.push((
-                        "lispwg_xtr_relay_proxies",
-                        "relay proxy sockets open",
-                        "gauge",
-                        r.proxies() as u64,
-                    ));
-                }
-                m.push((
-                    "lispwg_xtr_paths_connecting",
-                    "data peers waiting for their first handshake",
-                    "gauge",
-                    count(&|p| p.state == "connecting"),
-                ));
-                m.push((
-                    "lispwg_xtr_paths_no_direct",
-                    "data peers no candidate endpoint reached",
-                    "gauge",
-                    count(&|p| p.state == "no direct path"),
-                ));
-                m.push((
-                    "lispwg_xtr_behind_nat",
-                    "1 when the map-server sees this node through a NAT",
-                    "gauge",
-                    u64::from(self.core.seen_at().is_some_and(|(_, nat)| nat)),
-                ));
-                let mut page = telemetry::render_metrics(m);
-                self.cache_add.render(&mut page);
-                page
-            }
-            Page::Status => self.status().await,
-        };
-        req.respond(body);
-    }
-
-    /// What `xtr status` prints.
-    async fn status(&self) -> String {
-        let now = Instant::now();
-        let wall = SystemTime::now();
-        let paths = self.core.paths(now);
-        let peers = self.wg.read().await.ok().map(|info| {
-            info.peers
-                .iter()
-                .map(|p| PeerRow {
-                    public_key: p.public_key.to_string(),
-                    role: self
-                        .cfg
-                        .map_servers
-                        .iter()
-                        .find(|m| m.public_key == p.public_key)
-                        .map(|m| format!("map-server {}", m.name)),
-                    endpoint: p.endpoint,
-                    allowed_ips: p.allowed_ips.iter().map(|a| a.to_string()).collect(),
-                    since_handshake: p.last_handshake.and_then(|t| wall.duration_since(t).ok()),
-                    rx_bytes: p.rx_bytes,
-                    tx_bytes: p.tx_bytes,
-                    path: paths
-                        .iter()
-                        .find(|x| x.key == *p.public_key.as_bytes())
-                        .cloned(),
-                })
-                .collect()
-        });
-        Snapshot {
-            interface: self.cfg.wireguard.interface.clone(),
-            mode: match self.cfg.mode {
-                Mode::MobileNode => "mobile-node",
-                Mode::Xtr => "xtr",
-            },
-            public_key: self.cfg.wireguard.private_key.public_key().to_string(),
-            listen_port: self.cfg.wireguard.listen_port,
-            eids: self.cfg.eids.iter().map(|e| e.to_string()).collect(),
-            rlocs: self.core.current_rlocs(),
-            seen_at: self.core.seen_at(),
-            uptime: self.started.elapsed().unwrap_or_default(),
-            map_servers: self.core.map_servers(),
-            relay: self.cfg.relay.enabled.then(|| self.core.relay_status(now)),
-            cache: self.core.cache_entries(now),
-            peers,
-        }
-        .render_text()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_add_histogram_is_cumulative_with_sum_and_count() {
-        let mut h = CacheAddHistogram::default();
-        h.record(Duration::from_micros(800));
-        h.record(Duration::from_millis(4));
-        let mut page = String::new();
-        h.render(&mut page);
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.0005\"} 0\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.005\"} 2\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_sum 0.004800000\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_count 2\n"));
     }
 }

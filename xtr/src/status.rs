@@ -8,36 +8,48 @@ use std::time::Duration;
 use xtr_core::{CacheStatus, LocalRloc, MapServerStatus, PathStatus, RelayStatus};
 
 /// One WireGuard peer as the interface reports it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerRow {
     pub public_key: String,
     /// "map-server NAME" for a control peer.
     pub role: Option<String>,
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<String>,
+    #[serde(
+        rename = "since_handshake_secs",
+        serialize_with = "conf::json::opt_secs"
+    )]
     pub since_handshake: Option<Duration>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     /// The agent's view of its path (data peers only).
+    #[serde(serialize_with = "crate::status_json::path")]
     pub path: Option<PathStatus>,
 }
 
-/// Everything `xtr status` shows.
-#[derive(Debug, Clone)]
+/// Everything `xtr status` shows (and, serialised, `/status?format=json`:
+/// see `docs/status-json.md`).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Snapshot {
     pub interface: String,
     pub mode: &'static str,
     pub public_key: String,
     pub listen_port: u16,
     pub eids: Vec<String>,
+    #[serde(serialize_with = "crate::status_json::rlocs")]
     pub rlocs: Vec<LocalRloc>,
     /// Where the map-server sees our WireGuard socket, and whether through
     /// a NAT.
+    #[serde(serialize_with = "crate::status_json::seen_at")]
     pub seen_at: Option<(SocketAddr, bool)>,
+    #[serde(rename = "uptime_secs", serialize_with = "conf::json::secs")]
     pub uptime: Duration,
+    #[serde(serialize_with = "crate::status_json::map_servers")]
     pub map_servers: Vec<MapServerStatus>,
     /// `None` when the relay is off in the configuration.
+    #[serde(serialize_with = "crate::status_json::relay")]
     pub relay: Option<RelayStatus>,
+    #[serde(rename = "map_cache", serialize_with = "crate::status_json::cache")]
     pub cache: Vec<CacheStatus>,
     /// `None` when WireGuard could not be read.
     pub peers: Option<Vec<PeerRow>>,

@@ -218,7 +218,7 @@ impl MapServer {
                     }
                     if old.is_none() || moved || restarted {
                         let rloc = mapping.rlocs.first().map(|r| r.addr.to_string());
-                        info!(eid = %prefix, peer = %peer_name, rloc = rloc.as_deref().unwrap_or("-"), "registered");
+                        info!(eid = %prefix, peer = %peer_name, rloc = %rloc.as_deref().unwrap_or("-"), "registered");
                     }
                     self.commits.push(StoreOp::Put {
                         prefix,

@@ -492,6 +492,46 @@ fn refusals_leave_the_registry_unchanged() {
 }
 
 #[test]
+fn requests_and_refusals_are_counted_per_control_peer() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &ecm_request(&a, 3, b.eid));
+    drain(&mut ms);
+    // B signs with the wrong key: refused, and counted against B.
+    let forged = MapRegister::proxied(4, vec![record(b.eid, b.key, b.rloc)])
+        .encode_signed(b"not-b's-key")
+        .unwrap();
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &forged);
+    // Garbage from nobody configured is counted, but against no peer.
+    ms.handle_datagram(
+        now,
+        "100.64.0.99:4342".parse().unwrap(),
+        Via::Tunnel,
+        b"\x01",
+    );
+    let c = ms.counters();
+    assert_eq!(
+        c.peer(0),
+        PeerCounters {
+            requests: 1,
+            refusals: 0
+        }
+    );
+    assert_eq!(
+        c.peer(1),
+        PeerCounters {
+            requests: 0,
+            refusals: 1
+        }
+    );
+    assert_eq!(c.per_peer.len(), 2, "no series for an unconfigured sender");
+    assert_eq!(c.malformed, 1);
+}
+
+#[test]
 fn a_move_is_pushed_to_correspondents_which_ack() {
     let now = Instant::now();
     let mut ms = server(now);

@@ -512,7 +512,7 @@ impl Dataplane {
         c: &mut Counters,
     ) {
         let Some(target) = self.in_flight.remove(&id) else {
-            debug!(?id, "result for no data-plane operation in flight");
+            debug!(id = id.0, "result for no data-plane operation in flight");
             return;
         };
         let backoff = self.backoff;

@@ -23,6 +23,7 @@
 
 pub mod counters;
 pub mod dataplane;
+mod fields;
 pub mod io;
 pub mod packet;
 pub mod paths;

@@ -382,7 +382,7 @@ impl Xtr {
         let moved = !new_peer && peer.path.endpoint() != before;
         if new_peer {
             self.counters.peers_added += 1;
-            info!(eid = %prefix, candidates = %show(&candidates), role = ?peer.path.role, "programming data peer");
+            info!(eid = %prefix, candidates = %show(&candidates), role = %peer.path.role, "programming data peer");
         } else if new_prefix || moved {
             self.counters.peers_updated += 1;
             info!(eid = %prefix, candidates = %show(&candidates), "updating data peer");
@@ -523,7 +523,7 @@ impl Xtr {
             // A peer WireGuard does not list has had no handshake.
             if peer.path.saw_handshake(now, handshakes.contains(&key)) {
                 self.counters.paths_established += 1;
-                debug!(endpoint = ?peer.path.endpoint(), role = ?peer.path.role, "first handshake");
+                debug!(endpoint = %crate::fields::Opt(&peer.path.endpoint()), role = %peer.path.role, "first handshake");
                 changed.push(key);
                 continue;
             }
@@ -531,8 +531,8 @@ impl Xtr {
                 Some(_) => {
                     self.counters.path_failovers += 1;
                     info!(
-                        next = ?peer.path.endpoint(),
-                        role = ?peer.path.role,
+                        next = %crate::fields::Opt(&peer.path.endpoint()),
+                        role = %peer.path.role,
                         "no handshake in time; trying again with a fresh peer"
                     );
                     changed.push(key);
@@ -686,7 +686,7 @@ impl Xtr {
         }
         for key in remove {
             if let Some(p) = self.peers.get(&key) {
-                info!(endpoint = ?p.path.endpoint(), "data peer idle at both ends; removing");
+                info!(endpoint = %crate::fields::Opt(&p.path.endpoint()), "data peer idle at both ends; removing");
             }
             self.remove_peer(now, key);
         }
