@@ -505,7 +505,7 @@ impl Agent {
             Ok(g) => {
                 let valid = g.valid_for(unix_now());
                 info!(file = %path.display(), valid_for_secs = valid.as_secs(), "relay grant from file");
-                self.core.handle_relay_grant(now, Ok((g, valid)));
+                self.core.handle_relay_grant_from_file(now, g, valid);
             }
             Err(e) => {
                 warn!(file = %path.display(), error = %e, "the relay grant file does not parse")

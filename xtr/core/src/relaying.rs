@@ -667,6 +667,22 @@ impl Xtr {
         }
     }
 
+    /// A grant from a file (kept from an earlier run, or put there by the
+    /// operator for a node that must reach the relay before it can reach a
+    /// map-server): used at once, and replaced by a fresh one as soon as a
+    /// map-server is up.
+    pub fn handle_relay_grant_from_file(
+        &mut self,
+        now: Instant,
+        grant: Grant,
+        valid_for: Duration,
+    ) {
+        self.handle_relay_grant(now, Ok((grant, valid_for)));
+        if self.relay.grant.is_some() {
+            self.relay.fetch_next = Some(now);
+        }
+    }
+
     /// When the grant was last received, for status.
     pub fn relay_grant_age(&self, now: Instant) -> Option<Duration> {
         self.relay
