@@ -225,8 +225,10 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
     };
-    agent.core.handle_link_events(now, &initial);
+    // The grant first: our first registration waits (briefly) for the
+    // relayed address it allows.
     agent.load_grant(now);
+    agent.core.handle_link_events(now, &initial);
     agent.flush().await;
 
     let mut telemetry = match agent.cfg.metrics {
