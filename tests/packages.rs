@@ -171,7 +171,10 @@ fn packages_install_into_a_fresh_root_with_hardened_units_and_purge_cleanly() {
     let ms_secret = std::fs::read_to_string(r.join("etc/lispwg/turn.secret")).unwrap();
     assert_eq!(ms_secret.trim(), secret);
     let pem = std::fs::read_to_string(r.join("etc/lispwg/turn.crt")).unwrap();
-    assert!(relay::grant::pem_spki_pin(&pem).is_some(), "turn.crt is no certificate");
+    assert!(
+        relay::grant::pem_spki_pin(&pem).is_some(),
+        "turn.crt is no certificate"
+    );
     for needle in [
         "use-auth-secret",
         "listening-port=3478",
