@@ -48,6 +48,8 @@ pub struct Counters {
     pub stalls: u64,
     /// Solicit-Map-Requests heard: a correspondent restarted.
     pub smrs: u64,
+    /// Control peers re-created for a silent map-server.
+    pub control_renewals: u64,
     /// Relay grants received, and fetches that failed.
     pub relay_grants: u64,
     pub relay_grant_failures: u64,
@@ -235,6 +237,12 @@ impl Counters {
                 "Solicit-Map-Requests heard (a correspondent restarted)",
                 "counter",
                 self.smrs,
+            ),
+            (
+                "control_renewals_total",
+                "control peers re-created because a map-server answered nothing",
+                "counter",
+                self.control_renewals,
             ),
             (
                 "relay_grants_total",

@@ -438,18 +438,18 @@ impl Xtr {
         let msg = lisp_wire::parse(bytes).map_err(|e| Refusal::Malformed(e.to_string()))?;
         match msg {
             Message::MapReply(reply) => {
-                self.servers[ms].unanswered_since = None;
+                self.servers[ms].answered();
                 self.handle_map_reply(now, reply)
             }
             Message::MapRequest(req) if req.smr => {
-                self.servers[ms].unanswered_since = None;
+                self.servers[ms].answered();
                 self.handle_smr(now, &req);
                 Ok(())
             }
             Message::MapNotify(notify) => {
                 auth::verify(bytes, &self.policy.map_servers[ms].site_key)
                     .map_err(Refusal::Auth)?;
-                self.servers[ms].unanswered_since = None;
+                self.servers[ms].answered();
                 self.counters.notifies += 1;
                 if !self.confirm_registration(now, ms, &notify) {
                     self.handle_correspondent_notify(now, ms, notify);

@@ -13,6 +13,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// A map-server silent this long gets a fresh control session; the wait
+/// doubles up to `RENEW_MAX` while it stays silent.
+const RENEW_FIRST: Duration = Duration::from_secs(1);
+const RENEW_MAX: Duration = Duration::from_secs(30);
 /// Register nonces remembered per map-server, for late answers.
 const RECENT_REGISTERS: usize = 8;
 /// Consecutive unanswered registrations after which a map-server is down.
@@ -37,6 +41,12 @@ pub(crate) struct MapServerState {
     pub(crate) confirmed_once: bool,
     /// When we first asked it something it has not answered yet.
     pub(crate) unanswered_since: Option<Instant>,
+    /// Renewing the control peer (a fresh WireGuard session, for a
+    /// map-server that restarted) waits this long without any answer, and
+    /// doubles after each renewal until one comes: a map-server that is
+    /// merely slow under load never has its session torn down over and over.
+    renew_wait: Duration,
+    next_renew: Option<Instant>,
 }
 
 impl MapServerState {
@@ -50,7 +60,16 @@ impl MapServerState {
             misses: 0,
             confirmed_once: false,
             unanswered_since: None,
+            renew_wait: RENEW_FIRST,
+            next_renew: None,
         }
+    }
+
+    /// It answered: the session works.
+    pub(crate) fn answered(&mut self) {
+        self.unanswered_since = None;
+        self.renew_wait = RENEW_FIRST;
+        self.next_renew = None;
     }
 
     pub(crate) fn timeout(&self) -> Instant {
@@ -193,6 +212,20 @@ impl Xtr {
         self.reregister_now(now);
     }
 
+    /// Renews map-server `i`'s control peer when it has answered nothing for
+    /// the current wait (or is down), at most once per wait, doubling it.
+    pub(crate) fn renew_control_if_silent(&mut self, now: Instant, i: usize, down: bool) {
+        let s = &mut self.servers[i];
+        let silent = down || s.unanswered_since.is_some_and(|t| now >= t + s.renew_wait);
+        if !silent || s.next_renew.is_some_and(|t| now < t) {
+            return;
+        }
+        s.next_renew = Some(now + s.renew_wait);
+        s.renew_wait = (s.renew_wait * 2).min(RENEW_MAX);
+        self.counters.control_renewals += 1;
+        self.dataplane.want_control_peer_renewed(i);
+    }
+
     /// Registers with every map-server now (our endpoint may have changed
     /// behind our NAT).
     pub(crate) fn reregister_now(&mut self, now: Instant) {
@@ -290,9 +323,9 @@ impl Xtr {
                 }
             }
             if !s.up && s.misses >= DOWN_AFTER_MISSES {
-                // Each retry while down starts from a fresh WireGuard session,
-                // so a restarted map-server is reached at once.
-                self.dataplane.want_control_peer_renewed(i);
+                // A map-server that is down may have restarted: its old
+                // WireGuard session is dead. Retry on a fresh one (backing off).
+                self.renew_control_if_silent(now, i, true);
             }
             let s = &mut self.servers[i];
             s.outstanding = Some(nonce);
@@ -337,6 +370,7 @@ impl Xtr {
         }
         s.outstanding = None;
         s.misses = 0;
+        s.answered();
         if !s.up {
             info!(map_server = %self.policy.map_servers[ms].name, "registered with map-server");
         }

@@ -268,12 +268,12 @@ impl Xtr {
             p.next = now + self.policy.request_timeout * 2u32.pow(p.retransmits);
             let (nonce, source) = (p.nonce, p.source);
             self.counters.request_retransmits += 1;
-            // A map-server that has not answered may sit behind a dead
-            // WireGuard session (it restarted): retransmit on a fresh one.
+            // A map-server that has answered nothing for a while may sit
+            // behind a dead WireGuard session (it restarted): retransmit on
+            // a fresh one, but not on every retransmit (see
+            // renew_control_if_silent).
             for i in 0..self.servers.len() {
-                if self.servers[i].unanswered_since.is_some() {
-                    self.dataplane.want_control_peer_renewed(i);
-                }
+                self.renew_control_if_silent(now, i, false);
             }
             self.send_request(now, dst, nonce, source);
         }

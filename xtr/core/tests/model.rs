@@ -2391,3 +2391,29 @@ fn a_pair_no_path_joined_is_tried_again_when_traffic_asks() {
     assert_eq!(sim.nodes[0].dp.reinjected.len(), before + 1);
     assert!(sim.established("A", "C"));
 }
+
+#[test]
+fn a_slow_map_server_does_not_have_its_control_session_torn_down_at_every_retransmit() {
+    // Found at fleet scale: every Map-Request retransmit renewed the control
+    // peer while anything was unanswered, and each renewal dropped the
+    // replies in flight. Now only a map-server silent for a second (then 2,
+    // 4 ... s) gets a fresh session.
+    let mut sim = Sim::new(1);
+    let a_ctl = sim.nodes[0].ctl;
+    // The map-server's next three messages to A are lost (slow under load).
+    sim.drop_to.insert(a_ctl, 3);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(4));
+    let a = sim.node("A");
+    assert!(
+        a.xtr.counters().request_retransmits >= 2,
+        "{:?}",
+        a.xtr.counters()
+    );
+    assert!(
+        a.dp.renewed_control_peers.len() <= 1,
+        "renewed {} times",
+        a.dp.renewed_control_peers.len()
+    );
+    assert!(sim.established("A", "B"), "resolved in the end");
+}
