@@ -75,6 +75,9 @@ pub struct MapServer {
     nonces: Vec<NonceWindow>,
     subscriptions: HashMap<EidPrefix, Vec<Subscriber>>,
     pending: HashMap<u64, PendingNotify>,
+    /// Smoothed Map-Notify → Ack round trip per peer: sizes its notify
+    /// retransmissions.
+    notify_srtt: HashMap<u16, Duration>,
     transmits: VecDeque<Transmit>,
     commits: Commits,
     actions: VecDeque<(ActionId, ControlAction)>,
@@ -151,6 +154,7 @@ impl MapServer {
             nonces,
             subscriptions: HashMap::new(),
             pending: HashMap::new(),
+            notify_srtt: HashMap::new(),
             transmits: VecDeque::new(),
             commits: Commits::new(),
             actions: VecDeque::new(),
