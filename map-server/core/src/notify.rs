@@ -257,8 +257,9 @@ impl MapServer {
 /// of the notifies at 100 robots.
 fn notify_timeout(timing: &crate::policy::NotifyTiming, srtt: Option<Duration>) -> Duration {
     match srtt {
-        Some(s) => (s * 2 + Duration::from_millis(50))
-            .clamp(timing.first_retransmit, MAX_FIRST_RETRANSMIT),
+        Some(s) => {
+            (s * 2 + Duration::from_millis(50)).clamp(timing.first_retransmit, MAX_FIRST_RETRANSMIT)
+        }
         None => timing.first_retransmit,
     }
 }
