@@ -337,6 +337,7 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
             name: m.name.clone(),
             control_address: m.control_address,
             site_key: m.site_key.as_bytes().to_vec(),
+            key_id: m.key_id,
         })
         .collect();
     let rloc_interfaces = cfg
