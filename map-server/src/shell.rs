@@ -114,6 +114,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
         static_mappings,
         push_moves: cfg.push_moves,
         control_address: cfg.control.as_ref().map(|c| c.address),
+        plain_allowed: cfg.plain_allowed.clone(),
         ..Policy::default()
     })
 }

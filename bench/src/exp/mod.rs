@@ -160,7 +160,8 @@ pub fn unreachable_mappings(net: u8, n: u32) -> Vec<StaticMapping> {
 
 /// Writes, into `dir`, a map-server configuration without a control tunnel:
 /// LISP in the clear on `listen` (as keyless peers and the load generators
-/// use it), telemetry on `metrics`, and one peer `name` at `control` that may
+/// use it; it answers loopback sources, where the load generators are),
+/// telemetry on `metrics`, and one peer `name` at `control` that may
 /// register anything in 10.0.0.0/8 with site key `site` (and, if given, WireGuard
 /// key `public_key`). Returns its path.
 pub fn plain_ms_config(
@@ -180,6 +181,7 @@ pub fn plain_ms_config(
             state_dir: "state".into(),
             metrics: metrics.into(),
             plain_listen: Some(listen.into()),
+            plain_allowed: vec!["127.0.0.0/8".into()],
             ..MsServer::default()
         },
         peers: vec![MsPeer {

@@ -38,6 +38,11 @@ pub struct Counters {
     pub crossed_requests: u64,
     /// Solicit-Map-Requests sent to the correspondents of restarted nodes.
     pub smrs: u64,
+    /// Datagrams on the plain listener from sources it does not answer.
+    pub plain_refused: u64,
+    /// Encapsulated Map-Requests whose inner IPv4 header checksum was zero
+    /// (stock `lig` sends them so): accepted, and counted here.
+    pub zero_checksum_requests: u64,
 }
 
 impl Counters {
@@ -49,6 +54,7 @@ impl Counters {
             Refusal::Replay(_) => &mut self.replays,
             Refusal::Unauthorised(_) => &mut self.unauthorised,
             Refusal::Unexpected(_) => &mut self.unexpected,
+            Refusal::NotAllowed => &mut self.plain_refused,
         };
         *c += 1;
     }
@@ -200,6 +206,18 @@ impl Counters {
                 "control interface actions that failed",
                 "counter",
                 self.action_failures,
+            ),
+            (
+                "lispwg_ms_plain_refused_total",
+                "datagrams on the plain listener from sources it does not answer",
+                "counter",
+                self.plain_refused,
+            ),
+            (
+                "lispwg_ms_zero_checksum_requests_total",
+                "encapsulated Map-Requests with a zero inner IPv4 header checksum (lig)",
+                "counter",
+                self.zero_checksum_requests,
             ),
         ]
     }
