@@ -2,15 +2,25 @@
 //! store, the clock and the telemetry endpoint, and drives the sans-IO
 //! [`MapServer`] with them.
 //!
-//! One event loop, one task: each iteration takes one event (datagrams, a
-//! timer, a page request or a signal), then *flushes*: it carries out the
-//! commits and control-interface actions the core asks for, reporting each
-//! outcome back, then sends the datagrams the core releases. The core holds
-//! back a Map-Notify until the commit of its registration is reported done,
-//! so the shell needs no knowledge of which datagram promises what.
+//! One event loop, one task: each iteration takes one event (a socket
+//! turning readable, a timer, a page request or a signal), then *flushes*:
+//! it carries out the commits and control-interface actions the core asks
+//! for, reporting each outcome back, then sends the datagrams the core
+//! releases. The core holds back a Map-Notify until the commit of its
+//! registration is reported done, so the shell needs no knowledge of which
+//! datagram promises what.
+//!
+//! A readable socket is served in batches (recvmmsg, see [`crate::udp`]):
+//! each batch is handed to the core and what the core releases at once
+//! (replies, notifies) is sent right away (sendmmsg), before the next batch
+//! is read, so a requester's next request overlaps with the map-server's
+//! work instead of waiting for a whole drained queue. Up to [`DRAIN_LIMIT`]
+//! datagrams are taken before the flush, so that a burst of registrations is
+//! still committed in one transaction.
 
 use crate::status::{ShellFacts, Snapshot};
 use crate::store::{Clock, Store, StoreError, DEFAULT_CACHE_BYTES};
+use crate::udp::{RecvBatch, SendBatch};
 use conf::map_server::{ControlInterface, MapServerConfig};
 use conf::telemetry::{self, Page, PageRequest, Telemetry, TelemetryError};
 use lisp_wire::LISP_CONTROL_PORT;
@@ -30,8 +40,6 @@ use wgctl::{Host, IpPrefix, PeerConfig, WgInterface};
 /// Datagrams handled per iteration before the flush, so a burst is committed
 /// in one transaction without starving the timers.
 const DRAIN_LIMIT: usize = 256;
-/// Largest UDP payload.
-const BUF_LEN: usize = 65_535;
 /// Receive buffer asked for on each socket: room for bursts of registrations
 /// while a commit is in progress.
 const SOCKET_RCVBUF: usize = 4 << 20;
@@ -143,6 +151,8 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         plain: None,
         telemetry: None,
         stats: Stats::default(),
+        rx: RecvBatch::default(),
+        tx: SendBatch::default(),
         started,
         restored,
         interface: cfg.control.as_ref().map(|c| c.interface.clone()),
@@ -336,7 +346,7 @@ struct Stats {
 }
 
 enum Event {
-    Datagram(Via, io::Result<(usize, SocketAddr)>),
+    Readable(Via, io::Result<()>),
     Timeout,
     Page(PageRequest),
     Stop(&'static str),
@@ -351,14 +361,16 @@ struct Shell {
     plain: Option<UdpSocket>,
     telemetry: Option<Telemetry>,
     stats: Stats,
+    rx: RecvBatch,
+    tx: SendBatch,
     started: Instant,
     restored: usize,
     interface: Option<String>,
 }
 
-async fn recv_on(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
     match sock {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
 }
@@ -373,29 +385,24 @@ async fn next_page(t: Option<&mut Telemetry>) -> Option<PageRequest> {
 impl Shell {
     /// Runs until a signal; returns its name.
     async fn event_loop(&mut self, sigterm: &mut Signal, sigint: &mut Signal) -> &'static str {
-        let mut tunnel_buf = vec![0u8; BUF_LEN];
-        let mut plain_buf = vec![0u8; BUF_LEN];
         loop {
             let deadline = self
                 .core
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let event = tokio::select! {
-                r = recv_on(self.tunnel.as_ref(), &mut tunnel_buf) => Event::Datagram(Via::Tunnel, r),
-                r = recv_on(self.plain.as_ref(), &mut plain_buf) => Event::Datagram(Via::Plain, r),
+                r = readable(self.tunnel.as_ref()) => Event::Readable(Via::Tunnel, r),
+                r = readable(self.plain.as_ref()) => Event::Readable(Via::Plain, r),
                 _ = tokio::time::sleep_until(deadline.into()) => Event::Timeout,
                 Some(req) = next_page(self.telemetry.as_mut()) => Event::Page(req),
                 _ = sigterm.recv() => Event::Stop("SIGTERM"),
                 _ = sigint.recv() => Event::Stop("SIGINT"),
             };
             match event {
-                Event::Datagram(via, r) => {
-                    let buf = match via {
-                        Via::Tunnel => &tunnel_buf,
-                        Via::Plain => &plain_buf,
-                    };
-                    self.on_datagram(via, r, buf);
-                    self.drain(&mut tunnel_buf);
+                Event::Readable(_, Ok(())) => self.serve().await,
+                Event::Readable(via, Err(e)) => {
+                    self.stats.recv_errors += 1;
+                    warn!(?via, error = %e, "socket failed");
                 }
                 Event::Timeout => self.core.handle_timeout(Instant::now()),
                 Event::Page(req) => {
@@ -411,37 +418,29 @@ impl Shell {
         }
     }
 
-    fn on_datagram(&mut self, via: Via, r: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
-        match r {
-            Ok((n, from)) => self
-                .core
-                .handle_datagram(Instant::now(), from, via, &buf[..n]),
-            Err(e) => {
-                self.stats.recv_errors += 1;
-                warn!(?via, error = %e, "receive failed");
-            }
-        }
-    }
-
-    /// Takes whatever else is already queued on the sockets, up to
-    /// [`DRAIN_LIMIT`], so that a burst is committed in one transaction.
-    fn drain(&mut self, buf: &mut [u8]) {
-        let mut taken = 1;
-        let mut progress = true;
-        while progress && taken < DRAIN_LIMIT {
-            progress = false;
+    /// Takes what is queued on the sockets, a batch at a time, up to
+    /// [`DRAIN_LIMIT`] datagrams; after each batch, sends what the core
+    /// released for it.
+    async fn serve(&mut self) {
+        let mut taken = 0;
+        while taken < DRAIN_LIMIT {
+            let mut progress = false;
             for via in [Via::Tunnel, Via::Plain] {
                 let sock = match via {
                     Via::Tunnel => self.tunnel.as_ref(),
                     Via::Plain => self.plain.as_ref(),
                 };
                 let Some(sock) = sock else { continue };
-                match sock.try_recv_from(buf) {
-                    Ok((n, from)) => {
-                        self.core
-                            .handle_datagram(Instant::now(), from, via, &buf[..n]);
-                        taken += 1;
-                        progress = true;
+                match self.rx.recv(sock) {
+                    Ok(n) => {
+                        let now = Instant::now();
+                        for i in 0..n {
+                            if let Some((from, bytes)) = self.rx.get(i) {
+                                self.core.handle_datagram(now, from, via, bytes);
+                            }
+                        }
+                        taken += n;
+                        progress |= n > 0;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => {
@@ -449,6 +448,12 @@ impl Shell {
                         warn!(?via, error = %e, "receive failed");
                     }
                 }
+            }
+            // Reply as we read (a confirmation of a registration is not
+            // released before its commit, in the flush).
+            self.send_released().await;
+            if !progress {
+                break;
             }
         }
     }
@@ -475,9 +480,7 @@ impl Shell {
             let result = self.carry_out(&action).await;
             self.core.handle_action_result(Instant::now(), id, result);
         }
-        while let Some(t) = self.core.poll_transmit() {
-            self.send(t).await;
-        }
+        self.send_released().await;
     }
 
     /// The endpoint WireGuard sees each control peer at (nothing without a
@@ -532,19 +535,34 @@ impl Shell {
         }
     }
 
-    async fn send(&mut self, t: Transmit) {
-        let sock = match t.via {
-            Via::Tunnel => self.tunnel.as_ref(),
-            Via::Plain => self.plain.as_ref(),
-        };
-        let Some(sock) = sock else {
-            self.stats.send_errors += 1;
-            warn!(dst = %t.dst, via = ?t.via, "no socket for this transmit; dropped");
+    /// Sends every datagram the core releases now, in batches per socket.
+    async fn send_released(&mut self) {
+        let out: Vec<Transmit> = std::iter::from_fn(|| self.core.poll_transmit()).collect();
+        if out.is_empty() {
             return;
-        };
-        if let Err(e) = sock.send_to(&t.payload, t.dst).await {
-            self.stats.send_errors += 1;
-            warn!(dst = %t.dst, via = ?t.via, error = %e, "send failed");
+        }
+        for via in [Via::Tunnel, Via::Plain] {
+            let items: Vec<(&[u8], SocketAddr)> = out
+                .iter()
+                .filter(|t| t.via == via)
+                .map(|t| (t.payload.as_slice(), t.dst))
+                .collect();
+            if items.is_empty() {
+                continue;
+            }
+            let sock = match via {
+                Via::Tunnel => self.tunnel.as_ref(),
+                Via::Plain => self.plain.as_ref(),
+            };
+            let Some(sock) = sock else {
+                self.stats.send_errors += items.len() as u64;
+                warn!(via = ?via, dropped = items.len(), "no socket for these transmits; dropped");
+                continue;
+            };
+            for (dst, e) in self.tx.send(sock, &items).await {
+                self.stats.send_errors += 1;
+                warn!(%dst, via = ?via, error = %e, "send failed");
+            }
         }
     }
 
