@@ -124,8 +124,6 @@ impl MapServer {
                 continue;
             }
             let old = slot.replace(endpoint);
-            // The records kept encoded for its mappings are out of date.
-            self.views[peer as usize] = self.views[peer as usize].wrapping_add(1);
             let name = self.policy.peers[peer as usize].name.clone();
             match old {
                 Some(old) => {
@@ -163,7 +161,6 @@ impl MapServer {
         match self.peers_by_name.get(peer_name) {
             Some(&peer) if self.policy.peers[peer as usize].wg_key.is_some() => {
                 self.observed[peer as usize] = Some(endpoint);
-                self.views[peer as usize] = self.views[peer as usize].wrapping_add(1);
                 true
             }
             _ => false,

@@ -70,16 +70,11 @@ pub struct MapServer {
     peers_by_key: HashMap<[u8; 32], u16>,
     /// Where the map-server's WireGuard sees each peer, by peer index.
     observed: Vec<Option<SocketAddr>>,
-    /// Per peer, the version of what its mappings' records are built from
-    /// besides the mappings themselves (its observed endpoint): bumped on
-    /// every change, so that the encodings the registry keeps for an older
-    /// one are not used.
-    views: Vec<u32>,
     /// Per peer, the key-id of its last accepted Map-Register: the
     /// map-server signs the notifies it starts to it the same way.
     key_ids: Vec<KeyId>,
-    /// Scratch space of the reply being built (records and their bounds),
-    /// kept so that answering allocates nothing but the reply.
+    /// Scratch space of the reply being built (its records, and where each
+    /// ends), kept so that answering allocates only the reply itself.
     reply_records: Vec<u8>,
     reply_bounds: Vec<(usize, usize)>,
     polling: endpoints::Polling,
@@ -153,7 +148,6 @@ impl MapServer {
         };
         MapServer {
             observed: vec![None; policy.peers.len()],
-            views: vec![0; policy.peers.len()],
             key_ids: vec![KeyId::HmacSha256; policy.peers.len()],
             reply_records: Vec::new(),
             reply_bounds: Vec::new(),

@@ -2,9 +2,7 @@
 //! longest-prefix match per instance and address family.
 //!
 //! The prefix table itself is lisp-wire's [`EidTable`]; the registry adds
-//! liveness (expiry) on top, and keeps beside each mapping its EID-record as
-//! most requesters get it, encoded, so that a Map-Reply is a copy (see
-//! [`crate::resolution`]).
+//! liveness (expiry) on top.
 
 use lisp_wire::{EidPrefix, EidTable};
 use std::net::IpAddr;
@@ -49,31 +47,10 @@ impl Mapping {
     }
 }
 
-/// A mapping and its encoded EID-record.
-#[derive(Debug)]
-struct Entry {
-    mapping: Mapping,
-    /// The record most requesters get, encoded, with the view of the owner
-    /// it was encoded for; `None` until it is first asked for. Replacing the
-    /// mapping drops it, so a changed registration is never answered from
-    /// an old encoding.
-    record: Option<Encoded>,
-}
-
-#[derive(Debug)]
-struct Encoded {
-    view: u32,
-    bytes: Box<[u8]>,
-}
-
-/// A mapping found by [`Registry::lookup_record`]: its prefix, the mapping,
-/// and its encoded record if one is kept for `view`.
-pub(crate) type Found<'a> = (EidPrefix, &'a Mapping, Option<&'a [u8]>);
-
 /// The mapping database of the map-server.
 #[derive(Debug, Default)]
 pub struct Registry {
-    table: EidTable<Entry>,
+    table: EidTable<Mapping>,
     /// No mapping expires before this (a lower bound: refreshes only move
     /// expiries later). A sweep visits every mapping, 40 ms at a million on
     /// the event loop, so it is skipped until this is due.
@@ -99,69 +76,21 @@ impl Registry {
         if let Some(e) = m.expires {
             self.next_expiry = Some(self.next_expiry.map_or(e, |t| t.min(e)));
         }
-        let entry = Entry {
-            mapping: m,
-            record: None,
-        };
-        self.table.insert(prefix, entry).map(|e| e.mapping)
+        self.table.insert(prefix, m)
     }
 
     pub fn remove(&mut self, prefix: &EidPrefix) -> Option<Mapping> {
-        self.table.remove(prefix).map(|e| e.mapping)
+        self.table.remove(prefix)
     }
 
     /// The mapping registered for exactly this prefix, live or not.
     pub fn get(&self, prefix: &EidPrefix) -> Option<&Mapping> {
-        self.table.get(prefix).map(|e| &e.mapping)
+        self.table.get(prefix)
     }
 
     /// Longest-prefix match among live mappings.
     pub fn lookup(&self, iid: u32, addr: IpAddr, now: Instant) -> Option<(EidPrefix, &Mapping)> {
-        self.table
-            .lookup_by(iid, addr, |e| e.mapping.is_live(now))
-            .map(|(p, e)| (p, &e.mapping))
-    }
-
-    /// Like [`Registry::lookup`], with the mapping's encoded record if the
-    /// one kept was encoded for `view` (of the mapping's owner; see
-    /// [`crate::MapServer`]'s views).
-    pub(crate) fn lookup_record(
-        &self,
-        iid: u32,
-        addr: IpAddr,
-        now: Instant,
-        view: impl FnOnce(&Mapping) -> u32,
-    ) -> Option<Found<'_>> {
-        let (prefix, e) = self
-            .table
-            .lookup_by(iid, addr, |e| e.mapping.is_live(now))?;
-        let want = view(&e.mapping);
-        let bytes = e
-            .record
-            .as_ref()
-            .filter(|r| r.view == want)
-            .map(|r| &*r.bytes);
-        Some((prefix, &e.mapping, bytes))
-    }
-
-    /// Keeps `bytes` as the encoded record of `prefix`'s mapping for `view`.
-    pub(crate) fn keep_record(&mut self, prefix: &EidPrefix, view: u32, bytes: &[u8]) {
-        if let Some(e) = self.table.get_mut(prefix) {
-            match &mut e.record {
-                // Same size (a refresh, a new endpoint of the same family):
-                // overwrite in place.
-                Some(r) if r.bytes.len() == bytes.len() => {
-                    r.bytes.copy_from_slice(bytes);
-                    r.view = view;
-                }
-                slot => {
-                    *slot = Some(Encoded {
-                        view,
-                        bytes: bytes.into(),
-                    })
-                }
-            }
-        }
+        self.table.lookup_by(iid, addr, |m| m.is_live(now))
     }
 
     /// The largest prefix around `addr` that holds no mapping: what a
@@ -177,8 +106,7 @@ impl Registry {
             return Vec::new();
         }
         let mut next: Option<Instant> = None;
-        let removed = self.table.retain(|_, e| {
-            let m = &e.mapping;
+        let removed = self.table.retain(|_, m| {
             let live = m.is_live(now);
             if let (true, Some(e)) = (live, m.expires) {
                 next = Some(next.map_or(e, |t| t.min(e)));
@@ -191,7 +119,7 @@ impl Registry {
 
     /// Every mapping, for status output and tests.
     pub fn iter(&self) -> impl Iterator<Item = (EidPrefix, &Mapping)> {
-        self.table.iter().map(|(p, e)| (p, &e.mapping))
+        self.table.iter()
     }
 }
 

@@ -2,14 +2,18 @@
 //! that tells the destination about the requester (whose mapping comes from
 //! the requester's own registration, never from the request).
 //!
-//! The hot path allocates only the reply: the request is read in place
-//! ([`lisp_wire::parse_map_request`]), and each mapping's record is copied
-//! from the encoding the registry keeps of it ([`lisp_wire::encode_map_reply`]).
+//! The hot path allocates little: the request is read in place
+//! ([`lisp_wire::parse_map_request`]), and each record is written straight
+//! into the reply from the mapping and its candidates
+//! ([`lisp_wire::EidRecord::encode_header_into`],
+//! [`lisp_wire::WgLocator::encode_rloc_record_into`]): the bytes
+//! [`MapServer::record_for`] would encode, without building the record
+//! first. The only allocations are the reply itself and the candidate list.
 //! A reply goes to the request's source address only: an ITR-RLOC naming
 //! another address is not followed (that would make the map-server a
 //! reflector).
 
-use crate::candidates::candidates;
+use crate::candidates::{candidates, Candidate};
 use crate::io::{Refusal, Transmit, Via};
 use crate::registry::{Mapping, Origin, Registry};
 use crate::MapServer;
@@ -17,15 +21,13 @@ use lisp_wire::{
     wireguard_locator, Action, Address, AddressRef, EidPrefix, EidRecord, MapRequestRef,
     ReplyFlags, RlocRecord, WgLocator, DEFAULT_WG_PORT,
 };
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 use tracing::debug;
 
 impl MapServer {
-    /// Answers a Map-Request (read without allocating). The reply is built by
-    /// copying each mapping's EID-record as the registry keeps it encoded,
-    /// for every requester that sees the owner's common view: all but one
-    /// seen behind the owner's own NAT, whose record is built for it.
+    /// Answers a Map-Request (read without allocating), writing each record
+    /// straight into the reply.
     pub(crate) fn handle_map_request(
         &mut self,
         now: Instant,
@@ -44,7 +46,6 @@ impl MapServer {
         // source port of an ECM, where an ITR listens for it).
         let reply_port = req.ecm().map_or(from.port(), |e| e.inner.src_port);
         let dst = SocketAddr::new(from.ip(), reply_port);
-        let requester_public = requester.and_then(|r| self.observed(r)).map(|e| e.ip());
 
         let mut records = std::mem::take(&mut self.reply_records);
         let mut bounds = std::mem::take(&mut self.reply_bounds);
@@ -61,14 +62,9 @@ impl MapServer {
                 }
             };
             let start = records.len();
-            if let Err(e) = self.answer_record(
-                now,
-                asked,
-                requester,
-                requester_public,
-                &mut records,
-                &mut notify_targets,
-            ) {
+            if let Err(e) =
+                self.answer_record(now, asked, requester, &mut records, &mut notify_targets)
+            {
                 result = Err(e);
                 break;
             }
@@ -135,19 +131,12 @@ impl MapServer {
         now: Instant,
         asked: EidPrefix,
         requester: Option<u16>,
-        requester_public: Option<IpAddr>,
         out: &mut Vec<u8>,
         notify_targets: &mut Vec<(EidPrefix, u16)>,
     ) -> Result<(), Refusal> {
-        let views = &self.views;
-        let view_of = |m: &Mapping| match m.origin {
-            Origin::Peer(p) => views.get(p as usize).copied().unwrap_or(0),
-            Origin::Static => 0,
-        };
-        let Some((prefix, m, kept)) =
-            self.registry
-                .lookup_record(asked.iid, asked.addr(), now, view_of)
-        else {
+        let encoding =
+            |e: lisp_wire::EncodeError| Refusal::Malformed(format!("cannot encode reply: {e}"));
+        let Some((prefix, m)) = self.registry.lookup(asked.iid, asked.addr(), now) else {
             let hole = self.registry.uncovered_prefix(asked.iid, asked.addr());
             self.counters.negative_replies += 1;
             debug!(eid = %asked, covering = %hole, "negative Map-Reply");
@@ -157,7 +146,7 @@ impl MapServer {
                 Action::NativelyForward,
             )
             .encode_into(out)
-            .map_err(|e| Refusal::Malformed(format!("cannot encode reply: {e}")));
+            .map_err(encoding);
         };
         if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
             // A Map-Notify tells the owner about the requester so that it
@@ -168,23 +157,24 @@ impl MapServer {
                 notify_targets.push((prefix, owner));
             }
         }
-        let encode = |r: EidRecord, out: &mut Vec<u8>| {
-            r.encode_into(out)
-                .map_err(|e| Refusal::Malformed(format!("cannot encode reply: {e}")))
-        };
-        if !self.sees_common_view(m, requester_public) {
-            // Behind the owner's own NAT: its private address too, first.
-            return encode(self.record_for(prefix, m, requester), out);
+        match self.keyed_candidates(m, requester) {
+            // Written straight into the reply: the very bytes `record_for`
+            // would encode, without building them first.
+            Some((key, cands)) => {
+                let count = u8::try_from(cands.len()).map_err(|_| {
+                    Refusal::Malformed(format!("{prefix} has {} candidates", cands.len()))
+                })?;
+                EidRecord::encode_header_into(prefix, m.ttl_minutes, m.map_version, count, out)
+                    .map_err(encoding)?;
+                for c in cands {
+                    wg_locator(&c, key)
+                        .encode_rloc_record_into(c.priority, c.weight, out)
+                        .map_err(encoding)?;
+                }
+                Ok(())
+            }
+            None => mapping_record(prefix, m).encode_into(out).map_err(encoding),
         }
-        if let Some(bytes) = kept {
-            out.extend_from_slice(bytes);
-            return Ok(());
-        }
-        let start = out.len();
-        encode(self.record_for(prefix, m, None), out)?;
-        let view = view_of(m);
-        self.registry.keep_record(&prefix, view, &out[start..]);
-        Ok(())
     }
 
     fn is_keyed(&self, peer: u16) -> bool {
@@ -192,20 +182,6 @@ impl MapServer {
             .peers
             .get(peer as usize)
             .is_some_and(|p| p.wg_key.is_some())
-    }
-
-    /// Whether a requester seen at `requester_public` gets `m`'s common
-    /// view (the record [`MapServer::record_for`] builds for no requester in
-    /// particular, which the registry keeps encoded): everyone but a
-    /// requester behind the same public address as the owner.
-    fn sees_common_view(&self, m: &Mapping, requester_public: Option<IpAddr>) -> bool {
-        let Origin::Peer(owner) = m.origin else {
-            return true;
-        };
-        match (self.observed(owner), requester_public) {
-            (Some(o), Some(r)) => o.ip() != r,
-            _ => true,
-        }
     }
 
     /// The unacknowledged notify telling `peer` about `prefix`, if any.
@@ -234,42 +210,52 @@ impl MapServer {
 impl MapServer {
     /// The EID-record `requester` gets for a mapping: for a keyed mapping,
     /// the owner's candidates as this requester should see them (see
-    /// [`crate::candidates`]).
-    ///
-    /// Its result for no requester in particular (`None`) is what the
-    /// registry keeps encoded per mapping and answers most requests with. It
-    /// depends on the mapping (replacing a mapping drops its encoding) and
-    /// on the owner's observed endpoint (a change bumps the owner's view,
-    /// see [`MapServer::views`]); anything else it comes to depend on must
-    /// bump the view too.
+    /// [`crate::candidates`]). Map-Replies write the same bytes directly
+    /// (see `answer_record`).
     pub(crate) fn record_for(
         &self,
         prefix: EidPrefix,
         m: &Mapping,
         requester: Option<u16>,
     ) -> EidRecord {
-        let Origin::Peer(owner) = m.origin else {
+        let Some((key, cands)) = self.keyed_candidates(m, requester) else {
             return mapping_record(prefix, m);
         };
-        let Some(key) = m.wg_key else {
-            return mapping_record(prefix, m);
-        };
-        let observed = self.observed(owner);
-        let requester_public = requester.and_then(|r| self.observed(r)).map(|e| e.ip());
-        let rlocs = candidates(m, observed, requester_public)
-            .into_iter()
-            .map(|c| {
-                let mut locator = WgLocator::new(c.endpoint, key);
-                if let Some(private) = c.private {
-                    locator = locator.with_private(private);
-                }
-                RlocRecord::new(c.priority, c.weight, locator.to_address())
-            })
+        let rlocs = cands
+            .iter()
+            .map(|c| RlocRecord::new(c.priority, c.weight, wg_locator(c, key).to_address()))
             .collect();
         EidRecord {
             map_version: m.map_version,
             ..EidRecord::new(prefix, m.ttl_minutes, rlocs)
         }
+    }
+
+    /// For a keyed mapping, its key and the candidates `requester` gets:
+    /// those of [`crate::candidates`] for a registered node (where the
+    /// map-server sees the owner, and the requester), the locators as
+    /// configured for a static one. `None` for a keyless mapping.
+    fn keyed_candidates(
+        &self,
+        m: &Mapping,
+        requester: Option<u16>,
+    ) -> Option<([u8; 32], Vec<Candidate>)> {
+        let key = m.wg_key?;
+        let observed = match m.origin {
+            Origin::Peer(owner) => self.observed(owner),
+            Origin::Static => None,
+        };
+        let requester_public = requester.and_then(|r| self.observed(r)).map(|e| e.ip());
+        Some((key, candidates(m, observed, requester_public)))
+    }
+}
+
+/// The WireGuard locator of one candidate.
+fn wg_locator(c: &Candidate, key: [u8; 32]) -> WgLocator {
+    let locator = WgLocator::new(c.endpoint, key);
+    match c.private {
+        Some(private) => locator.with_private(private),
+        None => locator,
     }
 }
 

@@ -1388,7 +1388,7 @@ fn a_zero_inner_checksum_is_accepted_and_counted() {
     assert_eq!(ms.counters().zero_checksum_requests, 1);
 }
 
-// ---- the reply path: records kept encoded ----------------------------------
+// ---- the reply path: records written straight into the reply ---------------
 
 /// The whole Map-Reply the map-server must send, built by the codec.
 fn expected_reply(nonce: u64, record: EidRecord) -> Vec<u8> {
@@ -1404,7 +1404,7 @@ fn expected_reply(nonce: u64, record: EidRecord) -> Vec<u8> {
 }
 
 #[test]
-fn the_kept_encoding_follows_every_change_of_a_mapping() {
+fn a_reply_is_the_codecs_encoding_and_follows_every_change_of_a_mapping() {
     let now = Instant::now();
     let (a, b) = natted();
     let mut ms: Ms = MapServer::new(
@@ -1433,8 +1433,7 @@ fn the_kept_encoding_follows_every_change_of_a_mapping() {
     register(&mut ms, now, &a, 1);
     register(&mut ms, now, &b, 2);
 
-    // As registered, asked twice (encoded, then copied): byte for byte what
-    // the codec builds.
+    // As registered, asked twice: byte for byte what the codec builds.
     for _ in 0..2 {
         let (n, bytes) = ask(&mut ms, now, a.eid);
         assert_eq!(bytes, expected_reply(n, record(a.eid, a.key, a.rloc)));
@@ -1504,7 +1503,7 @@ fn the_kept_encoding_follows_every_change_of_a_mapping() {
     let (n, bytes) = ask(&mut ms, t, a.eid);
     assert_eq!(bytes, expected_reply(n, natted_record(rebound)));
 
-    // A's registration expires: a negative answer, not the kept record.
+    // A's registration expires: a negative answer.
     let expired = t + Policy::default().registration_lifetime;
     let (_, bytes) = ask(&mut ms, expired, a.eid);
     let Ok(Message::MapReply(r)) = parse(&bytes) else {
