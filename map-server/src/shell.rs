@@ -153,6 +153,7 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         stats: Stats::default(),
         rx: RecvBatch::default(),
         tx: SendBatch::default(),
+        outbox: Vec::new(),
         started,
         restored,
         interface: cfg.control.as_ref().map(|c| c.interface.clone()),
@@ -363,6 +364,8 @@ struct Shell {
     stats: Stats,
     rx: RecvBatch,
     tx: SendBatch,
+    /// What is being sent (kept for its capacity).
+    outbox: Vec<Transmit>,
     started: Instant,
     restored: usize,
     interface: Option<String>,
@@ -385,15 +388,23 @@ async fn next_page(t: Option<&mut Telemetry>) -> Option<PageRequest> {
 impl Shell {
     /// Runs until a signal; returns its name.
     async fn event_loop(&mut self, sigterm: &mut Signal, sigint: &mut Signal) -> &'static str {
+        // One timer, moved when the core's next deadline moves (a fresh one
+        // per iteration would be set and cancelled for every datagram).
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
         loop {
-            let deadline = self
+            let deadline: tokio::time::Instant = self
                 .core
                 .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                .into();
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
             let event = tokio::select! {
                 r = readable(self.tunnel.as_ref()) => Event::Readable(Via::Tunnel, r),
                 r = readable(self.plain.as_ref()) => Event::Readable(Via::Plain, r),
-                _ = tokio::time::sleep_until(deadline.into()) => Event::Timeout,
+                _ = &mut sleep => Event::Timeout,
                 Some(req) = next_page(self.telemetry.as_mut()) => Event::Page(req),
                 _ = sigterm.recv() => Event::Stop("SIGTERM"),
                 _ = sigint.recv() => Event::Stop("SIGINT"),
@@ -423,16 +434,21 @@ impl Shell {
     /// released for it.
     async fn serve(&mut self) {
         let mut taken = 0;
+        // A socket emptied by a short batch is not asked again: a datagram
+        // arriving since makes it readable again for the next iteration.
+        let mut emptied = [false; 2];
         while taken < DRAIN_LIMIT {
             let mut progress = false;
-            for via in [Via::Tunnel, Via::Plain] {
+            for (i, via) in [Via::Tunnel, Via::Plain].into_iter().enumerate() {
                 let sock = match via {
                     Via::Tunnel => self.tunnel.as_ref(),
                     Via::Plain => self.plain.as_ref(),
                 };
-                let Some(sock) = sock else { continue };
+                let Some(sock) = sock.filter(|_| !emptied[i]) else {
+                    continue;
+                };
                 match self.rx.recv(sock) {
-                    Ok(n) => {
+                    Ok((n, empty)) => {
                         let now = Instant::now();
                         for i in 0..n {
                             if let Some((from, bytes)) = self.rx.get(i) {
@@ -441,8 +457,9 @@ impl Shell {
                         }
                         taken += n;
                         progress |= n > 0;
+                        emptied[i] = empty;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => emptied[i] = true,
                     Err(e) => {
                         self.stats.recv_errors += 1;
                         warn!(?via, error = %e, "receive failed");
@@ -537,17 +554,11 @@ impl Shell {
 
     /// Sends every datagram the core releases now, in batches per socket.
     async fn send_released(&mut self) {
-        let out: Vec<Transmit> = std::iter::from_fn(|| self.core.poll_transmit()).collect();
-        if out.is_empty() {
-            return;
-        }
+        let mut out = std::mem::take(&mut self.outbox);
+        out.extend(std::iter::from_fn(|| self.core.poll_transmit()));
         for via in [Via::Tunnel, Via::Plain] {
-            let items: Vec<(&[u8], SocketAddr)> = out
-                .iter()
-                .filter(|t| t.via == via)
-                .map(|t| (t.payload.as_slice(), t.dst))
-                .collect();
-            if items.is_empty() {
+            let count = out.iter().filter(|t| t.via == via).count();
+            if count == 0 {
                 continue;
             }
             let sock = match via {
@@ -555,15 +566,18 @@ impl Shell {
                 Via::Plain => self.plain.as_ref(),
             };
             let Some(sock) = sock else {
-                self.stats.send_errors += items.len() as u64;
-                warn!(via = ?via, dropped = items.len(), "no socket for these transmits; dropped");
+                self.stats.send_errors += count as u64;
+                warn!(via = ?via, dropped = count, "no socket for these transmits; dropped");
                 continue;
             };
-            for (dst, e) in self.tx.send(sock, &items).await {
+            for (dst, e) in self.tx.send(sock, &out, via).await {
                 self.stats.send_errors += 1;
                 warn!(%dst, via = ?via, error = %e, "send failed");
             }
         }
+        // Kept for its capacity.
+        out.clear();
+        self.outbox = out;
     }
 
     fn metrics(&self) -> String {

@@ -5,6 +5,7 @@
 //! are most of what a map-server spends per request; one call per batch
 //! instead of one per datagram is what lets it answer as fast as it reads.
 
+use map_server_core::{Transmit, Via};
 use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
@@ -38,22 +39,27 @@ impl Default for RecvBatch {
 
 impl RecvBatch {
     /// Takes what is queued on `sock`, up to [`BATCH`] datagrams, without
-    /// waiting; `WouldBlock` when nothing is (which also tells tokio to wait
-    /// for the socket to be readable again). Truncated datagrams (larger
-    /// than any UDP payload: impossible) and ones without a source are
-    /// dropped.
-    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
+    /// waiting: how many, and whether that emptied the socket (fewer than a
+    /// batch came). `WouldBlock` when nothing was queued. Either way tokio is
+    /// told to wait for the socket to turn readable again once it is empty,
+    /// so that a short batch needs no second call just to hear `EAGAIN`:
+    /// tokio's epoll is edge-triggered, and any datagram that arrives after
+    /// this call makes it readable again. Truncated datagrams (larger than
+    /// any UDP payload: impossible) and ones without a source are dropped.
+    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<(usize, bool)> {
         let fd = sock.as_raw_fd();
         let (bufs, headers, got) = (&mut self.bufs, &mut self.headers, &mut self.got);
         got.clear();
-        sock.try_io(Interest::READABLE, || {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
-                .chunks_exact_mut(SLOT)
-                .map(|c| [IoSliceMut::new(c)])
-                .collect();
+        let mut emptied = false;
+        let r = sock.try_io(Interest::READABLE, || {
+            let mut slots = bufs.chunks_exact_mut(SLOT);
+            let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
+                std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
             let results = recvmmsg(fd, headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
                 .map_err(io::Error::from)?;
+            let mut n = 0;
             for (slot, r) in results.enumerate() {
+                n += 1;
                 if r.flags.contains(MsgFlags::MSG_TRUNC) {
                     continue;
                 }
@@ -61,9 +67,19 @@ impl RecvBatch {
                     got.push((from, slot, r.bytes));
                 }
             }
+            if n < BATCH {
+                emptied = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             Ok(())
-        })?;
-        Ok(self.got.len())
+        });
+        match r {
+            Ok(()) => Ok((self.got.len(), false)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && emptied => {
+                Ok((self.got.len(), true))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The `i`-th datagram of the last [`RecvBatch::recv`]: its source and
@@ -96,55 +112,74 @@ impl Default for SendBatch {
 }
 
 impl SendBatch {
-    /// Sends `items` (payload, destination) from `sock`, as many per system
-    /// call as fit in a batch; waits while the socket's buffer is full.
-    /// Returns the errors of the datagrams that could not be sent (each is
-    /// skipped: UDP is fire-and-forget, the protocols retransmit).
+    /// Sends the transmits of `out` that leave by `via` from `sock`, as
+    /// many per system call as fit in a batch; waits while the socket's
+    /// buffer is full. Returns the errors of the datagrams that could not be
+    /// sent (each is skipped: UDP is fire-and-forget, the protocols
+    /// retransmit).
     pub async fn send(
         &mut self,
         sock: &UdpSocket,
-        items: &[(&[u8], SocketAddr)],
+        out: &[Transmit],
+        via: Via,
     ) -> Vec<(SocketAddr, io::Error)> {
         let fd = sock.as_raw_fd();
         let mut failed = Vec::new();
-        let mut done = 0;
-        while done < items.len() {
-            let chunk = &items[done..items.len().min(done + BATCH)];
+        let mut items = out.iter().filter(|t| t.via == via).peekable();
+        let mut iovs: [[IoSlice<'_>; 1]; BATCH] = [[IoSlice::new(&[])]; BATCH];
+        let mut addrs: [Option<SockaddrStorage>; BATCH] = [None; BATCH];
+        let (mut k, mut done) = (0, 0);
+        while items.peek().is_some() || done < k {
+            // Refill the batch with what is left.
+            if done == k {
+                (k, done) = (0, 0);
+                while k < BATCH {
+                    let Some(t) = items.next() else { break };
+                    iovs[k] = [IoSlice::new(&t.payload)];
+                    addrs[k] = Some(SockaddrStorage::from(t.dst));
+                    k += 1;
+                }
+            }
             let headers = &mut self.headers;
+            let (iov, to) = (&iovs[done..k], &addrs[done..k]);
             let sent = sock.try_io(Interest::WRITABLE, || {
-                let iovs: Vec<[IoSlice<'_>; 1]> =
-                    chunk.iter().map(|(p, _)| [IoSlice::new(p)]).collect();
-                let addrs: Vec<Option<SockaddrStorage>> = chunk
-                    .iter()
-                    .map(|(_, dst)| Some(SockaddrStorage::from(*dst)))
-                    .collect();
-                let r = sendmmsg(fd, headers, iovs.iter(), &addrs, [], MsgFlags::empty())
-                    .map_err(io::Error::from)?;
-                Ok(r.count())
+                sendmmsg(fd, headers, iov.iter(), to, [], MsgFlags::empty())
+                    .map(|r| r.count())
+                    .map_err(io::Error::from)
             });
+            let dst = || {
+                addrs[done]
+                    .as_ref()
+                    .and_then(socket_addr)
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+            };
             match sent {
                 Ok(0) => {
                     // Nothing went: take it as a failure of the first.
-                    failed.push((chunk[0].1, io::Error::other("sendmmsg sent nothing")));
+                    failed.push((dst(), io::Error::other("sendmmsg sent nothing")));
                     done += 1;
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Err(e) = sock.writable().await {
                         // The socket itself is broken: nothing more goes.
-                        failed.extend(
-                            items[done..]
-                                .iter()
-                                .map(|(_, d)| (*d, io::Error::new(e.kind(), e.to_string()))),
-                        );
+                        let left = (done..k).map(|i| addrs[i]).collect::<Vec<_>>();
+                        let rest = items.map(|t| Some(SockaddrStorage::from(t.dst)));
+                        failed.extend(left.into_iter().chain(rest).map(|a| {
+                            let d = a.as_ref().and_then(socket_addr);
+                            (
+                                d.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                                io::Error::new(e.kind(), e.to_string()),
+                            )
+                        }));
                         break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // The first datagram of the chunk failed (an unreachable
+                // The first datagram of the batch failed (an unreachable
                 // destination, a refused port): skip it, send the rest.
                 Err(e) => {
-                    failed.push((chunk[0].1, e));
+                    failed.push((dst(), e));
                     done += 1;
                 }
             }
