@@ -787,7 +787,8 @@ fn plain_listener_answers_lig_and_keyless_peers_only_to_their_source_and_notifie
         let mut req = ask(0xe1, "203.0.113.2", lig_port);
         req[14..16].copy_from_slice(&[0, 0]);
         lig.send_to(&req, plain).unwrap();
-        let bytes = recv(&lig).unwrap_or_else(|| panic!("lig gets no answer:\n{}\n{}", metrics(&ms_ns), ms.log()));
+        let bytes = recv(&lig)
+            .unwrap_or_else(|| panic!("lig gets no answer:\n{}\n{}", metrics(&ms_ns), ms.log()));
         let Ok(Message::MapReply(r)) = parse(&bytes) else {
             panic!("not a Map-Reply: {:?}", parse(&bytes))
         };
