@@ -15,9 +15,10 @@ lispwg_need_root() {
 }
 
 # Debian packages the tests, the lab and the benchmarks use (nftables and
-# conntrack for the lab's NAT routers, coturn for its TURN relay).
+# conntrack for the lab's NAT routers, coturn for its TURN relay; prometheus
+# for promtool and systemd for systemd-analyze, which the packaging tests run).
 LISPWG_APT_PACKAGES=(tshark wireguard-go wireguard-tools iproute2 iputils-ping iperf3 tcpdump openssl procps
-    nftables conntrack coturn)
+    nftables conntrack coturn prometheus systemd)
 
 # Installs whatever of LISPWG_APT_PACKAGES is missing, without prompts.
 lispwg_install_packages() {
@@ -46,6 +47,12 @@ lispwg_disable_system_coturn() {
         if systemctl is-enabled --quiet coturn 2>/dev/null || systemctl is-active --quiet coturn 2>/dev/null; then
             echo ">> stopping and disabling the system coturn service (the lab runs its own)"
             systemctl disable --now coturn >/dev/null 2>&1 || true
+        fi
+        # Likewise the Prometheus server of the prometheus package (the tests
+        # only use its promtool).
+        if systemctl is-enabled --quiet prometheus 2>/dev/null || systemctl is-active --quiet prometheus 2>/dev/null; then
+            echo ">> stopping and disabling the system prometheus service (the tests use only promtool)"
+            systemctl disable --now prometheus >/dev/null 2>&1 || true
         fi
     elif [ -x /etc/init.d/coturn ] && grep -q '^TURNSERVER_ENABLED=1' /etc/default/coturn 2>/dev/null; then
         # Without systemd the init script starts it only when enabled here.

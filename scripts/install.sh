@@ -1,44 +1,34 @@
 #!/usr/bin/env bash
-# Installs lispwg on this machine: the runtime packages (wireguard-tools, and
-# wireguard-go for hosts without the kernel module), a release build of
-# `xtr` and `map-server` in /usr/local/bin, the systemd units, and
-# /etc/lispwg (mode 0700) for configuration and keys.
+# Builds the Debian packages from this source tree (scripts/package.sh) and
+# installs them with apt on this machine: the build-from-source path. Robots
+# and servers normally get the .deb files instead:
 #
-#   ./scripts/install.sh            install; does not start anything
-#   ./scripts/install.sh --enable   also enable and start the units whose
-#                                   configuration exists in /etc/lispwg
+#   sudo apt install ./lispwg-xtr_*.deb          # a robot or edge router
+#   sudo apt install ./lispwg-map-server_*.deb   # the map-server
 #
-# Write /etc/lispwg/xtr.toml or /etc/lispwg/map-server.toml first (formats:
-# conf/src/xtr.rs and conf/src/map_server.rs; scripts/lab.sh writes working
-# examples) and a key with `xtr genkey --out /etc/lispwg/<name>.key`.
+#   ./scripts/install.sh                 both packages
+#   ./scripts/install.sh xtr             only lispwg-xtr (or: map-server)
+#
+# Then write /etc/lispwg/xtr.toml or /etc/lispwg/map-server.toml from the
+# .sample beside it, and `systemctl restart lispwg-xtr` (the units are
+# enabled at install and stay inactive until their configuration exists).
+# `apt remove lispwg-xtr` uninstalls; `apt purge` also removes what the
+# package generated.
 set -euo pipefail
 LISPWG_SELF="$(readlink -f "$0")"
 cd "$(dirname "$LISPWG_SELF")/.."
 source scripts/common.sh
 lispwg_need_root "$@"
-LISPWG_APT_PACKAGES=(wireguard-tools wireguard-go iproute2)
-lispwg_install_packages
 lispwg_need_rust
 
-cargo build --release --locked --bins
-install -m 0755 target/release/xtr target/release/map-server /usr/local/bin/
-install -d -m 0700 /etc/lispwg
-install -d -m 0755 /usr/local/share/doc/lispwg
-install -m 0644 README.md /usr/local/share/doc/lispwg/
-if [ -d /etc/systemd/system ]; then
-    install -m 0644 scripts/systemd/lispwg-xtr.service scripts/systemd/lispwg-map-server.service /etc/systemd/system/
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        systemctl daemon-reload
-    fi
-fi
-echo "installed: /usr/local/bin/xtr, /usr/local/bin/map-server, units lispwg-xtr and lispwg-map-server"
-
-if [ "${1:-}" = --enable ]; then
-    for unit in xtr map-server; do
-        if [ -f "/etc/lispwg/$unit.toml" ]; then
-            /usr/local/bin/$unit check-config -c "/etc/lispwg/$unit.toml"
-            systemctl enable --now "lispwg-$unit.service"
-            echo "enabled and started lispwg-$unit"
-        fi
-    done
-fi
+mapfile -t debs < <(./scripts/package.sh)
+want=()
+for deb in "${debs[@]}"; do
+    case "${1:-all}:$(basename "$deb")" in
+        all:* | xtr:lispwg-xtr_* | map-server:lispwg-map-server_*) want+=("$deb") ;;
+    esac
+done
+[ ${#want[@]} -gt 0 ] || { echo "usage: $0 [xtr|map-server]" >&2; exit 2; }
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -q "${want[@]}"
+echo "installed: ${want[*]##*/}"

@@ -227,6 +227,7 @@ fn write_config(dir: &Path, ifname: &str, clients: &[&Client]) -> PathBuf {
         },
         peers,
         static_mappings: Vec::new(),
+        relay: None,
     };
     let path = dir.join("ms.toml");
     config::write_toml(&path, &config).unwrap();
@@ -378,10 +379,10 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
         emitted.push(("negative Map-Reply", bytes));
 
         let before = metrics(&ms_ns);
-        let registers = |m: &str| metric(m, "lispwg_ms_map_registers_total").unwrap();
-        assert_eq!(metric(&before, "lispwg_ms_entries"), Some(2.0));
+        let registers = |m: &str| metric(m, "lispwg_map_server_map_registers_total").unwrap();
+        assert_eq!(metric(&before, "lispwg_map_server_entries"), Some(2.0));
         assert_eq!(
-            metric(&before, "lispwg_ms_negative_replies_total"),
+            metric(&before, "lispwg_map_server_negative_replies_total"),
             Some(1.0)
         );
 
@@ -438,9 +439,9 @@ fn control_tunnel_register_resolve_notify_and_nothing_over_the_underlay() {
             "the LISP code saw nothing"
         );
         for m in [
-            "lispwg_ms_unknown_peers_total",
-            "lispwg_ms_malformed_total",
-            "lispwg_ms_entries",
+            "lispwg_map_server_unknown_peers_total",
+            "lispwg_map_server_malformed_total",
+            "lispwg_map_server_entries",
         ] {
             assert_eq!(metric(&after, m), metric(&before, m), "{m}");
         }
@@ -526,11 +527,11 @@ fn restart_after_kill_9_serves_registrations_without_re_registration() {
         a.assert_mapped_by(&reply.records[0]);
         let m = metrics(&ms_ns);
         assert_eq!(
-            metric(&m, "lispwg_ms_map_registers_total"),
+            metric(&m, "lispwg_map_server_map_registers_total"),
             Some(0.0),
             "no re-registration"
         );
-        assert_eq!(metric(&m, "lispwg_ms_entries"), Some(1.0));
+        assert_eq!(metric(&m, "lispwg_map_server_entries"), Some(1.0));
         for frame in tshark::decode_payloads(&[notify, bytes]) {
             frame.assert_clean();
         }
@@ -798,16 +799,22 @@ fn plain_listener_answers_lig_and_keyless_peers_only_to_their_source_and_notifie
 
         let m = metrics(&ms_ns);
         assert_eq!(
-            metric(&m, "lispwg_ms_zero_checksum_requests_total"),
+            metric(&m, "lispwg_map_server_zero_checksum_requests_total"),
             Some(1.0)
         );
-        assert_eq!(metric(&m, "lispwg_ms_plain_refused_total"), Some(2.0));
         assert_eq!(
-            metric(&m, "lispwg_ms_map_notifies_total"),
+            metric(&m, "lispwg_map_server_plain_refused_total"),
+            Some(2.0)
+        );
+        assert_eq!(
+            metric(&m, "lispwg_map_server_map_notifies_total"),
             Some(2.0),
             "the two confirmations only"
         );
-        assert_eq!(metric(&m, "lispwg_ms_notify_retransmits_total"), Some(0.0));
+        assert_eq!(
+            metric(&m, "lispwg_map_server_notify_retransmits_total"),
+            Some(0.0)
+        );
         assert!(ms.stop().is_some_and(|s| s.success()));
     });
 }

@@ -39,6 +39,7 @@ pub fn bulk_mapping(i: u32, expires: Instant) -> Mapping {
             port: Some(51820),
             priority: 1,
             weight: 100,
+            relayed: false,
         }]
         .into_boxed_slice(),
         wg_key: Some(BULK_KEY),

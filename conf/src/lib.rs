@@ -11,7 +11,11 @@
 //! read; the loader refuses files that group or others can read, and refuses a
 //! configuration file holding an inline site key under the same rule.
 
+pub mod json;
+pub mod logging;
 pub mod map_server;
+pub mod metrics;
+pub mod service;
 pub mod telemetry;
 pub mod xtr;
 
@@ -323,3 +327,7 @@ fn default_backend() -> String {
 pub(crate) fn backend(c: &Checker, field: &str, value: &str) -> Result<BackendKind, ConfigError> {
     value.parse().map_err(|e: String| c.err(field, e))
 }
+
+/// The map-server's node API (relay grants), on its control address inside
+/// the control tunnel: reachable only by nodes with a configured key.
+pub const NODE_API_PORT: u16 = 4343;

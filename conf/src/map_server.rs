@@ -26,6 +26,16 @@
 //! [[static_mappings]]
 //! prefix = "10.9.0.0/16"
 //! rlocs = [{ address = "203.0.113.5", priority = 1, weight = 100 }]
+//!
+//! [relay]                            # the campus relay (coturn); optional
+//! secret_file = "turn.secret"        # coturn's static-auth-secret, 0600
+//! credential_ttl_secs = 43200        # how long a node's credentials work
+//! [[relay.servers]]
+//! udp = "192.0.2.1:3478"
+//! tls = "192.0.2.1:443"              # for networks that let only TCP out
+//! tcp = "192.0.2.1:3478"
+//! tls_cert_file = "turn.crt"         # coturn's certificate: nodes pin its key
+//! # tls_spki_sha256 = "…"            # or the pin itself
 //! ```
 
 use crate::{
@@ -38,6 +48,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// Environment variables overriding the file start with this.
 pub const ENV_PREFIX: &str = "LISPWG_MS";
@@ -55,6 +66,30 @@ struct Raw {
     peers: Vec<RawPeer>,
     #[serde(default)]
     static_mappings: Vec<RawStatic>,
+    relay: Option<RawRelay>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    secret_file: String,
+    #[serde(default = "default_credential_ttl")]
+    credential_ttl_secs: u64,
+    servers: Vec<RawRelayServer>,
+}
+
+fn default_credential_ttl() -> u64 {
+    12 * 3600
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelayServer {
+    udp: Option<String>,
+    tls: Option<String>,
+    tcp: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_spki_sha256: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,8 +267,20 @@ pub struct MapServerConfig {
     pub static_mappings: Vec<StaticMapping>,
     /// Push moved mappings to resolvers (off only for baseline benchmarks).
     pub push_moves: bool,
+    /// The campus relay whose credentials nodes are handed.
+    pub relay: Option<RelayConfig>,
     /// Environment variables with our prefix that matched no setting.
     pub ignored_env: Vec<String>,
+}
+
+/// The campus relay (coturn with `use-auth-secret`), as the map-server
+/// hands it to nodes.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// coturn's `static-auth-secret`.
+    pub secret: Zeroizing<String>,
+    pub credential_ttl: Duration,
+    pub servers: Vec<relay::RelayServer>,
 }
 
 impl MapServerConfig {
@@ -242,7 +289,7 @@ impl MapServerConfig {
         let (raw, ignored_env) = load_raw::<Raw>(
             file,
             ENV_PREFIX,
-            &["control", "server", "peers", "static_mappings"],
+            &["control", "server", "peers", "static_mappings", "relay"],
         )?;
         let c = checker(file);
 
@@ -412,6 +459,17 @@ impl MapServerConfig {
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
 
+        let relay = raw
+            .relay
+            .as_ref()
+            .map(|r| relay_config(&c, r))
+            .transpose()?;
+        if relay.is_some() && control.is_none() {
+            return Err(c.err(
+                "relay",
+                "relay credentials are handed out over the control tunnel: configure [control]",
+            ));
+        }
         Ok(MapServerConfig {
             file: file.to_path_buf(),
             control,
@@ -424,7 +482,81 @@ impl MapServerConfig {
             peers,
             static_mappings,
             push_moves: raw.server.push_moves,
+            relay,
             ignored_env,
         })
     }
+}
+
+fn relay_config(c: &crate::Checker, r: &RawRelay) -> Result<RelayConfig, ConfigError> {
+    let secret = c.secret_file("relay.secret_file", &r.secret_file)?;
+    let secret = Zeroizing::new(secret.trim().to_string());
+    if secret.is_empty() {
+        return Err(c.err("relay.secret_file", "the file is empty"));
+    }
+    if r.credential_ttl_secs < 60 {
+        return Err(c.err("relay.credential_ttl_secs", "must be at least 60 seconds"));
+    }
+    if r.servers.is_empty() {
+        return Err(c.err("relay.servers", "name at least one relay server"));
+    }
+    let servers = r
+        .servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let f = format!("relay.servers[{i}]");
+            let addr = |name: &str, v: &Option<String>| {
+                v.as_deref()
+                    .map(|v| c.socket(&format!("{f}.{name}"), v))
+                    .transpose()
+            };
+            let pin = match (&s.tls_spki_sha256, &s.tls_cert_file) {
+                (Some(_), Some(_)) => {
+                    return Err(c.err(
+                        format!("{f}.tls_cert_file"),
+                        "give tls_cert_file or tls_spki_sha256, not both",
+                    ))
+                }
+                (Some(p), None) => Some(p.clone()),
+                (None, Some(file)) => {
+                    let path = c.path(file);
+                    let pem = std::fs::read_to_string(&path).map_err(|e| {
+                        c.err(
+                            format!("{f}.tls_cert_file"),
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?;
+                    Some(relay::grant::pem_spki_pin(&pem).ok_or_else(|| {
+                        c.err(
+                            format!("{f}.tls_cert_file"),
+                            format!("{} holds no X.509 certificate (PEM)", path.display()),
+                        )
+                    })?)
+                }
+                (None, None) => None,
+            };
+            let server = relay::RelayServer {
+                udp: addr("udp", &s.udp)?,
+                tls: addr("tls", &s.tls)?,
+                tcp: addr("tcp", &s.tcp)?,
+                tls_spki_sha256: pin,
+            };
+            if server.endpoints().is_empty() {
+                return Err(c.err(f, "give at least one of udp, tls, tcp"));
+            }
+            if server.tls.is_some() && server.tls_pin().is_none() {
+                return Err(c.err(
+                    format!("{f}.tls"),
+                    "TLS needs tls_cert_file (or tls_spki_sha256: 32 bytes, base64)",
+                ));
+            }
+            Ok(server)
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(RelayConfig {
+        secret,
+        credential_ttl: Duration::from_secs(r.credential_ttl_secs),
+        servers,
+    })
 }

@@ -1,60 +1,51 @@
-//! Logging and the local telemetry endpoint shared by both daemons.
+//! The local telemetry endpoint shared by both daemons, on axum.
 //!
-//! * [`init_logging`]: one line per event on stderr, filtered by `RUST_LOG`
-//!   (default `info`).
-//! * [`serve`]: a minimal HTTP/1.0 responder for `GET /metrics` (Prometheus
-//!   text) and `GET /status` (human-readable text). It renders nothing itself:
-//!   each request becomes a [`PageRequest`] on a channel, and the daemon's event
-//!   loop answers it from its own state. That keeps the state single-owner (no
-//!   locks around the protocol core) and makes a page a consistent snapshot
-//!   taken between two events.
-//! * [`fetch`]: the client side, used by the `status` subcommands.
+//! * [`serve`]: `GET /metrics` (Prometheus text, encoded by
+//!   metrics-exporter-prometheus: see [`crate::metrics`]), `GET /status` (the status
+//!   page, as text for people or, with `?format=json` or `Accept:
+//!   application/json`, as JSON for scripts) and `GET /healthz` (`ok`, or 503
+//!   with the reason). It renders nothing itself: each request becomes a
+//!   [`PageRequest`] on a channel, and the daemon's event loop answers it
+//!   from its own state. That keeps the state single-owner (no locks around
+//!   the protocol core), makes a page a consistent snapshot taken between two
+//!   events, and makes `/healthz` prove that the event loop is turning.
+//! * [`fetch`]: the client side (ureq), used by the `status` subcommands.
 //!
 //! The endpoint is meant for a loopback address: it has no authentication,
 //! and it only ever reads.
 
-use std::fmt::Write as _;
-use std::io::{IsTerminal, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+pub use crate::logging::init_logging;
+use crate::metrics::MetricsPage;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream as AsyncTcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-/// Longest request head read; anything longer is refused.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// Connections served at once; more are closed at once.
+/// Requests served at once; more are answered 503 at once.
 const MAX_CONNECTIONS: usize = 32;
-/// Time a client has to send its request, and the daemon to answer it.
+/// Time the daemon has to answer a request.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest response [`fetch`] accepts.
 const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
+/// Version of the JSON status documents (`"schema"`): raised when a field
+/// is removed or changes meaning; new fields may appear without it.
+pub const STATUS_SCHEMA: u32 = 1;
+/// The content type of `/metrics`.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Sets up `tracing` for a daemon: one line per event on stderr, with the
-/// event's structured fields, filtered by `RUST_LOG` (default `info`). Calling
-/// it again is harmless.
-pub fn init_logging() {
-    let (filter, bad) = match tracing_subscriber::EnvFilter::try_from_default_env() {
-        Ok(f) => (f, None),
-        Err(e) => (
-            tracing_subscriber::EnvFilter::new("info"),
-            std::env::var("RUST_LOG").ok().map(|v| (v, e)),
-        ),
-    };
-    let installed = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
-        .is_ok();
-    if let (true, Some((value, error))) = (installed, bad) {
-        // An unset RUST_LOG is normal; a malformed one deserves a word.
-        if !value.is_empty() {
-            tracing::warn!(rust_log = %value, %error, "ignoring RUST_LOG; logging at info");
-        }
-    }
+/// How the status page is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
 }
 
 /// A page of the telemetry endpoint.
@@ -62,48 +53,90 @@ pub fn init_logging() {
 pub enum Page {
     /// `/metrics`: Prometheus text exposition format.
     Metrics,
-    /// `/status`: plain text for people.
-    Status,
+    /// `/status`: text for people, or JSON.
+    Status(Format),
+    /// `/healthz`: whether the daemon's event loop answers, and is healthy.
+    Health,
 }
 
-impl Page {
-    /// The page served at `path` (a query string is ignored).
-    pub fn from_path(path: &str) -> Option<Page> {
-        match path.split('?').next().unwrap_or("") {
-            "/metrics" => Some(Page::Metrics),
-            "/status" => Some(Page::Status),
-            _ => None,
-        }
-    }
+/// A status page: plain data that renders as text and serialises as JSON,
+/// the same data both ways.
+pub trait StatusView: serde::Serialize {
+    fn render_text(&self) -> String;
+}
 
-    pub fn path(self) -> &'static str {
-        match self {
-            Page::Metrics => "/metrics",
-            Page::Status => "/status",
-        }
-    }
-
-    fn content_type(self) -> &'static str {
-        match self {
-            Page::Metrics => "text/plain; version=0.0.4; charset=utf-8",
-            Page::Status => "text/plain; charset=utf-8",
-        }
-    }
+/// What the daemon answered.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
 }
 
 /// One request for a page, to be answered by the daemon's event loop.
 #[derive(Debug)]
 pub struct PageRequest {
     pub page: Page,
-    reply: oneshot::Sender<String>,
+    reply: oneshot::Sender<Answer>,
 }
 
 impl PageRequest {
-    /// Sends the rendered page back to the HTTP side. A client that has gone
-    /// away in the meantime is not an error.
-    pub fn respond(self, body: String) {
-        let _ = self.reply.send(body);
+    fn respond(self, status: StatusCode, content_type: &'static str, body: String) {
+        // A client that has gone away in the meantime is not an error.
+        let _ = self.reply.send(Answer {
+            status,
+            content_type,
+            body,
+        });
     }
+
+    /// Answers `/metrics`.
+    pub fn respond_metrics(self, page: MetricsPage<'_>) {
+        self.respond(StatusCode::OK, METRICS_CONTENT_TYPE, page.render());
+    }
+
+    /// Answers `/status` in the format asked for.
+    pub fn respond_status(self, view: &impl StatusView) {
+        match self.page {
+            Page::Status(Format::Json) => {
+                let body = status_json(view);
+                self.respond(StatusCode::OK, "application/json", body)
+            }
+            _ => {
+                let body = view.render_text();
+                self.respond(StatusCode::OK, "text/plain; charset=utf-8", body)
+            }
+        }
+    }
+
+    /// Answers `/healthz`: `ok`, or 503 with what is wrong.
+    pub fn respond_health(self, problem: Option<String>) {
+        match problem {
+            None => self.respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+            Some(p) => self.respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("{p}\n"),
+            ),
+        }
+    }
+}
+
+/// The JSON document of a status view: `{"schema": N, ...the view's fields}`.
+pub fn status_json(view: &impl StatusView) -> String {
+    #[derive(serde::Serialize)]
+    struct Doc<'a, V: serde::Serialize> {
+        schema: u32,
+        #[serde(flatten)]
+        view: &'a V,
+    }
+    let mut body = serde_json::to_string_pretty(&Doc {
+        schema: STATUS_SCHEMA,
+        view,
+    })
+    .unwrap_or_else(|e| format!("{{\"schema\":{STATUS_SCHEMA},\"error\":\"{e}\"}}"));
+    body.push('\n');
+    body
 }
 
 /// The running endpoint. Dropping it stops accepting connections.
@@ -111,7 +144,7 @@ impl PageRequest {
 pub struct Telemetry {
     /// Where it listens (the actual port when 0 was asked for).
     pub local_addr: SocketAddr,
-    /// Page requests; answer each with [`PageRequest::respond`].
+    /// Page requests; answer each with one of the `respond_*` methods.
     pub requests: mpsc::Receiver<PageRequest>,
     task: JoinHandle<()>,
 }
@@ -133,23 +166,21 @@ pub enum TelemetryError {
     #[error(
         "cannot connect to {addr}: {error} (is the daemon running, with this metrics address?)"
     )]
-    Connect {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    Connect { addr: SocketAddr, error: String },
     #[error("talking to {addr}: {error}")]
-    Io {
-        addr: SocketAddr,
-        error: std::io::Error,
-    },
+    Io { addr: SocketAddr, error: String },
     #[error("{addr} answered {status}: {body}")]
     Status {
         addr: SocketAddr,
         status: String,
         body: String,
     },
-    #[error("{addr} sent something that is not an HTTP response")]
-    BadResponse { addr: SocketAddr },
+}
+
+#[derive(Clone)]
+struct Shared {
+    tx: mpsc::Sender<PageRequest>,
+    slots: Arc<Semaphore>,
 }
 
 /// Starts the endpoint on `addr`. Must be called on a tokio runtime.
@@ -161,8 +192,27 @@ pub async fn serve(addr: SocketAddr) -> Result<Telemetry, TelemetryError> {
         .local_addr()
         .map_err(|error| TelemetryError::Bind { addr, error })?;
     let (tx, requests) = mpsc::channel(MAX_CONNECTIONS);
-    let task = tokio::spawn(accept_loop(listener, tx));
-    tracing::info!(%local_addr, "telemetry endpoint listening (/metrics, /status)");
+    let shared = Shared {
+        tx,
+        slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/healthz", get(health))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "pages: /metrics, /status (?format=json), /healthz\n",
+            )
+        })
+        .with_state(shared);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "telemetry endpoint stopped");
+        }
+    });
+    tracing::debug!(%local_addr, "telemetry endpoint listening (/metrics, /status, /healthz)");
     Ok(Telemetry {
         local_addr,
         requests,
@@ -170,173 +220,132 @@ pub async fn serve(addr: SocketAddr) -> Result<Telemetry, TelemetryError> {
     })
 }
 
-async fn accept_loop(listener: TcpListener, tx: mpsc::Sender<PageRequest>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "telemetry accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "telemetry busy; closing connection");
-            continue;
-        };
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(IO_TIMEOUT * 2, handle(stream, tx)).await {
-                tracing::debug!(%peer, error = %e, "telemetry client timed out");
-            }
-            drop(permit);
-        });
-    }
+async fn metrics(State(s): State<Shared>) -> Response {
+    ask(s, Page::Metrics).await
 }
 
-async fn handle(mut stream: AsyncTcpStream, tx: mpsc::Sender<PageRequest>) {
-    let (status, content_type, body) = match read_head(&mut stream).await {
-        Err(reason) => ("400 Bad Request", "text/plain", format!("{reason}\n")),
-        Ok(head) => answer(&head, &tx).await,
-    };
-    let response = format!(
-        "HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if stream.write_all(response.as_bytes()).await.is_ok() {
-        let _ = stream.write_all(body.as_bytes()).await;
-    }
-    let _ = stream.shutdown().await;
+async fn health(State(s): State<Shared>) -> Response {
+    ask(s, Page::Health).await
 }
 
-/// Reads up to the blank line that ends the request head.
-async fn read_head(stream: &mut AsyncTcpStream) -> Result<String, &'static str> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    let read = async {
-        loop {
-            let n = stream.read(&mut chunk).await.map_err(|_| "read failed")?;
-            if n == 0 {
-                return Err("connection closed before the request ended");
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-                return Ok(());
-            }
-            if buf.len() > MAX_REQUEST_HEAD {
-                return Err("request head too long");
-            }
+async fn status(
+    State(s): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let format = match query.get("format").map(String::as_str) {
+        Some("json") => Format::Json,
+        Some("text") => Format::Text,
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("format={other}: use format=json or format=text\n"),
+            )
+                .into_response()
         }
+        None if wants_json(&headers) => Format::Json,
+        None => Format::Text,
     };
-    tokio::time::timeout(IO_TIMEOUT, read)
-        .await
-        .map_err(|_| "request not received in time")??;
-    String::from_utf8(buf).map_err(|_| "request is not UTF-8")
+    ask(s, Page::Status(format)).await
 }
 
-async fn answer(
-    head: &str,
-    tx: &mpsc::Sender<PageRequest>,
-) -> (&'static str, &'static str, String) {
-    let mut words = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    if method != "GET" {
-        return (
-            "405 Method Not Allowed",
-            "text/plain",
-            "only GET is served\n".into(),
-        );
-    }
-    let Some(page) = Page::from_path(path) else {
-        return (
-            "404 Not Found",
-            "text/plain",
-            "pages: /metrics, /status\n".into(),
-        );
+/// Whether the Accept header prefers JSON to text.
+fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .find(|t| *t == "application/json" || t.starts_with("text/"))
+        .is_some_and(|t| t == "application/json")
+}
+
+/// Hands the request to the daemon and waits for its answer.
+async fn ask(s: Shared, page: Page) -> Response {
+    let unavailable = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon did not answer\n",
+        )
+            .into_response()
+    };
+    let Ok(_permit) = s.slots.try_acquire_owned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "busy\n").into_response();
     };
     let (reply, rx) = oneshot::channel();
-    let unavailable = (
-        "503 Service Unavailable",
-        "text/plain",
-        "the daemon did not answer\n".to_string(),
-    );
-    if tx.send(PageRequest { page, reply }).await.is_err() {
-        return unavailable;
+    if s.tx.send(PageRequest { page, reply }).await.is_err() {
+        return unavailable();
     }
     match tokio::time::timeout(IO_TIMEOUT, rx).await {
-        Ok(Ok(body)) => ("200 OK", page.content_type(), body),
-        _ => unavailable,
+        Ok(Ok(a)) => (a.status, [(header::CONTENT_TYPE, a.content_type)], a.body).into_response(),
+        _ => unavailable(),
     }
 }
 
-/// Renders `(name, help, kind, value)` metrics in the Prometheus text format.
-pub fn render_metrics<'a>(
-    metrics: impl IntoIterator<Item = (&'a str, &'a str, &'a str, u64)>,
-) -> String {
-    let mut out = String::new();
-    for (name, help, kind, value) in metrics {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        let _ = writeln!(out, "{name} {value}");
-    }
-    out
-}
-
-/// Fetches `path` (e.g. `/status`) from a telemetry endpoint and returns the
-/// body of a 200 answer. Blocking, with timeouts: for command-line tools.
+/// Fetches `path` (e.g. `/status?format=json`) from a telemetry endpoint and
+/// returns the body of a 200 answer. Blocking, with timeouts: for
+/// command-line tools.
 pub fn fetch(addr: SocketAddr, path: &str) -> Result<String, TelemetryError> {
-    let io = |error| TelemetryError::Io { addr, error };
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|error| TelemetryError::Connect { addr, error })?;
-    stream.set_read_timeout(Some(IO_TIMEOUT * 2)).map_err(io)?;
-    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_RESPONSE)
-        .read_to_end(&mut raw)
-        .map_err(io)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or(TelemetryError::BadResponse { addr })?;
-    let status_line = head.lines().next().unwrap_or("");
-    let mut parts = status_line.splitn(2, ' ');
-    if !parts.next().unwrap_or("").starts_with("HTTP/") {
-        return Err(TelemetryError::BadResponse { addr });
-    }
-    let status = parts.next().unwrap_or("").trim().to_string();
-    if !status.starts_with("200") {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_global(Some(IO_TIMEOUT * 2))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .map_err(|e| match e {
+            ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                TelemetryError::Connect {
+                    addr,
+                    error: e.to_string(),
+                }
+            }
+            ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => TelemetryError::Connect {
+                addr,
+                error: e.to_string(),
+            },
+            other => TelemetryError::Io {
+                addr,
+                error: other.to_string(),
+            },
+        })?;
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE)
+        .read_to_string()
+        .map_err(|e| TelemetryError::Io {
+            addr,
+            error: e.to_string(),
+        })?;
+    if status != 200 {
         return Err(TelemetryError::Status {
             addr,
-            status,
+            status: status.to_string(),
             body: body.trim().to_string(),
         });
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
-    #[test]
-    fn metrics_render_in_prometheus_text_format() {
-        let text = render_metrics([
-            ("a_total", "things", "counter", 3),
-            ("b", "now", "gauge", 0),
-        ]);
-        assert_eq!(
-            text,
-            "# HELP a_total things\n# TYPE a_total counter\na_total 3\n\
-             # HELP b now\n# TYPE b gauge\nb 0\n"
-        );
+    #[derive(serde::Serialize)]
+    struct View {
+        n: u32,
+    }
+
+    impl StatusView for View {
+        fn render_text(&self) -> String {
+            format!("n is {}\n", self.n)
+        }
     }
 
     #[tokio::test]
@@ -344,43 +353,90 @@ mod tests {
         let mut t = serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = t.local_addr;
         let owner = tokio::spawn(async move {
-            // Answer two requests, then go away.
-            for _ in 0..2 {
+            let metrics = Metrics::new("t", &[]);
+            let mut seen = Vec::new();
+            for _ in 0..4 {
                 let req = t.requests.recv().await.unwrap();
-                let body = format!("page {}\n", req.page.path());
-                req.respond(body);
+                seen.push(req.page);
+                match req.page {
+                    Page::Metrics => {
+                        let mut page = metrics.page();
+                        page.add_list([("a_total", "things", "counter", 3)]);
+                        req.respond_metrics(page)
+                    }
+                    Page::Status(_) => req.respond_status(&View { n: 7 }),
+                    Page::Health => req.respond_health(Some("store fault".into())),
+                }
             }
-            t
+            (t, seen)
         });
-        let status = tokio::task::spawn_blocking(move || fetch(addr, "/status"))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(status, "page /status\n");
-        let metrics = tokio::task::spawn_blocking(move || fetch(addr, "/metrics?x=1"))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(metrics, "page /metrics\n");
-        let missing = tokio::task::spawn_blocking(move || fetch(addr, "/nope"))
-            .await
-            .unwrap();
+        let get = |path: &'static str| tokio::task::spawn_blocking(move || fetch(addr, path));
+        assert_eq!(get("/status").await.unwrap().unwrap(), "n is 7\n");
+        let json = get("/status?format=json").await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["schema"], STATUS_SCHEMA);
+        assert_eq!(v["n"], 7);
+        let metrics = get("/metrics").await.unwrap().unwrap();
+        assert!(
+            metrics.contains("# TYPE t_a_total counter\nt_a_total 3\n"),
+            "{metrics}"
+        );
+        let health = get("/healthz").await.unwrap();
+        assert!(
+            matches!(&health, Err(TelemetryError::Status { status, body, .. })
+                if status.starts_with("503") && body == "store fault"),
+            "{health:?}"
+        );
+        let missing = get("/nope").await.unwrap();
         assert!(
             matches!(&missing, Err(TelemetryError::Status { status, .. }) if status.starts_with("404")),
             "{missing:?}"
         );
-        // Garbage is refused with an error status, not a hang or a crash.
-        let raw = tokio::task::spawn_blocking(move || {
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.write_all(b"\x00\x01\x02\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .await
-        .unwrap();
-        assert!(raw.starts_with("HTTP/1.0 405"), "{raw}");
-        drop(owner.await.unwrap());
+        let bad = get("/status?format=xml").await.unwrap();
+        assert!(
+            matches!(&bad, Err(TelemetryError::Status { status, .. }) if status.starts_with("400")),
+            "{bad:?}"
+        );
+        let (_t, seen) = owner.await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                Page::Status(Format::Text),
+                Page::Status(Format::Json),
+                Page::Metrics,
+                Page::Health
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_stops_answering_gives_503() {
+        let mut t = serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = t.local_addr;
+        // Nobody reads the requests any more.
+        let (_unused, other) = mpsc::channel(1);
+        drop(std::mem::replace(&mut t.requests, other));
+        let r = tokio::task::spawn_blocking(move || fetch(addr, "/healthz"))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&r, Err(TelemetryError::Status { status, .. }) if status.starts_with("503")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn accept_header_picks_json_only_when_preferred() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT, v.parse().unwrap());
+            wants_json(&m)
+        };
+        assert!(h("application/json"));
+        assert!(h("application/json, text/plain;q=0.5"));
+        assert!(!h("text/plain, application/json"));
+        assert!(!h("*/*"));
+        assert!(!wants_json(&HeaderMap::new()));
     }
 
     #[test]

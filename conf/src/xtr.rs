@@ -15,6 +15,9 @@
 //! [[map_servers]]
 //! name = "ms1"
 //! endpoint = "192.0.2.1:4340"         # the map-server's WireGuard endpoint
+//! # endpoints = ["[2001:db8::1]:4340"] # more, e.g. one per address family:
+//!                                     # the agent uses one of a family it
+//!                                     # has an address of
 //! public_key = "…"
 //! control_address = "100.64.0.1"
 //! site_key_file = "robot-a.site"      # or site_key = "…" in a 0600 file
@@ -44,6 +47,14 @@
 //! # interface = "eth1"
 //!
 //! metrics = "127.0.0.1:9343"          # status and Prometheus; "" disables
+//!
+//! [relay]                             # the campus relay (coturn), all optional
+//! enabled = true                      # ask the map-servers for relay credentials
+//! only = false                        # everything through the relay (UDP blocked)
+//! grant_file = "/var/lib/lispwg/xtr/lwrobota-relay.json"
+//!                                     # credentials kept across restarts; put
+//!                                     # one there (map-server relay-grant) for a
+//!                                     # node that must reach the relay first
 //! ```
 
 use crate::{
@@ -77,6 +88,32 @@ struct Raw {
     cache: RawCache,
     lan: Option<RawLan>,
     metrics: Option<String>,
+    #[serde(default)]
+    relay: RawRelay,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRelay {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    only: bool,
+    grant_file: Option<String>,
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        RawRelay {
+            enabled: true,
+            only: false,
+            grant_file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +142,8 @@ struct RawControl {
 struct RawMapServer {
     name: String,
     endpoint: String,
+    #[serde(default)]
+    endpoints: Vec<String>,
     public_key: String,
     control_address: String,
     site_key: Option<String>,
@@ -214,6 +253,8 @@ pub struct WireguardConfig {
 pub struct MapServerConfig {
     pub name: String,
     pub endpoint: SocketAddr,
+    /// `endpoint` first, then the others configured (one per family, say).
+    pub endpoints: Vec<SocketAddr>,
     pub public_key: PublicKey,
     pub control_address: IpAddr,
     pub site_key: SiteKey,
@@ -228,6 +269,15 @@ pub struct RlocInterface {
     pub interface: String,
     pub priority: u8,
     pub weight: u8,
+}
+
+/// The campus relay, from the agent's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    pub enabled: bool,
+    pub only: bool,
+    /// Where the relay grant is kept across restarts.
+    pub grant_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,6 +306,7 @@ pub struct XtrConfig {
     pub cache: CacheConfig,
     pub lan_interface: Option<String>,
     pub metrics: Option<SocketAddr>,
+    pub relay: RelayConfig,
     pub ignored_env: Vec<String>,
 }
 
@@ -272,6 +323,7 @@ impl XtrConfig {
             "cache",
             "lan",
             "metrics",
+            "relay",
         ];
         let (raw, ignored_env) = load_raw::<Raw>(file, ENV_PREFIX, &known)?;
         let c = checker(file);
@@ -320,9 +372,18 @@ impl XtrConfig {
                         format!("`{}` is empty or used by another map-server", m.name),
                     ));
                 }
+                let endpoint = c.socket(&format!("{f}.endpoint"), &m.endpoint)?;
+                let mut endpoints = vec![endpoint];
+                for (j, e) in m.endpoints.iter().enumerate() {
+                    let e = c.socket(&format!("{f}.endpoints[{j}]"), e)?;
+                    if !endpoints.contains(&e) {
+                        endpoints.push(e);
+                    }
+                }
                 Ok(MapServerConfig {
                     name: m.name.clone(),
-                    endpoint: c.socket(&format!("{f}.endpoint"), &m.endpoint)?,
+                    endpoint,
+                    endpoints,
                     public_key: c.public_key(&format!("{f}.public_key"), &m.public_key)?,
                     control_address: c.ip(&format!("{f}.control_address"), &m.control_address)?,
                     site_key: c.site_key(&f, &m.site_key, &m.site_key_file)?,
@@ -455,6 +516,23 @@ impl XtrConfig {
             Some(s) => Some(c.socket("metrics", s)?),
             None => Some(DEFAULT_METRICS.parse().expect("valid default")),
         };
+        let rr = &raw.relay;
+        if rr.only && !rr.enabled {
+            return Err(c.err("relay.only", "needs relay.enabled = true"));
+        }
+        let grant_file = match rr.grant_file.as_deref() {
+            Some("") => return Err(c.err("relay.grant_file", "give a path, or leave it out")),
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(format!(
+                "/var/lib/lispwg/xtr/{}-relay.json",
+                wireguard.interface
+            )),
+        };
+        let relay = RelayConfig {
+            enabled: rr.enabled,
+            only: rr.only,
+            grant_file,
+        };
         Ok(XtrConfig {
             file: file.to_path_buf(),
             mode,
@@ -469,6 +547,7 @@ impl XtrConfig {
             cache,
             lan_interface,
             metrics,
+            relay,
             ignored_env,
         })
     }

@@ -37,6 +37,7 @@ fn ops_for(i: u32, clock: &Clock) -> StoreOp {
                 port: Some(51820),
                 priority: 1,
                 weight: 100,
+                relayed: false,
             }]
             .into_boxed_slice(),
             wg_key: Some(KEY),

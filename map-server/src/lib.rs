@@ -6,8 +6,10 @@
 //! batched UDP I/O it serves the sockets with ([`udp`]), and the [`status`]
 //! page.
 
+pub mod node_api;
 pub mod shell;
 pub mod status;
+pub mod status_json;
 pub mod store;
 pub mod udp;
 

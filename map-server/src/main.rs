@@ -46,7 +46,38 @@ enum Command {
     /// Fetches /status from the telemetry address in server.metrics: each
     /// registered EID with its RLOC and port, the peer that registered it, the
     /// time since its last registration and the time until it expires.
-    Status(ConfigArg),
+    /// With --json, the same data as a JSON document (docs/status-json.md).
+    Status(StatusArgs),
+    /// Print a node's relay grant (JSON), for its relay.grant_file.
+    ///
+    /// Nodes fetch their relay credentials from the map-server over the
+    /// control tunnel. A node that must reach the relay before it can reach
+    /// the map-server (its network lets only TCP out, and it has never run
+    /// there) needs them beforehand: install this output as its
+    /// relay.grant_file, mode 0600. The credentials work for new allocations
+    /// until they expire (--ttl-secs, default relay.credential_ttl_secs).
+    RelayGrant(RelayGrantArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Print the status as JSON (the schema is in docs/status-json.md).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RelayGrantArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The peer (its name in the configuration) the grant is for.
+    #[arg(long, value_name = "NAME")]
+    peer: String,
+    /// How long the credentials work, in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    ttl_secs: Option<u64>,
 }
 
 #[derive(Args)]
@@ -63,6 +94,7 @@ fn main() -> ExitCode {
         Command::Run(a) => run(a),
         Command::CheckConfig(a) => check_config(a),
         Command::Status(a) => status(a),
+        Command::RelayGrant(a) => relay_grant(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,7 +114,45 @@ fn run(a: ConfigArg) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(map_server::shell::run(cfg))?;
+    runtime.block_on(async {
+        conf::service::ignore_sighup().context("cannot install the SIGHUP handler")?;
+        anyhow::Ok(map_server::shell::run(cfg).await?)
+    })?;
+    Ok(())
+}
+
+fn relay_grant(a: RelayGrantArgs) -> anyhow::Result<()> {
+    let cfg = MapServerConfig::load(&a.config.config)?;
+    let Some(relay) = &cfg.relay else {
+        bail!(
+            "{}: no [relay] section: this map-server hands out no relay",
+            cfg.file.display()
+        );
+    };
+    let Some(peer) = cfg.peers.iter().find(|p| p.name == a.peer) else {
+        let names: Vec<&str> = cfg.peers.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "no peer {:?} in {} (peers: {})",
+            a.peer,
+            cfg.file.display(),
+            names.join(", ")
+        );
+    };
+    let ttl = a
+        .ttl_secs
+        .map_or(relay.credential_ttl, std::time::Duration::from_secs);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let grant = relay::Grant::issue(
+        relay.secret.as_bytes(),
+        &peer.name,
+        now,
+        ttl,
+        relay.servers.clone(),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&grant)?);
     Ok(())
 }
 
@@ -122,6 +192,23 @@ fn check_config(a: ConfigArg) -> anyhow::Result<()> {
         cfg.registration_lifetime.as_secs(),
         cfg.negative_ttl_minutes
     );
+    match &cfg.relay {
+        None => println!("relay: none"),
+        Some(r) => {
+            for s in &r.servers {
+                let ways: Vec<String> = s
+                    .endpoints()
+                    .iter()
+                    .map(|(t, a)| format!("{t} {a}"))
+                    .collect();
+                println!(
+                    "relay: {}; credentials for {} s",
+                    ways.join(", "),
+                    r.credential_ttl.as_secs()
+                );
+            }
+        }
+    }
     println!("peers ({}):", cfg.peers.len());
     for p in &cfg.peers {
         let eids: Vec<String> = p
@@ -179,8 +266,8 @@ fn check_config(a: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn status(a: ConfigArg) -> anyhow::Result<()> {
-    let cfg = MapServerConfig::load(&a.config)?;
+fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let cfg = MapServerConfig::load(&a.config.config)?;
     let Some(addr) = cfg.metrics else {
         bail!(
             "{}: server.metrics is \"\" (disabled), so the map-server serves no status; \
@@ -188,7 +275,12 @@ fn status(a: ConfigArg) -> anyhow::Result<()> {
             cfg.file.display()
         );
     };
-    let body = conf::telemetry::fetch(addr, "/status")
+    let path = if a.json {
+        "/status?format=json"
+    } else {
+        "/status"
+    };
+    let body = conf::telemetry::fetch(addr, path)
         .with_context(|| format!("cannot get the status of the map-server at {addr}"))?;
     print!("{body}");
     Ok(())

@@ -18,11 +18,10 @@
 //! datagrams are taken before the flush, so that a burst of registrations is
 //! still committed in one transaction.
 
-use crate::status::{ShellFacts, Snapshot};
 use crate::store::{Clock, Store, StoreError, DEFAULT_CACHE_BYTES};
 use crate::udp::{RecvBatch, SendBatch};
 use conf::map_server::{ControlInterface, MapServerConfig};
-use conf::telemetry::{self, Page, PageRequest, Telemetry, TelemetryError};
+use conf::telemetry::{self, PageRequest, Telemetry, TelemetryError};
 use lisp_wire::LISP_CONTROL_PORT;
 use map_server_core::{
     ActionFault, ControlAction, Endpoints, MapServer, Mapping, Origin, PeerPolicy, Policy, Rloc,
@@ -31,11 +30,14 @@ use map_server_core::{
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{debug, error, info, warn};
 use wgctl::{Host, IpPrefix, PeerConfig, WgInterface};
+
+mod pages;
 
 /// Datagrams handled per iteration before the flush, so a burst is committed
 /// in one transaction without starving the timers.
@@ -104,6 +106,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
                         port: s.port,
                         priority: r.priority,
                         weight: r.weight,
+                        relayed: false,
                     })
                     .collect(),
                 wg_key: s.public_key.map(|k| *k.as_bytes()),
@@ -157,6 +160,7 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         started,
         restored,
         interface: cfg.control.as_ref().map(|c| c.interface.clone()),
+        node_api: Arc::new(crate::node_api::NodeApi::new(&cfg)),
     };
     // Drop what no longer passes the policy before anything else happens.
     shell.flush().await;
@@ -179,6 +183,14 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
             let addr = SocketAddr::new(ctl.address, LISP_CONTROL_PORT);
             shell.tunnel = Some(bind_udp(addr, Some(&ctl.interface))?);
             info!(%addr, ifname = %ctl.interface, "listening for control messages inside the WireGuard tunnel only");
+            let api = SocketAddr::new(ctl.address, conf::NODE_API_PORT);
+            crate::node_api::serve(api, &ctl.interface, shell.node_api.clone())
+                .await
+                .map_err(|error| ShellError::Socket {
+                    addr: api,
+                    device: Some(ctl.interface.clone()),
+                    error,
+                })?;
             // The core wakes the control peers whose registrations it restored.
             shell.core.finish_restore();
             shell.flush().await;
@@ -193,8 +205,10 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
             startup_ms = started.elapsed().as_millis() as u64,
             "map-server ready"
         );
+        conf::service::ready("serving");
         let why = shell.event_loop(&mut sigterm, &mut sigint).await;
-        info!(signal = why, "stopping");
+        info!(signal = %why, "stopping");
+        conf::service::stopping();
         Ok(())
     }
     .await;
@@ -286,14 +300,8 @@ async fn bring_up_control(
             .map_err(err("add peer"))?;
         debug!(peer = %peer.name, control_address = %peer.control_address, "control peer configured");
     }
-    info!(
-        ifname = %ctl.interface,
-        address = %address,
-        listen_port = ctl.listen_port,
-        backend = %wg.backend(),
-        public_key = %wg.public_key(),
-        "control tunnel up"
-    );
+    // wgctl logged the interface itself (backend, port, key).
+    info!(ifname = %ctl.interface, address = %address, peers = cfg.peers.len(), "control tunnel up");
     Ok(wg)
 }
 
@@ -369,6 +377,7 @@ struct Shell {
     started: Instant,
     restored: usize,
     interface: Option<String>,
+    node_api: Arc<crate::node_api::NodeApi>,
 }
 
 async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
@@ -413,16 +422,10 @@ impl Shell {
                 Event::Readable(_, Ok(())) => self.serve().await,
                 Event::Readable(via, Err(e)) => {
                     self.stats.recv_errors += 1;
-                    warn!(?via, error = %e, "socket failed");
+                    warn!(via = via.name(), error = %e, "socket failed");
                 }
                 Event::Timeout => self.core.handle_timeout(Instant::now()),
-                Event::Page(req) => {
-                    let body = match req.page {
-                        Page::Metrics => self.metrics(),
-                        Page::Status => self.status(),
-                    };
-                    req.respond(body);
-                }
+                Event::Page(req) => self.answer_page(req),
                 Event::Stop(name) => return name,
             }
             self.flush().await;
@@ -462,7 +465,7 @@ impl Shell {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => emptied[i] = true,
                     Err(e) => {
                         self.stats.recv_errors += 1;
-                        warn!(?via, error = %e, "receive failed");
+                        warn!(via = via.name(), error = %e, "receive failed");
                     }
                 }
             }
@@ -567,61 +570,20 @@ impl Shell {
             };
             let Some(sock) = sock else {
                 self.stats.send_errors += count as u64;
-                warn!(via = ?via, dropped = count, "no socket for these transmits; dropped");
+                warn!(
+                    via = via.name(),
+                    dropped = count,
+                    "no socket for these transmits; dropped"
+                );
                 continue;
             };
             for (dst, e) in self.tx.send(sock, &out, via).await {
                 self.stats.send_errors += 1;
-                warn!(%dst, via = ?via, error = %e, "send failed");
+                warn!(%dst, via = via.name(), error = %e, "send failed");
             }
         }
         // Kept for its capacity.
         out.clear();
         self.outbox = out;
-    }
-
-    fn metrics(&self) -> String {
-        let shell = [
-            (
-                "lispwg_ms_send_errors_total",
-                "datagrams that could not be sent",
-                "counter",
-                self.stats.send_errors,
-            ),
-            (
-                "lispwg_ms_recv_errors_total",
-                "socket receive errors",
-                "counter",
-                self.stats.recv_errors,
-            ),
-            (
-                "lispwg_ms_pending_notifies",
-                "Map-Notifies awaiting their Ack",
-                "gauge",
-                self.core.pending_notifies() as u64,
-            ),
-            (
-                "lispwg_ms_uptime_seconds",
-                "seconds since start",
-                "gauge",
-                self.started.elapsed().as_secs(),
-            ),
-        ];
-        telemetry::render_metrics(self.core.counters().metrics().into_iter().chain(shell))
-    }
-
-    fn status(&self) -> String {
-        let local = |s: &Option<UdpSocket>| s.as_ref().and_then(|s| s.local_addr().ok());
-        let facts = ShellFacts {
-            uptime: self.started.elapsed(),
-            restored: self.restored,
-            tunnel: self
-                .interface
-                .clone()
-                .map(|ifname| (local(&self.tunnel), ifname)),
-            plain: local(&self.plain),
-            store_path: self.store.path().to_path_buf(),
-        };
-        Snapshot::take(&self.core, facts, Instant::now()).render_text()
     }
 }

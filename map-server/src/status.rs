@@ -12,41 +12,59 @@ use std::time::{Duration, Instant};
 pub const STATUS_ROWS: usize = 1000;
 
 /// What the shell knows that the core does not.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ShellFacts {
+    #[serde(rename = "uptime_secs", serialize_with = "conf::json::secs")]
     pub uptime: Duration,
     pub restored: usize,
     /// The control socket and its interface, when the tunnel is configured.
+    #[serde(
+        rename = "control_tunnel",
+        serialize_with = "crate::status_json::tunnel"
+    )]
     pub tunnel: Option<(Option<SocketAddr>, String)>,
+    #[serde(rename = "plain_listener")]
     pub plain: Option<SocketAddr>,
     pub store_path: PathBuf,
 }
 
 /// One registration, as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MappingRow {
     pub eid: String,
     pub rloc: String,
     pub more_rlocs: usize,
     /// Where the map-server's WireGuard sees the owner, and whether that is
     /// through a NAT.
+    #[serde(serialize_with = "crate::status_json::observed")]
     pub observed: Option<(SocketAddr, bool)>,
     /// `None` for a static mapping.
     pub peer: Option<String>,
+    #[serde(rename = "age_secs", serialize_with = "conf::json::opt_secs")]
     pub age: Option<Duration>,
+    #[serde(rename = "expires_in_secs", serialize_with = "conf::json::opt_secs")]
     pub expires_in: Option<Duration>,
 }
 
-/// Everything the status page shows.
-#[derive(Debug, Clone)]
+/// Everything the status page shows (and, serialised, `/status?format=json`:
+/// see `docs/status-json.md`).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Snapshot {
+    #[serde(flatten)]
     pub facts: ShellFacts,
+    #[serde(serialize_with = "crate::status_json::counters")]
     pub counters: Counters,
+    #[serde(
+        rename = "registration_lifetime_secs",
+        serialize_with = "conf::json::secs"
+    )]
     pub lifetime: Duration,
     /// The store fault going on now: (error, for how long, failed commits).
+    #[serde(serialize_with = "crate::status_json::store_fault")]
     pub store_fault: Option<(String, Duration, u64)>,
     pub unsaved_ops: usize,
     pub live_mappings: usize,
+    #[serde(rename = "mappings")]
     pub rows: Vec<MappingRow>,
     /// Configured peers with no live registration; only filled when every
     /// mapping is listed.

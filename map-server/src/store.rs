@@ -39,6 +39,8 @@ const FAMILY_V6: u8 = 6;
 const FLAG_KEY: u8 = 0x01;
 const FLAG_EXPIRES: u8 = 0x02;
 const FLAG_PORT: u8 = 0x01;
+/// The locator is a relay's (the node's TURN allocation).
+const FLAG_RELAYED: u8 = 0x02;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -428,7 +430,7 @@ pub fn decode_key(bytes: &[u8]) -> Result<EidPrefix, DecodeError> {
 /// u16 peer-name length, then UTF-8 bytes
 /// u8  locator count, then per locator:
 ///     u8 family (4|6), 4 or 16 address bytes, u8 priority, u8 weight,
-///     u8 flags (0x01: port present), u16 port
+///     u8 flags (0x01: port present, 0x02: relayed), u16 port
 /// ```
 pub fn encode_value(peer: &str, m: &Mapping, clock: &Clock) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + peer.len() + m.rlocs.len() * 22);
@@ -460,7 +462,14 @@ pub fn encode_value(peer: &str, m: &Mapping, clock: &Clock) -> Vec<u8> {
         put_addr(&mut out, r.addr);
         out.push(r.priority);
         out.push(r.weight);
-        out.push(if r.port.is_some() { FLAG_PORT } else { 0 });
+        let mut lflags = 0;
+        if r.port.is_some() {
+            lflags |= FLAG_PORT;
+        }
+        if r.relayed {
+            lflags |= FLAG_RELAYED;
+        }
+        out.push(lflags);
         out.extend_from_slice(&r.port.unwrap_or(0).to_be_bytes());
     }
     out
@@ -507,6 +516,7 @@ pub fn decode_value<'a>(bytes: &'a [u8], clock: &Clock) -> Result<Stored<'a>, De
             port: (port_flags & FLAG_PORT != 0).then_some(port),
             priority,
             weight,
+            relayed: port_flags & FLAG_RELAYED != 0,
         });
     }
     r.end()?;
@@ -589,12 +599,14 @@ mod tests {
                     port: Some(51820),
                     priority: 1,
                     weight: 100,
+                    relayed: false,
                 },
                 Rloc {
                     addr: "2001:db8::1".parse().unwrap(),
                     port: None,
                     priority: 2,
                     weight: 0,
+                    relayed: true,
                 },
             ]
             .into_boxed_slice(),

@@ -23,6 +23,25 @@ pub struct MapServerConfig {
     pub peers: Vec<MsPeer>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub static_mappings: Vec<StaticMapping>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<MsRelay>,
+}
+
+/// The relay the map-server hands its nodes.
+#[derive(Debug, Clone, Serialize)]
+pub struct MsRelay {
+    pub secret_file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_ttl_secs: Option<u64>,
+    pub servers: Vec<MsRelayServer>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MsRelayServer {
+    pub udp: String,
+    pub tls: String,
+    pub tcp: String,
+    pub tls_cert_file: String,
 }
 
 /// The map-server's WireGuard control tunnel.
@@ -127,6 +146,16 @@ pub struct XtrConfig {
     pub overlay: XtrOverlay,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lan: Option<XtrLan>,
+    pub relay: XtrRelay,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct XtrRelay {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub only: bool,
+    /// Always in the lab's folder: never the default under /var/lib.
+    pub grant_file: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +177,9 @@ pub struct XtrMapServer {
     pub name: String,
     /// The map-server's WireGuard endpoint, `192.0.2.10:4340`.
     pub endpoint: String,
+    /// Its endpoints of the other families, for dual-stack nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
     pub public_key: String,
     pub control_address: String,
     pub site_key_file: String,

@@ -1,34 +1,36 @@
 //! The daemons' telemetry pages (`/metrics`, `/status`) and Prometheus text.
 //!
-//! A small HTTP/1.0 client of its own, so that the testbed does not depend on
-//! `conf` (which depends on lisp-wire, whose tests use the testbed).
+//! The client is ureq, so that the testbed does not depend on `conf` (which
+//! depends on lisp-wire, whose tests use the testbed).
 
 use anyhow::{bail, Context, Result};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// `GET path` from `addr` (in the calling thread's namespace); the body of a
 /// 200 answer.
 pub fn get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream
-        .take(64 << 20)
-        .read_to_end(&mut raw)
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .with_context(|| format!("GET {path} from {addr}"))?;
+    let status = response.status();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
         .with_context(|| format!("read {path} from {addr}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("{addr}{path}: not an HTTP answer");
-    };
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
+    if status != 200 {
         bail!("{addr}{path}: {status}: {}", body.trim());
     }
-    Ok(body.to_string())
+    Ok(body)
 }
 
 /// The value of the unlabelled metric `name` in Prometheus text.

@@ -13,8 +13,9 @@
 //! [`Lab::detach`]es stays up for a later [`Lab::open`] (`lispwg-lab`).
 
 use crate::config::{
-    write_toml, AllowedEid, MapServerConfig, MsControl, MsPeer, MsServer, XtrConfig, XtrControl,
-    XtrEid, XtrLan, XtrMapServer, XtrOverlay, XtrRloc, XtrWireguard,
+    write_toml, AllowedEid, MapServerConfig, MsControl, MsPeer, MsRelay, MsRelayServer, MsServer,
+    XtrConfig, XtrControl, XtrEid, XtrLan, XtrMapServer, XtrOverlay, XtrRelay, XtrRloc,
+    XtrWireguard,
 };
 use crate::daemon::Daemon;
 use crate::files::{keypair, public_key_of, random_token, secret_file, Bins};
@@ -517,8 +518,33 @@ impl Lab {
             },
             peers,
             static_mappings: self.spec.static_mappings.clone(),
+            relay: self.ms_relay()?,
         };
         write_toml(&self.config_path(&daemon), &config)
+    }
+
+    /// The lab's coturn, as every map-server hands it out.
+    fn ms_relay(&self) -> Result<Option<MsRelay>> {
+        if !self.spec.coturn {
+            return Ok(None);
+        }
+        let host = self
+            .spec
+            .map_server_nodes()
+            .next()
+            .and_then(|ms| self.spec.addresses(ms, ms.active).0)
+            .context("coturn runs on the first map-server's host: it has no IPv4 address")?;
+        let at = |port| SocketAddr::new(IpAddr::V4(host), port).to_string();
+        Ok(Some(MsRelay {
+            secret_file: "turn.secret".into(),
+            credential_ttl_secs: None,
+            servers: vec![MsRelayServer {
+                udp: at(crate::turn::TURN_PORT),
+                tls: at(crate::turn::TURN_TLS_PORT),
+                tcp: at(crate::turn::TURN_PORT),
+                tls_cert_file: "turn.crt".into(),
+            }],
+        }))
     }
 
     fn xtr_config(&self, n: &Node, keys: &BTreeMap<String, String>) -> XtrConfig {
@@ -534,9 +560,18 @@ impl Lab {
                     (_, Some(a), None) => IpAddr::V4(a),
                     (_, None, None) => unreachable!("a map-server has an address"),
                 };
+                // A dual-stack node is given the map-server's endpoint of
+                // each family.
+                let other = match (n.family, ip, v6) {
+                    (Family::Dual, IpAddr::V4(_), Some(a)) => {
+                        vec![SocketAddr::new(IpAddr::V6(a), MS_WG_PORT).to_string()]
+                    }
+                    _ => Vec::new(),
+                };
                 XtrMapServer {
                     name: ms.name.clone(),
                     endpoint: SocketAddr::new(ip, MS_WG_PORT).to_string(),
+                    endpoints: other,
                     public_key: keys[&ms.name].clone(),
                     control_address: ms.control().expect("map-servers have one").to_string(),
                     site_key_file: format!("{}.site", n.name),
@@ -576,7 +611,17 @@ impl Lab {
             lan: edge.then(|| XtrLan {
                 interface: "lan".into(),
             }),
+            relay: XtrRelay {
+                enabled: self.spec.coturn,
+                only: false,
+                grant_file: self.grant_file(&n.name).display().to_string(),
+            },
         }
+    }
+
+    /// Where agent `name` keeps its relay grant.
+    pub fn grant_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-relay.json"))
     }
 
     /// Rewrites the map-servers' configurations with `push_moves` (takes

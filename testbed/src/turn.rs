@@ -9,8 +9,6 @@
 //! it).
 
 use anyhow::{bail, Result};
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -99,24 +97,13 @@ pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
-/// TURN REST API credentials (draft-uberti-behave-turn-rest, coturn's
-/// `use-auth-secret`): username `"<unix expiry>:<name>"`, password
-/// base64(HMAC-SHA1(secret, username)).
-pub fn credentials(secret: &str, name: &str, expiry_unix: u64) -> (String, String) {
-    let username = format!("{expiry_unix}:{name}");
-    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(username.as_bytes());
-    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    (username, password)
-}
-
-/// [`credentials`] valid for `ttl` from now.
+/// TURN REST API credentials ([`relay::credentials`]) valid for `ttl` from
+/// now.
 pub fn credentials_for(secret: &str, name: &str, ttl: Duration) -> (String, String) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    credentials(secret, name, (now + ttl).as_secs())
+    relay::credentials(secret.as_bytes(), name, (now + ttl).as_secs())
 }
 
 const MAGIC_COOKIE: u32 = 0x2112_a442;
@@ -199,14 +186,6 @@ pub fn stun_binding(sock: &UdpSocket, server: SocketAddr, limit: Duration) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rest_api_credentials_match_openssl() {
-        // printf '1700000000:robot-a' | openssl dgst -sha1 -hmac s3cret -binary | base64
-        let (user, pass) = credentials("s3cret", "robot-a", 1_700_000_000);
-        assert_eq!(user, "1700000000:robot-a");
-        assert_eq!(pass, "d5H8TqDQXHsgGB3x5vXOrRc3udI=");
-    }
 
     #[test]
     fn binding_request_and_mapped_address() {

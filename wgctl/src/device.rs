@@ -240,12 +240,13 @@ impl WgInterface {
         let _serialised = self.inner.config_lock.lock().await;
         let update = DeviceUpdate::new().add_peer(peer_builder(&peer));
         self.apply("upsert peer", update).await?;
-        tracing::info!(
+        // The daemons log why at info; this is the detail.
+        tracing::debug!(
             ifname = %self.inner.name,
             peer = %peer.public_key,
-            endpoint = ?peer.endpoint,
-            allowed_ips = ?peer.allowed_ips,
-            keepalive = ?peer.persistent_keepalive,
+            endpoint = %crate::fields::Opt(&peer.endpoint),
+            allowed_ips = %crate::fields::List(&peer.allowed_ips),
+            keepalive = %crate::fields::Opt(&peer.persistent_keepalive),
             "peer upserted"
         );
         self.desired().peers.insert(peer.public_key, peer);

@@ -194,8 +194,8 @@ impl Host {
             ifname = %name,
             %backend,
             requested = %kind,
-            wireguard_go_pid = ?pid,
-            ?listen_port,
+            wireguard_go_pid = %crate::fields::Opt(&pid),
+            listen_port = %crate::fields::Opt(&listen_port),
             public_key = %private_key.public_key(),
             "WireGuard interface created"
         );
@@ -360,7 +360,10 @@ async fn probe_kernel(rtnl: &Rtnl) -> Result<KernelSupport> {
         Err(Error::KernelModuleMissing) => KernelSupport::Missing,
         Err(e) => return Err(e),
     };
-    tracing::info!(?support, "probed kernel WireGuard support");
+    tracing::info!(
+        kernel_wireguard = matches!(support, KernelSupport::Available),
+        "probed kernel WireGuard support"
+    );
     Ok(support)
 }
 

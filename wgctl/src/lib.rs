@@ -18,6 +18,7 @@ pub mod keys;
 mod backend;
 mod device;
 mod error;
+mod fields;
 mod host;
 mod ledger;
 mod miss;

@@ -380,7 +380,7 @@ impl Netlink {
         self.registry.check_open()?;
         if self.rtnl.add_route(route).await? {
             self.registry.record_route(route);
-            tracing::debug!(dst = %route.dst, ifname = %route.ifname, metric = ?route.metric, src = ?route.src, "route added");
+            tracing::debug!(dst = %route.dst, ifname = %route.ifname, metric = %crate::fields::Opt(&route.metric), src = %crate::fields::Opt(&route.src), "route added");
         }
         Ok(())
     }

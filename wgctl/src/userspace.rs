@@ -93,7 +93,7 @@ impl Shared {
         let pid = self.pid.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pid) = *pid {
             if let Err(err) = kill(Pid::from_raw(pid as i32), signal) {
-                tracing::debug!(ifname = %self.ifname, pid, %err, ?signal, "signal wireguard-go");
+                tracing::debug!(ifname = %self.ifname, pid, %err, signal = signal.as_str(), "signal wireguard-go");
             }
         }
     }
@@ -193,7 +193,7 @@ impl WireguardGo {
             let _ = handle.join();
             tracing::info!(ifname = %shared.ifname, "wireguard-go stopped");
         } else {
-            tracing::error!(ifname = %shared.ifname, pid = ?self.pid(), "wireguard-go did not exit after SIGKILL");
+            tracing::error!(ifname = %shared.ifname, pid = %crate::fields::Opt(&self.pid()), "wireguard-go did not exit after SIGKILL");
         }
         // A killed process leaves its socket behind; it is ours, by name.
         let path = socket_path(&shared.ifname);
@@ -245,14 +245,23 @@ fn supervise(
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
-        tracing::warn!(%ifname, ?status, "wireguard-go exited; restarting it");
         if started.elapsed() >= STABLE_RUN {
             backoff = MIN_BACKOFF;
         }
+        let mut announced = false;
         loop {
+            // Wait first, then say so: a signal meant for the whole service
+            // (a terminal's Ctrl-C, systemd stopping every process of the
+            // unit) can reach wireguard-go a moment before this process
+            // starts its clean shutdown, which then wakes us here. That is
+            // no crash, and nothing is logged for it.
             match wake.recv_timeout(backoff) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 _ => return,
+            }
+            if !announced {
+                announced = true;
+                tracing::warn!(%ifname, status = %crate::fields::Opt(&status), "wireguard-go exited; restarting it");
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
             match launch(&shared) {
@@ -267,7 +276,9 @@ fn supervise(
                     tracing::debug!(%ifname, %e, "restart abandoned: stopping");
                     return;
                 }
-                Err(e) => tracing::error!(%ifname, %e, ?backoff, "wireguard-go restart failed"),
+                Err(e) => {
+                    tracing::error!(%ifname, %e, backoff_ms = backoff.as_millis() as u64, "wireguard-go restart failed")
+                }
             }
         }
     }
@@ -291,7 +302,10 @@ fn launch(shared: &Shared) -> Result<Child> {
         .env_remove("WG_UAPI_FD")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stderr(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C reaches the daemon,
+        // which stops wireguard-go itself after removing what it set up.
+        .process_group(0);
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {

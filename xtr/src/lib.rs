@@ -6,7 +6,10 @@
 //! is re-injected. The protocol logic is the sans-IO [`xtr_core::Xtr`]; this
 //! crate is its tokio [`shell`] and the [`status`] page.
 
+pub mod relay;
 pub mod shell;
 pub mod status;
+pub mod status_json;
+pub mod tlspin;
 
 pub use xtr_core as core;

@@ -38,6 +38,9 @@ enum Command {
     Status {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Print the status as JSON (the schema is in docs/status-json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Check a configuration file without starting anything.
     CheckConfig {
@@ -76,14 +79,22 @@ fn dispatch(command: Command) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            Ok(rt.block_on(xtr::shell::run(cfg))?)
+            rt.block_on(async {
+                conf::service::ignore_sighup().context("installing the SIGHUP handler")?;
+                Ok(xtr::shell::run(cfg).await?)
+            })
         }
-        Command::Status { config } => {
+        Command::Status { config, json } => {
             let cfg = XtrConfig::load(&config)?;
             let addr = cfg.metrics.context(
                 "metrics are disabled in the configuration, so there is no status endpoint",
             )?;
-            print!("{}", conf::telemetry::fetch(addr, "/status")?);
+            let path = if json {
+                "/status?format=json"
+            } else {
+                "/status"
+            };
+            print!("{}", conf::telemetry::fetch(addr, path)?);
             Ok(())
         }
         Command::CheckConfig { config } => {

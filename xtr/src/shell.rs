@@ -4,21 +4,25 @@
 //! outcome of each data-plane operation and statistics read back to it. It
 //! decides nothing.
 
-use crate::status::{PeerRow, Snapshot};
-use conf::telemetry::{self, Page, PageRequest};
+use crate::relay::Relay;
+use conf::telemetry::{self, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use wgctl::{Host, IpPrefix, MissTun, NetEvent, PeerConfig, Reinjector, RouteSpec, WgInterface};
 use xtr_core::{
-    DataplaneFault, DataplaneOp, LinkEvent, MapServerPeer, Output, PeerStats, RlocInterface, Xtr,
-    XtrPolicy,
+    DataplaneFault, DataplaneOp, LinkEvent, MapServerPeer, Output, PeerStats, RelayPolicy,
+    RlocInterface, Xtr, XtrPolicy,
 };
+
+mod pages;
+use pages::CacheAddHistogram;
 
 /// Metric of the per-peer routes: below the miss route's, though being more
 /// specific they win anyway.
@@ -28,49 +32,6 @@ const MISS_ROUTE_METRIC: u32 = 1000;
 /// endpoint (and NATs keep it open).
 const MS_KEEPALIVE_SECS: u16 = 25;
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-/// Upper bounds, in seconds, of the cache-add histogram's buckets.
-const CACHE_ADD_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-
-/// Time from a map-cache miss (the packet read from the miss TUN) to the
-/// end of the flush that programmed its peer and route (and re-injected the
-/// held packets), as the Prometheus histogram `lispwg_xtr_cache_add_seconds`.
-#[derive(Debug, Default)]
-struct CacheAddHistogram {
-    buckets: [u64; CACHE_ADD_BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-impl CacheAddHistogram {
-    fn record(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (bound, n) in CACHE_ADD_BUCKETS.iter().zip(&mut self.buckets) {
-            if secs <= *bound {
-                *n += 1;
-            }
-        }
-        self.count += 1;
-        self.sum += secs;
-    }
-
-    fn render(&self, out: &mut String) {
-        let name = "lispwg_xtr_cache_add_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} time from a map-cache miss to its peer and route being programmed"
-        );
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (bound, n) in CACHE_ADD_BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum {:.9}", self.sum);
-        let _ = writeln!(out, "{name}_count {}", self.count);
-    }
-}
-
 /// Why the agent could not start, or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -125,13 +86,20 @@ struct Agent {
     core: Xtr,
     wg: WgInterface,
     miss: MissTun,
-    reinjector: Reinjector,
+    reinjector: Arc<Reinjector>,
     control: UdpSocket,
+    /// The relay's I/O, when the relay is on.
+    relay: Option<Relay>,
+    /// Answers of relay grant fetches.
+    grants: (GrantSender, mpsc::UnboundedReceiver<GrantResult>),
     netlink: wgctl::Netlink,
     started: SystemTime,
     output_errors: u64,
     cache_add: CacheAddHistogram,
 }
+
+type GrantResult = std::result::Result<(relay::Grant, Duration), String>;
+type GrantSender = mpsc::UnboundedSender<GrantResult>;
 
 fn prefix(p: &EidPrefix) -> Result<IpPrefix> {
     IpPrefix::new(p.addr(), p.prefix_len()).ctx(format!("prefix {p}"))
@@ -162,7 +130,6 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         )
         .await
         .ctx(format!("creating WireGuard interface {wg_if}"))?;
-    info!(interface = %wg_if, backend = ?wg.backend(), port = cfg.wireguard.listen_port, "WireGuard interface up");
     let control =
         IpPrefix::new(cfg.control_address, cfg.control_prefix_len).ctx("the control address")?;
     netlink
@@ -184,7 +151,7 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         .await
         .ctx(format!("setting {wg_if} up"))?;
     for ms in &cfg.map_servers {
-        wg.upsert_peer(control_peer(ms))
+        wg.upsert_peer(control_peer(ms, ms.endpoint))
             .await
             .ctx(format!("adding map-server peer {}", ms.name))?;
     }
@@ -215,7 +182,11 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     };
 
     let control = control_socket(&cfg)?;
-    let reinjector = Reinjector::new().ctx("opening the re-injection socket")?;
+    let reinjector = Arc::new(Reinjector::new().ctx("opening the re-injection socket")?);
+    let relay = cfg
+        .relay
+        .enabled
+        .then(|| Relay::new(cfg.wireguard.listen_port, reinjector.clone()));
     let mut events = netlink
         .events()
         .await
@@ -247,12 +218,15 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         miss,
         reinjector,
         control,
+        relay,
+        grants: mpsc::unbounded_channel(),
         netlink,
         started: SystemTime::now(),
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
     };
     agent.core.handle_link_events(now, &initial);
+    agent.load_grant(now);
     agent.flush().await;
 
     let mut telemetry = match agent.cfg.metrics {
@@ -262,7 +236,8 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).ctx("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).ctx("installing the SIGINT handler")?;
     let mut buf = vec![0u8; 65_535];
-    info!(eids = ?agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>(), "xtr running");
+    info!(eids = %agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","), "xtr running");
+    conf::service::ready("serving");
     loop {
         let deadline = agent
             .core
@@ -283,13 +258,63 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             },
             _ = sleep_until(deadline) => agent.core.handle_timeout(Instant::now()),
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            Some(ev) = next_relay_event(&mut agent.relay) => agent.core.handle_relay_event(Instant::now(), ev),
+            Some(g) = agent.grants.1.recv() => agent.on_grant(g),
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); conf::service::stopping(); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); conf::service::stopping(); break; }
         }
         agent.flush().await;
         agent.record_programmed();
     }
+    if let Some(r) = agent.relay.take() {
+        r.shutdown().await;
+    }
     Ok(())
+}
+
+async fn next_relay_event(r: &mut Option<Relay>) -> Option<xtr_core::RelayEvent> {
+    match r {
+        Some(r) => r.events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Asks map-server `ms` for a relay grant, over the control tunnel (run
+/// off the event loop).
+fn fetch_grant(control_address: IpAddr, name: String) -> GrantResult {
+    let url = format!(
+        "http://{}/v1/relay",
+        SocketAddr::new(control_address, conf::NODE_API_PORT)
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&url)
+        .call()
+        .map_err(|e| format!("{name}: {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{name}: {url}: {e}"))?;
+    match status {
+        200 => {}
+        404 => return Err(format!("{name} offers no relay")),
+        s => return Err(format!("{name}: {url}: HTTP {s}: {}", body.trim())),
+    }
+    let grant: relay::Grant = serde_json::from_str(&body)
+        .map_err(|e| format!("{name}: the grant does not parse: {e}"))?;
+    let valid = grant.valid_for(unix_now());
+    Ok((grant, valid))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -306,11 +331,11 @@ async fn next_request(t: &mut Option<telemetry::Telemetry>) -> Option<PageReques
     }
 }
 
-/// The manually keyed WireGuard peer of a map-server.
-fn control_peer(ms: &conf::xtr::MapServerConfig) -> PeerConfig {
+/// The manually keyed WireGuard peer of a map-server, at `endpoint`.
+fn control_peer(ms: &conf::xtr::MapServerConfig, endpoint: SocketAddr) -> PeerConfig {
     PeerConfig {
         public_key: ms.public_key,
-        endpoint: Some(ms.endpoint),
+        endpoint: Some(endpoint),
         allowed_ips: vec![IpPrefix::host(ms.control_address)],
         persistent_keepalive: Some(MS_KEEPALIVE_SECS),
     }
@@ -338,6 +363,7 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
             control_address: m.control_address,
             site_key: m.site_key.as_bytes().to_vec(),
             key_id: m.key_id,
+            endpoints: m.endpoints.clone(),
         })
         .collect();
     let rloc_interfaces = cfg
@@ -362,7 +388,35 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
     p.held_bytes_per_eid = cfg.cache.held_bytes;
     p.max_cache_entries = cfg.cache.max_entries;
     p.idle_timeout = cfg.cache.idle_timeout;
+    p.relay = RelayPolicy {
+        enabled: cfg.relay.enabled,
+        only: cfg.relay.only,
+    };
     p
+}
+
+/// Writes the grant atomically (a temporary file renamed over it), 0600:
+/// it holds credentials.
+fn save_grant(path: &std::path::Path, grant: &relay::Grant) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(
+        serde_json::to_string_pretty(grant)
+            .map_err(std::io::Error::other)?
+            .as_bytes(),
+    )?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The control socket: our control address, port 4342, bound to the
@@ -433,6 +487,44 @@ impl Agent {
         self.core.handle_link_events(Instant::now(), &[ev]);
     }
 
+    /// The grant kept from an earlier run (or put there by the operator),
+    /// if it still works.
+    fn load_grant(&mut self, now: Instant) {
+        if !self.cfg.relay.enabled {
+            return;
+        }
+        let path = &self.cfg.relay.grant_file;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "cannot read the relay grant");
+                return;
+            }
+        };
+        match serde_json::from_str::<relay::Grant>(&text) {
+            Ok(g) => {
+                let valid = g.valid_for(unix_now());
+                info!(file = %path.display(), valid_for_secs = valid.as_secs(), "relay grant from file");
+                self.core.handle_relay_grant(now, Ok((g, valid)));
+            }
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "the relay grant file does not parse")
+            }
+        }
+    }
+
+    /// A fetched grant: kept on disk (so a restart in a network that lets
+    /// only TCP out still reaches the relay), then handed to the core.
+    fn on_grant(&mut self, g: GrantResult) {
+        if let Ok((grant, _)) = &g {
+            if let Err(e) = save_grant(&self.cfg.relay.grant_file, grant) {
+                warn!(file = %self.cfg.relay.grant_file.display(), error = %e, "cannot keep the relay grant");
+            }
+        }
+        self.core.handle_relay_grant(Instant::now(), g);
+    }
+
     /// Reads WireGuard's peer counters for the core.
     async fn read_peer_stats(&mut self) {
         let info = match self.wg.read().await {
@@ -452,6 +544,7 @@ impl Agent {
                 rx_bytes: p.rx_bytes,
                 tx_bytes: p.tx_bytes,
                 since_handshake: p.last_handshake.and_then(|t| now.duration_since(t).ok()),
+                endpoint: p.endpoint,
             })
             .collect();
         self.core.handle_peer_stats(Instant::now(), &stats);
@@ -497,6 +590,27 @@ impl Agent {
                     if let Err(e) = self.miss.deliver(&packet).await {
                         self.output_errors += 1;
                         warn!(error = %e, "ICMP error could not be delivered");
+                    }
+                }
+                Output::Relay(op) => match &self.relay {
+                    Some(r) => r.apply(op),
+                    None => debug!("relay operation with the relay off"),
+                },
+                Output::FetchRelayGrant { map_server } => {
+                    match self.cfg.map_servers.get(map_server) {
+                        Some(ms) => {
+                            let (addr, name) = (ms.control_address, ms.name.clone());
+                            let tx = self.grants.0.clone();
+                            tokio::task::spawn_blocking(move || {
+                                let _ = tx.send(fetch_grant(addr, name));
+                            });
+                        }
+                        None => {
+                            let _ = self
+                                .grants
+                                .0
+                                .send(Err(format!("no map-server {map_server}")));
+                        }
                     }
                 }
                 Output::Punch { to } => {
@@ -582,7 +696,10 @@ impl Agent {
                     .await
                     .ctx("re-apply the listen port")?;
             }
-            DataplaneOp::RenewControlPeer { map_server } => {
+            DataplaneOp::RenewControlPeer {
+                map_server,
+                endpoint,
+            } => {
                 let ms = self
                     .cfg
                     .map_servers
@@ -593,9 +710,23 @@ impl Agent {
                     .await
                     .ctx("remove control peer")?;
                 self.wg
-                    .upsert_peer(control_peer(ms))
+                    .upsert_peer(control_peer(ms, *endpoint))
                     .await
                     .ctx("add control peer")?;
+            }
+            DataplaneOp::SetControlEndpoint {
+                map_server,
+                endpoint,
+            } => {
+                let ms = self
+                    .cfg
+                    .map_servers
+                    .get(*map_server)
+                    .ok_or(AgentError::NoSuchMapServer(*map_server))?;
+                self.wg
+                    .upsert_peer(control_peer(ms, *endpoint))
+                    .await
+                    .ctx("move control peer")?;
             }
         }
         Ok(())
@@ -607,98 +738,5 @@ impl Agent {
             r = r.with_src(src);
         }
         Ok(r)
-    }
-
-    async fn answer(&mut self, req: PageRequest) {
-        let body = match req.page {
-            Page::Metrics => {
-                let c = self.core.counters();
-                let mut m = c.metrics();
-                m.push((
-                    "lispwg_xtr_peers",
-                    "data peers programmed now",
-                    "gauge",
-                    self.core.peer_count() as u64,
-                ));
-                m.push((
-                    "lispwg_xtr_pending",
-                    "resolutions in flight",
-                    "gauge",
-                    self.core.pending_count() as u64,
-                ));
-                m.push((
-                    "lispwg_xtr_output_errors_total",
-                    "dataplane or send operations that failed",
-                    "counter",
-                    self.output_errors,
-                ));
-                let mut page = telemetry::render_metrics(m);
-                self.cache_add.render(&mut page);
-                page
-            }
-            Page::Status => self.status().await,
-        };
-        req.respond(body);
-    }
-
-    /// What `xtr status` prints.
-    async fn status(&self) -> String {
-        let now = Instant::now();
-        let wall = SystemTime::now();
-        let peers = self.wg.read().await.ok().map(|info| {
-            info.peers
-                .iter()
-                .map(|p| PeerRow {
-                    public_key: p.public_key.to_string(),
-                    role: self
-                        .cfg
-                        .map_servers
-                        .iter()
-                        .find(|m| m.public_key == p.public_key)
-                        .map(|m| format!("map-server {}", m.name)),
-                    endpoint: p.endpoint,
-                    allowed_ips: p.allowed_ips.iter().map(|a| a.to_string()).collect(),
-                    since_handshake: p.last_handshake.and_then(|t| wall.duration_since(t).ok()),
-                    rx_bytes: p.rx_bytes,
-                    tx_bytes: p.tx_bytes,
-                })
-                .collect()
-        });
-        Snapshot {
-            interface: self.cfg.wireguard.interface.clone(),
-            mode: match self.cfg.mode {
-                Mode::MobileNode => "mobile-node",
-                Mode::Xtr => "xtr",
-            },
-            public_key: self.cfg.wireguard.private_key.public_key().to_string(),
-            listen_port: self.cfg.wireguard.listen_port,
-            eids: self.cfg.eids.iter().map(|e| e.to_string()).collect(),
-            rlocs: self.core.current_rlocs(),
-            uptime: self.started.elapsed().unwrap_or_default(),
-            map_servers: self.core.map_servers(),
-            cache: self.core.cache_entries(now),
-            peers,
-        }
-        .render_text()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_add_histogram_is_cumulative_with_sum_and_count() {
-        let mut h = CacheAddHistogram::default();
-        h.record(Duration::from_micros(800));
-        h.record(Duration::from_millis(4));
-        let mut page = String::new();
-        h.render(&mut page);
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.0005\"} 0\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"0.005\"} 2\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_sum 0.004800000\n"));
-        assert!(page.contains("lispwg_xtr_cache_add_seconds_count 2\n"));
     }
 }

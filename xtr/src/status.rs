@@ -5,32 +5,51 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
-use xtr_core::{CacheStatus, LocalRloc, MapServerStatus};
+use xtr_core::{CacheStatus, LocalRloc, MapServerStatus, PathStatus, RelayStatus};
 
 /// One WireGuard peer as the interface reports it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerRow {
     pub public_key: String,
     /// "map-server NAME" for a control peer.
     pub role: Option<String>,
     pub endpoint: Option<SocketAddr>,
     pub allowed_ips: Vec<String>,
+    #[serde(
+        rename = "since_handshake_secs",
+        serialize_with = "conf::json::opt_secs"
+    )]
     pub since_handshake: Option<Duration>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// The agent's view of its path (data peers only).
+    #[serde(serialize_with = "crate::status_json::path")]
+    pub path: Option<PathStatus>,
 }
 
-/// Everything `xtr status` shows.
-#[derive(Debug, Clone)]
+/// Everything `xtr status` shows (and, serialised, `/status?format=json`:
+/// see `docs/status-json.md`).
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Snapshot {
     pub interface: String,
     pub mode: &'static str,
     pub public_key: String,
     pub listen_port: u16,
     pub eids: Vec<String>,
+    #[serde(serialize_with = "crate::status_json::rlocs")]
     pub rlocs: Vec<LocalRloc>,
+    /// Where the map-server sees our WireGuard socket, and whether through
+    /// a NAT.
+    #[serde(serialize_with = "crate::status_json::seen_at")]
+    pub seen_at: Option<(SocketAddr, bool)>,
+    #[serde(rename = "uptime_secs", serialize_with = "conf::json::secs")]
     pub uptime: Duration,
+    #[serde(serialize_with = "crate::status_json::map_servers")]
     pub map_servers: Vec<MapServerStatus>,
+    /// `None` when the relay is off in the configuration.
+    #[serde(serialize_with = "crate::status_json::relay")]
+    pub relay: Option<RelayStatus>,
+    #[serde(rename = "map_cache", serialize_with = "crate::status_json::cache")]
     pub cache: Vec<CacheStatus>,
     /// `None` when WireGuard could not be read.
     pub peers: Option<Vec<PeerRow>>,
@@ -50,6 +69,15 @@ impl Snapshot {
             .map(|r| format!("{} (priority {}, weight {})", r.addr, r.priority, r.weight))
             .collect();
         let _ = writeln!(s, "  rlocs: {}", rlocs.join(", "));
+        match self.seen_at {
+            Some((ep, true)) => {
+                let _ = writeln!(s, "  seen at: {ep} (behind NAT)");
+            }
+            Some((ep, false)) => {
+                let _ = writeln!(s, "  seen at: {ep} (no NAT)");
+            }
+            None => {}
+        }
         let _ = writeln!(s, "  up for: {}", human(self.uptime));
         for m in &self.map_servers {
             let _ = writeln!(
@@ -63,6 +91,25 @@ impl Snapshot {
                     ", not registered yet"
                 }
             );
+        }
+        if let Some(r) = &self.relay {
+            let how = match (r.transport, r.server) {
+                (Some(t), Some(a)) => format!(" via {t} {a}"),
+                _ => String::new(),
+            };
+            let at = r.relayed.map(|a| format!(" at {a}")).unwrap_or_default();
+            let since = r
+                .since
+                .map(|d| format!(" for {}", human(d)))
+                .unwrap_or_default();
+            let grant = match r.grant_valid_for {
+                Some(d) => format!(", credentials valid {}", human(d)),
+                None => ", no credentials yet".to_string(),
+            };
+            let _ = writeln!(s, "  relay: {}{at}{how}{since}{grant}", r.state);
+            if r.only {
+                let _ = writeln!(s, "  relay only: everything goes through the relay");
+            }
         }
         let _ = writeln!(s, "\nmap-cache:");
         if self.cache.is_empty() {
@@ -101,6 +148,22 @@ impl Snapshot {
                     let _ = writeln!(s, "\npeer: {}{role}", p.public_key);
                     if let Some(ep) = p.endpoint {
                         let _ = writeln!(s, "  endpoint: {ep}");
+                    }
+                    if let Some(path) = &p.path {
+                        let kind = path.kind.map_or("-", |k| k.name());
+                        let nat = if path.nat { ", through NAT" } else { "" };
+                        let _ = writeln!(
+                            s,
+                            "  path: {kind}, {} for {} ({}{nat})",
+                            path.state,
+                            human(path.since),
+                            path.role
+                        );
+                        if path.candidates.len() > 1 {
+                            let c: Vec<String> =
+                                path.candidates.iter().map(|c| c.to_string()).collect();
+                            let _ = writeln!(s, "  candidates: {}", c.join(", "));
+                        }
                     }
                     let _ = writeln!(s, "  allowed ips: {}", p.allowed_ips.join(", "));
                     match p.since_handshake {

@@ -19,11 +19,11 @@ const INTERVAL: Duration = Duration::from_millis(2);
 
 /// One repetition.
 #[derive(Debug, Clone, Copy)]
-struct Rep {
+pub(super) struct Rep {
     /// First request sent → first reply received, ms.
-    delay_ms: f64,
+    pub(super) delay_ms: f64,
     /// Requests sent before the first reply that never got one.
-    lost_before: usize,
+    pub(super) lost_before: usize,
     /// Requests sent in the whole run that never got a reply.
     unanswered: usize,
     sent: usize,
@@ -31,7 +31,7 @@ struct Rep {
     first_seq: u16,
 }
 
-fn analyse(probes: &[Probe]) -> Option<Rep> {
+pub(super) fn analyse(probes: &[Probe]) -> Option<Rep> {
     let t0 = probes.first()?.sent;
     let first = probes
         .iter()
@@ -50,7 +50,7 @@ fn analyse(probes: &[Probe]) -> Option<Rep> {
     })
 }
 
-fn fresh_pair(lab: &mut Lab) -> Result<()> {
+pub(super) fn fresh_pair(lab: &mut Lab) -> Result<()> {
     for robot in ["robot-a", "robot-b"] {
         lab.stop(robot)?;
     }

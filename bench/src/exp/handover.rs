@@ -67,7 +67,7 @@ struct Move {
 
 /// (outage ms, recovered, requests lost, replies were already missing in
 /// the 100 ms before the move).
-fn analyse(probes: &[Probe], at: Instant, window: Duration) -> (f64, bool, usize, bool) {
+pub(super) fn analyse(probes: &[Probe], at: Instant, window: Duration) -> (f64, bool, usize, bool) {
     let start = at.checked_sub(Duration::from_millis(100)).unwrap_or(at);
     let end = at + window;
     let mut replies: Vec<Instant> = probes.iter().filter_map(|p| p.replied).collect();
@@ -99,7 +99,12 @@ fn analyse(probes: &[Probe], at: Instant, window: Duration) -> (f64, bool, usize
     (gap.as_secs_f64() * 1e3, recovered, lost, was_down)
 }
 
-fn ping_until_reply(lab: &Lab, robot: &str, dst: Ipv4Addr, limit: Duration) -> Result<()> {
+pub(super) fn ping_until_reply(
+    lab: &Lab,
+    robot: &str,
+    dst: Ipv4Addr,
+    limit: Duration,
+) -> Result<()> {
     let (ns, dst) = (lab.ns(robot), dst.to_string());
     testbed::wait_for(
         limit,

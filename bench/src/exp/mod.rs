@@ -6,6 +6,7 @@ pub mod cache_add;
 pub mod first_packet;
 pub mod handover;
 pub mod ms_scale;
+pub mod nat;
 pub mod register;
 pub mod throughput;
 
@@ -81,6 +82,17 @@ pub const EXPERIMENTS: &[Experiment] = &[
                 robot-b sending too. Thesis: ≈1 s (OOR+WG), 8–10 s (OOR). Target: p50 < 100 ms, \
                 max < 250 ms.",
         run: handover::run,
+    },
+    Experiment {
+        name: "nat",
+        about: "Robots behind nftables NAT routers (endpoint-independent mapping with the \
+                address-and-port filter of real routers): first reply through two NATs from \
+                100 fresh pairs and whether it is direct, handover from one NAT to another (20 \
+                moves), recovery after the NAT restarts and remaps (while the robot sends, and \
+                idle), and the first reply over IPv6. Targets: p50 ≤ 10 ms, 0 lost, 100 % \
+                direct; handover p50 ≤ 100 ms, max ≤ 250 ms; rebinding ≤ 1 s while sending, \
+                ≤ 30 s idle.",
+        run: nat::run,
     },
     Experiment {
         name: "agent",
@@ -195,6 +207,7 @@ pub fn plain_ms_config(
             eids: vec![AllowedEid::within("10.0.0.0/8")],
         }],
         static_mappings: Vec::new(),
+        relay: None,
     };
     let path = dir.join("map-server.toml");
     write_toml(&path, &config)?;

@@ -486,6 +486,7 @@ fn tunnel(ctx: &Ctx, dir: &Path, pin: bool, plan: Plan) -> Result<Tunnel> {
             eids: vec![AllowedEid::within("10.0.0.0/8")],
         }],
         static_mappings: Vec::new(),
+        relay: None,
     };
     let cfg = tdir.join("map-server.toml");
     testbed::config::write_toml(&cfg, &config)?;
@@ -500,6 +501,7 @@ fn tunnel(ctx: &Ctx, dir: &Path, pin: bool, plan: Plan) -> Result<Tunnel> {
             port: Some(endpoint.port()),
             priority: 1,
             weight: 100,
+            relayed: false,
         }]
         .into_boxed_slice(),
         wg_key: Some(node_key),

@@ -75,7 +75,8 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     }
     ms.check_running()?;
     let metrics = ns.fetch(metrics_addr, "/metrics")?;
-    let commits = testbed::metric(&metrics, "lispwg_ms_store_commits_total").unwrap_or(f64::NAN);
+    let commits =
+        testbed::metric(&metrics, "lispwg_map_server_store_commits_total").unwrap_or(f64::NAN);
     ms.stop();
     drop(ns);
     let acked: u64 = runs.iter().map(|r| r.notified).sum();

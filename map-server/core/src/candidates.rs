@@ -12,6 +12,10 @@
 //!   of its private addresses, which only a correspondent behind the same NAT
 //!   (the same observed public address) gets as well, first: Linux NATs do
 //!   not hairpin. Registered public addresses (e.g. global IPv6) stay.
+//! - A relayed address (the node's TURN allocation) is handed out as
+//!   registered, marked relayed, and never counts as the node's own: a
+//!   node whose control tunnel runs through the relay is observed at its
+//!   relayed address, which is then not repeated as a NAT mapping.
 
 use crate::registry::{Mapping, Rloc};
 use lisp_wire::{is_private, DEFAULT_WG_PORT};
@@ -26,6 +30,8 @@ pub struct Candidate {
     /// For an endpoint observed through a NAT: the node's own address
     /// behind it.
     pub private: Option<IpAddr>,
+    /// The endpoint is a relay's.
+    pub relayed: bool,
 }
 
 fn endpoint_of(r: &Rloc) -> SocketAddr {
@@ -35,7 +41,7 @@ fn endpoint_of(r: &Rloc) -> SocketAddr {
 /// Whether a node whose registration is `m` sits behind a NAT, given the
 /// endpoint the map-server observes it at.
 pub fn behind_nat(m: &Mapping, observed: Option<SocketAddr>) -> bool {
-    observed.is_some_and(|o| !m.rlocs.iter().any(|r| endpoint_of(r) == o))
+    observed.is_some_and(|o| !m.rlocs.iter().any(|r| !r.relayed && endpoint_of(r) == o))
 }
 
 /// The candidates of a keyed mapping for one requester, best (lowest
@@ -51,6 +57,7 @@ pub fn candidates(
         priority: r.priority,
         weight: r.weight,
         private: None,
+        relayed: r.relayed,
     };
     let Some(observed) = observed.filter(|_| behind_nat(m, observed)) else {
         return m.rlocs.iter().map(registered).collect();
@@ -61,7 +68,7 @@ pub fn candidates(
     let origin = m
         .rlocs
         .iter()
-        .filter(|r| r.addr.is_ipv4() == observed.is_ipv4() && r.priority != 255)
+        .filter(|r| r.addr.is_ipv4() == observed.is_ipv4() && r.priority != 255 && !r.relayed)
         .min_by_key(|r| (r.priority, std::cmp::Reverse(r.weight)));
     let base = origin.map_or(1, |r| r.priority);
     let mut out: Vec<Candidate> = m
@@ -70,6 +77,14 @@ pub fn candidates(
         .filter(|r| same_nat || !is_private(r.addr))
         .map(registered)
         .collect();
+    // Seen at its relayed address: its control tunnel goes through the
+    // relay, and the relayed candidate already stands for it.
+    if m.rlocs
+        .iter()
+        .any(|r| r.relayed && endpoint_of(r) == observed)
+    {
+        return out;
+    }
     out.push(Candidate {
         endpoint: observed,
         // Behind the same NAT the private address is tried first.
@@ -80,6 +95,7 @@ pub fn candidates(
         },
         weight: origin.map_or(100, |r| r.weight),
         private: origin.map(|r| r.addr),
+        relayed: false,
     });
     out.sort_by_key(|c| (c.priority, std::cmp::Reverse(c.weight)));
     out
@@ -99,6 +115,7 @@ mod tests {
                     port: Some(port),
                     priority,
                     weight: 100,
+                    relayed: false,
                 })
                 .collect(),
             wg_key: Some([1; 32]),
@@ -160,5 +177,50 @@ mod tests {
         let observed: SocketAddr = "198.51.100.7:51820".parse().unwrap();
         let c = candidates(&m, Some(observed), None);
         assert_eq!(eps(&c), ["[2001:db8:5::10]:51820", "198.51.100.7:51820"]);
+    }
+
+    fn relayed(mut m: Mapping, relayed: &str) -> Mapping {
+        let r: SocketAddr = relayed.parse().unwrap();
+        let mut rlocs = m.rlocs.to_vec();
+        rlocs.push(Rloc {
+            addr: r.ip(),
+            port: Some(r.port()),
+            priority: 254,
+            weight: 100,
+            relayed: true,
+        });
+        m.rlocs = rlocs.into_boxed_slice();
+        m
+    }
+
+    #[test]
+    fn a_relayed_address_comes_last_marked_and_never_stands_for_the_node() {
+        let m = relayed(mapping(&[("10.20.1.5", 51820, 1)]), "192.0.2.10:49160");
+        let observed: SocketAddr = "198.51.100.7:40001".parse().unwrap();
+        let c = candidates(&m, Some(observed), None);
+        assert_eq!(eps(&c), ["198.51.100.7:40001", "192.0.2.10:49160"]);
+        assert!(!c[0].relayed && c[1].relayed);
+        assert_eq!(c[0].private, Some("10.20.1.5".parse().unwrap()));
+        assert_eq!(c[1].private, None);
+        // A public node with a relay: not behind a NAT because of it.
+        let m = relayed(mapping(&[("192.0.2.20", 51820, 1)]), "192.0.2.10:49161");
+        let own: SocketAddr = "192.0.2.20:51820".parse().unwrap();
+        assert!(!behind_nat(&m, Some(own)));
+        assert_eq!(
+            eps(&candidates(&m, Some(own), None)),
+            ["192.0.2.20:51820", "192.0.2.10:49161"]
+        );
+    }
+
+    #[test]
+    fn a_node_seen_at_its_relayed_address_is_handed_out_only_there() {
+        // Its control tunnel runs through the relay (UDP blocked): the
+        // map-server sees it at its relayed address.
+        let m = relayed(mapping(&[("10.40.1.5", 51820, 1)]), "192.0.2.10:49162");
+        let seen: SocketAddr = "192.0.2.10:49162".parse().unwrap();
+        assert!(behind_nat(&m, Some(seen)));
+        let c = candidates(&m, Some(seen), Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(eps(&c), ["192.0.2.10:49162"]);
+        assert!(c[0].relayed);
     }
 }

@@ -3,6 +3,10 @@
 
 use crate::io::Refusal;
 
+/// The prefix of every map-server metric name (`lispwg_map_server_` + each name listed by
+/// [`Counters::metrics`]): renaming them all is this one line.
+pub const METRICS_PREFIX: &str = "lispwg_map_server";
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     pub registers_received: u64,
@@ -43,9 +47,41 @@ pub struct Counters {
     /// Encapsulated Map-Requests whose inner IPv4 header checksum was zero
     /// (stock `lig` sends them so): accepted, and counted here.
     pub zero_checksum_requests: u64,
+    /// Per configured control peer, by its index in the policy (grown on
+    /// first use, so bounded by the configuration).
+    pub per_peer: Vec<PeerCounters>,
+}
+
+/// What one configured control peer asked for and had refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerCounters {
+    /// Map-Requests received from it.
+    pub requests: u64,
+    /// Messages from it refused (bad HMAC, replay, unauthorised, malformed...).
+    pub refusals: u64,
 }
 
 impl Counters {
+    /// The counters of the control peer at index `peer` of the policy.
+    pub fn peer(&self, peer: u16) -> PeerCounters {
+        self.per_peer
+            .get(peer as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Counts a datagram from control peer `peer`: `requests` Map-Requests
+    /// in it, refused or not.
+    pub(crate) fn count_peer(&mut self, peer: u16, requests: u64, refused: bool) {
+        let i = peer as usize;
+        if self.per_peer.len() <= i {
+            self.per_peer.resize(i + 1, PeerCounters::default());
+        }
+        let c = &mut self.per_peer[i];
+        c.requests += requests;
+        c.refusals += u64::from(refused);
+    }
+
     pub(crate) fn count_refusal(&mut self, r: &Refusal) {
         let c = match r {
             Refusal::Malformed(_) => &mut self.malformed,
@@ -59,162 +95,162 @@ impl Counters {
         *c += 1;
     }
 
-    /// (name, help, kind, value) for every metric.
+    /// (name without [`METRICS_PREFIX`], help, kind, value) for every metric.
     pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
         vec![
             (
-                "lispwg_ms_map_registers_total",
+                "map_registers_total",
                 "Map-Register messages received",
                 "counter",
                 self.registers_received,
             ),
             (
-                "lispwg_ms_registrations_total",
+                "registrations_total",
                 "EID-records accepted from Map-Registers",
                 "counter",
                 self.registrations,
             ),
             (
-                "lispwg_ms_map_requests_total",
+                "map_requests_total",
                 "Map-Requests received",
                 "counter",
                 self.requests,
             ),
             (
-                "lispwg_ms_map_replies_total",
+                "map_replies_total",
                 "Map-Replies sent",
                 "counter",
                 self.replies,
             ),
             (
-                "lispwg_ms_negative_replies_total",
+                "negative_replies_total",
                 "negative Map-Reply records sent",
                 "counter",
                 self.negative_replies,
             ),
             (
-                "lispwg_ms_map_notifies_total",
+                "map_notifies_total",
                 "Map-Notifies sent (first transmissions)",
                 "counter",
                 self.notifies,
             ),
             (
-                "lispwg_ms_notify_retransmits_total",
+                "notify_retransmits_total",
                 "Map-Notify retransmissions",
                 "counter",
                 self.notify_retransmits,
             ),
             (
-                "lispwg_ms_notify_acks_total",
+                "notify_acks_total",
                 "Map-Notify-Acks matched",
                 "counter",
                 self.notify_acks,
             ),
             (
-                "lispwg_ms_notify_giveups_total",
+                "notify_giveups_total",
                 "Map-Notifies never acknowledged",
                 "counter",
                 self.notify_giveups,
             ),
             (
-                "lispwg_ms_pushes_total",
+                "pushes_total",
                 "mapping changes pushed to correspondents",
                 "counter",
                 self.pushes,
             ),
             (
-                "lispwg_ms_expired_total",
+                "expired_total",
                 "registrations expired",
                 "counter",
                 self.expired,
             ),
             (
-                "lispwg_ms_auth_failures_total",
+                "auth_failures_total",
                 "messages with a bad HMAC",
                 "counter",
                 self.auth_failures,
             ),
             (
-                "lispwg_ms_replays_total",
+                "replays_total",
                 "Map-Registers with a replayed nonce",
                 "counter",
                 self.replays,
             ),
             (
-                "lispwg_ms_unauthorised_total",
+                "unauthorised_total",
                 "Map-Registers for EIDs or keys the peer may not register",
                 "counter",
                 self.unauthorised,
             ),
             (
-                "lispwg_ms_unknown_peers_total",
+                "unknown_peers_total",
                 "messages from no configured control peer",
                 "counter",
                 self.unknown_peers,
             ),
             (
-                "lispwg_ms_malformed_total",
+                "malformed_total",
                 "malformed messages",
                 "counter",
                 self.malformed,
             ),
             (
-                "lispwg_ms_unexpected_total",
+                "unexpected_total",
                 "well-formed messages of a type the map-server does not take",
                 "counter",
                 self.unexpected,
             ),
-            ("lispwg_ms_entries", "mappings held", "gauge", self.entries),
+            ("entries", "mappings held", "gauge", self.entries),
             (
-                "lispwg_ms_store_commits_total",
+                "store_commits_total",
                 "durable store transactions committed",
                 "counter",
                 self.store_commits,
             ),
             (
-                "lispwg_ms_store_failures_total",
+                "store_failures_total",
                 "store transactions that failed (retried)",
                 "counter",
                 self.store_failures,
             ),
             (
-                "lispwg_ms_withheld_notifies_total",
+                "withheld_notifies_total",
                 "Map-Notifies not sent because the store commit failed",
                 "counter",
                 self.withheld_notifies,
             ),
             (
-                "lispwg_ms_endpoint_changes_total",
+                "endpoint_changes_total",
                 "control peers first seen or seen at a new endpoint (NAT rebinding, move)",
                 "counter",
                 self.endpoint_changes,
             ),
             (
-                "lispwg_ms_smrs_total",
+                "smrs_total",
                 "Solicit-Map-Requests sent to correspondents of restarted nodes",
                 "counter",
                 self.smrs,
             ),
             (
-                "lispwg_ms_crossed_requests_total",
+                "crossed_requests_total",
                 "pairs that resolved each other at the same moment",
                 "counter",
                 self.crossed_requests,
             ),
             (
-                "lispwg_ms_action_failures_total",
+                "action_failures_total",
                 "control interface actions that failed",
                 "counter",
                 self.action_failures,
             ),
             (
-                "lispwg_ms_plain_refused_total",
+                "plain_refused_total",
                 "datagrams on the plain listener from sources it does not answer",
                 "counter",
                 self.plain_refused,
             ),
             (
-                "lispwg_ms_zero_checksum_requests_total",
+                "zero_checksum_requests_total",
                 "encapsulated Map-Requests with a zero inner IPv4 header checksum (lig)",
                 "counter",
                 self.zero_checksum_requests,

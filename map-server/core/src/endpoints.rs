@@ -7,12 +7,15 @@
 //! through its NAT.
 
 use crate::io::{ActionFault, ActionId, ControlAction, Endpoints, StoreOp};
-use crate::registry::Origin;
 use crate::MapServer;
 use lisp_wire::EidPrefix;
 use std::net::SocketAddr;
 use std::time::Instant;
 use tracing::{debug, info, warn};
+
+/// A node with many prefixes (an xTR) learns where it is seen from the
+/// first few.
+const MAX_SELF_NOTIFIES: usize = 4;
 
 #[derive(Debug, Default)]
 pub(crate) struct Polling {
@@ -136,21 +139,30 @@ impl MapServer {
                 peer: name,
                 endpoint,
             });
+            let theirs: Vec<EidPrefix> = self
+                .registry
+                .prefixes_of(peer)
+                .filter(|p| self.registry.get(p).is_some_and(|m| m.is_live(now)))
+                .collect();
+            // The node itself learns where it is seen through its NAT (its
+            // status shows it), or that this changed.
+            let natted = theirs.iter().any(|p| {
+                self.registry
+                    .get(p)
+                    .is_some_and(|m| crate::candidates::behind_nat(m, Some(endpoint)))
+            });
+            if old.is_some() || natted {
+                for &prefix in theirs.iter().take(MAX_SELF_NOTIFIES) {
+                    self.send_notify(now, peer, prefix, None);
+                }
+            }
             if old.is_some() && self.policy.push_moves {
                 // What its correspondents were handed may no longer work.
-                let theirs: Vec<EidPrefix> = self
-                    .subscriptions
-                    .keys()
-                    .filter(|p| {
-                        self.registry
-                            .get(p)
-                            .is_some_and(|m| m.origin == Origin::Peer(peer) && m.is_live(now))
-                    })
-                    .copied()
-                    .collect();
                 for prefix in theirs {
-                    self.push_to_subscribers(now, prefix, peer);
-                    pushed.push((prefix, peer));
+                    if self.subscriptions.contains_key(&prefix) {
+                        self.push_to_subscribers(now, prefix, peer);
+                        pushed.push((prefix, peer));
+                    }
                 }
             }
         }

@@ -105,6 +105,17 @@ pub enum ControlAction {
     ReadEndpoints,
 }
 
+impl std::fmt::Display for ControlAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlAction::WakeControlPeer { peer, endpoint } => {
+                write!(f, "wake control peer {peer} at {endpoint}")
+            }
+            ControlAction::ReadEndpoints => f.write_str("read endpoints"),
+        }
+    }
+}
+
 /// The answer to [`ControlAction::ReadEndpoints`]: each control peer's
 /// WireGuard key and the endpoint WireGuard sees it at, if any.
 pub type Endpoints = Vec<([u8; 32], Option<SocketAddr>)>;

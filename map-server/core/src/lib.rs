@@ -32,7 +32,7 @@ pub mod resolution;
 
 pub use candidates::{behind_nat, candidates, Candidate};
 pub use commits::FaultStatus;
-pub use counters::Counters;
+pub use counters::{Counters, PeerCounters};
 pub use io::{
     ActionFault, ActionId, Commit, CommitId, ControlAction, Endpoints, Refusal, StoreFault,
     StoreOp, Transmit, Via,
@@ -288,11 +288,11 @@ impl MapServer {
         if let Err(ActionFault(e)) = result {
             self.counters.action_failures += 1;
             if attempts < ACTION_ATTEMPTS {
-                warn!(action = ?action, error = %e, "control interface action failed; will retry");
+                warn!(action = %action, error = %e, "control interface action failed; will retry");
                 self.actions_open
                     .insert(id, (action, attempts, Some(now + ACTION_RETRY)));
             } else {
-                error!(action = ?action, error = %e, attempts, "control interface action failed; giving up");
+                error!(action = %action, error = %e, attempts, "control interface action failed; giving up");
             }
         }
     }
@@ -352,7 +352,13 @@ impl MapServer {
     /// Handles one received datagram. Bad input is counted and logged, and
     /// never changes state.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, via: Via, bytes: &[u8]) {
-        if let Err(refusal) = self.dispatch(now, from, via, bytes) {
+        let requests_before = self.counters.requests;
+        let result = self.dispatch(now, from, via, bytes);
+        if let Ok(peer) = self.identify(from, via) {
+            let requests = self.counters.requests - requests_before;
+            self.counters.count_peer(peer, requests, result.is_err());
+        }
+        if let Err(refusal) = result {
             self.counters.count_refusal(&refusal);
             match refusal {
                 // Anyone can send these; a line each at warn would let them

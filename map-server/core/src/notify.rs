@@ -54,7 +54,7 @@ impl MapServer {
             return Ok(());
         };
         self.counters.notify_acks += 1;
-        debug!(peer = %peer.name, eid = %p.about, waited_ms = ?now.checked_duration_since(p.next), "Map-Notify acknowledged");
+        debug!(peer = %peer.name, eid = %p.about, waited_ms = now.saturating_duration_since(p.next).as_millis() as u64, "Map-Notify acknowledged");
         self.release(p.held);
         Ok(())
     }

@@ -170,6 +170,7 @@ impl MapServer {
                         port: info.port,
                         priority: r.priority,
                         weight: r.weight,
+                        relayed: info.relayed,
                     })
                 })
                 .collect();
@@ -221,7 +222,7 @@ impl MapServer {
                     }
                     if old.is_none() || moved || restarted {
                         let rloc = mapping.rlocs.first().map(|r| r.addr.to_string());
-                        info!(eid = %prefix, peer = %peer_name, rloc = rloc.as_deref().unwrap_or("-"), "registered");
+                        info!(eid = %prefix, peer = %peer_name, rloc = %rloc.as_deref().unwrap_or("-"), "registered");
                     }
                     self.commits.push(StoreOp::Put {
                         prefix,

@@ -5,6 +5,7 @@
 //! liveness (expiry) on top.
 
 use lisp_wire::{EidPrefix, EidTable};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -25,6 +26,8 @@ pub struct Rloc {
     pub port: Option<u16>,
     pub priority: u8,
     pub weight: u8,
+    /// A relay's address (the node's TURN allocation), not the node's.
+    pub relayed: bool,
 }
 
 /// What the map-server knows about one EID prefix.
@@ -51,6 +54,8 @@ impl Mapping {
 #[derive(Debug, Default)]
 pub struct Registry {
     table: EidTable<Mapping>,
+    /// The prefixes each control peer registered (live or not yet swept).
+    by_peer: HashMap<u16, BTreeSet<EidPrefix>>,
     /// No mapping expires before this (a lower bound: refreshes only move
     /// expiries later). A sweep visits every mapping, 40 ms at a million on
     /// the event loop, so it is skipped until this is due.
@@ -76,11 +81,44 @@ impl Registry {
         if let Some(e) = m.expires {
             self.next_expiry = Some(self.next_expiry.map_or(e, |t| t.min(e)));
         }
-        self.table.insert(prefix, m)
+        if let Origin::Peer(p) = m.origin {
+            self.by_peer.entry(p).or_default().insert(prefix);
+        }
+        let old = self.table.insert(prefix, m);
+        if let Some(old) = &old {
+            self.unindex(prefix, old);
+        }
+        old
     }
 
     pub fn remove(&mut self, prefix: &EidPrefix) -> Option<Mapping> {
-        self.table.remove(prefix)
+        let old = self.table.remove(prefix);
+        if let Some(old) = &old {
+            self.unindex(*prefix, old);
+        }
+        old
+    }
+
+    /// Drops `prefix` from its old owner's index unless it still owns it.
+    fn unindex(&mut self, prefix: EidPrefix, old: &Mapping) {
+        let Origin::Peer(p) = old.origin else { return };
+        let still = self
+            .table
+            .get(&prefix)
+            .is_some_and(|m| m.origin == old.origin);
+        if !still {
+            if let Some(set) = self.by_peer.get_mut(&p) {
+                set.remove(&prefix);
+                if set.is_empty() {
+                    self.by_peer.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// The prefixes control peer `peer` registered.
+    pub fn prefixes_of(&self, peer: u16) -> impl Iterator<Item = EidPrefix> + '_ {
+        self.by_peer.get(&peer).into_iter().flatten().copied()
     }
 
     /// The mapping registered for exactly this prefix, live or not.
@@ -106,13 +144,27 @@ impl Registry {
             return Vec::new();
         }
         let mut next: Option<Instant> = None;
-        let removed = self.table.retain(|_, m| {
+        let mut gone = Vec::new();
+        let removed = self.table.retain(|p, m| {
             let live = m.is_live(now);
             if let (true, Some(e)) = (live, m.expires) {
                 next = Some(next.map_or(e, |t| t.min(e)));
             }
+            if !live {
+                if let Origin::Peer(o) = m.origin {
+                    gone.push((o, *p));
+                }
+            }
             live
         });
+        for (o, p) in gone {
+            if let Some(set) = self.by_peer.get_mut(&o) {
+                set.remove(&p);
+                if set.is_empty() {
+                    self.by_peer.remove(&o);
+                }
+            }
+        }
         self.next_expiry = next;
         removed
     }
@@ -135,6 +187,7 @@ mod tests {
                 port: Some(51820),
                 priority: 1,
                 weight: 100,
+                relayed: false,
             }]
             .into_boxed_slice(),
             wg_key: Some([7; 32]),
@@ -167,5 +220,30 @@ mod tests {
         assert_eq!(r.sweep(end), vec![p("10.0.0.4", 32)]);
         assert_eq!(r.len(), 1);
         assert!(r.get(&p("10.0.0.2", 32)).is_none());
+    }
+
+    #[test]
+    fn each_peers_prefixes_are_indexed() {
+        let now = Instant::now();
+        let mut r = Registry::new();
+        let live = Some(now + Duration::from_secs(10));
+        r.insert(p("10.0.0.2", 32), m(live));
+        r.insert(p("10.0.1.0", 24), m(Some(now + Duration::from_secs(1))));
+        let of = |r: &Registry| r.prefixes_of(0).collect::<Vec<_>>();
+        assert_eq!(of(&r), vec![p("10.0.0.2", 32), p("10.0.1.0", 24)]);
+        // Taken over by another peer: no longer peer 0's.
+        r.insert(
+            p("10.0.0.2", 32),
+            Mapping {
+                origin: Origin::Peer(1),
+                ..m(live)
+            },
+        );
+        assert_eq!(of(&r), vec![p("10.0.1.0", 24)]);
+        assert_eq!(r.prefixes_of(1).count(), 1);
+        r.sweep(now + Duration::from_secs(2));
+        assert!(of(&r).is_empty(), "expired ones leave the index");
+        r.remove(&p("10.0.0.2", 32));
+        assert_eq!(r.prefixes_of(1).count(), 0);
     }
 }

@@ -252,11 +252,14 @@ impl MapServer {
 
 /// The WireGuard locator of one candidate.
 fn wg_locator(c: &Candidate, key: [u8; 32]) -> WgLocator {
-    let locator = WgLocator::new(c.endpoint, key);
-    match c.private {
-        Some(private) => locator.with_private(private),
-        None => locator,
+    let mut locator = WgLocator::new(c.endpoint, key);
+    if let Some(private) = c.private {
+        locator = locator.with_private(private);
     }
+    if c.relayed {
+        locator = locator.with_rtrs([c.endpoint.ip()]);
+    }
+    locator
 }
 
 /// The EID-record for a mapping as registered: WireGuard locators (key and
@@ -266,11 +269,12 @@ pub fn mapping_record(prefix: EidPrefix, m: &Mapping) -> EidRecord {
         .rlocs
         .iter()
         .map(|r| {
+            let endpoint = SocketAddr::new(r.addr, r.port.unwrap_or(DEFAULT_WG_PORT));
             let locator = match m.wg_key {
-                Some(key) => wireguard_locator(
-                    SocketAddr::new(r.addr, r.port.unwrap_or(DEFAULT_WG_PORT)),
-                    key,
-                ),
+                Some(key) if r.relayed => WgLocator::new(endpoint, key)
+                    .with_rtrs([r.addr])
+                    .to_address(),
+                Some(key) => wireguard_locator(endpoint, key),
                 None => Address::from(r.addr),
             };
             RlocRecord::new(r.priority, r.weight, locator)

@@ -493,6 +493,46 @@ fn refusals_leave_the_registry_unchanged() {
 }
 
 #[test]
+fn requests_and_refusals_are_counted_per_control_peer() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &ecm_request(&a, 3, b.eid));
+    drain(&mut ms);
+    // B signs with the wrong key: refused, and counted against B.
+    let forged = MapRegister::proxied(4, vec![record(b.eid, b.key, b.rloc)])
+        .encode_signed(b"not-b's-key")
+        .unwrap();
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &forged);
+    // Garbage from nobody configured is counted, but against no peer.
+    ms.handle_datagram(
+        now,
+        "100.64.0.99:4342".parse().unwrap(),
+        Via::Tunnel,
+        b"\x01",
+    );
+    let c = ms.counters();
+    assert_eq!(
+        c.peer(0),
+        PeerCounters {
+            requests: 1,
+            refusals: 0
+        }
+    );
+    assert_eq!(
+        c.peer(1),
+        PeerCounters {
+            requests: 0,
+            refusals: 1
+        }
+    );
+    assert_eq!(c.per_peer.len(), 2, "no series for an unconfigured sender");
+    assert_eq!(c.malformed, 1);
+}
+
+#[test]
 fn a_move_is_pushed_to_correspondents_which_ack() {
     let now = Instant::now();
     let mut ms = server(now);
@@ -631,6 +671,7 @@ fn persisted_mapping(a: &Node, now: Instant) -> Mapping {
             port: Some(a.rloc.port()),
             priority: 1,
             weight: 100,
+            relayed: false,
         }]
         .into_boxed_slice(),
         wg_key: Some(a.key),
@@ -946,9 +987,23 @@ fn a_nat_rebinding_is_pushed_to_correspondents() {
     ms.handle_timeout(t);
     observe(&mut ms, t, &seen);
     let out = drain(&mut ms);
-    let push: Vec<_> = out.iter().filter(|tx| tx.dst == from(&a)).collect();
+    let about = |tx: &Transmit, eid: EidPrefix| {
+        matches!(parse(&tx.payload), Ok(Message::MapNotify(n))
+            if EidPrefix::of_record(&n.records[0]) == Ok(eid))
+    };
+    let push: Vec<_> = out
+        .iter()
+        .filter(|tx| tx.dst == from(&a) && about(tx, b.eid))
+        .collect();
     assert_eq!(push.len(), 1, "{out:?}");
     assert_eq!(candidates_in(push[0]), vec![rebound]);
+    // B itself is told where it is seen now.
+    let own: Vec<_> = out
+        .iter()
+        .filter(|tx| tx.dst == from(&b) && about(tx, b.eid))
+        .collect();
+    assert_eq!(own.len(), 1, "{out:?}");
+    assert!(candidates_in(own[0]).contains(&rebound));
     assert!(drain_store(&mut ms).contains(&StoreOp::Endpoint {
         peer: "robot-b".into(),
         endpoint: rebound
@@ -1426,7 +1481,9 @@ fn a_reply_is_the_codecs_encoding_and_follows_every_change_of_a_mapping() {
             .encode()
             .unwrap();
         ms.handle_datagram(t, asker, Via::Plain, &req);
-        let out = drain(ms);
+        // (Anything else, e.g. a notify to a node about itself, is not
+        // the reply.)
+        let out: Vec<Transmit> = drain(ms).into_iter().filter(|x| x.dst == asker).collect();
         assert_eq!(out.len(), 1, "{out:?}");
         (nonce, out[0].payload.clone())
     };
@@ -1495,11 +1552,23 @@ fn a_reply_is_the_codecs_encoding_and_follows_every_change_of_a_mapping() {
         Via::Tunnel,
         &ecm_request(&b, 7, a.eid),
     );
-    let out = drain(&mut ms);
-    let n = parse_notify(&out[0], &a.site_key);
-    ms.handle_datagram(t, from(&a), Via::Tunnel, &ack_bytes(&a, &n));
-    let reply = drain(&mut ms);
-    assert_eq!(candidates_in(&reply[0]), vec![moved, rebound]);
+    // A acks what it is told (about B; about itself, where it is seen),
+    // which releases B's reply.
+    let mut out = drain(&mut ms);
+    let mut reply = None;
+    for _ in 0..4 {
+        for x in std::mem::take(&mut out) {
+            if x.dst == SocketAddr::new(b.ctl, 61000) {
+                reply = Some(x);
+            } else if x.dst == from(&a) {
+                let n = parse_notify(&x, &a.site_key);
+                ms.handle_datagram(t, from(&a), Via::Tunnel, &ack_bytes(&a, &n));
+            }
+        }
+        out = drain(&mut ms);
+    }
+    let reply = reply.expect("B's reply");
+    assert_eq!(candidates_in(&reply), vec![moved, rebound]);
     let (n, bytes) = ask(&mut ms, t, a.eid);
     assert_eq!(bytes, expected_reply(n, natted_record(rebound)));
 

@@ -3,6 +3,10 @@
 
 use crate::io::Refusal;
 
+/// The prefix of every agent metric name (`lispwg_xtr_` + each name listed by
+/// [`Counters::metrics`]): renaming them all is this one line.
+pub const METRICS_PREFIX: &str = "lispwg_xtr";
+
 /// Counters exported as metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -44,182 +48,250 @@ pub struct Counters {
     pub stalls: u64,
     /// Solicit-Map-Requests heard: a correspondent restarted.
     pub smrs: u64,
+    /// Relay grants received, and fetches that failed.
+    pub relay_grants: u64,
+    pub relay_grant_failures: u64,
+    /// Relay allocations made, and lost (or failed to come).
+    pub relay_allocations: u64,
+    pub relay_losses: u64,
+    /// Relay self-checks that got no answer in time.
+    pub relay_checks_missed: u64,
+    /// Paths that moved onto the relay, and off it to a direct path.
+    pub relay_switches_to_relay: u64,
+    pub relay_switches_to_direct: u64,
+    /// Direct probes of relayed paths, and those that found no path.
+    pub relay_probes: u64,
+    pub relay_probe_failures: u64,
 }
 
 impl Counters {
-    /// (name, help, kind, value) for every counter.
+    /// (name without [`METRICS_PREFIX`], help, kind, value) for every counter.
     pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
         vec![
             (
-                "lispwg_xtr_misses_total",
+                "misses_total",
                 "packets that started a resolution",
                 "counter",
                 self.misses,
             ),
             (
-                "lispwg_xtr_map_requests_total",
+                "map_requests_total",
                 "Map-Requests sent (to each map-server)",
                 "counter",
                 self.requests,
             ),
             (
-                "lispwg_xtr_request_retransmits_total",
+                "request_retransmits_total",
                 "Map-Request retransmissions",
                 "counter",
                 self.request_retransmits,
             ),
             (
-                "lispwg_xtr_request_timeouts_total",
+                "request_timeouts_total",
                 "resolutions no map-server answered",
                 "counter",
                 self.request_timeouts,
             ),
             (
-                "lispwg_xtr_map_replies_total",
+                "map_replies_total",
                 "Map-Replies accepted",
                 "counter",
                 self.replies,
             ),
             (
-                "lispwg_xtr_negative_replies_total",
+                "negative_replies_total",
                 "negative Map-Replies",
                 "counter",
                 self.negative_replies,
             ),
             (
-                "lispwg_xtr_held_packets_total",
+                "held_packets_total",
                 "packets held while resolving",
                 "counter",
                 self.held_packets,
             ),
             (
-                "lispwg_xtr_dropped_packets_total",
+                "dropped_packets_total",
                 "packets dropped (limits, garbage, own EID)",
                 "counter",
                 self.dropped_packets,
             ),
             (
-                "lispwg_xtr_reinjected_packets_total",
+                "reinjected_packets_total",
                 "held packets re-injected",
                 "counter",
                 self.reinjected_packets,
             ),
             (
-                "lispwg_xtr_icmp_unreachable_total",
+                "icmp_unreachable_total",
                 "ICMP unreachable errors sent to local senders",
                 "counter",
                 self.icmp_unreachable,
             ),
             (
-                "lispwg_xtr_map_notifies_total",
+                "map_notifies_total",
                 "Map-Notifies received",
                 "counter",
                 self.notifies,
             ),
             (
-                "lispwg_xtr_notify_acks_total",
+                "notify_acks_total",
                 "Map-Notify-Acks sent",
                 "counter",
                 self.acks,
             ),
             (
-                "lispwg_xtr_map_registers_total",
+                "map_registers_total",
                 "Map-Registers sent",
                 "counter",
                 self.registers,
             ),
             (
-                "lispwg_xtr_peers_added_total",
+                "peers_added_total",
                 "data peers programmed",
                 "counter",
                 self.peers_added,
             ),
             (
-                "lispwg_xtr_peers_updated_total",
+                "peers_updated_total",
                 "data peers updated in place (moves)",
                 "counter",
                 self.peers_updated,
             ),
             (
-                "lispwg_xtr_peers_removed_total",
+                "peers_removed_total",
                 "data peers removed",
                 "counter",
                 self.peers_removed,
             ),
             (
-                "lispwg_xtr_auth_failures_total",
+                "auth_failures_total",
                 "Map-Notifies with a bad HMAC",
                 "counter",
                 self.auth_failures,
             ),
             (
-                "lispwg_xtr_malformed_total",
+                "malformed_total",
                 "malformed or unexpected control messages",
                 "counter",
                 self.malformed,
             ),
             (
-                "lispwg_xtr_unknown_senders_total",
+                "unknown_senders_total",
                 "control messages from no configured map-server",
                 "counter",
                 self.unknown_senders,
             ),
             (
-                "lispwg_xtr_unusable_mappings_total",
+                "unusable_mappings_total",
                 "mappings without a usable WireGuard key or locator",
                 "counter",
                 self.unusable_mappings,
             ),
             (
-                "lispwg_xtr_dataplane_failures_total",
+                "dataplane_failures_total",
                 "data-plane operations that failed (retried)",
                 "counter",
                 self.dataplane_failures,
             ),
             (
-                "lispwg_xtr_unknown_nonces_total",
+                "unknown_nonces_total",
                 "Map-Replies for no pending request",
                 "counter",
                 self.unknown_nonces,
             ),
             (
-                "lispwg_xtr_paths_established_total",
+                "paths_established_total",
                 "data peers whose first handshake came",
                 "counter",
                 self.paths_established,
             ),
             (
-                "lispwg_xtr_path_failovers_total",
+                "path_failovers_total",
                 "handshake attempts given up on and retried at the next candidate",
                 "counter",
                 self.path_failovers,
             ),
             (
-                "lispwg_xtr_paths_failed_total",
+                "paths_failed_total",
                 "data peers no candidate endpoint reached",
                 "counter",
                 self.paths_failed,
             ),
             (
-                "lispwg_xtr_punches_total",
+                "punches_total",
                 "NAT punches sent toward a new peer's candidates",
                 "counter",
                 self.punches,
             ),
             (
-                "lispwg_xtr_path_stalls_total",
+                "path_stalls_total",
                 "established paths that stopped working and were recovered",
                 "counter",
                 self.stalls,
             ),
             (
-                "lispwg_xtr_smrs_total",
+                "smrs_total",
                 "Solicit-Map-Requests heard (a correspondent restarted)",
                 "counter",
                 self.smrs,
             ),
             (
-                "lispwg_xtr_stats_failures_total",
+                "relay_grants_total",
+                "relay credentials received",
+                "counter",
+                self.relay_grants,
+            ),
+            (
+                "relay_grant_failures_total",
+                "relay credential fetches that failed",
+                "counter",
+                self.relay_grant_failures,
+            ),
+            (
+                "relay_allocations_total",
+                "relay allocations made",
+                "counter",
+                self.relay_allocations,
+            ),
+            (
+                "relay_losses_total",
+                "relay allocations lost, or ways to the relay that failed",
+                "counter",
+                self.relay_losses,
+            ),
+            (
+                "relay_checks_missed_total",
+                "relay self-checks that got no answer in time",
+                "counter",
+                self.relay_checks_missed,
+            ),
+            (
+                "relay_switches_to_relay_total",
+                "paths that moved onto the relay",
+                "counter",
+                self.relay_switches_to_relay,
+            ),
+            (
+                "relay_switches_to_direct_total",
+                "relayed paths that moved to a direct path",
+                "counter",
+                self.relay_switches_to_direct,
+            ),
+            (
+                "relay_probes_total",
+                "direct probes of relayed paths",
+                "counter",
+                self.relay_probes,
+            ),
+            (
+                "relay_probe_failures_total",
+                "direct probes that found no direct path",
+                "counter",
+                self.relay_probe_failures,
+            ),
+            (
+                "stats_failures_total",
                 "WireGuard statistics reads that failed",
                 "counter",
                 self.stats_failures,

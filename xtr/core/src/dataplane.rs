@@ -63,9 +63,12 @@ impl<T: Clone + PartialEq> Slot<T> {
             && self.retry_at.is_none_or(|t| now >= t)
     }
 
-    /// When a failed operation is to be tried again.
+    /// When a failed operation is to be tried again: only while there is
+    /// still something to do (what is wanted may have gone back to what is
+    /// in place meanwhile).
     fn retry_due(&self) -> Option<Instant> {
-        self.retry_at.filter(|_| self.in_flight.is_none())
+        self.retry_at
+            .filter(|_| self.in_flight.is_none() && self.wanted != self.confirmed)
     }
 
     fn unused(&self) -> bool {
@@ -83,6 +86,7 @@ enum Target {
     Route(EidPrefix),
     ListenPort,
     ControlPeer(usize),
+    ControlEndpoint(usize),
 }
 
 /// Held packets of one resolution, waiting for their peer and route.
@@ -126,6 +130,8 @@ pub(crate) struct Dataplane {
     routes: BTreeMap<EidPrefix, Slot<[u8; 32]>>,
     listen_port: Slot<Generation>,
     control_peers: Vec<Slot<Generation>>,
+    /// The endpoint each map-server is reached at.
+    control_endpoints: Vec<Slot<SocketAddr>>,
     in_flight: HashMap<OpId, Target>,
     next_id: u64,
     backoff: Backoff,
@@ -146,7 +152,9 @@ pub(crate) struct Dataplane {
 }
 
 impl Dataplane {
-    pub(crate) fn new(map_servers: usize, backoff: Backoff, patience: Duration) -> Self {
+    /// `endpoints`: where the shell set up each map-server's peer.
+    pub(crate) fn new(endpoints: &[SocketAddr], backoff: Backoff, patience: Duration) -> Self {
+        let map_servers = endpoints.len();
         let mut listen_port = Slot::new();
         listen_port.wanted = Some(0);
         listen_port.confirmed = Some(0);
@@ -158,11 +166,21 @@ impl Dataplane {
                 s
             })
             .collect();
+        let control_endpoints = endpoints
+            .iter()
+            .map(|e| {
+                let mut s = Slot::new();
+                s.wanted = Some(*e);
+                s.confirmed = Some(*e);
+                s
+            })
+            .collect();
         Dataplane {
             peers: HashMap::new(),
             routes: BTreeMap::new(),
             listen_port,
             control_peers,
+            control_endpoints,
             in_flight: HashMap::new(),
             next_id: 0,
             backoff,
@@ -236,6 +254,18 @@ impl Dataplane {
             })
     }
 
+    /// Map-server `i` should be reached at `endpoint`.
+    pub(crate) fn want_control_endpoint(&mut self, i: usize, endpoint: SocketAddr) {
+        if let Some(s) = self.control_endpoints.get_mut(i) {
+            s.wanted = Some(endpoint);
+        }
+    }
+
+    /// Where map-server `i` is reached (as wanted).
+    pub(crate) fn control_endpoint(&self, i: usize) -> Option<SocketAddr> {
+        self.control_endpoints.get(i).and_then(|s| s.wanted)
+    }
+
     /// Whether peer `key` is programmed as wanted.
     pub(crate) fn peer_settled(&self, key: &[u8; 32]) -> bool {
         self.peers
@@ -261,6 +291,7 @@ impl Dataplane {
             && self.routes.values().all(Slot::settled)
             && self.listen_port.settled()
             && self.control_peers.iter().all(Slot::settled)
+            && self.control_endpoints.iter().all(Slot::settled)
     }
 
     /// Peers programmed now (confirmed).
@@ -436,12 +467,34 @@ impl Dataplane {
             let id = self.op(Target::ListenPort, DataplaneOp::ReapplyListenPort, out);
             self.listen_port.in_flight = Some((id, wanted));
         }
+        for i in 0..self.control_endpoints.len() {
+            if self.control_endpoints[i].due(now) {
+                let Some(endpoint) = self.control_endpoints[i].wanted else {
+                    continue;
+                };
+                let id = self.op(
+                    Target::ControlEndpoint(i),
+                    DataplaneOp::SetControlEndpoint {
+                        map_server: i,
+                        endpoint,
+                    },
+                    out,
+                );
+                self.control_endpoints[i].in_flight = Some((id, Some(endpoint)));
+            }
+        }
         for i in 0..self.control_peers.len() {
             if self.control_peers[i].due(now) {
+                let Some(endpoint) = self.control_endpoints[i].wanted else {
+                    continue;
+                };
                 let wanted = self.control_peers[i].wanted;
                 let id = self.op(
                     Target::ControlPeer(i),
-                    DataplaneOp::RenewControlPeer { map_server: i },
+                    DataplaneOp::RenewControlPeer {
+                        map_server: i,
+                        endpoint,
+                    },
                     out,
                 );
                 self.control_peers[i].in_flight = Some((id, wanted));
@@ -459,7 +512,7 @@ impl Dataplane {
         c: &mut Counters,
     ) {
         let Some(target) = self.in_flight.remove(&id) else {
-            debug!(?id, "result for no data-plane operation in flight");
+            debug!(id = id.0, "result for no data-plane operation in flight");
             return;
         };
         let backoff = self.backoff;
@@ -497,6 +550,11 @@ impl Dataplane {
                     settle(slot, id, result, now, backoff, c, "control peer");
                 }
             }
+            Target::ControlEndpoint(i) => {
+                if let Some(slot) = self.control_endpoints.get_mut(i) {
+                    settle(slot, id, result, now, backoff, c, "control endpoint");
+                }
+            }
         }
     }
 
@@ -506,7 +564,8 @@ impl Dataplane {
         let routes = self.routes.values().filter_map(Slot::retry_due);
         let ports = std::iter::once(&self.listen_port)
             .chain(&self.control_peers)
-            .filter_map(Slot::retry_due);
+            .filter_map(Slot::retry_due)
+            .chain(self.control_endpoints.iter().filter_map(Slot::retry_due));
         let held = self.held.iter().map(|h| h.deadline);
         let acks = self.acks.iter().map(|a| a.deadline);
         peers

@@ -31,6 +31,71 @@ pub enum Output {
     /// Read the WireGuard peers' counters and handshakes, and report them
     /// with [`crate::Xtr::handle_peer_stats`].
     ReadPeerStats,
+    /// Something for the relay (see [`crate::relaying`]); what comes of it is
+    /// reported with [`crate::Xtr::handle_relay_event`].
+    Relay(RelayOp),
+    /// Ask map-server `map_server` (index in the policy) for relay
+    /// credentials over the control tunnel, and report the answer with
+    /// [`crate::Xtr::handle_relay_grant`].
+    FetchRelayGrant { map_server: usize },
+}
+
+/// What the shell does with the relay: its allocation, the local proxy
+/// sockets that stand for peers behind it, and the probes of direct paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayOp {
+    /// Allocate on `server` over `transport` (giving up any other
+    /// allocation); report [`RelayEvent::Allocated`] or
+    /// [`RelayEvent::Lost`] under `id`. Over TLS the server's key must hash
+    /// to `tls_pin` (SHA-256 of its SubjectPublicKeyInfo).
+    Allocate {
+        id: u64,
+        server: SocketAddr,
+        transport: relay::Transport,
+        username: String,
+        password: String,
+        tls_pin: Option<[u8; 32]>,
+    },
+    /// Give allocation `id` back.
+    Release { id: u64 },
+    /// Peers may reach our relayed address from these addresses (besides
+    /// the relay's own): the whole set, for this and every later
+    /// allocation.
+    Permit { ips: Vec<IpAddr> },
+    /// A local UDP socket that stands for `remote` behind the relay:
+    /// what WireGuard sends to it goes through the allocation to `remote`,
+    /// and what `remote` sends us comes out of it. Report the socket with
+    /// [`RelayEvent::Proxy`]. Datagrams from a remote with no socket get
+    /// one too, reported the same way.
+    Proxy { remote: SocketAddr },
+    /// Send a self-check with `nonce` through the allocation to its own
+    /// relayed address; report [`RelayEvent::CheckAnswered`] when it comes
+    /// back.
+    Check { nonce: u64 },
+    /// For `duration`, also send each datagram WireGuard hands the proxy
+    /// socket of `remote`, first, straight from our WireGuard port to each
+    /// of `to` (a probe of the direct path).
+    Mirror {
+        remote: SocketAddr,
+        to: Vec<SocketAddr>,
+        duration: Duration,
+    },
+}
+
+/// What the shell reports about the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// Allocation `id` is up at `relayed`.
+    Allocated { id: u64, relayed: SocketAddr },
+    /// Allocation `id` failed or ended.
+    Lost { id: u64, reason: String },
+    /// The proxy socket `local` stands for `remote`.
+    Proxy {
+        remote: SocketAddr,
+        local: SocketAddr,
+    },
+    /// A self-check came back.
+    CheckAnswered { nonce: u64 },
 }
 
 /// Identifies a [`DataplaneOp`] when its outcome is reported.
@@ -62,10 +127,18 @@ pub enum DataplaneOp {
     /// Our address changed: wireguard-go needs its port set again to send.
     ReapplyListenPort,
     /// Re-create the WireGuard peer of this map-server (index in the
-    /// policy), dropping its session: after a map-server restart the old
-    /// session is dead, and WireGuard alone would only notice after ~15 s.
+    /// policy) at `endpoint`, dropping its session: after a map-server
+    /// restart the old session is dead, and WireGuard alone would only
+    /// notice after ~15 s.
     RenewControlPeer {
         map_server: usize,
+        endpoint: SocketAddr,
+    },
+    /// Reach this map-server at `endpoint` from now on (our addresses of the
+    /// endpoint's family came, or the other family's went).
+    SetControlEndpoint {
+        map_server: usize,
+        endpoint: SocketAddr,
     },
 }
 
@@ -79,6 +152,7 @@ impl DataplaneOp {
             DataplaneOp::DelRoute(_) => "delete-route",
             DataplaneOp::ReapplyListenPort => "reapply-listen-port",
             DataplaneOp::RenewControlPeer { .. } => "renew-control-peer",
+            DataplaneOp::SetControlEndpoint { .. } => "set-control-endpoint",
         }
     }
 }
@@ -95,6 +169,9 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     /// Time since the last handshake, if there was one.
     pub since_handshake: Option<Duration>,
+    /// Where WireGuard sends to the peer now (it roams to the source of
+    /// the peer's packets).
+    pub endpoint: Option<SocketAddr>,
 }
 
 /// A change of the host's links and addresses, as netlink reports it. The

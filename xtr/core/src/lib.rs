@@ -23,17 +23,23 @@
 
 pub mod counters;
 pub mod dataplane;
+mod fields;
 pub mod io;
 pub mod packet;
 pub mod paths;
 pub mod peers;
 pub mod policy;
 pub mod registration;
+pub mod relaying;
 pub mod resolution;
 
 pub use counters::Counters;
-pub use io::{DataplaneFault, DataplaneOp, LinkEvent, OpId, Output, PeerStats, Refusal, Unusable};
+pub use io::{
+    DataplaneFault, DataplaneOp, LinkEvent, OpId, Output, PeerStats, Refusal, RelayEvent, RelayOp,
+    Unusable,
+};
 pub use policy::{LocalRloc, MapServerPeer, RlocInterface, XtrPolicy};
+pub use relaying::{RelayPolicy, RelayStatus};
 
 use dataplane::{Backoff, Dataplane};
 use lisp_wire::{
@@ -72,6 +78,53 @@ pub struct CacheStatus {
     /// responder waits for the first handshake).
     pub peer: Option<([u8; 32], Option<SocketAddr>)>,
     pub expires_in: Duration,
+}
+
+/// How a data peer is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// At a public address (its own, or its NAT's).
+    Direct,
+    /// At a private address: behind the same NAT as us, or a campus that
+    /// routes private addresses.
+    DirectPrivate,
+    /// Over IPv6.
+    Ipv6,
+    /// Through the campus relay.
+    Relayed,
+}
+
+impl PathKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::DirectPrivate => "direct (private)",
+            PathKind::Ipv6 => "direct (IPv6)",
+            PathKind::Relayed => "relayed",
+        }
+    }
+}
+
+/// One data peer's path, for `xtr status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathStatus {
+    pub key: [u8; 32],
+    pub eids: Vec<EidPrefix>,
+    /// What it is programmed at; `None` while a responder waits, or once
+    /// WireGuard learnt it from the peer's handshake.
+    pub endpoint: Option<SocketAddr>,
+    pub candidates: Vec<SocketAddr>,
+    pub kind: Option<PathKind>,
+    /// "initiator" or "responder" of its first handshake.
+    pub role: &'static str,
+    /// "connecting", "up" or "no direct path".
+    pub state: &'static str,
+    /// For how long it has been in that state.
+    pub since: Duration,
+    /// Whether either side is behind a NAT (keepalives while active).
+    pub nat: bool,
+    /// Where WireGuard sends to it, as last read.
+    pub wg_endpoint: Option<SocketAddr>,
 }
 
 /// The xtr state machine.
@@ -113,6 +166,10 @@ pub struct Xtr {
     /// EIDs to resolve again once a registration is confirmed (after a
     /// path stopped working: the map-server must first see our endpoint).
     resolve_after_register: Vec<IpAddr>,
+    /// Where the map-server sees our WireGuard socket, and whether that is
+    /// through a NAT (it tells us when that changes).
+    seen_at: Option<(SocketAddr, bool)>,
+    relay: relaying::Relay,
 }
 
 impl Xtr {
@@ -122,8 +179,18 @@ impl Xtr {
             .iter()
             .map(|_| MapServerState::new(now, policy.register_retry_first))
             .collect();
+        let endpoints: Vec<SocketAddr> = policy
+            .map_servers
+            .iter()
+            .map(|m| {
+                m.endpoints
+                    .first()
+                    .copied()
+                    .unwrap_or_else(|| SocketAddr::new(m.control_address, 0))
+            })
+            .collect();
         let dataplane = Dataplane::new(
-            policy.map_servers.len(),
+            &endpoints,
             Backoff {
                 first: policy.dataplane_retry_first,
                 max: policy.dataplane_retry_max,
@@ -154,6 +221,8 @@ impl Xtr {
             counters: Counters::default(),
             map_version: 1 + (seed % 4095) as u16,
             resolve_after_register: Vec::new(),
+            seen_at: None,
+            relay: relaying::Relay::new(),
         }
     }
 
@@ -198,6 +267,23 @@ impl Xtr {
         self.peers.get(key).and_then(|p| p.path.endpoint())
     }
 
+    /// Where the map-server sees our WireGuard socket, and whether through a
+    /// NAT.
+    pub fn seen_at(&self) -> Option<(SocketAddr, bool)> {
+        self.seen_at
+    }
+
+    /// Every data peer's path.
+    pub fn paths(&self, now: Instant) -> Vec<PathStatus> {
+        let mut v: Vec<PathStatus> = self
+            .peers
+            .iter()
+            .map(|(key, p)| p.status(*key, now))
+            .collect();
+        v.sort_by(|a, b| a.eids.cmp(&b.eids));
+        v
+    }
+
     pub fn map_servers(&self) -> Vec<MapServerStatus> {
         self.policy
             .map_servers
@@ -235,6 +321,7 @@ impl Xtr {
             .chain(self.dataplane.poll_timeout())
             .chain(self.paths_timeout())
             .chain(stats)
+            .chain(self.relay_poll_timeout())
             .chain(std::iter::once(self.next_housekeeping))
             .min()
     }
@@ -384,7 +471,12 @@ impl Xtr {
             let Ok(prefix) = EidPrefix::of_record(record) else {
                 continue;
             };
-            if prefix.iid != iid || self.policy.eids.contains(&prefix) {
+            if prefix.iid != iid {
+                continue;
+            }
+            if self.policy.eids.contains(&prefix) {
+                // Our own mapping as the map-server hands it out.
+                self.note_own_mapping(now, record);
                 continue;
             }
             match self.install(now, record, Learned::Notify) {
@@ -424,6 +516,39 @@ impl Xtr {
         }
     }
 
+    /// Where the map-server sees us, from our own mapping: the candidate it
+    /// marks as behind a NAT, else the one at our own address.
+    fn note_own_mapping(&mut self, now: Instant, record: &lisp_wire::EidRecord) {
+        let infos: Vec<_> = record.rlocs.iter().filter_map(|r| r.info()).collect();
+        let endpoint = |i: &lisp_wire::LocatorInfo| {
+            SocketAddr::new(i.rloc, i.port.unwrap_or(self.policy.wg_port))
+        };
+        let seen = infos
+            .iter()
+            .find(|i| i.behind_nat())
+            .map(|i| (endpoint(i), true))
+            .or_else(|| {
+                infos
+                    .iter()
+                    .find(|i| self.rlocs.iter().any(|r| r.addr == i.rloc))
+                    .map(|i| (endpoint(i), false))
+            });
+        if seen.is_some() && seen != self.seen_at {
+            if let Some((ep, nat)) = seen {
+                tracing::info!(endpoint = %ep, behind_nat = nat, "the map-server sees us here");
+            }
+            let moved = self.seen_at.is_some();
+            self.seen_at = seen;
+            if moved {
+                // Our NAT mapped us anew (it restarted, or was
+                // reconfigured): what we learnt about relayed peers while
+                // we were unreachable may be stale. Ask again; their
+                // answers start direct probes.
+                self.refresh_relayed_peers(now);
+            }
+        }
+    }
+
     // ---- timers -------------------------------------------------------------
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -434,6 +559,7 @@ impl Xtr {
             self.expire_cache(now);
         }
         self.punch(now);
+        self.relay_timeout(now);
         self.ask_stats_if_due(now);
         self.flush_dataplane(now);
     }

@@ -29,19 +29,28 @@
 //! after the first 300 ms), at each initiator's deadline, and at once when a
 //! packet for a waiting responder is held.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Which side starts the handshake of a new pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     Initiator,
     Responder,
 }
 
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Initiator => "initiator",
+            Role::Responder => "responder",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub enum Phase {
     /// Waiting for the first handshake of the current attempt, since `since`;
     /// judged at `deadline`.
     Probing {
@@ -85,6 +94,12 @@ pub(crate) struct Path {
     /// An established responder whose peer moved: it follows the pushed
     /// candidates instead of the endpoint WireGuard learnt.
     follow: bool,
+    /// The candidates that go through a relay (see [`crate::relaying`]).
+    pub(crate) relayed: BTreeSet<SocketAddr>,
+    /// An endpoint chosen over the plan: a relayed candidate a stalled
+    /// path fell back to, or the direct address WireGuard roamed to from
+    /// the relay.
+    pub(crate) pinned: Option<SocketAddr>,
 }
 
 /// The attempt plan over the candidates: the best one twice, then the
@@ -119,6 +134,8 @@ impl Path {
             punches: VecDeque::new(),
             generation: 0,
             follow: false,
+            relayed: BTreeSet::new(),
+            pinned: None,
         }
     }
 
@@ -138,6 +155,8 @@ impl Path {
                 .collect(),
             generation: 0,
             follow: false,
+            relayed: BTreeSet::new(),
+            pinned: None,
         }
     }
 
@@ -146,6 +165,9 @@ impl Path {
     /// knows the initiator's real source (through a symmetric NAT, not the
     /// endpoint the map-server sees it at).
     pub(crate) fn endpoint(&self) -> Option<SocketAddr> {
+        if self.pinned.is_some() {
+            return self.pinned;
+        }
         match self.role {
             Role::Responder if !self.follow => None,
             _ => plan(&self.candidates)
@@ -156,12 +178,26 @@ impl Path {
     }
 
     /// Whether the route (and so the peer's traffic) may go in: not while
-    /// a responder waits for the handshake.
+    /// a responder waits for the handshake, nor while an initiator retries
+    /// after its first attempt failed (WireGuard drops what it queued for
+    /// a peer that is re-created: the agent holds the packets instead, and
+    /// re-injects them once a handshake came).
+    /// A path that failed is unrouted too: its packets come to the agent,
+    /// which answers them or tries again.
     pub(crate) fn routed(&self) -> bool {
-        !matches!(
-            (self.role, self.phase),
-            (Role::Responder, Phase::Probing { .. })
-        )
+        match self.phase {
+            Phase::Established { .. } => true,
+            Phase::Probing { .. } => self.role == Role::Initiator && self.attempt == 0,
+            Phase::Failed { .. } => false,
+        }
+    }
+
+    /// When every attempt failed, if they did.
+    pub(crate) fn failed_since(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Failed { since } => Some(since),
+            _ => None,
+        }
     }
 
     pub(crate) fn probing(&self) -> bool {
@@ -189,9 +225,17 @@ impl Path {
             due = true;
         }
         if due {
-            self.candidates.clone()
+            self.targets_for_punch()
         } else {
             Vec::new()
+        }
+    }
+
+    fn targets_for_punch(&self) -> Vec<SocketAddr> {
+        if self.established() {
+            self.targets()
+        } else {
+            self.candidates.clone()
         }
     }
 
@@ -201,8 +245,8 @@ impl Path {
             return None;
         };
         match self.role {
-            Role::Initiator => Some(deadline),
-            Role::Responder => {
+            Role::Initiator if self.routed() => Some(deadline),
+            _ => {
                 let base = last_read.unwrap_or(since).max(since);
                 let step = if base.saturating_duration_since(since) < Duration::from_millis(300) {
                     Duration::from_millis(10)
@@ -304,6 +348,25 @@ impl Path {
     /// Punch again toward the candidates now (a push told us they moved).
     pub(crate) fn punch_now(&mut self, now: Instant) {
         self.punches.push_front(now);
+    }
+
+    /// Punch from a new address of ours (we moved), a few times: the new
+    /// NAT then lets the peer's packets in as soon as it is told where we
+    /// are, and the first punch may leave before our new route is in place.
+    pub(crate) fn punch_series(&mut self, now: Instant) {
+        self.punches = PUNCHES
+            .iter()
+            .take(4)
+            .map(|ms| now + Duration::from_millis(*ms))
+            .collect();
+    }
+
+    /// Where the peer is reached now: the endpoint programmed, or for a
+    /// responder the candidates it was handed.
+    pub(crate) fn targets(&self) -> Vec<SocketAddr> {
+        self.endpoint()
+            .map(|e| vec![e])
+            .unwrap_or_else(|| self.candidates.clone())
     }
 }
 

@@ -68,17 +68,74 @@ pub(crate) struct Peer {
     pub(crate) stalled: bool,
     /// The map version it registered with, new at each of its starts.
     map_version: u16,
+    /// WireGuard reaches it through the relay now (its endpoint, as last
+    /// read, is a proxy socket or a relayed candidate).
+    pub(crate) on_relay: bool,
+    /// Where WireGuard sends to it, as last read.
+    pub(crate) wg_endpoint: Option<SocketAddr>,
+    /// A relayed path's next probe of a direct one, the wait after a failed
+    /// probe, and the end of the probe under way.
+    pub(crate) probe_next: Option<Instant>,
+    pub(crate) probe_backoff: Duration,
+    pub(crate) probe_until: Option<Instant>,
 }
 
 impl Peer {
-    fn spec(&self, now: Instant) -> PeerSpec {
+    pub(crate) fn status(&self, key: [u8; 32], now: Instant) -> crate::PathStatus {
+        use crate::paths::Phase;
+        use crate::PathKind;
+        let (state, since) = match self.path.phase {
+            Phase::Probing { since, .. } => ("connecting", since),
+            Phase::Established { since } => ("up", since),
+            Phase::Failed { since } => ("no direct path", since),
+        };
+        let endpoint = self.path.endpoint();
+        let reached = endpoint.or(self.path.candidates.first().copied());
+        let kind = reached.map(|e| {
+            if self.on_relay {
+                PathKind::Relayed
+            } else if e.is_ipv6() {
+                PathKind::Ipv6
+            } else if is_private(e.ip()) {
+                PathKind::DirectPrivate
+            } else {
+                PathKind::Direct
+            }
+        });
+        crate::PathStatus {
+            key,
+            eids: self.prefixes.iter().copied().collect(),
+            endpoint,
+            candidates: self.path.candidates.clone(),
+            kind,
+            role: match self.path.role {
+                Role::Initiator => "initiator",
+                Role::Responder => "responder",
+            },
+            state,
+            since: now.saturating_duration_since(since),
+            nat: self.nat,
+            wg_endpoint: self.wg_endpoint,
+        }
+    }
+
+    /// Its EID prefixes.
+    pub(crate) fn prefixes(&self) -> impl Iterator<Item = &EidPrefix> {
+        self.prefixes.iter()
+    }
+
+    /// The persistent keepalive it should have now.
+    pub(crate) fn keepalive(&self, now: Instant) -> Option<u16> {
         let initiator = self.path.role == Role::Initiator;
-        let keepalive = if initiator && self.path.probing() {
+        if self.probe_until.is_some() {
+            // A direct probe: something to copy every second.
+            Some(1)
+        } else if initiator && self.path.probing() {
             // Switching a keepalive on sends one at once: the handshake
             // starts even with no packet to carry (after a failover, or
             // when a responder takes over).
             Some(1)
-        } else if self.nat
+        } else if (self.nat || self.on_relay)
             && initiator
             && self.path.established()
             && now.saturating_duration_since(self.last_active) < KEEPALIVE_HOLD
@@ -86,12 +143,6 @@ impl Peer {
             Some(NAT_KEEPALIVE_SECS)
         } else {
             None
-        };
-        PeerSpec {
-            endpoint: self.path.endpoint(),
-            allowed: self.prefixes.iter().copied().collect(),
-            keepalive,
-            generation: self.path.generation,
         }
     }
 }
@@ -116,27 +167,28 @@ impl Xtr {
     /// A peer's candidate endpoints, best first: by priority, IPv6 before
     /// IPv4 among equals, then by weight; only families we have an RLOC of
     /// (all of them if that leaves none).
-    fn candidates(&self, record: &EidRecord) -> Vec<SocketAddr> {
-        let mut found: Vec<(u8, bool, u8, SocketAddr)> = record
+    /// Also: the candidates that go through a relay.
+    fn candidates(&self, record: &EidRecord) -> (Vec<SocketAddr>, BTreeSet<SocketAddr>) {
+        let mut found: Vec<(u8, bool, u8, SocketAddr, bool)> = record
             .rlocs
             .iter()
             .filter(|r| r.priority != 255 && r.reachable)
             .filter_map(|r| {
                 let i = r.info()?;
                 let ep = SocketAddr::new(i.rloc, i.port.unwrap_or(lisp_wire::DEFAULT_WG_PORT));
-                Some((r.priority, !ep.is_ipv6(), 255 - r.weight, ep))
+                Some((r.priority, !ep.is_ipv6(), 255 - r.weight, ep, i.relayed))
             })
             .collect();
         found.sort();
         found.dedup_by_key(|c| c.3);
-        let usable = |ep: &SocketAddr| self.rlocs.iter().any(|r| r.addr.is_ipv4() == ep.is_ipv4());
+        let relayed: BTreeSet<SocketAddr> = found.iter().filter(|c| c.4).map(|c| c.3).collect();
+        // Through the relay every family is reached.
+        let only = self.relay_only();
+        let usable =
+            |ep: &SocketAddr| only || self.rlocs.iter().any(|r| r.addr.is_ipv4() == ep.is_ipv4());
         let all: Vec<SocketAddr> = found.iter().map(|c| c.3).collect();
         let ours: Vec<SocketAddr> = all.iter().copied().filter(usable).collect();
-        if ours.is_empty() {
-            all
-        } else {
-            ours
-        }
+        (if ours.is_empty() { all } else { ours }, relayed)
     }
 
     /// Whether a path between us and this peer crosses a NAT: we register a
@@ -178,7 +230,7 @@ impl Xtr {
         if key == self.policy.wg_public_key {
             return Err(Unusable::OwnKey);
         }
-        let candidates = self.candidates(record);
+        let (candidates, relayed) = self.candidates(record);
         if candidates.is_empty() {
             return Err(Unusable::NoLocator);
         }
@@ -217,6 +269,11 @@ impl Xtr {
             recovered_at: None,
             stalled: false,
             map_version: record.map_version,
+            on_relay: false,
+            wg_endpoint: None,
+            probe_next: None,
+            probe_backoff: crate::relaying::PROBE_FIRST,
+            probe_until: None,
         });
         peer.nat = nat;
         // A new map version: the peer restarted, its end of the tunnel is
@@ -239,6 +296,8 @@ impl Xtr {
         }
         let new_prefix = peer.prefixes.insert(prefix);
         let before = peer.path.endpoint();
+        let old_relayed_all = peer.path.relayed.clone();
+        let mut relay_changed = false;
         if !new_peer {
             match (learned, peer.path.role, peer.path.probing()) {
                 // Our own request, answered after we were told about the peer
@@ -270,31 +329,102 @@ impl Xtr {
                     peer.path.generation = generation;
                 }
                 _ => {
+                    let changed = peer.path.candidates != candidates;
+                    let old_relayed = std::mem::take(&mut peer.path.relayed);
                     peer.path.update_candidates(now, candidates.clone());
                     if learned == Learned::Notify {
                         peer.path.punch_now(now);
                     }
+                    if changed {
+                        // A pin that is no longer a candidate: a relayed
+                        // one moves to the new relayed candidate, a direct
+                        // one gives way to the plan.
+                        let new_relayed = candidates.iter().find(|c| relayed.contains(c)).copied();
+                        match peer.path.pinned {
+                            Some(p) if !candidates.contains(&p) => {
+                                peer.path.pinned = if old_relayed.contains(&p) {
+                                    // While the peer allocates again it has
+                                    // no relayed candidate: stay, rather
+                                    // than jump to an unprobed direct path.
+                                    new_relayed.or(Some(p))
+                                } else {
+                                    None
+                                };
+                            }
+                            // A pair on the relay stays there (its probes
+                            // find the direct path, if there is one now).
+                            None if peer.on_relay => {
+                                peer.path.pinned =
+                                    new_relayed.or(before.filter(|b| old_relayed.contains(b)));
+                            }
+                            _ => {}
+                        }
+                        // The peer's relayed address changed: maybe the
+                        // relay restarted, and lost ours too.
+                        relay_changed = !old_relayed.is_empty() && old_relayed != relayed;
+                        if peer.on_relay {
+                            // The peer's endpoints changed: try direct soon.
+                            peer.probe_backoff = crate::relaying::PROBE_FIRST;
+                            peer.probe_next = Some(now + crate::relaying::PROBE_SOON);
+                        }
+                    }
                 }
+            }
+        }
+        peer.path.relayed = relayed;
+        // A pin kept on a relayed address the update no longer lists is
+        // still relayed.
+        if let Some(p) = peer.path.pinned {
+            if old_relayed_all.contains(&p) {
+                peer.path.relayed.insert(p);
             }
         }
         let moved = !new_peer && peer.path.endpoint() != before;
         if new_peer {
             self.counters.peers_added += 1;
-            info!(eid = %prefix, candidates = %show(&candidates), role = ?peer.path.role, "programming data peer");
+            info!(eid = %prefix, candidates = %show(&candidates), role = %peer.path.role, "programming data peer");
         } else if new_prefix || moved {
             self.counters.peers_updated += 1;
             info!(eid = %prefix, candidates = %show(&candidates), "updating data peer");
         }
         let routed = peer.path.routed();
+        if relay_changed {
+            self.check_relay_now(now);
+        }
+        self.relay_peers_changed();
         self.want_peer(now, key);
         self.dataplane.want_route(prefix, routed.then_some(key));
         Ok(Some((prefix, key)))
     }
 
+    /// The peer as it should be programmed: its path's endpoint (through
+    /// our proxy socket when relayed), its prefixes and keepalive.
+    fn peer_spec(&self, now: Instant, key: &[u8; 32]) -> Option<PeerSpec> {
+        let p = self.peers.get(key)?;
+        Some(PeerSpec {
+            endpoint: p
+                .path
+                .endpoint()
+                .map(|e| self.via_relay(e, p.path.relayed.contains(&e))),
+            allowed: p.prefixes.iter().copied().collect(),
+            keepalive: p.keepalive(now),
+            generation: p.path.generation,
+        })
+    }
+
     /// Hands the peer's current state to the data plane.
     pub(crate) fn want_peer(&mut self, now: Instant, key: [u8; 32]) {
-        let spec = self.peers.get(&key).map(|p| p.spec(now));
+        let spec = self.peer_spec(now, &key);
         self.dataplane.want_peer(key, spec);
+    }
+
+    /// Hands every peer's state to the data plane again (the relay's
+    /// proxies or allocation changed).
+    pub(crate) fn respec_all(&mut self, now: Instant) {
+        let keys: Vec<[u8; 32]> = self.peers.keys().copied().collect();
+        for k in keys {
+            self.want_peer(now, k);
+        }
     }
 
     /// Removes `prefix` from `key`'s peer, and the peer when it has none left.
@@ -310,9 +440,9 @@ impl Xtr {
             self.peers.remove(&key);
             self.counters.peers_removed += 1;
             self.dataplane.want_peer(key, None);
+            self.relay_peers_changed();
         } else {
-            let spec = peer.spec(now);
-            self.dataplane.want_peer(key, Some(spec));
+            self.want_peer(now, key);
         }
     }
 
@@ -359,12 +489,19 @@ impl Xtr {
         }
     }
 
-    /// Whether the peer of `prefix` is a responder waiting for its first
-    /// handshake (its held packets want a statistics read at once).
+    /// When the path of `prefix`'s peer failed, if it did.
+    pub(crate) fn failed_since(&self, prefix: &EidPrefix) -> Option<Instant> {
+        self.peer_of(prefix)
+            .and_then(|k| self.peers.get(&k))
+            .and_then(|p| p.path.failed_since())
+    }
+
+    /// Whether the peer of `prefix` waits unrouted for a handshake (its
+    /// held packets want a statistics read at once).
     pub(crate) fn awaiting_handshake(&self, prefix: &EidPrefix) -> bool {
         self.peer_of(prefix)
             .and_then(|k| self.peers.get(&k))
-            .is_some_and(|p| p.path.role == Role::Responder && p.path.probing())
+            .is_some_and(|p| p.path.probing() && !p.path.routed())
     }
 
     /// Latest WireGuard statistics: first handshakes, failed attempts, and
@@ -386,7 +523,7 @@ impl Xtr {
             // A peer WireGuard does not list has had no handshake.
             if peer.path.saw_handshake(now, handshakes.contains(&key)) {
                 self.counters.paths_established += 1;
-                debug!(endpoint = ?peer.path.endpoint(), role = ?peer.path.role, "first handshake");
+                debug!(endpoint = %crate::fields::Opt(&peer.path.endpoint()), role = %peer.path.role, "first handshake");
                 changed.push(key);
                 continue;
             }
@@ -394,8 +531,8 @@ impl Xtr {
                 Some(_) => {
                     self.counters.path_failovers += 1;
                     info!(
-                        next = ?peer.path.endpoint(),
-                        role = ?peer.path.role,
+                        next = %crate::fields::Opt(&peer.path.endpoint()),
+                        role = %peer.path.role,
                         "no handshake in time; trying again with a fresh peer"
                     );
                     changed.push(key);
@@ -441,8 +578,13 @@ impl Xtr {
                         self.outputs.push_back(Output::Deliver(icmp));
                     }
                 }
+                // Later packets come to us: answered, or a new try.
+                for p in peer.prefixes.clone() {
+                    self.dataplane.want_route(p, None);
+                }
             }
         }
+        self.relay_paths(now, stats);
         self.idle_check(now, stats);
     }
 
@@ -522,7 +664,7 @@ impl Xtr {
                 peer.tx_when_heard = s.tx_bytes;
                 stalled.push(s.key);
             }
-            let keepalive_before = peer.spec(now).keepalive;
+            let keepalive_before = peer.keepalive(now);
             if moved > KEEPALIVE_NOISE || counters_reset {
                 peer.last_active = now;
             } else if moved == 0
@@ -532,7 +674,7 @@ impl Xtr {
                 remove.push(s.key);
                 continue;
             }
-            if peer.spec(now).keepalive != keepalive_before {
+            if peer.keepalive(now) != keepalive_before {
                 respec.push(s.key);
             }
         }
@@ -544,7 +686,7 @@ impl Xtr {
         }
         for key in remove {
             if let Some(p) = self.peers.get(&key) {
-                info!(endpoint = ?p.path.endpoint(), "data peer idle at both ends; removing");
+                info!(endpoint = %crate::fields::Opt(&p.path.endpoint()), "data peer idle at both ends; removing");
             }
             self.remove_peer(now, key);
         }
@@ -560,6 +702,7 @@ impl Xtr {
     fn recover_paths(&mut self, now: Instant, keys: &[[u8; 32]]) {
         self.counters.stalls += keys.len() as u64;
         for key in keys {
+            self.fall_back_to_relay(now, *key);
             let Some(prefix) = self
                 .peers
                 .get(key)

@@ -16,6 +16,9 @@ pub struct MapServerPeer {
     /// The HMAC algorithm of our Map-Registers (SHA-256 unless configured
     /// otherwise, for a map-server that only does SHA-1).
     pub key_id: KeyId,
+    /// Its WireGuard endpoints (one per address family, say), in order of
+    /// preference: we use the first of a family we have an RLOC of.
+    pub endpoints: Vec<std::net::SocketAddr>,
 }
 
 /// An underlay interface whose addresses are our RLOCs.
@@ -78,6 +81,8 @@ pub struct XtrPolicy {
     /// How long held packets and Map-Notify-Acks wait for a data plane that
     /// keeps failing.
     pub dataplane_patience: Duration,
+    /// The campus relay (see [`crate::relaying`]).
+    pub relay: crate::relaying::RelayPolicy,
 }
 
 impl XtrPolicy {
@@ -111,6 +116,7 @@ impl XtrPolicy {
             dataplane_retry_first: Duration::from_millis(10),
             dataplane_retry_max: Duration::from_secs(1),
             dataplane_patience: Duration::from_secs(3),
+            relay: crate::relaying::RelayPolicy::default(),
         }
     }
 

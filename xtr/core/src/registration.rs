@@ -14,6 +14,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// Register nonces remembered per map-server, for late answers.
+const RECENT_REGISTERS: usize = 8;
 /// Consecutive unanswered registrations after which a map-server is down.
 const DOWN_AFTER_MISSES: u32 = 4;
 /// A map-server that has not answered a Map-Request for this long is probed
@@ -25,6 +27,9 @@ pub(crate) const PROBE_AFTER: Duration = Duration::from_secs(1);
 pub(crate) struct MapServerState {
     /// Nonce of the last Map-Register not yet confirmed.
     outstanding: Option<u64>,
+    /// Nonces of our latest Map-Registers: a late answer to one is not a
+    /// push about us (it echoes what we registered, not how we are seen).
+    recent: std::collections::VecDeque<u64>,
     /// Wait before the next retry while unconfirmed.
     backoff: Duration,
     pub(crate) next_register: Instant,
@@ -39,6 +44,7 @@ impl MapServerState {
     pub(crate) fn new(now: Instant, backoff: Duration) -> Self {
         MapServerState {
             outstanding: None,
+            recent: std::collections::VecDeque::new(),
             backoff,
             next_register: now,
             up: false,
@@ -169,9 +175,21 @@ impl Xtr {
         self.rlocs = rlocs;
         self.rlocs_known = true;
         if moved {
+            // The allocation was made from our old address.
+            self.relay_moved(now);
+            self.probe_after_move(now);
+        }
+        // Each map-server at an endpoint of a family we can reach now.
+        self.route_control();
+        if moved {
             // wireguard-go sends nothing from a new address until its port
             // is set again; this must follow the new address, not the removal.
             self.dataplane.want_listen_port_reapplied();
+            // Open our new NAT toward every peer: they will be told where we
+            // are and send to us there.
+            for p in self.peers.values_mut() {
+                p.path.punch_series(now);
+            }
         }
         self.reregister_now(now);
     }
@@ -187,7 +205,7 @@ impl Xtr {
     }
 
     fn own_records(&self) -> Vec<EidRecord> {
-        let rlocs: Vec<RlocRecord> = self
+        let mut rlocs: Vec<RlocRecord> = self
             .rlocs
             .iter()
             .map(|r| {
@@ -201,6 +219,14 @@ impl Xtr {
                 }
             })
             .collect();
+        // Our relayed address, last: the relay's address is its RTR.
+        if let Some(l) = self.relayed_locator() {
+            rlocs.push(RlocRecord::new(
+                crate::relaying::RELAYED_PRIORITY,
+                100,
+                l.to_address(),
+            ));
+        }
         self.policy
             .eids
             .iter()
@@ -260,6 +286,10 @@ impl Xtr {
             }
             let s = &mut self.servers[i];
             s.outstanding = Some(nonce);
+            if s.recent.len() >= RECENT_REGISTERS {
+                s.recent.pop_front();
+            }
+            s.recent.push_back(nonce);
             let ms = &self.policy.map_servers[i];
             let reg = MapRegister {
                 auth: Authentication::unsigned(ms.key_id),
@@ -295,7 +325,8 @@ impl Xtr {
     ) -> bool {
         let s = &mut self.servers[ms];
         if s.outstanding != Some(notify.nonce) {
-            return false;
+            // A late answer to an earlier register: handled, nothing more.
+            return s.recent.contains(&notify.nonce);
         }
         s.outstanding = None;
         s.misses = 0;
@@ -311,6 +342,7 @@ impl Xtr {
         for dst in std::mem::take(&mut self.resolve_after_register) {
             self.resolve_again(now, dst);
         }
+        self.fetch_grant_if_due(now);
         true
     }
 }

@@ -31,6 +31,9 @@ pub(crate) struct Pending {
     missed_at: Option<Instant>,
 }
 
+/// A pair no path joined is tried again on demand, at most this often.
+const FAILED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn hold(counters: &mut Counters, policy: &XtrPolicy, p: &mut Pending, packet: Vec<u8>) {
     if p.held.len() >= policy.held_packets_per_eid
         || p.held_bytes + packet.len() > policy.held_bytes_per_eid
@@ -62,7 +65,22 @@ impl Xtr {
         }
         match self.cache_lookup(iid, dst) {
             Some((prefix, true, _)) => {
-                if self.dataplane.ready(&prefix) {
+                if let Some(since) = self.failed_since(&prefix) {
+                    // No path reached the peer. Try again (resolving
+                    // afresh: it may have moved) at most every
+                    // FAILED_RETRY; meanwhile answer at once.
+                    if now.saturating_duration_since(since) >= FAILED_RETRY
+                        && !self.pending.contains_key(&dst)
+                    {
+                        if let Some(source) = self.policy.eids.first().copied() {
+                            self.start_request(now, dst, source, Some(packet));
+                        }
+                    } else if !self.pending.contains_key(&dst) {
+                        self.icmp_unreachable(&packet);
+                    } else if let Some(p) = self.pending.get_mut(&dst) {
+                        hold(&mut self.counters, &self.policy, p, packet);
+                    }
+                } else if self.dataplane.ready(&prefix) {
                     // The peer exists; the packet raced its route. Send it again.
                     self.counters.reinjected_packets += 1;
                     self.outputs.push_back(Output::Reinject(packet));

@@ -41,6 +41,7 @@ struct Dataplane {
     delivered: Vec<Vec<u8>>,
     reapplied_port: u32,
     renewed_control_peers: Vec<usize>,
+    control_endpoints: HashMap<usize, SocketAddr>,
     /// Fail the next N operations of this kind (see `DataplaneOp::name`).
     fail: HashMap<&'static str, u32>,
     failed: u32,
@@ -93,8 +94,14 @@ impl Dataplane {
                 self.routes.remove(p);
             }
             DataplaneOp::ReapplyListenPort => self.reapplied_port += 1,
-            DataplaneOp::RenewControlPeer { map_server } => {
+            DataplaneOp::RenewControlPeer { map_server, .. } => {
                 self.renewed_control_peers.push(*map_server)
+            }
+            DataplaneOp::SetControlEndpoint {
+                map_server,
+                endpoint,
+            } => {
+                self.control_endpoints.insert(*map_server, *endpoint);
             }
         }
         Ok(())
@@ -112,6 +119,7 @@ impl Dataplane {
                 rx_bytes: p.rx,
                 tx_bytes: p.tx,
                 since_handshake: p.handshake.map(|h| now - h),
+                endpoint: p.endpoint,
             })
             .collect()
     }
@@ -142,6 +150,47 @@ struct Node {
     /// Where the map-server's WireGuard last saw this node's control
     /// messages come from.
     seen_at: Option<SocketAddr>,
+    /// Nonces of the Map-Registers it sent.
+    register_nonces: BTreeSet<u64>,
+    /// The shell's relay proxy sockets: remote behind the relay → local.
+    proxies: BTreeMap<SocketAddr, SocketAddr>,
+    /// A probe under way: copies of what goes to this remote's proxy go
+    /// straight to these, until then.
+    mirror: Option<(SocketAddr, Vec<SocketAddr>, Instant)>,
+    /// Its network lets only TCP out.
+    udp_blocked: bool,
+    /// Permissions it asked for on its allocations.
+    permits: BTreeSet<IpAddr>,
+}
+
+/// The campus relay: coturn with one allocation per node at most.
+#[derive(Debug)]
+struct FakeRelay {
+    ip: IpAddr,
+    alive: bool,
+    next_port: u16,
+    /// By node: allocation id and relayed address.
+    allocs: HashMap<usize, (u64, SocketAddr)>,
+    /// Datagrams it relayed.
+    relayed: u64,
+}
+
+/// The relay's address in the model.
+const RELAY_IP: &str = "192.0.2.250";
+
+fn grant() -> relay::Grant {
+    relay::Grant {
+        version: relay::grant::GRANT_VERSION,
+        username: "1:robot".into(),
+        password: "pw".into(),
+        expires_unix: 1,
+        servers: vec![relay::RelayServer {
+            udp: Some(SocketAddr::new(ip(RELAY_IP), 3478)),
+            tls: Some(SocketAddr::new(ip(RELAY_IP), 443)),
+            tcp: None,
+            tls_spki_sha256: Some(relay::spki_pin(b"k")),
+        }],
+    }
 }
 
 struct Ms {
@@ -161,6 +210,7 @@ struct Sim {
     /// Drop the next N control messages sent to this address.
     drop_to: HashMap<IpAddr, u32>,
     delivered: u64,
+    relay: FakeRelay,
 }
 
 const NODES: [(&str, &str, &str, u8, &str); 3] = [
@@ -230,6 +280,10 @@ impl Sim {
                         control_address: c,
                         site_key: site_key.clone(),
                         key_id: KeyId::HmacSha256,
+                        endpoints: vec![
+                            SocketAddr::new(ip("192.0.2.1"), 4340 + j as u16),
+                            SocketAddr::new(ip("2001:db8::1"), 4340 + j as u16),
+                        ],
                     })
                     .collect();
                 let eid = EidPrefix::host(0, ip(eid));
@@ -259,6 +313,11 @@ impl Sim {
                     addrs: BTreeMap::from([("eth0", vec![ip(rloc)])]),
                     nat: None,
                     seen_at: None,
+                    register_nonces: BTreeSet::new(),
+                    proxies: BTreeMap::new(),
+                    mirror: None,
+                    udp_blocked: false,
+                    permits: BTreeSet::new(),
                 }
             })
             .collect();
@@ -268,6 +327,13 @@ impl Sim {
             servers,
             drop_to: HashMap::new(),
             delivered: 0,
+            relay: FakeRelay {
+                ip: ip(RELAY_IP),
+                alive: true,
+                next_port: 49152,
+                allocs: HashMap::new(),
+                relayed: 0,
+            },
         };
         for i in 0..sim.nodes.len() {
             let events = sim.nodes[i]
@@ -325,12 +391,15 @@ impl Sim {
                     if self.dropped(t.dst.ip()) {
                         continue;
                     }
-                    if let Some(n) = self.nodes.iter_mut().find(|n| n.ctl == t.dst.ip()) {
+                    let reachable = self
+                        .nodes
+                        .iter()
+                        .position(|n| n.ctl == t.dst.ip())
+                        .filter(|&j| self.control_path(j).is_some());
+                    if let Some(n) = reachable.map(|j| &mut self.nodes[j]) {
                         if let Ok(Message::MapNotify(notify)) = lisp_wire::parse(&t.payload) {
-                            let confirms_own = notify
-                                .records
-                                .iter()
-                                .any(|r| EidPrefix::of_record(r) == Ok(n.eid));
+                            // The answer to one of its Map-Registers.
+                            let confirms_own = n.register_nonces.contains(&notify.nonce);
                             assert!(
                                 !confirms_own || self.servers[s].disk.contains_key(&n.eid),
                                 "map-server {s} confirmed {}'s registration before it was on disk",
@@ -447,9 +516,14 @@ impl Sim {
             Output::Deliver(_) => "deliver".into(),
             Output::ReadPeerStats => "read-stats".into(),
             Output::Punch { .. } => "punch".into(),
+            Output::Relay(op) => format!("relay {op:?}"),
+            Output::FetchRelayGrant { .. } => "fetch-relay-grant".into(),
         });
         match out {
             Output::Transmit { dst, payload } => {
+                if let Ok(Message::MapRegister(r)) = lisp_wire::parse(&payload) {
+                    node.register_nonces.insert(r.nonce);
+                }
                 if let Ok(Message::MapNotifyAck(ack)) = lisp_wire::parse(&payload) {
                     // No ack without a peer: every mapping the notify carried
                     // is programmed, peer and route.
@@ -471,7 +545,9 @@ impl Sim {
                     }
                 }
                 let from = SocketAddr::new(node.ctl, 4342);
-                let seen = source(node, MS_UNDERLAY);
+                let Some(seen) = self.control_path(i) else {
+                    return;
+                };
                 if self.dropped(dst.ip()) {
                     return;
                 }
@@ -500,8 +576,17 @@ impl Sim {
                 ) = (ok, &op)
                 {
                     // Switching a keepalive on sends one: a handshake if
-                    // there is no session.
-                    self.initiate(i, *key);
+                    // there is no session, a keepalive on it if there is.
+                    if self.nodes[i]
+                        .dp
+                        .peers
+                        .get(key)
+                        .is_some_and(|p| p.handshake.is_some())
+                    {
+                        self.transmit(i, *key, 32);
+                    } else {
+                        self.initiate(i, *key);
+                    }
                 }
             }
             Output::Punch { to } => {
@@ -535,6 +620,11 @@ impl Sim {
                 }
             }
             Output::Deliver(p) => node.dp.delivered.push(p),
+            Output::Relay(op) => self.carry_out_relay(i, op),
+            Output::FetchRelayGrant { .. } => {
+                let valid = Duration::from_secs(12 * 3600);
+                node.xtr.handle_relay_grant(now, Ok((grant(), valid)));
+            }
             Output::ReadPeerStats => {
                 let stats = node.dp.stats(now);
                 node.xtr.handle_peer_stats(now, &stats);
@@ -575,7 +665,12 @@ impl Sim {
                 }
             }
         }
-        panic!("timers never reach {by:?}");
+        let stuck: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("{}: {:?}", n.name, n.xtr))
+            .collect();
+        panic!("timers never reach {by:?}: {}", stuck.join("\n\n"));
     }
 
     /// A packet from `from`'s EID to `to`, captured by `from`'s miss TUN.
@@ -620,14 +715,28 @@ impl Sim {
     /// Which node a datagram from node `from` to `to` reaches, through the
     /// NATs on the way.
     fn deliver(&self, from: usize, to: SocketAddr) -> Option<usize> {
-        let sender = &self.nodes[from];
-        let src = source(sender, to)?;
+        if self.nodes[from].udp_blocked {
+            return None;
+        }
+        let src = source(&self.nodes[from], to)?;
+        self.deliver_from(Some(from), src, to)
+    }
+
+    /// Which node a datagram from `src` (node `sender`'s, after its NAT, or
+    /// the relay's) to `to` reaches.
+    fn deliver_from(
+        &self,
+        sender: Option<usize>,
+        src: SocketAddr,
+        to: SocketAddr,
+    ) -> Option<usize> {
+        let sender_nat = sender.and_then(|s| self.nodes[s].nat);
         for (j, n) in self.nodes.iter().enumerate() {
-            if j == from {
+            if Some(j) == sender || n.udp_blocked {
                 continue;
             }
             let same_nat =
-                matches!((sender.nat, n.nat), (Some(a), Some(b)) if a.public == b.public);
+                matches!((sender_nat, n.nat), (Some(a), Some(b)) if a.public == b.public);
             if local(n) == Some(to) && (n.nat.is_none() || same_nat) {
                 return Some(j);
             }
@@ -648,10 +757,116 @@ impl Sim {
         None
     }
 
+    /// Where a datagram node `from`'s WireGuard sends to `endpoint` ends
+    /// up: the node it reaches, and the source that node's WireGuard sees.
+    /// Through our relay proxy, to a relayed address, or direct.
+    fn path(&mut self, from: usize, endpoint: SocketAddr) -> Option<(usize, SocketAddr)> {
+        let remote = self.nodes[from]
+            .proxies
+            .iter()
+            .find(|(_, l)| **l == endpoint)
+            .map(|(r, _)| *r);
+        if let Some(remote) = remote {
+            if !self.relay.alive {
+                return None;
+            }
+            let (_, ours) = *self.relay.allocs.get(&from)?;
+            self.relay.relayed += 1;
+            if remote.ip() == self.relay.ip {
+                return self.arrive_at_relayed(ours, remote);
+            }
+            let j = self.deliver_from(None, ours, remote)?;
+            return Some((j, ours));
+        }
+        self.path_direct(from, endpoint)
+    }
+
+    /// A datagram straight from node `from`'s WireGuard port.
+    fn path_direct(&mut self, from: usize, endpoint: SocketAddr) -> Option<(usize, SocketAddr)> {
+        if self.nodes[from].udp_blocked {
+            return None;
+        }
+        let src = source(&self.nodes[from], endpoint)?;
+        if endpoint.ip() == self.relay.ip {
+            return self.arrive_at_relayed(src, endpoint);
+        }
+        let j = self.deliver(from, endpoint)?;
+        Some((j, src))
+    }
+
+    /// A datagram from `src` arriving at relayed address `to`: the holder's
+    /// proxy socket for `src` hands it to its WireGuard, if permitted.
+    fn arrive_at_relayed(
+        &mut self,
+        src: SocketAddr,
+        to: SocketAddr,
+    ) -> Option<(usize, SocketAddr)> {
+        if !self.relay.alive {
+            return None;
+        }
+        let (&j, _) = self.relay.allocs.iter().find(|(_, (_, r))| *r == to)?;
+        if src.ip() != self.relay.ip && !self.nodes[j].permits.contains(&src.ip()) {
+            return None;
+        }
+        Some((j, self.proxy_for(j, src)))
+    }
+
+    /// Node `j`'s proxy socket for `remote`, made (and reported) if needed.
+    fn proxy_for(&mut self, j: usize, remote: SocketAddr) -> SocketAddr {
+        if let Some(l) = self.nodes[j].proxies.get(&remote) {
+            return *l;
+        }
+        let local = SocketAddr::new(ip("127.0.0.1"), 30000 + self.nodes[j].proxies.len() as u16);
+        self.nodes[j].proxies.insert(remote, local);
+        let now = self.now;
+        self.nodes[j]
+            .xtr
+            .handle_relay_event(now, RelayEvent::Proxy { remote, local });
+        local
+    }
+
+    /// Node `i`'s WireGuard sends `bytes` to peer `key` on its session:
+    /// counted as sent, and as received (the peer roaming to its source)
+    /// if the path works. A probe's copy goes straight first; if it gets
+    /// through, the relayed copy is a replay.
+    fn transmit(&mut self, i: usize, key: [u8; 32], bytes: u64) -> bool {
+        let Some(p) = self.nodes[i].dp.peers.get_mut(&key) else {
+            return false;
+        };
+        p.tx += bytes;
+        let (Some(endpoint), Some(_)) = (p.endpoint, p.handshake) else {
+            return false;
+        };
+        // Sending through our NAT lets the answers in.
+        self.nodes[i].dp.opened.insert(endpoint);
+        let my_key = self.nodes[i].key;
+        let mut arrivals = Vec::new();
+        if let Some((remote, to, until)) = self.nodes[i].mirror.clone() {
+            if self.now < until && self.nodes[i].proxies.get(&remote) == Some(&endpoint) {
+                for d in to {
+                    self.nodes[i].dp.opened.insert(d);
+                    arrivals.extend(self.path_direct(i, d));
+                }
+            }
+        }
+        arrivals.extend(self.path(i, endpoint));
+        for (j, src) in arrivals {
+            if self.nodes[j].key != key {
+                continue;
+            }
+            if let Some(back) = self.nodes[j].dp.peers.get_mut(&my_key) {
+                if back.handshake.is_some() {
+                    back.rx += bytes;
+                    back.endpoint = Some(src); // roaming
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// A data packet from node `from`'s host to `to` (an EID), through its
-    /// WireGuard as the kernel would route it: counted as sent, and as
-    /// received at the other end if the path works. Returns whether it
-    /// arrived.
+    /// WireGuard as the kernel would route it. Returns whether it arrived.
     fn send_data(&mut self, from: usize, to: IpAddr) -> bool {
         let Some(&route) = self.nodes[from]
             .dp
@@ -661,36 +876,16 @@ impl Sim {
         else {
             return false;
         };
-        let Some((&key, peer)) = self.nodes[from]
+        let Some(key) = self.nodes[from]
             .dp
             .peers
-            .iter_mut()
+            .iter()
             .find(|(_, p)| p.allowed.contains(&route))
+            .map(|(k, _)| *k)
         else {
             return false;
         };
-        peer.tx += 128;
-        let (Some(endpoint), Some(_)) = (peer.endpoint, peer.handshake) else {
-            return false;
-        };
-        // Sending through our NAT lets the answers in.
-        self.nodes[from].dp.opened.insert(endpoint);
-        let Some(j) = self.deliver(from, endpoint) else {
-            return false;
-        };
-        if self.nodes[j].key != key {
-            return false;
-        }
-        let src = source(&self.nodes[from], endpoint);
-        let my_key = self.nodes[from].key;
-        match self.nodes[j].dp.peers.get_mut(&my_key) {
-            Some(back) if back.handshake.is_some() => {
-                back.rx += 128;
-                back.endpoint = src; // roaming
-                true
-            }
-            _ => false,
-        }
+        self.transmit(from, key, 128)
     }
 
     /// Node `i`'s WireGuard starts a handshake with peer `key`, as the real
@@ -710,8 +905,13 @@ impl Sim {
         p.last_init = Some(now);
         self.nodes[i].dp.opened.insert(to);
         self.nodes[i].dp.initiations += 1;
-        let Some(j) = self.deliver(i, to) else { return };
-        let (my_key, src) = (self.nodes[i].key, source(&self.nodes[i], to));
+        let Some((j, src)) = self.path(i, to) else {
+            return;
+        };
+        let my_key = self.nodes[i].key;
+        if self.nodes[j].key != key {
+            return;
+        }
         let Some(back) = self.nodes[j].dp.peers.get_mut(&my_key) else {
             return; // the responder does not know us: dropped
         };
@@ -722,11 +922,93 @@ impl Sim {
             return;
         }
         back.handshake = Some(now);
-        back.endpoint = src;
-        // The response goes back to the initiator's source, which its NAT
-        // lets in (it just sent to the responder).
+        back.endpoint = Some(src);
+        // The response goes back the way the initiation came, which lets
+        // it in (the initiator just sent that way).
         if let Some(p) = self.nodes[i].dp.peers.get_mut(&key) {
             p.handshake = Some(now);
+        }
+    }
+
+    /// Where node `i`'s control tunnel reaches the map-server from (its
+    /// relayed address when it runs through the relay), or `None` when it
+    /// does not get out.
+    fn control_path(&self, i: usize) -> Option<Option<SocketAddr>> {
+        let n = &self.nodes[i];
+        let through_proxy =
+            n.dp.control_endpoints
+                .values()
+                .any(|e| n.proxies.values().any(|l| l == e));
+        if through_proxy {
+            if !self.relay.alive {
+                return None;
+            }
+            return self.relay.allocs.get(&i).map(|(_, r)| Some(*r));
+        }
+        if n.udp_blocked {
+            return None;
+        }
+        Some(source(n, MS_UNDERLAY))
+    }
+
+    /// Node `i` starts over with the relay on (`only`: everything through
+    /// it).
+    fn with_relay(&mut self, i: usize, only: bool) {
+        let now = self.now;
+        let mut policy = self.nodes[i].xtr.policy().clone();
+        policy.relay = RelayPolicy {
+            enabled: true,
+            only,
+        };
+        let node = &mut self.nodes[i];
+        node.xtr = Xtr::new(policy, now, 500 + i as u64);
+        node.dp = Dataplane::default();
+        node.proxies.clear();
+        let events: Vec<LinkEvent> = node
+            .addrs
+            .iter()
+            .flat_map(|(ifname, addrs)| addrs.iter().map(|a| address(ifname, *a, true)))
+            .collect();
+        node.xtr.handle_link_events(now, &events);
+        self.settle();
+    }
+
+    /// What node `i`'s shell does with a relay operation.
+    fn carry_out_relay(&mut self, i: usize, op: RelayOp) {
+        let now = self.now;
+        match op {
+            RelayOp::Allocate { id, transport, .. } => {
+                let blocked = self.nodes[i].udp_blocked && transport == relay::Transport::Udp;
+                if self.relay.alive && !blocked {
+                    let relayed = SocketAddr::new(self.relay.ip, self.relay.next_port);
+                    self.relay.next_port += 1;
+                    self.relay.allocs.insert(i, (id, relayed));
+                    self.nodes[i]
+                        .xtr
+                        .handle_relay_event(now, RelayEvent::Allocated { id, relayed });
+                }
+            }
+            RelayOp::Release { id } => {
+                if self.relay.allocs.get(&i).is_some_and(|a| a.0 == id) {
+                    self.relay.allocs.remove(&i);
+                }
+            }
+            RelayOp::Permit { ips } => self.nodes[i].permits = ips.into_iter().collect(),
+            RelayOp::Proxy { remote } => {
+                self.proxy_for(i, remote);
+            }
+            RelayOp::Check { nonce } => {
+                if self.relay.alive && self.relay.allocs.contains_key(&i) {
+                    self.nodes[i]
+                        .xtr
+                        .handle_relay_event(now, RelayEvent::CheckAnswered { nonce });
+                }
+            }
+            RelayOp::Mirror {
+                remote,
+                to,
+                duration,
+            } => self.nodes[i].mirror = Some((remote, to, now + duration)),
         }
     }
 }
@@ -966,6 +1248,7 @@ fn idle_peers_are_removed_only_when_idle_at_both_ends() {
         rx_bytes: bytes,
         tx_bytes: bytes,
         since_handshake: Some(Duration::from_secs(since)),
+        endpoint: None,
     };
 
     // Traffic keeps counters moving: nothing is removed.
@@ -1361,6 +1644,10 @@ mod scenarios {
         RestartNode(usize),
         /// Behind an endpoint-independent, filtering NAT, or not.
         Natted(usize, bool),
+        /// The node starts over with the relay on.
+        WithRelay(usize),
+        /// coturn restarts: every allocation is gone.
+        RelayRestart,
         Advance(u64),
     }
 
@@ -1377,6 +1664,8 @@ mod scenarios {
             1 => any::<bool>().prop_map(Step::RestartMs),
             1 => (0..3usize).prop_map(Step::RestartNode),
             2 => (0..3usize, any::<bool>()).prop_map(|(n, on)| Step::Natted(n, on)),
+            1 => (0..3usize).prop_map(Step::WithRelay),
+            1 => Just(Step::RelayRestart),
             3 => (1..3000u64).prop_map(Step::Advance),
         ]
     }
@@ -1430,6 +1719,8 @@ mod scenarios {
                         sim.nodes[n].nat = None;
                         sim.set_addresses(name, &[("eth0", &format!("192.0.2.{}", 40 + n))]);
                     }
+                    Step::WithRelay(n) => sim.with_relay(n, false),
+                    Step::RelayRestart => sim.relay.allocs.clear(),
                     Step::Advance(ms) => sim.advance(Duration::from_millis(ms)),
                 }
             }
@@ -1767,4 +2058,371 @@ fn a_map_server_configured_for_sha1_gets_sha1_registers_and_is_resolved_through(
     let packet = sim.miss("A", "10.0.0.2", 1);
     assert_eq!(sim.node("A").dp.reinjected, vec![packet]);
     assert!(sim.node("B").dp.peers.contains_key(&[0xa; 32]));
+}
+
+#[test]
+fn a_node_that_moves_punches_its_new_nat_open_toward_its_peers() {
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_millis(50));
+    let before = sim.node("B").dp.punches.len();
+    sim.set_addresses("B", &[("eth0", "203.0.113.77")]);
+    sim.advance(Duration::from_millis(500));
+    let b = sim.node("B");
+    let after: Vec<_> = b.dp.punches[before..].to_vec();
+    assert_eq!(after.len(), 4, "a few times, toward A: {after:?}");
+    assert!(after.iter().all(|p| p.ip() == ip("192.0.2.10")));
+}
+
+#[test]
+fn a_map_server_is_reached_over_the_family_the_node_has() {
+    let mut sim = Sim::new(1);
+    // B loses its IPv4 address and has only IPv6: it reaches the map-server
+    // at its IPv6 endpoint; with IPv4 back, at the first (IPv4) one again.
+    sim.set_addresses("B", &[("eth0", "2001:db8:9::5")]);
+    assert_eq!(
+        sim.node("B").dp.control_endpoints.get(&0),
+        Some(&"[2001:db8::1]:4340".parse().unwrap())
+    );
+    sim.set_addresses("B", &[("eth0", "198.51.100.20"), ("lte", "2001:db8:9::5")]);
+    assert_eq!(
+        sim.node("B").dp.control_endpoints.get(&0),
+        Some(&"192.0.2.1:4340".parse().unwrap())
+    );
+}
+
+// ---- the relay ----------------------------------------------------------------
+
+impl Sim {
+    /// The path kind node `name`'s core reports for peer `peer`.
+    fn path_kind(&self, name: &str, peer: &str) -> Option<PathKind> {
+        let key = self.nodes.iter().find(|n| n.name == peer)?.key;
+        let n = self.nodes.iter().find(|n| n.name == name)?;
+        n.xtr
+            .paths(self.now)
+            .into_iter()
+            .find(|p| p.key == key)
+            .and_then(|p| p.kind)
+    }
+
+    /// Sends data both ways `count` times, 10 ms apart; how many of the
+    /// packets arrived.
+    fn ping(&mut self, a: usize, b: usize, count: u32) -> u32 {
+        let (ea, eb) = (self.nodes[a].eid.addr(), self.nodes[b].eid.addr());
+        let mut ok = 0;
+        for _ in 0..count {
+            if self.send_data(a, eb) && self.send_data(b, ea) {
+                ok += 1;
+            }
+            self.advance(Duration::from_millis(10));
+        }
+        ok
+    }
+
+    /// Two nodes behind NATs, relay on: registered, with allocations.
+    fn relayed_pair(edm_a: bool, edm_b: bool) -> Sim {
+        let mut sim = Sim::new(1);
+        sim.behind_nat("A", "10.20.1.5", "198.51.100.7", edm_a, true);
+        sim.behind_nat("B", "10.30.1.5", "203.0.113.9", edm_b, true);
+        sim.with_relay(0, false);
+        sim.with_relay(1, false);
+        sim.advance(Duration::from_millis(300));
+        for i in 0..2 {
+            let st = sim.nodes[i].xtr.relay_status(sim.now);
+            assert_eq!(st.state, "up", "{}: {st:?}", sim.nodes[i].name);
+            assert_eq!(st.transport, Some(relay::Transport::Udp));
+            assert!(!st.only);
+        }
+        sim
+    }
+}
+
+#[test]
+fn a_node_with_the_relay_registers_its_relayed_address_last_and_marked_relayed() {
+    let sim = Sim::relayed_pair(true, true);
+    let relayed = sim.nodes[0].xtr.relay_status(sim.now).relayed.unwrap();
+    assert_eq!(relayed.ip(), ip(RELAY_IP));
+    let (m, _) = &sim.servers[0].disk[&sim.nodes[0].eid];
+    let last = m.rlocs.last().unwrap();
+    assert!(last.relayed && last.priority == 254, "{m:?}");
+    assert_eq!(SocketAddr::new(last.addr, last.port.unwrap()), relayed);
+    assert!(m.rlocs.iter().filter(|r| r.relayed).count() == 1);
+}
+
+#[test]
+fn symmetric_nats_on_both_sides_talk_through_the_relay_first_packet_included() {
+    let mut sim = Sim::relayed_pair(true, true);
+    let packet = sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(1));
+    assert!(sim.established("A", "B") && sim.established("B", "A"));
+    assert_eq!(sim.path_kind("A", "B"), Some(PathKind::Relayed));
+    assert_eq!(sim.path_kind("B", "A"), Some(PathKind::Relayed));
+    let a = sim.node("A");
+    assert!(
+        a.dp.reinjected.contains(&packet),
+        "the held packet went out"
+    );
+    assert!(
+        a.dp.delivered.is_empty(),
+        "no ICMP: the packet was not given up"
+    );
+    assert_eq!(a.xtr.counters().paths_failed, 0);
+    assert!(sim.relay.relayed > 0);
+    assert_eq!(sim.ping(0, 1, 20), 20);
+    assert_eq!(sim.node("A").xtr.counters().relay_switches_to_relay, 1);
+}
+
+#[test]
+fn a_symmetric_nat_on_one_side_talks_through_the_relay() {
+    let mut sim = Sim::relayed_pair(false, true);
+    sim.miss("B", "10.0.0.1", 1);
+    sim.advance(Duration::from_secs(1));
+    assert!(sim.established("B", "A"));
+    assert_eq!(sim.ping(0, 1, 10), 10);
+}
+
+#[test]
+fn a_relayed_pair_moves_to_direct_once_the_nats_allow_it_without_losing_a_packet() {
+    let mut sim = Sim::relayed_pair(true, true);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.path_kind("A", "B"), Some(PathKind::Relayed));
+    // Both NATs become endpoint-independent (a new rule set): each node's
+    // mapping toward the map-server is now every destination's.
+    for n in &mut sim.nodes[..2] {
+        n.nat.as_mut().unwrap().edm = false;
+    }
+    let mut lost = 0;
+    for _ in 0..200 {
+        if !sim.send_data(0, ip("10.0.0.2")) || !sim.send_data(1, ip("10.0.0.1")) {
+            lost += 1;
+        }
+        sim.advance(Duration::from_millis(300));
+        if sim.path_kind("A", "B") != Some(PathKind::Relayed)
+            && sim.path_kind("B", "A") != Some(PathKind::Relayed)
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        sim.path_kind("A", "B"),
+        Some(PathKind::Direct),
+        "A upgraded"
+    );
+    assert_eq!(
+        sim.path_kind("B", "A"),
+        Some(PathKind::Direct),
+        "B upgraded"
+    );
+    assert_eq!(lost, 0, "nothing lost while probing and switching");
+    let relayed_before = sim.relay.relayed;
+    assert_eq!(sim.ping(0, 1, 10), 10);
+    assert_eq!(
+        sim.relay.relayed, relayed_before,
+        "the relay is out of the path"
+    );
+    let c = sim.node("A").xtr.counters().clone();
+    assert!(
+        c.relay_probes >= 1 && c.relay_switches_to_direct == 1,
+        "{c:?}"
+    );
+}
+
+#[test]
+fn a_relayed_pair_that_cannot_go_direct_backs_off_its_probes() {
+    let mut sim = Sim::relayed_pair(true, true);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(1));
+    for _ in 0..40 {
+        assert!(
+            sim.send_data(0, ip("10.0.0.2")),
+            "the relay carries every packet"
+        );
+        sim.advance(Duration::from_secs(10));
+    }
+    let c = sim.node("A").xtr.counters().clone();
+    // 400 s: probes at 30 s, then 60, 120, 240 s later: at most 4 (A's).
+    assert!((2..=4).contains(&c.relay_probes), "probes back off: {c:?}");
+    assert_eq!(c.relay_probes, c.relay_probe_failures, "every probe failed");
+    assert_eq!(sim.path_kind("A", "B"), Some(PathKind::Relayed));
+}
+
+#[test]
+fn a_relay_that_loses_its_allocations_is_noticed_and_the_pair_recovers() {
+    let mut sim = Sim::relayed_pair(true, true);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.ping(0, 1, 5), 5);
+    let old = sim.nodes[0].xtr.relay_status(sim.now).relayed;
+    // coturn restarts: every allocation is gone, silently.
+    sim.relay.allocs.clear();
+    let mut back = None;
+    for step in 0..200 {
+        sim.send_data(0, ip("10.0.0.2"));
+        sim.send_data(1, ip("10.0.0.1"));
+        sim.advance(Duration::from_millis(100));
+        if step > 2 && sim.ping(0, 1, 1) == 1 {
+            back = Some(step);
+            break;
+        }
+    }
+    let step = back.expect("the pair came back");
+    eprintln!("relay loss: back after {step} steps of 100 ms");
+    assert!(step < 40, "back within 4 s of traffic, took {step} steps");
+    let new = sim.nodes[0].xtr.relay_status(sim.now).relayed;
+    assert_ne!(new, old, "a new allocation");
+    assert!(sim.node("A").xtr.counters().relay_allocations >= 2);
+}
+
+#[test]
+fn an_idle_relay_loss_is_found_by_the_self_check() {
+    let mut sim = Sim::relayed_pair(true, true);
+    sim.relay.allocs.clear();
+    sim.advance(relay_check_period() * 2 + Duration::from_secs(3));
+    for i in 0..2 {
+        assert_eq!(sim.nodes[i].xtr.relay_status(sim.now).state, "up");
+        assert!(
+            sim.relay.allocs.contains_key(&i),
+            "{} allocated again",
+            sim.nodes[i].name
+        );
+        assert!(sim.nodes[i].xtr.counters().relay_checks_missed >= 2);
+    }
+}
+
+fn relay_check_period() -> Duration {
+    xtr_core::relaying::CHECK_EVERY
+}
+
+#[test]
+fn a_node_whose_network_blocks_udp_registers_and_talks_through_the_relay() {
+    let mut sim = Sim::new(1);
+    sim.behind_nat("B", "10.30.1.5", "203.0.113.9", false, true);
+    sim.with_relay(1, false);
+    sim.advance(Duration::from_millis(300));
+    // A robot in a network that lets only TCP out, with credentials
+    // installed beforehand (it cannot ask a map-server for them).
+    sim.behind_nat("C", "10.40.1.5", "198.51.100.40", true, true);
+    sim.nodes[2].udp_blocked = true;
+    sim.with_relay(2, false);
+    let now = sim.now;
+    sim.nodes[2]
+        .xtr
+        .handle_relay_grant(now, Ok((grant(), Duration::from_secs(3600))));
+    sim.advance(Duration::from_secs(8));
+    let st = sim.nodes[2].xtr.relay_status(sim.now);
+    assert_eq!(st.state, "up", "{st:?}");
+    assert_eq!(
+        st.transport,
+        Some(relay::Transport::Tls),
+        "UDP to the relay never answered"
+    );
+    assert!(st.only, "everything goes through the relay");
+    assert!(
+        sim.nodes[2].xtr.map_servers()[0].up,
+        "registered through the relay"
+    );
+    // The map-server sees C at its relayed address and hands out only that.
+    let (m, _) = &sim.servers[0].disk[&sim.nodes[2].eid];
+    assert!(m.rlocs.iter().any(|r| r.relayed));
+    // Both directions: C asks for A (public, no relay of its own), B asks for C.
+    sim.miss("C", "10.0.0.1", 1);
+    sim.advance(Duration::from_secs(2));
+    assert!(sim.established("C", "A"), "C reached A");
+    assert_eq!(sim.ping(2, 0, 5), 5);
+    sim.miss("B", "10.0.0.3", 1);
+    sim.advance(Duration::from_secs(2));
+    assert!(sim.established("B", "C"), "B reached C");
+    assert_eq!(sim.ping(1, 2, 5), 5);
+}
+
+#[test]
+fn handover_while_relayed_initiator_moves_and_then_the_other_side_moves() {
+    let mut sim = Sim::relayed_pair(true, true);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.ping(0, 1, 3), 3);
+    for (name, i, addr) in [("A", 0, "10.20.1.77"), ("B", 1, "10.30.1.88")] {
+        // A new network: another symmetric NAT.
+        sim.node(name).nat = Some(Nat {
+            public: ip(if i == 0 {
+                "198.51.100.99"
+            } else {
+                "203.0.113.99"
+            }),
+            edm: true,
+            filter: true,
+            shift: 0,
+        });
+        sim.set_addresses(name, &[("eth0", addr)]);
+        let mut back = None;
+        for step in 0..100 {
+            sim.advance(Duration::from_millis(20));
+            if sim.ping(0, 1, 1) == 1 {
+                back = Some(step);
+                break;
+            }
+        }
+        let step = back.unwrap_or_else(|| panic!("{name} moved and the pair never came back"));
+        eprintln!("{name} moved: back after {step} steps");
+        assert!(step < 25, "{name} moved: back after {step} steps");
+        assert_eq!(sim.path_kind("A", "B"), Some(PathKind::Relayed));
+    }
+}
+
+#[test]
+fn a_direct_path_that_stalls_falls_back_to_the_relay_at_once() {
+    let mut sim = Sim::relayed_pair(false, false);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(sim.path_kind("A", "B"), Some(PathKind::Direct));
+    assert_eq!(sim.ping(0, 1, 3), 3);
+    // B's NAT turns symmetric and forgets its mappings: the direct path is
+    // dead, and only the relay joins the pair now.
+    {
+        let nat = sim.node("B").nat.as_mut().unwrap();
+        nat.edm = true;
+        nat.shift = 7;
+    }
+    let mut back = None;
+    for step in 0..100 {
+        sim.send_data(0, ip("10.0.0.2"));
+        sim.advance(Duration::from_millis(50));
+        if sim.ping(0, 1, 1) == 1 {
+            back = Some(step);
+            break;
+        }
+    }
+    let step = back.expect("the pair came back through the relay");
+    assert!(step < 30, "took {step} steps");
+    sim.advance(Duration::from_millis(200));
+    assert_eq!(sim.path_kind("A", "B"), Some(PathKind::Relayed));
+}
+
+#[test]
+fn a_pair_no_path_joined_is_tried_again_when_traffic_asks() {
+    // Found by the randomised scenarios: the map-server lost its store, so
+    // it cannot tell C about A (A is not registered again yet) and every
+    // attempt of A's fails. Later packets are answered at once, and one
+    // every 2 s tries again: once A is registered, the pair comes up.
+    let mut sim = Sim::new(1);
+    sim.restart_ms(0, true);
+    sim.with_relay(2, false);
+    sim.miss("A", "10.0.0.3", 1);
+    sim.advance(Duration::from_secs(1));
+    assert!(!sim.established("A", "C"));
+    assert!(sim.path_kind("A", "C").is_some());
+    let icmp = sim.nodes[0].dp.delivered.len();
+    sim.miss("A", "10.0.0.3", 2);
+    assert_eq!(
+        sim.nodes[0].dp.delivered.len(),
+        icmp + 1,
+        "answered at once"
+    );
+    sim.advance(Duration::from_secs(70));
+    let before = sim.nodes[0].dp.reinjected.len();
+    sim.miss("A", "10.0.0.3", 9);
+    sim.advance(Duration::from_millis(200));
+    assert_eq!(sim.nodes[0].dp.reinjected.len(), before + 1);
+    assert!(sim.established("A", "C"));
 }

@@ -1,0 +1,133 @@
+//! The node API: HTTP on the control address, inside the control tunnel
+//! only (the listening socket is bound to the control interface, as the
+//! LISP control socket is). Nodes fetch their relay grant here.
+//!
+//! Who asks is known without a password: WireGuard delivers a packet from
+//! a control address only if it came from the key configured for it, so
+//! the source address names the peer.
+//!
+//! `GET /v1/relay`: 200 with the node's [`relay::Grant`] (JSON), 404 when
+//! this map-server has no relay, 403 for a source that is no keyed peer.
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use conf::map_server::{MapServerConfig, RelayConfig};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+/// What the node API serves, from the configuration.
+pub struct NodeApi {
+    /// Keyed peers by control address.
+    peers: HashMap<IpAddr, String>,
+    relay: Option<RelayConfig>,
+    pub grants: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+impl NodeApi {
+    pub fn new(cfg: &MapServerConfig) -> NodeApi {
+        NodeApi {
+            peers: cfg
+                .peers
+                .iter()
+                .filter(|p| p.public_key.is_some())
+                .map(|p| (p.control_address, p.name.clone()))
+                .collect(),
+            relay: cfg.relay.clone(),
+            grants: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The grant for the node at control address `from`.
+    pub fn grant_for(
+        &self,
+        from: IpAddr,
+        now_unix: u64,
+    ) -> Result<relay::Grant, (StatusCode, String)> {
+        let Some(relay) = &self.relay else {
+            return Err((
+                StatusCode::NOT_FOUND,
+                "this map-server has no relay\n".into(),
+            ));
+        };
+        let Some(name) = self.peers.get(&from) else {
+            return Err((StatusCode::FORBIDDEN, format!("{from} is no keyed peer\n")));
+        };
+        relay::Grant::issue(
+            relay.secret.as_bytes(),
+            name,
+            now_unix,
+            relay.credential_ttl,
+            relay.servers.clone(),
+        )
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn relay_grant(
+    State(api): State<Arc<NodeApi>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+) -> Response {
+    match api.grant_for(from.ip(), unix_now()) {
+        Ok(g) => {
+            api.grants.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, "relay grant issued");
+            match serde_json::to_string(&g) {
+                Ok(body) => ([("content-type", "application/json")], body).into_response(),
+                Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+            }
+        }
+        Err((code, why)) => {
+            if code != StatusCode::NOT_FOUND {
+                api.refused.fetch_add(1, Ordering::Relaxed);
+                warn!(%from, reason = why.trim(), "relay grant refused");
+            }
+            (code, why).into_response()
+        }
+    }
+}
+
+/// Serves the node API on `addr`, bound to interface `device`.
+pub async fn serve(addr: SocketAddr, device: &str, api: Arc<NodeApi>) -> std::io::Result<()> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.bind_device(Some(device.as_bytes()))?;
+    s.set_reuse_address(true)?;
+    match addr {
+        SocketAddr::V4(_) => s.set_freebind_v4(true)?,
+        SocketAddr::V6(_) => s.set_freebind_v6(true)?,
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(64)?;
+    let listener = tokio::net::TcpListener::from_std(s.into())?;
+    info!(%addr, ifname = device, "node API inside the control tunnel");
+    let app = Router::new()
+        .route("/v1/relay", get(relay_grant))
+        .with_state(api);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        {
+            warn!(error = %e, "the node API stopped");
+        }
+    });
+    Ok(())
+}

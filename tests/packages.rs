@@ -1,0 +1,334 @@
+//! The Debian packages: `scripts/package.sh` builds both; they install into
+//! a fresh folder with dpkg (`--root`, maintainer scripts run outside it
+//! with DPKG_ROOT), holding the files, conffiles, user and enabled units they
+//! should; the units pass `systemd-analyze verify` and score at most 3.0 in
+//! `systemd-analyze security`; purging removes them again. And the
+//! monitoring examples: the alert rules pass `promtool check rules` and
+//! every metric they and the dashboard name is one the daemons export.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use testbed::{output_text, require_root_and_tools};
+
+/// The workspace (this crate is its `tests/` folder).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(what: &str, cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        output_text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Builds the packages (a release build the first time); their paths.
+fn packages() -> Vec<PathBuf> {
+    let root = workspace_root();
+    let out = run(
+        "scripts/package.sh",
+        Command::new(root.join("scripts/package.sh")).current_dir(&root),
+    );
+    let debs: Vec<PathBuf> = out.lines().map(PathBuf::from).collect();
+    assert_eq!(debs.len(), 2, "{out}");
+    for d in &debs {
+        assert!(d.is_file(), "{}", d.display());
+    }
+    debs
+}
+
+/// A folder dpkg can install into: its database, and what a Debian system
+/// has that the units refer to (systemd's targets and slices, kill).
+fn fresh_root() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("lispwg-pkgroot-")
+        .tempdir()
+        .unwrap();
+    let r = dir.path();
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+        "usr/bin",
+        "usr/lib/systemd/system",
+    ] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+    std::fs::copy("/usr/bin/kill", r.join("usr/bin/kill")).unwrap();
+    for unit in std::fs::read_dir("/usr/lib/systemd/system").unwrap() {
+        let p = unit.unwrap().path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+        if (name.ends_with(".target") || name.ends_with(".slice")) && p.is_file() {
+            std::fs::copy(&p, r.join("usr/lib/systemd/system").join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+fn dpkg(root: &Path, args: &[&str]) -> String {
+    run(
+        &format!("dpkg {args:?}"),
+        Command::new("dpkg")
+            .arg(format!("--root={}", root.display()))
+            .args([
+                "--force-script-chrootless",
+                "--force-depends",
+                "--log=/dev/null",
+            ])
+            .args(args),
+    )
+}
+
+/// The overall exposure `systemd-analyze security` gives `unit` in `root`.
+fn exposure(root: &Path, unit: &str) -> f64 {
+    let out = run(
+        &format!("systemd-analyze security {unit}"),
+        Command::new("systemd-analyze").args([
+            "security",
+            "--offline=true",
+            &format!("--root={}", root.display()),
+            unit,
+        ]),
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure in:\n{out}"));
+    line.split(':')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read {line}"))
+}
+
+#[test]
+fn packages_install_into_a_fresh_root_with_hardened_units_and_purge_cleanly() {
+    require_root_and_tools(&[
+        "dpkg",
+        "dpkg-deb",
+        "systemd-analyze",
+        "systemctl",
+        "cargo",
+        "turnserver",
+    ])
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let debs = packages();
+    let root = fresh_root();
+    let r = root.path();
+    let paths: Vec<&str> = debs.iter().map(|d| d.to_str().unwrap()).collect();
+    let mut args = vec!["-i"];
+    args.extend(&paths);
+    dpkg(r, &args);
+
+    for (file, mode) in [
+        ("usr/bin/xtr", 0o755),
+        ("usr/bin/map-server", 0o755),
+        ("usr/lib/systemd/system/lispwg-xtr.service", 0o644),
+        ("usr/lib/systemd/system/lispwg-map-server.service", 0o644),
+        ("usr/lib/systemd/system/coturn.service.d/lispwg.conf", 0o644),
+        ("etc/lispwg/xtr.toml.sample", 0o644),
+        ("etc/lispwg/map-server.toml.sample", 0o644),
+        ("usr/share/doc/lispwg-xtr/status-json.md", 0o644),
+        (
+            "usr/share/doc/lispwg-map-server/monitoring/alerts.yml",
+            0o644,
+        ),
+        // Generated by the map-server's postinst, with its secret: 0600.
+        ("etc/lispwg/turnserver.conf", 0o600),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(r.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(meta.permissions().mode() & 0o7777, mode, "{file}");
+    }
+    // The binaries are the real ones.
+    let version = run(
+        "xtr --version",
+        Command::new(r.join("usr/bin/xtr")).arg("--version"),
+    );
+    assert!(version.starts_with("xtr "), "{version}");
+    // The relay's secret is random, not the template's placeholder.
+    let turn = std::fs::read_to_string(r.join("etc/lispwg/turnserver.conf")).unwrap();
+    let secret = turn
+        .lines()
+        .find_map(|l| l.strip_prefix("static-auth-secret="))
+        .expect("a secret");
+    assert_eq!(secret.len(), 64, "{secret}");
+    assert!(secret.chars().all(|c| c.is_ascii_hexdigit()), "{secret}");
+    for needle in [
+        "use-auth-secret",
+        "listening-port=3478",
+        "tls-listening-port=443",
+        "min-port=",
+        "no-multicast-peers",
+    ] {
+        assert!(turn.contains(needle), "turnserver.conf lacks {needle}");
+    }
+    assert!(
+        !turn.contains("allow-loopback-peers\n"),
+        "loopback peers allowed"
+    );
+    // The samples are conffiles; the user exists; the units are enabled.
+    let admin = format!("--admindir={}", r.join("var/lib/dpkg").display());
+    let conffiles = run(
+        "dpkg-query",
+        Command::new("dpkg-query").args([
+            &admin,
+            "-W",
+            "-f=${Conffiles}\n",
+            "lispwg-xtr",
+            "lispwg-map-server",
+        ]),
+    );
+    for c in [
+        "/etc/lispwg/xtr.toml.sample",
+        "/etc/lispwg/map-server.toml.sample",
+    ] {
+        assert!(conffiles.contains(c), "{c} is not a conffile:\n{conffiles}");
+    }
+    let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
+    assert!(
+        passwd
+            .lines()
+            .any(|l| l.starts_with("lispwg:") && l.ends_with(":/usr/sbin/nologin")),
+        "{passwd}"
+    );
+    for unit in ["lispwg-xtr.service", "lispwg-map-server.service"] {
+        let wants = r
+            .join("etc/systemd/system/multi-user.target.wants")
+            .join(unit);
+        assert!(wants.is_symlink(), "{unit} is not enabled");
+    }
+
+    // The units as systemd reads them, in that root.
+    let root_arg = format!("--root={}", r.display());
+    run(
+        "systemd-analyze verify",
+        Command::new("systemd-analyze").args([
+            "verify",
+            &root_arg,
+            "lispwg-xtr.service",
+            "lispwg-map-server.service",
+        ]),
+    );
+    for unit in ["lispwg-xtr.service", "lispwg-map-server.service"] {
+        let score = exposure(r, unit);
+        assert!(score <= 3.0, "{unit}: exposure {score} > 3.0");
+        let text = std::fs::read_to_string(r.join("usr/lib/systemd/system").join(unit)).unwrap();
+        for needle in [
+            "Type=notify",
+            "ExecReload=/bin/kill -HUP $MAINPID",
+            "StartLimitIntervalSec=0",
+            "User=lispwg",
+            "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
+            "ProtectSystem=strict",
+            "RestrictAddressFamilies=AF_NETLINK AF_INET AF_INET6 AF_UNIX",
+        ] {
+            assert!(text.contains(needle), "{unit} lacks {needle}");
+        }
+    }
+    // Debian's coturn unit with the package's drop-in (coturn is in the
+    // apt list of scripts/common.sh).
+    std::fs::copy(
+        "/usr/lib/systemd/system/coturn.service",
+        r.join("usr/lib/systemd/system/coturn.service"),
+    )
+    .expect("Debian's coturn.service (apt install coturn)");
+    std::fs::copy("/usr/bin/turnserver", r.join("usr/bin/turnserver")).unwrap();
+    std::fs::copy("/bin/sh", r.join("usr/bin/sh")).unwrap();
+    run(
+        "systemd-analyze verify coturn.service",
+        Command::new("systemd-analyze").args(["verify", &root_arg, "coturn.service"]),
+    );
+    let dropin =
+        std::fs::read_to_string(r.join("usr/lib/systemd/system/coturn.service.d/lispwg.conf"))
+            .unwrap();
+    assert!(
+        dropin.contains("ExecStart=/usr/bin/turnserver -c /etc/lispwg/turnserver.conf"),
+        "{dropin}"
+    );
+    assert!(
+        dropin.contains("ConditionPathExists=/etc/lispwg/turnserver.conf"),
+        "{dropin}"
+    );
+
+    // Uninstall: nothing of theirs is left.
+    dpkg(r, &["--purge", "lispwg-xtr", "lispwg-map-server"]);
+    for gone in [
+        "usr/bin/xtr",
+        "usr/bin/map-server",
+        "usr/lib/systemd/system/lispwg-xtr.service",
+        "etc/lispwg/xtr.toml.sample",
+        "etc/lispwg/turnserver.conf",
+        "etc/systemd/system/multi-user.target.wants/lispwg-xtr.service",
+        "etc/systemd/system/multi-user.target.wants/lispwg-map-server.service",
+    ] {
+        assert!(
+            !r.join(gone).exists() && !r.join(gone).is_symlink(),
+            "{gone} left after purge"
+        );
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_name_only_exported_metrics() {
+    require_root_and_tools(&["promtool"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let dir = workspace_root().join("ops/monitoring");
+    let rules = dir.join("alerts.yml");
+    let out = run(
+        "promtool check rules",
+        Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(&rules),
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+    let dashboard = std::fs::read_to_string(dir.join("grafana-dashboard.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(!doc["panels"].as_array().unwrap().is_empty());
+
+    // Every lispwg_* name used is one of the daemons' (the lists of the
+    // cores, the shells' and the per-peer families).
+    let mut known: Vec<String> = Vec::new();
+    let c = map_server_core::Counters::default();
+    let ms = map_server_core::counters::METRICS_PREFIX;
+    known.extend(c.metrics().iter().map(|m| format!("{ms}_{}", m.0)));
+    for n in [
+        "peer_registered",
+        "peer_last_registration_age_seconds",
+        "peer_map_requests_total",
+        "peer_refusals_total",
+    ] {
+        known.push(format!("{ms}_{n}"));
+    }
+    let x = xtr_core::counters::METRICS_PREFIX;
+    known.extend(
+        xtr_core::Counters::default()
+            .metrics()
+            .iter()
+            .map(|m| format!("{x}_{}", m.0)),
+    );
+    for n in ["peers", "cache_add_seconds_bucket"] {
+        known.push(format!("{x}_{n}"));
+    }
+    let text = std::fs::read_to_string(&rules).unwrap() + &dashboard;
+    let mut used = 0;
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("lispwg_") {
+            used += 1;
+            assert!(
+                known.iter().any(|k| k == word),
+                "{word} is not a metric of the daemons"
+            );
+        }
+    }
+    assert!(used > 10, "{used}");
+}

@@ -1,0 +1,212 @@
+//! The relay in the namespace lab: coturn on the map-server's host, robots
+//! behind NATs no direct path crosses.
+
+use std::time::{Duration, Instant};
+use testbed::nat::NatKind;
+use testbed::topology::Segment;
+use testbed::{wait_until, Lab, LabSpec};
+
+/// One relay lab at a time: each runs coturn, a map-server, three agents
+/// and their wireguard-go on a 2-core machine, and these tests measure
+/// loss and latency.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counter or gauge `name` from `daemon`'s metrics.
+fn metric(lab: &Lab, daemon: &str, name: &str) -> u64 {
+    let page = lab.fetch(daemon, "/metrics").unwrap();
+    testbed::metric(&page, name).unwrap_or(0.0) as u64
+}
+
+/// Pings `count` times at `interval`: (received, output).
+fn ping(lab: &Lab, from: &str, to: &str, count: u32, interval: &str) -> (u32, String) {
+    let n = count.to_string();
+    let out = lab.exec(from, &["ping", "-c", &n, "-i", interval, "-W", "2", to]);
+    let t = testbed::output_text(&out);
+    let received = t
+        .lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("transmitted, ")?;
+            rest.split(' ').next()?.parse().ok()
+        })
+        .unwrap_or(0);
+    (received, t)
+}
+
+/// The round trip of the first reply in ping's output.
+fn first_rtt(out: &str) -> Option<Duration> {
+    let l = out.lines().find(|l| l.contains("icmp_seq=1 "))?;
+    let ms: f64 = l.split("time=").nth(1)?.split(' ').next()?.parse().ok()?;
+    Some(Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// robot-a behind NAT n1 and robot-b behind n2, of these kinds, coturn on.
+fn nats(tag: &str, a: NatKind, b: NatKind) -> LabSpec {
+    LabSpec::campus()
+        .tag(tag)
+        .coturn()
+        .nat("n1", a, Segment::SubnetA)
+        .behind("robot-a", "n1")
+        .nat("n2", b, Segment::SubnetB)
+        .behind("robot-b", "n2")
+}
+
+/// Waits until `node`'s relay allocation is up.
+fn relay_up(lab: &Lab, node: &str) {
+    let up = wait_until(Duration::from_secs(15), || {
+        lab.fetch(node, "/metrics")
+            .ok()
+            .and_then(|p| testbed::metric(&p, "lispwg_xtr_relay_up"))
+            == Some(1.0)
+    });
+    assert!(up, "{node}: no relay allocation\n{}", lab.logs());
+}
+
+#[test]
+fn symmetric_nats_on_both_sides_talk_through_the_relay_first_packet_included() {
+    let _one = serial();
+    let lab = Lab::for_test(nats("rb", NatKind::Edm, NatKind::Edm));
+    relay_up(&lab, "robot-a");
+    relay_up(&lab, "robot-b");
+    // 200 ms apart: what WireGuard queued during the first (direct)
+    // attempt, 50 ms here, is lost with it; everything from the first
+    // failure on is held by the agent and delivered.
+    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.2");
+    assert_eq!(received, 10, "the first packet too:\n{out}\n{}", lab.logs());
+    let first = first_rtt(&out).expect("a first reply");
+    assert!(
+        first < Duration::from_millis(1500),
+        "first reply after {first:?}"
+    );
+    eprintln!("first reply through the relay after {first:?}");
+    assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+    assert_eq!(metric(&lab, "robot-b", "lispwg_xtr_paths_relayed"), 1);
+    assert!(metric(&lab, "robot-a", "lispwg_xtr_relay_sent_bytes_total") > 0);
+    let status = lab.fetch("robot-a", "/status").unwrap();
+    assert!(status.contains("path: relayed"), "{status}");
+    assert!(status.contains("relay: up at "), "{status}");
+}
+
+/// Pings robot-b from robot-a until one answers (at most `limit`).
+fn reachable(lab: &Lab, from: &str, to: &str, limit: Duration) -> bool {
+    wait_until(limit, || ping(lab, from, to, 1, "0.2").0 == 1)
+}
+
+#[test]
+fn a_symmetric_nat_on_one_side_talks_through_the_relay_in_both_directions() {
+    let _one = serial();
+    let lab = Lab::for_test(nats("r1", NatKind::Eim, NatKind::Edm));
+    relay_up(&lab, "robot-a");
+    relay_up(&lab, "robot-b");
+    // robot-b (behind the symmetric NAT) asks first; the tunnel then
+    // carries robot-a's traffic too.
+    let (_, out) = ping(&lab, "robot-b", "10.0.0.1", 5, "0.2");
+    // The first packet is held and delivered; one sent into the first
+    // (direct) attempt may be lost with it when the machine is slow and
+    // that attempt outlasts the 200 ms.
+    let got = replied(&out);
+    assert!(
+        got.contains(&1) && got.ends_with(&[4, 5]),
+        "{out}\n{}",
+        lab.logs()
+    );
+    assert_eq!(metric(&lab, "robot-b", "lispwg_xtr_paths_relayed"), 1);
+    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 5, "0.2");
+    assert_eq!(received, 5, "{out}");
+}
+
+#[test]
+fn nats_without_filtering_that_remap_ports_talk_through_the_relay() {
+    let _one = serial();
+    let lab = Lab::for_test(nats("rf", NatKind::EimNoFirewall, NatKind::EimNoFirewall));
+    relay_up(&lab, "robot-a");
+    relay_up(&lab, "robot-b");
+    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.2");
+    assert_eq!(received, 10, "{out}\n{}", lab.logs());
+    assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+}
+
+/// The icmp_seq numbers ping's output got replies for.
+fn replied(out: &str) -> Vec<u32> {
+    out.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.split("icmp_seq=").nth(1)?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_relayed_pair_moves_to_direct_when_the_nats_change_and_loses_nothing() {
+    let _one = serial();
+    let lab = Lab::for_test(nats("ru", NatKind::Edm, NatKind::Edm));
+    relay_up(&lab, "robot-a");
+    relay_up(&lab, "robot-b");
+    assert!(reachable(
+        &lab,
+        "robot-a",
+        "10.0.0.2",
+        Duration::from_secs(5)
+    ));
+    assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+    // A 20 ms ping through the change: both NATs become EIM (a new rule set,
+    // their mappings flushed, as a router that was reconfigured). The flush
+    // itself cuts the pair until each side has noticed (its relay
+    // self-check, its stalled path); from then on nothing may be lost,
+    // though the pair moves from the relay to the direct path.
+    let log = lab.dir().join("upgrade-ping.log");
+    let mut p = lab
+        .ns("robot-a")
+        .spawn(
+            "ping",
+            "ping",
+            &["-i", "0.02", "-W", "1", "-c", "1500", "10.0.0.2"],
+            &log,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for n in ["n1", "n2"] {
+        let mut nat = lab.nat(n).unwrap();
+        nat.set_kind(NatKind::Eim).unwrap();
+        nat.flush_conntrack().unwrap();
+    }
+    let t0 = Instant::now();
+    let direct = wait_until(Duration::from_secs(25), || {
+        metric(&lab, "robot-a", "lispwg_xtr_paths_direct") == 1
+            && metric(&lab, "robot-b", "lispwg_xtr_paths_direct") == 1
+    });
+    if !direct {
+        for n in ["robot-a", "robot-b"] {
+            eprintln!(
+                "==== {n} status\n{}",
+                lab.fetch(n, "/status").unwrap_or_default()
+            );
+            let log = std::fs::read_to_string(lab.log_path(n)).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+            eprintln!(
+                "==== {n} log\n{}",
+                tail[tail.len().saturating_sub(40)..].join("\n")
+            );
+        }
+    }
+    assert!(direct, "the pair stayed on the relay ({:?})", t0.elapsed());
+    eprintln!("direct {:?} after the NATs changed", t0.elapsed());
+    assert!(wait_until(Duration::from_secs(40), || !p.is_running()));
+    let seqs = replied(&p.log());
+    // The outage of the flush: the largest hole in the replies.
+    let (hole_end, hole) = seqs
+        .windows(2)
+        .map(|w| (w[1], w[1] - w[0]))
+        .max_by_key(|(_, gap)| *gap)
+        .unwrap();
+    let after: Vec<u32> = seqs.iter().copied().filter(|s| *s >= hole_end).collect();
+    let lost_after = (1500 - hole_end + 1) as usize - after.len();
+    eprintln!(
+        "upgrade: {} of 1500 replies; the flush cut {} pings, then {lost_after} lost",
+        seqs.len(),
+        hole - 1
+    );
+    assert_eq!(lost_after, 0, "lost while moving to direct\n{}", lab.logs());
+    assert!(metric(&lab, "robot-a", "lispwg_xtr_relay_switches_to_direct_total") >= 1);
+}
