@@ -2,7 +2,8 @@
 # The newcomer's demo: installs what it needs, builds, brings up the
 # namespace lab (map-server, two robots, an edge xTR with a host behind it),
 # shows on-demand WireGuard tunnels carrying traffic, prints the agents'
-# status, and tears everything down again.
+# status, then does it again with the robots behind symmetric NATs through
+# the campus relay (coturn), and tears everything down again.
 set -euo pipefail
 LISPWG_SELF="$(readlink -f "$0")"
 cd "$(dirname "$LISPWG_SELF")/.."
@@ -45,6 +46,20 @@ lab exec robot-b ./target/debug/xtr status -c "$LAB_DIR/robot-b.toml"
 
 say "map-server status"
 lab exec ms ./target/debug/map-server status -c "$LAB_DIR/map-server.toml"
+
+say "tearing down; next: robots behind symmetric NATs, with the campus relay"
+lab down
+
+# The same campus, robot-a and robot-b each behind a NAT router that maps
+# every destination to a new port ("symmetric"): no direct path can exist,
+# and coturn on the map-server's host relays the tunnel.
+lab up --nat edm
+
+say "robot-a pings robot-b through two symmetric NATs: the direct attempts fail, the relay carries the first packet"
+lab exec robot-a ping -c 4 -i 0.2 -W 2 10.0.0.2
+
+say "robot-a's relay allocation and its relayed peer (the relay only sees WireGuard ciphertext)"
+lab exec robot-a ./target/debug/xtr status -c "$LAB_DIR/robot-a.toml" | grep -E 'seen at|relay|peer:|path:|endpoint:|transfer'
 
 say "tearing down"
 lab down

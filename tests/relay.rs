@@ -210,3 +210,224 @@ fn a_relayed_pair_moves_to_direct_when_the_nats_change_and_loses_nothing() {
     assert_eq!(lost_after, 0, "lost while moving to direct\n{}", lab.logs());
     assert!(metric(&lab, "robot-a", "lispwg_xtr_relay_switches_to_direct_total") >= 1);
 }
+
+/// Seconds-since-epoch of each reply in `ping -D` output.
+fn reply_times(out: &str) -> Vec<f64> {
+    out.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect()
+}
+
+/// The largest gap between two replies, in seconds.
+fn largest_gap(times: &[f64]) -> f64 {
+    times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
+#[test]
+fn handover_while_relayed_either_side_moving_to_another_symmetric_nat() {
+    let _one = serial();
+    use testbed::topology::Attach;
+    let mut lab = Lab::for_test(
+        LabSpec::campus()
+            .tag("rh")
+            .coturn()
+            .nat("n1", NatKind::Edm, Segment::SubnetA)
+            .nat("n3", NatKind::Edm, Segment::SubnetA)
+            .nat("n2", NatKind::Edm, Segment::SubnetB)
+            .nat("n4", NatKind::Edm, Segment::SubnetB)
+            .uplinks(
+                "robot-a",
+                &[Attach::Nat("n1".into()), Attach::Nat("n3".into())],
+            )
+            .uplinks(
+                "robot-b",
+                &[Attach::Nat("n2".into()), Attach::Nat("n4".into())],
+            ),
+    );
+    relay_up(&lab, "robot-a");
+    relay_up(&lab, "robot-b");
+    assert!(reachable(
+        &lab,
+        "robot-a",
+        "10.0.0.2",
+        Duration::from_secs(5)
+    ));
+    assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+    // robot-a asked first: it is the initiator; both hold an allocation.
+    for mover in ["robot-a", "robot-b"] {
+        let log = lab.dir().join(format!("handover-{mover}.log"));
+        let mut p = lab
+            .ns("robot-a")
+            .spawn(
+                "ping",
+                "ping",
+                &["-D", "-i", "0.02", "-W", "1", "-c", "200", "10.0.0.2"],
+                &log,
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        lab.move_node(mover).unwrap();
+        assert!(wait_until(Duration::from_secs(20), || !p.is_running()));
+        let times = reply_times(&p.log());
+        let gap = largest_gap(&times);
+        eprintln!(
+            "{mover} moved while relayed: {} of 200 replies, largest gap {:.0} ms",
+            times.len(),
+            gap * 1000.0
+        );
+        assert!(
+            gap < 1.5,
+            "{mover} moved: outage of {:.0} ms\n{}",
+            gap * 1000.0,
+            lab.logs()
+        );
+        assert!(times.len() >= 140, "{mover}: {} replies", times.len());
+        assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+    }
+}
+
+#[test]
+fn a_restarted_coturn_is_noticed_and_the_pair_comes_back_by_itself() {
+    let _one = serial();
+    let mut lab = Lab::for_test(nats("rc", NatKind::Edm, NatKind::Edm));
+    relay_up(&lab, "robot-a");
+    relay_up(&lab, "robot-b");
+    assert!(reachable(
+        &lab,
+        "robot-a",
+        "10.0.0.2",
+        Duration::from_secs(5)
+    ));
+    let before = metric(&lab, "robot-a", "lispwg_xtr_relay_allocations_total");
+    lab.stop("coturn").unwrap();
+    lab.start("coturn").unwrap();
+    let t0 = Instant::now();
+    // Traffic or not, both notice (self-checks every 5 s) and allocate again.
+    let back = reachable(&lab, "robot-a", "10.0.0.2", Duration::from_secs(20));
+    eprintln!(
+        "coturn restarted: the pair is back after {:?}",
+        t0.elapsed()
+    );
+    assert!(back, "the pair never came back\n{}", lab.logs());
+    assert!(metric(&lab, "robot-a", "lispwg_xtr_relay_allocations_total") > before);
+    assert!(wait_until(Duration::from_secs(10), || {
+        metric(&lab, "robot-b", "lispwg_xtr_relay_up") == 1
+    }));
+    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.05");
+    assert_eq!(received, 10, "{out}");
+}
+
+#[test]
+fn a_robot_whose_network_lets_only_tcp_out_registers_and_talks_through_the_relay() {
+    let _one = serial();
+    // robot-b's network lets only TCP to port 443 out. It has never run
+    // there: its relay credentials come from `map-server relay-grant`.
+    let mut lab = Lab::for_test(nats("rt", NatKind::Eim, NatKind::Eim).idle("robot-b"));
+    lab.nat("n2").unwrap().block_udp(true).unwrap();
+    let out = std::process::Command::new(testbed::Bins::workspace().map_server)
+        .args(["relay-grant", "--peer", "robot-b", "--config"])
+        .arg(lab.config_path("map-server"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", testbed::output_text(&out));
+    testbed::secret_file(
+        &lab.grant_file("robot-b"),
+        &String::from_utf8_lossy(&out.stdout),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    lab.start("robot-b").unwrap();
+    eprintln!(
+        "registered through the relay (TLS) after {:?}",
+        t0.elapsed()
+    );
+    let status = lab.fetch("robot-b", "/status").unwrap();
+    assert!(status.contains("via tls "), "{status}");
+    assert!(status.contains("relay only"), "{status}");
+    assert_eq!(metric(&lab, "robot-b", "lispwg_xtr_relay_only"), 1);
+    // Both directions.
+    let (received, out) = ping(&lab, "robot-b", "10.0.0.1", 5, "0.2");
+    assert!(
+        received >= 4 && replied(&out).contains(&1),
+        "{out}\n{}",
+        lab.logs()
+    );
+    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 5, "0.2");
+    assert!(received >= 4, "{out}");
+    // It fetched fresh credentials over the tunnel and keeps them.
+    assert!(metric(&lab, "robot-b", "lispwg_xtr_relay_grants_total") >= 2);
+}
+
+#[test]
+fn only_wireguard_ciphertext_crosses_the_relay() {
+    let _one = serial();
+    let lab = Lab::for_test(nats("rw", NatKind::Edm, NatKind::Edm));
+    relay_up(&lab, "robot-a");
+    relay_up(&lab, "robot-b");
+    assert!(reachable(
+        &lab,
+        "robot-a",
+        "10.0.0.2",
+        Duration::from_secs(5)
+    ));
+    let pcap = lab.dir().join("relay-capture.pcap");
+    let mut cap = testbed::capture::Capture::start(
+        lab.ns("ms"),
+        "any",
+        &["udp", "and", "not", "port", "4340"],
+        &pcap,
+    )
+    .unwrap();
+    // A pattern a plaintext leak would show.
+    let out = lab.exec(
+        "robot-a",
+        &[
+            "ping",
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+            "-p",
+            "6c6973707767",
+            "10.0.0.2",
+        ],
+    );
+    assert!(testbed::output_text(&out).contains(" 0% packet loss"));
+    let bytes = cap.bytes();
+    let needle = b"lispwglispwg";
+    let plain = bytes.windows(needle.len()).filter(|w| *w == needle).count();
+    assert_eq!(plain, 0, "the ping payload crossed the relay in clear");
+    // What crossed: TURN (STUN and ChannelData) to and from the relay, and
+    // inside it only WireGuard messages (type 1 to 4, three zero bytes).
+    let frames = testbed::tshark::decode_pcap(&pcap, &["udp.payload"], &[]);
+    let mut wireguard = 0;
+    for f in &frames {
+        let Some(hex) = f.all("udp.payload").first().map(|h| h.replace(':', "")) else {
+            continue;
+        };
+        let p: Vec<u8> = (0..hex.len() / 2)
+            .filter_map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        let inner = match p.first().map(|b| b >> 6) {
+            Some(0b01) => &p[p.len().min(4)..],
+            _ => &p[..],
+        };
+        let is_wg = inner.len() >= 32 && (1..=4).contains(&inner[0]) && inner[1..4] == [0, 0, 0];
+        let is_stun = p.len() >= 20 && p[4..8] == [0x21, 0x12, 0xa4, 0x42];
+        let is_check = relay::probe::decode(inner).is_some();
+        assert!(
+            is_wg || is_stun || is_check,
+            "not WireGuard, STUN or a self-check: {hex}"
+        );
+        wireguard += usize::from(is_wg);
+    }
+    eprintln!(
+        "{} datagrams at the relay, {wireguard} of them WireGuard",
+        frames.len()
+    );
+    assert!(
+        wireguard >= 40,
+        "only {wireguard} WireGuard datagrams crossed the relay"
+    );
+}

@@ -18,7 +18,9 @@ impl Capture {
     /// waits until it listens. `iface` may be `any`.
     pub fn start(ns: &Netns, iface: &str, filter: &[&str], pcap: &Path) -> Result<Capture> {
         let pcap_s = pcap.to_string_lossy();
-        let mut args = vec!["-U", "-n", "-i", iface, "-w", &pcap_s];
+        // Immediate mode: packets reach the file as they come, not when a
+        // kernel buffer block fills (stopping would drop a partial one).
+        let mut args = vec!["-U", "--immediate-mode", "-n", "-i", iface, "-w", &pcap_s];
         args.extend_from_slice(filter);
         let log = pcap.with_extension("log");
         let mut daemon = ns.spawn("tcpdump", "tcpdump", &args, &log)?;

@@ -59,7 +59,7 @@ pub fn write_config(dir: &Path, listen: &[IpAddr], secret: &str) -> Result<PathB
          use-auth-secret\nstatic-auth-secret={secret}\nrealm={REALM}\nfingerprint\n\
          cert={}\npkey={}\n\
          no-cli\nno-multicast-peers\nno-software-attribute\n\
-         log-file=stdout\nsimple-log\npidfile={d}/coturn.pid\nuserdb={d}/coturn.db\n",
+         log-file=stdout\nsimple-log\npidfile={d}/turnserver.pid\nuserdb={d}/coturn.db\n",
         RELAY_PORTS.0,
         RELAY_PORTS.1,
         cert.display(),

@@ -60,9 +60,12 @@ fn add(c: &AtomicU64, n: u64) {
 }
 
 /// How the allocation's messages reach the relay.
-#[derive(Clone)]
 enum Writer {
-    Udp(Arc<UdpSocket>),
+    /// A second descriptor of the TURN socket, sending directly: tokio's
+    /// `try_send` refuses until its reactor has seen the socket writable,
+    /// which drops the first datagram of a new socket (a lost Allocate
+    /// costs the 500 ms retransmission timeout).
+    Udp(std::net::UdpSocket),
     Stream(mpsc::Sender<Vec<u8>>),
 }
 
@@ -70,10 +73,20 @@ impl Writer {
     /// Never waits: a full socket or queue drops the datagram, as UDP would.
     fn write(&self, data: &[u8]) -> bool {
         match self {
-            Writer::Udp(s) => s.try_send(data).is_ok(),
+            Writer::Udp(s) => s.send(data).is_ok(),
             Writer::Stream(tx) => tx.try_send(data.to_vec()).is_ok(),
         }
     }
+}
+
+/// A non-blocking UDP socket bound as `s2` is, as a std socket for sending
+/// and a tokio one (another descriptor of the same socket) for receiving.
+fn split_udp(s2: socket2::Socket) -> Result<(std::net::UdpSocket, UdpSocket), String> {
+    s2.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let std_sock: std::net::UdpSocket = s2.into();
+    let recv = std_sock.try_clone().map_err(|e| e.to_string())?;
+    let recv = UdpSocket::from_std(recv).map_err(|e| e.to_string())?;
+    Ok((std_sock, recv))
 }
 
 struct Conn {
@@ -85,7 +98,9 @@ struct Conn {
 }
 
 struct Proxy {
-    socket: Arc<UdpSocket>,
+    /// Sends to WireGuard (see [`Writer::Udp`] for why not tokio's).
+    send: Arc<std::net::UdpSocket>,
+    local: SocketAddr,
     task: AbortHandle,
 }
 
@@ -337,14 +352,13 @@ async fn connect(
             )
             .map_err(|e| format!("UDP socket: {e}"))?;
             big_buffers(&s);
-            s.set_nonblocking(true).map_err(|e| e.to_string())?;
             s.bind(&any.into()).map_err(|e| format!("bind: {e}"))?;
             s.connect(&server.into())
                 .map_err(|e| format!("no route to the relay {server}: {e}"))?;
-            let sock = Arc::new(UdpSocket::from_std(s.into()).map_err(|e| e.to_string())?);
-            let local = sock.local_addr().map_err(|e| e.to_string())?;
-            let reader = tokio::spawn(udp_reader(shared.clone(), id, sock.clone())).abort_handle();
-            Ok((local, Writer::Udp(sock), vec![reader]))
+            let (send, recv) = split_udp(s)?;
+            let local = send.local_addr().map_err(|e| e.to_string())?;
+            let reader = tokio::spawn(udp_reader(shared.clone(), id, recv)).abort_handle();
+            Ok((local, Writer::Udp(send), vec![reader]))
         }
         Transport::Tcp | Transport::Tls => {
             let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server))
@@ -512,7 +526,7 @@ fn from_relay(shared: &Arc<Shared>, id: u64, bytes: &[u8]) {
             }
             match proxies.get(&peer) {
                 Some(p) => {
-                    if p.socket.try_send_to(data, wg).is_ok() {
+                    if p.send.send_to(data, wg).is_ok() {
                         add(&counters.in_datagrams, 1);
                         add(&counters.in_bytes, data.len() as u64);
                     } else {
@@ -529,7 +543,7 @@ fn from_relay(shared: &Arc<Shared>, id: u64, bytes: &[u8]) {
     for (peer, data) in unknown {
         match ensure_proxy(shared, &mut st, peer) {
             Ok(sock) => {
-                if sock.try_send_to(&data, shared.wg).is_ok() {
+                if sock.send_to(&data, shared.wg).is_ok() {
                     add(&shared.counters.in_datagrams, 1);
                     add(&shared.counters.in_bytes, data.len() as u64);
                 }
@@ -550,11 +564,13 @@ fn ensure_proxy(
     shared: &Arc<Shared>,
     st: &mut State,
     remote: SocketAddr,
-) -> Result<Arc<UdpSocket>, String> {
+) -> Result<Arc<std::net::UdpSocket>, String> {
     if let Some(p) = st.proxies.get(&remote) {
-        let local = p.socket.local_addr().map_err(|e| e.to_string())?;
-        let _ = shared.events.send(RelayEvent::Proxy { remote, local });
-        return Ok(p.socket.clone());
+        let _ = shared.events.send(RelayEvent::Proxy {
+            remote,
+            local: p.local,
+        });
+        return Ok(p.send.clone());
     }
     if st.proxies.len() >= MAX_PROXIES {
         return Err(format!("{MAX_PROXIES} proxy sockets open already"));
@@ -566,27 +582,28 @@ fn ensure_proxy(
     )
     .map_err(|e| e.to_string())?;
     big_buffers(&s);
-    s.set_nonblocking(true).map_err(|e| e.to_string())?;
     let lo: SocketAddr = (Ipv4Addr::LOCALHOST, 0).into();
     s.bind(&lo.into()).map_err(|e| e.to_string())?;
-    let socket = Arc::new(UdpSocket::from_std(s.into()).map_err(|e| e.to_string())?);
-    let local = socket.local_addr().map_err(|e| e.to_string())?;
-    let task = tokio::spawn(proxy_reader(shared.clone(), remote, socket.clone())).abort_handle();
+    let (send, recv) = split_udp(s)?;
+    let send = Arc::new(send);
+    let local = send.local_addr().map_err(|e| e.to_string())?;
+    let task = tokio::spawn(proxy_reader(shared.clone(), remote, recv)).abort_handle();
     st.proxies.insert(
         remote,
         Proxy {
-            socket: socket.clone(),
+            send: send.clone(),
+            local,
             task,
         },
     );
     debug!(%remote, %local, "relay proxy socket");
     let _ = shared.events.send(RelayEvent::Proxy { remote, local });
-    Ok(socket)
+    Ok(send)
 }
 
 /// WireGuard's packets for `remote`: through the allocation (a probe's
 /// direct copies first).
-async fn proxy_reader(shared: Arc<Shared>, remote: SocketAddr, socket: Arc<UdpSocket>) {
+async fn proxy_reader(shared: Arc<Shared>, remote: SocketAddr, socket: UdpSocket) {
     let mut buf = vec![0u8; 65_535];
     loop {
         let (n, from) = match socket.recv_from(&mut buf).await {
@@ -658,7 +675,7 @@ async fn proxy_reader(shared: Arc<Shared>, remote: SocketAddr, socket: Arc<UdpSo
     }
 }
 
-async fn udp_reader(shared: Arc<Shared>, id: u64, sock: Arc<UdpSocket>) {
+async fn udp_reader(shared: Arc<Shared>, id: u64, sock: UdpSocket) {
     let mut buf = vec![0u8; 65_535];
     loop {
         match sock.recv(&mut buf).await {

@@ -225,8 +225,10 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
     };
-    agent.core.handle_link_events(now, &initial);
+    // The grant first: our first registration waits (briefly) for the
+    // relayed address it allows.
     agent.load_grant(now);
+    agent.core.handle_link_events(now, &initial);
     agent.flush().await;
 
     let mut telemetry = match agent.cfg.metrics {
@@ -506,7 +508,7 @@ impl Agent {
             Ok(g) => {
                 let valid = g.valid_for(unix_now());
                 info!(file = %path.display(), valid_for_secs = valid.as_secs(), "relay grant from file");
-                self.core.handle_relay_grant(now, Ok((g, valid)));
+                self.core.handle_relay_grant_from_file(now, g, valid);
             }
             Err(e) => {
                 warn!(file = %path.display(), error = %e, "the relay grant file does not parse")

@@ -8,6 +8,7 @@ pub mod handover;
 pub mod ms_scale;
 pub mod nat;
 pub mod register;
+pub mod relay;
 pub mod throughput;
 
 use crate::report::{utc, ExperimentResult, Figure, Machine, Series};
@@ -93,6 +94,16 @@ pub const EXPERIMENTS: &[Experiment] = &[
                 direct; handover p50 ≤ 100 ms, max ≤ 250 ms; rebinding ≤ 1 s while sending, \
                 ≤ 30 s idle.",
         run: nat::run,
+    },
+    Experiment {
+        name: "relay",
+        about: "Pairs no direct path joins, through coturn on the map-server's host: first reply \
+                from 30 fresh pairs behind two symmetric NATs, iperf3 TCP and UDP and the round \
+                trip through the relay beside the direct tunnel through two endpoint-independent \
+                NATs, the agents' CPU at 50 Mbit/s, and the move back to direct when the NATs \
+                change. Targets: first reply p50 ≤ 1.5 s, 0 lost; relay ≥ 70 % of direct; added \
+                round trip ≤ 1 ms; 0 lost moving to direct.",
+        run: relay::run,
     },
     Experiment {
         name: "agent",

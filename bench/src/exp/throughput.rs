@@ -101,7 +101,7 @@ fn ping_until_reply(ns: &Netns, dst: &str) -> Result<()> {
 
 /// One iperf3 run, TCP or (with an offered rate in Mbit/s) UDP; returns
 /// (received Mbit/s, UDP loss %, iperf3's summary).
-fn iperf(
+pub(super) fn iperf(
     ns: &Netns,
     dst: &str,
     udp: Option<u64>,

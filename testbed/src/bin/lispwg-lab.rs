@@ -46,6 +46,11 @@ enum Command {
         /// Also run coturn (TURN relay) on the map-server's host.
         #[arg(long)]
         coturn: bool,
+        /// Put robot-a behind NAT router n1 and robot-b behind n2, of this
+        /// kind: eim (endpoint-independent: direct tunnels) or edm
+        /// (symmetric: only the relay joins them; implies --coturn).
+        #[arg(long, value_name = "KIND", value_parser = ["eim", "edm"])]
+        nat: Option<String>,
     },
     /// Stop every daemon the lab started (by PID) and delete its namespaces,
     /// also after a crashed `up`.
@@ -96,6 +101,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// robot-a behind n1 (subnet A), robot-b behind n2 (subnet B).
+fn behind_nats(spec: &mut LabSpec, kind: &str) {
+    use testbed::{NatKind, Segment};
+    let kind = if kind == "edm" {
+        NatKind::Edm
+    } else {
+        NatKind::Eim
+    };
+    *spec = spec
+        .clone()
+        .nat("n1", kind, Segment::SubnetA)
+        .nat("n2", kind, Segment::SubnetB)
+        .behind("robot-a", "n1")
+        .behind("robot-b", "n2");
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     let dir = dir();
     match cli.command {
@@ -103,10 +124,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             map_servers,
             no_push_moves,
             coturn,
+            nat,
         } => {
+            let coturn = coturn || nat.as_deref() == Some("edm");
             let mut tools = testbed::BASE_TOOLS.to_vec();
             if coturn {
                 tools.extend_from_slice(testbed::RELAY_TOOLS);
+            }
+            if nat.is_some() {
+                tools.extend_from_slice(testbed::NAT_TOOLS);
             }
             testbed::require_root_and_tools(&tools)?;
             let env = |k: &str| std::env::var(k).ok();
@@ -122,6 +148,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .push_moves(push);
             if coturn {
                 spec = spec.coturn();
+            }
+            if let Some(kind) = &nat {
+                behind_nats(&mut spec, kind);
             }
             let bins = bins()?;
             // Ctrl-C during `up` leaves the state for `down`, and the

@@ -72,6 +72,19 @@ pub(crate) const MIN_ATTEMPT: Duration = Duration::from_millis(50);
 pub(crate) const MAX_ATTEMPT: Duration = Duration::from_millis(300);
 /// How long a responder waits for the initiator's handshake.
 pub(crate) const RESPONDER_WAIT: Duration = Duration::from_secs(2);
+/// Both sides can be responders (each was pushed the other's mapping after
+/// both restarted): the side with the greater key waits this much longer,
+/// so that only one takes over and their first initiations do not cross.
+pub(crate) const RESPONDER_TIEBREAK: Duration = Duration::from_secs(1);
+
+/// How long our responder waits for the peer `theirs`, given our key.
+pub(crate) fn responder_wait(ours: &[u8; 32], theirs: &[u8; 32]) -> Duration {
+    if ours > theirs {
+        RESPONDER_WAIT + RESPONDER_TIEBREAK
+    } else {
+        RESPONDER_WAIT
+    }
+}
 /// When a responder punches, after it learnt the peer.
 const PUNCHES: [u64; 5] = [0, 30, 100, 300, 1000];
 /// Copies of held packets kept for a failover, at most.
@@ -94,6 +107,8 @@ pub(crate) struct Path {
     /// An established responder whose peer moved: it follows the pushed
     /// candidates instead of the endpoint WireGuard learnt.
     follow: bool,
+    /// How long this responder waits for the initiator.
+    wait: Duration,
     /// The candidates that go through a relay (see [`crate::relaying`]).
     pub(crate) relayed: BTreeSet<SocketAddr>,
     /// An endpoint chosen over the plan: a relayed candidate a stalled
@@ -134,17 +149,18 @@ impl Path {
             punches: VecDeque::new(),
             generation: 0,
             follow: false,
+            wait: RESPONDER_WAIT,
             relayed: BTreeSet::new(),
             pinned: None,
         }
     }
 
-    pub(crate) fn responder(now: Instant, candidates: Vec<SocketAddr>) -> Path {
+    pub(crate) fn responder(now: Instant, candidates: Vec<SocketAddr>, wait: Duration) -> Path {
         Path {
             role: Role::Responder,
             phase: Phase::Probing {
                 since: now,
-                deadline: now + RESPONDER_WAIT,
+                deadline: now + wait,
             },
             candidates,
             attempt: 0,
@@ -155,6 +171,7 @@ impl Path {
                 .collect(),
             generation: 0,
             follow: false,
+            wait,
             relayed: BTreeSet::new(),
             pinned: None,
         }
@@ -269,7 +286,7 @@ impl Path {
         if let Phase::Probing { deadline, .. } = &mut self.phase {
             let wait = match self.role {
                 Role::Initiator => wait,
-                Role::Responder => RESPONDER_WAIT,
+                Role::Responder => self.wait,
             };
             *deadline = (*deadline).max(now + wait);
         }
@@ -400,7 +417,7 @@ mod tests {
     #[test]
     fn a_responder_waits_unrouted_with_no_endpoint_punches_and_then_takes_over() {
         let now = Instant::now();
-        let mut p = Path::responder(now, c(&["192.0.2.1:1"]));
+        let mut p = Path::responder(now, c(&["192.0.2.1:1"]), RESPONDER_WAIT);
         assert_eq!(p.endpoint(), None);
         assert!(!p.routed());
         assert_eq!(p.due_punches(now), c(&["192.0.2.1:1"]));

@@ -252,12 +252,13 @@ impl Xtr {
             },
         );
         let nat = self.nat_involved(record, &candidates);
+        let wait_as_responder = crate::paths::responder_wait(&self.policy.wg_public_key, &key);
         let wait = attempt_wait(self.srtt);
         let new_peer = !self.peers.contains_key(&key);
         let peer = self.peers.entry(key).or_insert_with(|| Peer {
             path: match learned {
                 Learned::Reply => Path::initiator(now, candidates.clone(), wait),
-                Learned::Notify => Path::responder(now, candidates.clone()),
+                Learned::Notify => Path::responder(now, candidates.clone(), wait_as_responder),
             },
             prefixes: BTreeSet::new(),
             rx: 0,
@@ -290,7 +291,7 @@ impl Xtr {
                 // It asked for us: it initiates, we wait for it.
                 peer.stalled = false;
                 let generation = peer.path.generation + 1;
-                peer.path = Path::responder(now, candidates.clone());
+                peer.path = Path::responder(now, candidates.clone(), wait_as_responder);
                 peer.path.generation = generation;
             }
         }
@@ -325,7 +326,7 @@ impl Xtr {
                 // state, or restarted): it is about to initiate, we wait.
                 (Learned::Notify, _, false) if !peer.path.established() => {
                     let generation = peer.path.generation + 1;
-                    peer.path = Path::responder(now, candidates.clone());
+                    peer.path = Path::responder(now, candidates.clone(), wait_as_responder);
                     peer.path.generation = generation;
                 }
                 _ => {

@@ -256,6 +256,17 @@ impl Xtr {
 
     /// Sends a Map-Register to every map-server whose turn it is.
     fn send_registers(&mut self, now: Instant) {
+        if let Some(until) = self.relay_hold_registration(now) {
+            // Our first registration waits (briefly) for the relayed
+            // address: a correspondent resolving us meanwhile would get a
+            // mapping without it, fail, and wait seconds for a takeover.
+            for s in &mut self.servers {
+                if s.next_register <= now {
+                    s.next_register = until;
+                }
+            }
+            return;
+        }
         if self.rlocs.is_empty() {
             // Nothing to register until an RLOC comes up; try again later.
             for s in &mut self.servers {

@@ -75,6 +75,9 @@ pub const PROBE_WINDOW: Duration = Duration::from_secs(2);
 /// A probe right after an endpoint change waits this long (the punches
 /// that open our NAT go first).
 pub(crate) const PROBE_SOON: Duration = Duration::from_millis(100);
+/// How long the first registration may wait for the first allocation
+/// (which takes two round trips and the TURN client's 50 ms pacing).
+pub const REGISTER_HOLD: Duration = Duration::from_millis(500);
 /// Our relayed candidate's priority: after every direct one.
 pub const RELAYED_PRIORITY: u8 = 254;
 
@@ -630,6 +633,20 @@ impl Xtr {
             .min()
     }
 
+    /// Until when the first registration waits for our allocation: only at
+    /// start, with credentials in hand, for at most [`REGISTER_HOLD`].
+    pub(crate) fn relay_hold_registration(&self, now: Instant) -> Option<Instant> {
+        if self.servers.iter().any(|s| s.confirmed_once) {
+            return None;
+        }
+        match self.relay.alloc {
+            Alloc::Trying { since, way: 0, .. } if now < since + REGISTER_HOLD => {
+                Some(since + REGISTER_HOLD)
+            }
+            _ => None,
+        }
+    }
+
     /// The relayed locator we register, while allocated.
     pub(crate) fn relayed_locator(&self) -> Option<lisp_wire::WgLocator> {
         let relayed = self.relay.relayed()?;
@@ -667,6 +684,22 @@ impl Xtr {
         }
     }
 
+    /// A grant from a file (kept from an earlier run, or put there by the
+    /// operator for a node that must reach the relay before it can reach a
+    /// map-server): used at once, and replaced by a fresh one as soon as a
+    /// map-server is up.
+    pub fn handle_relay_grant_from_file(
+        &mut self,
+        now: Instant,
+        grant: Grant,
+        valid_for: Duration,
+    ) {
+        self.handle_relay_grant(now, Ok((grant, valid_for)));
+        if self.relay.grant.is_some() {
+            self.relay.fetch_next = Some(now);
+        }
+    }
+
     /// When the grant was last received, for status.
     pub fn relay_grant_age(&self, now: Instant) -> Option<Duration> {
         self.relay
@@ -681,6 +714,19 @@ impl Xtr {
     /// (a probe's copy got through and both ends roamed to the direct
     /// path; from then on that endpoint is programmed).
     pub(crate) fn relay_paths(&mut self, now: Instant, stats: &[crate::PeerStats]) {
+        // Peers we program at the relay (or at nothing: a responder's
+        // endpoint is WireGuard's): leaving the relay is WireGuard's roam.
+        let roams: BTreeSet<[u8; 32]> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.path.endpoint().is_none_or(|e| {
+                    let programmed = self.via_relay(e, p.path.relayed.contains(&e));
+                    self.relay.is_relay_endpoint(programmed, &p.path.relayed)
+                })
+            })
+            .map(|(k, _)| *k)
+            .collect();
         let mut respec = Vec::new();
         for s in stats {
             let Some(peer) = self.peers.get_mut(&s.key) else {
@@ -698,6 +744,9 @@ impl Xtr {
                 info!(via = %ep, "path through the relay");
                 peer.probe_backoff = PROBE_FIRST;
                 peer.probe_next = Some(now + PROBE_FIRST);
+            } else if !roams.contains(&s.key) {
+                // Our own plan moved it (a fresh attempt, a new candidate).
+                debug!(endpoint = %ep, "path off the relay: a direct attempt");
             } else {
                 self.counters.relay_switches_to_direct += 1;
                 info!(endpoint = %ep, "path upgraded from the relay to direct");
