@@ -645,3 +645,176 @@ eids = [{{ prefix = "10.1.0.1/32" }}, {{ prefix = "10.7.0.0/16", iid = 7, more_s
     drop(ns);
     assert_no_leftovers(&[name], &[]);
 }
+
+/// A socket in `ns` on `addr`, reading with a short timeout.
+fn socket_on(ns: &Netns, addr: &str) -> UdpSocket {
+    let sock = ns.run(|| UdpSocket::bind(addr).unwrap()).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    sock
+}
+
+#[test]
+fn plain_listener_answers_lig_and_keyless_peers_only_to_their_source_and_notifies_no_keyless_peer()
+{
+    checked(|namespaces, ifnames| {
+        let dir = tempdir();
+        let ms_ns = Netns::new("m").unwrap();
+        let a_ns = Netns::new("a").unwrap();
+        let o_ns = Netns::new("o").unwrap();
+        let s_ns = Netns::new("s").unwrap();
+        namespaces.extend([&ms_ns, &a_ns, &o_ns, &s_ns].map(|n| n.name().to_owned()));
+        link(&ms_ns, Some("192.0.2.1/24"), &a_ns, Some("192.0.2.2/24")).unwrap();
+        link(
+            &ms_ns,
+            Some("198.51.100.1/24"),
+            &o_ns,
+            Some("198.51.100.2/24"),
+        )
+        .unwrap();
+        let (_, s_if) = link(
+            &ms_ns,
+            Some("203.0.113.1/24"),
+            &s_ns,
+            Some("203.0.113.2/24"),
+        )
+        .unwrap();
+        // The allowed lig host sits next to the stranger, at .3.
+        s_ns.ip(&["addr", "add", "203.0.113.3/24", "dev", &s_if])
+            .unwrap();
+        // The plain listener is on 192.0.2.1; the others reach it through
+        // the map-server's host.
+        for (ns, via) in [(&o_ns, "198.51.100.1"), (&s_ns, "203.0.113.1")] {
+            ns.ip(&["route", "add", "192.0.2.0/24", "via", via])
+                .unwrap();
+        }
+        ms_ns.sysctl("net.ipv4.conf.all.rp_filter", "0").unwrap();
+        ms_ns
+            .sysctl("net.ipv4.conf.default.rp_filter", "0")
+            .unwrap();
+        let a = Client::new(
+            &a_ns,
+            "robot-a",
+            "100.64.0.2",
+            "10.1.0.1",
+            "192.0.2.2",
+            51820,
+            "192.0.2.1",
+        );
+        let ms_if = unique("ms");
+        ifnames.extend([ms_if.clone(), a.ifname()]);
+        // A's configuration plus a keyless LISP peer (OOR) and lig's host.
+        let config = write_config(dir.path(), &ms_if, &[&a]);
+        secret_file(&dir.path().join("oor.site"), "oor-key").unwrap();
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text = text.replace(
+            "[server]\n",
+            "[server]\nplain_listen = \"192.0.2.1:4342\"\nplain_allowed = [\"203.0.113.3\"]\n",
+        );
+        text.push_str(
+            "\n[[peers]]\nname = \"oor\"\ncontrol_address = \"198.51.100.2\"\n\
+             site_key_file = \"oor.site\"\n\
+             eids = [{ prefix = \"10.3.0.0/16\", more_specifics = true }]\n",
+        );
+        secret_file(&config, &text).unwrap();
+        let mut ms = start_ms(&ms_ns, &config);
+        a.peer_with_ms();
+        let mut nonce = 0x3000;
+        a.register(&mut nonce);
+        let plain: SocketAddr = "192.0.2.1:4342".parse().unwrap();
+
+        // OOR registers (HMAC-SHA-1) and is confirmed the same way.
+        let oor = socket_on(&o_ns, "198.51.100.2:4342");
+        let rec = EidRecord::new(
+            EidPrefix::new(0, ip("10.3.1.0"), 24).unwrap(),
+            10,
+            vec![RlocRecord::new(1, 100, Address::from(ip("198.51.100.2")))],
+        );
+        let reg = MapRegister {
+            auth: Authentication::unsigned(KeyId::HmacSha1),
+            ..MapRegister::proxied(0x77, vec![rec])
+        }
+        .encode_signed(b"oor-key")
+        .unwrap();
+        oor.send_to(&reg, plain).unwrap();
+        let confirm = recv(&oor).expect("OOR's registration is confirmed");
+        assert_eq!(auth::verify(&confirm, b"oor-key"), Ok(KeyId::HmacSha1));
+
+        // A resolves OOR's EID through the tunnel: the reply comes at once
+        // (no 150 ms hold for a notify to OOR), and OOR hears nothing.
+        let t0 = Instant::now();
+        a.send_request(0xc1, "10.3.1.7");
+        let (_, reply) = a.reply(0xc1);
+        let waited = t0.elapsed();
+        let (_, info) = reply.records[0].best_locator().unwrap();
+        assert_eq!((info.rloc, info.wg_key), (ip("198.51.100.2"), None));
+        assert!(waited < Duration::from_millis(100), "held {waited:?}");
+        assert!(recv(&oor).is_none(), "an unsolicited Map-Notify to OOR");
+
+        // A stranger learns nothing, in any form of request.
+        let stranger = socket_on(&s_ns, "203.0.113.2:0");
+        let port = stranger.local_addr().unwrap().port();
+        let ask = |nonce: u64, itr: &str, src_port: u16| {
+            MapRequest::for_eid(
+                nonce,
+                Address::None,
+                ip(itr),
+                EidPrefix::host(0, ip("10.1.0.1")),
+            )
+            .encapsulated(ip(itr), src_port, plain.ip())
+            .encode()
+            .unwrap()
+        };
+        stranger
+            .send_to(&ask(0xd1, "203.0.113.2", port), plain)
+            .unwrap();
+        let bare = Message::MapRequest(MapRequest::for_eid(
+            0xd2,
+            Address::None,
+            ip("203.0.113.2"),
+            EidPrefix::host(0, ip("10.1.0.1")),
+        ))
+        .encode()
+        .unwrap();
+        stranger.send_to(&bare, plain).unwrap();
+        assert!(recv(&stranger).is_none(), "the stranger got an answer");
+
+        // lig from the allowed host, its inner IPv4 header checksum zero, and
+        // its request naming the stranger's address (ITR-RLOC and inner
+        // source): the reply goes to lig's own address, at the port it named.
+        let lig = socket_on(&s_ns, "203.0.113.3:0");
+        let lig_port = lig.local_addr().unwrap().port();
+        let third = socket_on(&s_ns, &format!("203.0.113.2:{lig_port}"));
+        let mut req = ask(0xe1, "203.0.113.2", lig_port);
+        req[14..16].copy_from_slice(&[0, 0]);
+        lig.send_to(&req, plain).unwrap();
+        let bytes = recv(&lig)
+            .unwrap_or_else(|| panic!("lig gets no answer:\n{}\n{}", metrics(&ms_ns), ms.log()));
+        let Ok(Message::MapReply(r)) = parse(&bytes) else {
+            panic!("not a Map-Reply: {:?}", parse(&bytes))
+        };
+        assert_eq!(r.nonce, 0xe1);
+        a.assert_mapped_by(&r.records[0]);
+        assert!(recv(&third).is_none(), "a reply went to the third address");
+
+        let m = metrics(&ms_ns);
+        assert_eq!(
+            metric(&m, "lispwg_map_server_zero_checksum_requests_total"),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(&m, "lispwg_map_server_plain_refused_total"),
+            Some(2.0)
+        );
+        assert_eq!(
+            metric(&m, "lispwg_map_server_map_notifies_total"),
+            Some(2.0),
+            "the two confirmations only"
+        );
+        assert_eq!(
+            metric(&m, "lispwg_map_server_notify_retransmits_total"),
+            Some(0.0)
+        );
+        assert!(ms.stop().is_some_and(|s| s.success()));
+    });
+}

@@ -56,7 +56,7 @@ fn cli() -> clap::Command {
         clap::Command::new("reflector")
             .about(
                 "(Used by ms-scale.) The do-nothing reflector: answers each Map-Request with a \
-                 precomputed Map-Reply, nonce patched.",
+                 precomputed Map-Reply, nonce patched; one datagram per system call, or batched.",
             )
             .hide(true)
             .arg(
@@ -64,6 +64,12 @@ fn cli() -> clap::Command {
                     .long("listen")
                     .required(true)
                     .value_parser(clap::value_parser!(SocketAddr)),
+            )
+            .arg(
+                Arg::new("batched")
+                    .long("batched")
+                    .action(clap::ArgAction::SetTrue)
+                    .help("up to 32 datagrams per system call (recvmmsg/sendmmsg)"),
             ),
     )
 }
@@ -96,7 +102,11 @@ fn run(cli: Global, matches: &ArgMatches) -> Result<()> {
     let selected: Vec<&str> = match matches.subcommand() {
         Some(("reflector", m)) => {
             let listen = *m.get_one::<SocketAddr>("listen").context("--listen")?;
-            return bench::lisp::reflector(listen);
+            return if m.get_flag("batched") {
+                bench::lisp::reflector_batched(listen)
+            } else {
+                bench::lisp::reflector(listen)
+            };
         }
         Some(("summary", _)) => {
             report::write_summary(&out)?;

@@ -72,7 +72,7 @@ fn quick_mode_produces_samples_for_every_experiment() {
     // are named lw<tag><pid % 10000>….
     let pid = child.id() % 10_000;
     let ours = |name: &str| {
-        ["lwb", "lwld", "lwrg"]
+        ["lwb", "lwld", "lwrg", "lwmt", "lwct", "lwmi", "lwci"]
             .iter()
             .any(|tag| name.starts_with(&format!("{tag}{pid}")))
     };

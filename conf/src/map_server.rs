@@ -13,6 +13,8 @@
 //! state_dir = "/var/lib/lispwg/map-server"
 //! metrics = "127.0.0.1:9342"         # /metrics and /status (the default); "" disables
 //! # plain_listen = "192.0.2.1:4342"  # keyless LISP peers and benchmarks
+//! # plain_allowed = ["192.0.2.0/24"]  # besides the keyless peers, whom the
+//! #                                   # plain listener answers (e.g. lig)
 //!
 //! [[peers]]
 //! name = "robot-a"
@@ -112,6 +114,8 @@ struct RawServer {
     state_dir: String,
     metrics: Option<String>,
     plain_listen: Option<String>,
+    #[serde(default)]
+    plain_allowed: Vec<String>,
     #[serde(default = "yes")]
     push_moves: bool,
 }
@@ -124,6 +128,7 @@ impl Default for RawServer {
             state_dir: default_state_dir(),
             metrics: None,
             plain_listen: None,
+            plain_allowed: Vec::new(),
             push_moves: true,
         }
     }
@@ -213,6 +218,8 @@ pub struct ControlInterface {
 /// An EID prefix a peer may register: the core's own type, so the
 /// configuration compiles straight into its policy.
 pub use map_server_core::AllowedEid;
+/// A source the plain listener answers: the core's own type.
+pub use map_server_core::SourcePrefix;
 
 /// A manually configured control peer.
 #[derive(Debug, Clone)]
@@ -249,6 +256,9 @@ pub struct MapServerConfig {
     pub file: PathBuf,
     pub control: Option<ControlInterface>,
     pub plain_listen: Option<SocketAddr>,
+    /// Sources the plain listener answers besides the configured keyless
+    /// peers (it answers nobody else).
+    pub plain_allowed: Vec<SourcePrefix>,
     pub registration_lifetime: Duration,
     pub negative_ttl_minutes: u32,
     pub state_dir: PathBuf,
@@ -310,6 +320,22 @@ impl MapServerConfig {
             .as_deref()
             .map(|s| c.socket("server.plain_listen", s))
             .transpose()?;
+        let plain_allowed = raw
+            .server
+            .plain_allowed
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<SourcePrefix>()
+                    .map_err(|e| c.err(format!("server.plain_allowed[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !plain_allowed.is_empty() && plain_listen.is_none() {
+            return Err(c.err(
+                "server.plain_allowed",
+                "only means something with server.plain_listen",
+            ));
+        }
         if control.is_none() && plain_listen.is_none() {
             return Err(c.err("-", "nothing to listen on: configure [control] (the WireGuard control tunnel) or server.plain_listen"));
         }
@@ -448,6 +474,7 @@ impl MapServerConfig {
             file: file.to_path_buf(),
             control,
             plain_listen,
+            plain_allowed,
             registration_lifetime: Duration::from_secs(raw.server.registration_lifetime_secs),
             negative_ttl_minutes: raw.server.negative_ttl_minutes,
             state_dir: c.path(&raw.server.state_dir),

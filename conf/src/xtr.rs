@@ -21,6 +21,7 @@
 //! public_key = "…"
 //! control_address = "100.64.0.1"
 //! site_key_file = "robot-a.site"      # or site_key = "…" in a 0600 file
+//! key_id = "sha256"                   # or "sha1": HMAC of our Map-Registers
 //!
 //! [[eids]]
 //! prefix = "10.0.0.1/32"              # a host EID (mobile node) or a prefix (xtr)
@@ -60,7 +61,7 @@ use crate::{
     backend, checker, default_backend, load_raw, BackendKind, ConfigError, PrivateKey, PublicKey,
     SiteKey,
 };
-use lisp_wire::EidPrefix;
+use lisp_wire::{EidPrefix, KeyId};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -147,6 +148,7 @@ struct RawMapServer {
     control_address: String,
     site_key: Option<String>,
     site_key_file: Option<String>,
+    key_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -256,6 +258,10 @@ pub struct MapServerConfig {
     pub public_key: PublicKey,
     pub control_address: IpAddr,
     pub site_key: SiteKey,
+    /// The HMAC our Map-Registers are signed with (the map-server signs
+    /// its notifies to us the same way): SHA-256 unless the file says
+    /// `key_id = "sha1"`, for map-servers that only do HMAC-SHA-1.
+    pub key_id: KeyId,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -381,6 +387,16 @@ impl XtrConfig {
                     public_key: c.public_key(&format!("{f}.public_key"), &m.public_key)?,
                     control_address: c.ip(&format!("{f}.control_address"), &m.control_address)?,
                     site_key: c.site_key(&f, &m.site_key, &m.site_key_file)?,
+                    key_id: match m.key_id.as_deref().map(str::trim) {
+                        None | Some("sha256") => KeyId::HmacSha256,
+                        Some("sha1") => KeyId::HmacSha1,
+                        Some(other) => {
+                            return Err(c.err(
+                                format!("{f}.key_id"),
+                                format!("`{other}`: use \"sha256\" or \"sha1\""),
+                            ))
+                        }
+                    },
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;

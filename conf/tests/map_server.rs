@@ -205,3 +205,37 @@ fn metrics_default_to_loopback_and_an_empty_string_disables_them() {
     .unwrap();
     assert_eq!(cfg.metrics, None);
 }
+
+#[test]
+fn the_plain_listener_answers_the_sources_allowed_and_nobody_else_by_default() {
+    let d = Dir::new();
+    let plain = |extra: &str| {
+        good("").replace(
+            "metrics = \"127.0.0.1:9342\"",
+            &format!("metrics = \"127.0.0.1:9342\"\nplain_listen = \"192.0.2.1:4342\"\n{extra}"),
+        )
+    };
+    let cfg = MapServerConfig::load(&d.config(&plain(""))).unwrap();
+    assert!(cfg.plain_allowed.is_empty(), "only the keyless peers");
+    let cfg = MapServerConfig::load(&d.config(&plain(
+        "plain_allowed = [\"192.0.2.0/24\", \"2001:db8::7\"]",
+    )))
+    .unwrap();
+    let shown: Vec<String> = cfg.plain_allowed.iter().map(|p| p.to_string()).collect();
+    assert_eq!(shown, ["192.0.2.0/24", "2001:db8::7/128"]);
+    assert!(cfg.plain_allowed[0].contains("192.0.2.200".parse().unwrap()));
+    assert!(!cfg.plain_allowed[0].contains("198.51.100.1".parse().unwrap()));
+    let (f, p, _) = error_of(&plain(
+        "plain_allowed = [\"192.0.2.0/24\", \"192.0.2.0/40\"]",
+    ));
+    assert_eq!(f, "server.plain_allowed[1]");
+    assert!(p.contains("192.0.2.0/40"), "{p}");
+    let (f, _, _) = error_of(&plain("plain_allowed = [\"nowhere\"]"));
+    assert_eq!(f, "server.plain_allowed[0]");
+    let (f, p, _) = error_of(&good("").replace(
+        "metrics = \"127.0.0.1:9342\"",
+        "metrics = \"127.0.0.1:9342\"\nplain_allowed = [\"192.0.2.0/24\"]",
+    ));
+    assert_eq!(f, "server.plain_allowed");
+    assert!(p.contains("plain_listen"), "{p}");
+}

@@ -98,3 +98,27 @@ fn xtr_mode_takes_a_prefix_and_a_lan() {
     assert_eq!(cfg.lan_interface.as_deref(), Some("eth1"));
     assert_eq!(cfg.eids[0].prefix_len(), 24);
 }
+
+#[test]
+fn the_register_hmac_is_sha256_unless_a_map_server_asks_for_sha1() {
+    use lisp_wire::KeyId;
+    let cfg = load(&good()).unwrap();
+    assert_eq!(cfg.map_servers[0].key_id, KeyId::HmacSha256);
+    let with = |k: &str| {
+        good().replace(
+            "site_key = \"s3cret\"",
+            &format!("site_key = \"s3cret\"\nkey_id = \"{k}\""),
+        )
+    };
+    assert_eq!(
+        load(&with("sha1")).unwrap().map_servers[0].key_id,
+        KeyId::HmacSha1
+    );
+    assert_eq!(
+        load(&with("sha256")).unwrap().map_servers[0].key_id,
+        KeyId::HmacSha256
+    );
+    let e = load(&with("md5")).unwrap_err();
+    assert_eq!(e.field, "map_servers[0].key_id");
+    assert!(e.problem.contains("md5"), "{}", e.problem);
+}

@@ -135,8 +135,10 @@
 //! ([`ParseErrorKind::BadIpChecksum`](crate::ParseErrorKind::BadIpChecksum)).
 
 use crate::addr::{
-    Address, AddressRef, Level, NatTraversal, SecurityKey, KEY_ALG_WIREGUARD, WIREGUARD_KEY_LEN,
+    Address, AddressRef, Level, NatTraversal, SecurityKey, AFI_IPV4, AFI_IPV6, AFI_LCAF, AFI_NONE,
+    KEY_ALG_WIREGUARD, LCAF_AFI_LIST, LCAF_NAT_TRAVERSAL, LCAF_SECURITY_KEY, WIREGUARD_KEY_LEN,
 };
+use crate::error::EncodeError;
 use crate::record::{Action, EidRecord, RlocRecord};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -507,6 +509,74 @@ impl WgLocator {
         ])
     }
 
+    /// Appends this candidate's whole RLOC-record to `out`: byte for byte
+    /// what encoding `RlocRecord::new(priority, weight, self.to_address())`
+    /// writes, without building the address (no allocation): the
+    /// map-server's reply path writes each record straight into the reply.
+    /// More RTRs than fit the 16-bit LCAF lengths (thousands) is an error,
+    /// and then nothing is written.
+    pub fn encode_rloc_record_into(
+        &self,
+        priority: u8,
+        weight: u8,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        fn plain_len(ip: IpAddr) -> usize {
+            if ip.is_ipv4() {
+                6
+            } else {
+                18
+            }
+        }
+        fn plain(out: &mut Vec<u8>, ip: IpAddr) {
+            match ip {
+                IpAddr::V4(a) => {
+                    out.extend_from_slice(&AFI_IPV4.to_be_bytes());
+                    out.extend_from_slice(&a.octets());
+                }
+                IpAddr::V6(a) => {
+                    out.extend_from_slice(&AFI_IPV6.to_be_bytes());
+                    out.extend_from_slice(&a.octets());
+                }
+            }
+        }
+        fn lcaf(out: &mut Vec<u8>, kind: u8, body: usize) {
+            out.extend_from_slice(&AFI_LCAF.to_be_bytes());
+            out.extend_from_slice(&[0, 0, kind, 0]);
+            out.extend_from_slice(&(body as u16).to_be_bytes());
+        }
+        let rloc = self.endpoint.ip();
+        let private = self.private.unwrap_or(rloc);
+        let rl = plain_len(rloc);
+        let key_body = 4 + 2 + WIREGUARD_KEY_LEN + rl;
+        let rtrs: usize = self.rtrs.iter().map(|&r| plain_len(r)).sum();
+        let nat_body = 4 + rl + 2 + plain_len(private) + rtrs;
+        let list_body = rl + 8 + key_body + 8 + nat_body;
+        if list_body > u16::MAX as usize {
+            return Err(EncodeError::LcafTooLong(list_body));
+        }
+        out.reserve(6 + 8 + list_body);
+        // Priority, weight, M-priority 255, M-weight 0, flags: reachable.
+        out.extend_from_slice(&[priority, weight, 255, 0, 0, 1]);
+        lcaf(out, LCAF_AFI_LIST, list_body);
+        plain(out, rloc);
+        lcaf(out, LCAF_SECURITY_KEY, key_body);
+        out.extend_from_slice(&[1, 0, KEY_ALG_WIREGUARD, 0]);
+        out.extend_from_slice(&(WIREGUARD_KEY_LEN as u16).to_be_bytes());
+        out.extend_from_slice(&self.key);
+        plain(out, rloc);
+        lcaf(out, LCAF_NAT_TRAVERSAL, nat_body);
+        out.extend_from_slice(&LISP_CONTROL_PORT.to_be_bytes());
+        out.extend_from_slice(&self.endpoint.port().to_be_bytes());
+        plain(out, rloc);
+        out.extend_from_slice(&AFI_NONE.to_be_bytes());
+        plain(out, private);
+        for &r in &self.rtrs {
+            plain(out, r);
+        }
+        Ok(())
+    }
+
     /// Reads a WireGuard locator in any form [`LocatorInfo::from_address`]
     /// reads; `default_port` stands in when it carries no port. `None` when
     /// it carries no WireGuard key, no RLOC, or contradicts itself.
@@ -562,6 +632,45 @@ impl EidRecord {
             eid: prefix.to_address(),
             rlocs,
         }
+    }
+
+    /// Appends the part of a positive EID-record that comes before its
+    /// RLOC-records: byte for byte what encoding
+    /// `EidRecord { map_version, ..EidRecord::new(prefix, ttl_minutes, rlocs) }`
+    /// writes before its `locators` RLOC-records, which the caller appends
+    /// (e.g. with [`WgLocator::encode_rloc_record_into`]). No allocation. A
+    /// map version beyond 12 bits is an error, as in [`EidRecord::encode_into`],
+    /// and then nothing is written.
+    pub fn encode_header_into(
+        prefix: EidPrefix,
+        ttl_minutes: u32,
+        map_version: u16,
+        locators: u8,
+        out: &mut Vec<u8>,
+    ) -> Result<(), EncodeError> {
+        if map_version > 0x0fff {
+            return Err(EncodeError::MapVersion(map_version));
+        }
+        out.extend_from_slice(&ttl_minutes.to_be_bytes());
+        // Action no-action, A clear.
+        out.extend_from_slice(&[locators, prefix.prefix_len(), 0, 0]);
+        out.extend_from_slice(&map_version.to_be_bytes());
+        let (afi, len): (u16, usize) = match prefix.addr() {
+            IpAddr::V4(_) => (AFI_IPV4, 4),
+            IpAddr::V6(_) => (AFI_IPV6, 16),
+        };
+        if prefix.iid != 0 {
+            out.extend_from_slice(&AFI_LCAF.to_be_bytes());
+            out.extend_from_slice(&[0, 0, crate::addr::LCAF_INSTANCE_ID, 0]);
+            out.extend_from_slice(&((4 + 2 + len) as u16).to_be_bytes());
+            out.extend_from_slice(&prefix.iid.to_be_bytes());
+        }
+        out.extend_from_slice(&afi.to_be_bytes());
+        match prefix.addr() {
+            IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+            IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+        }
+        Ok(())
     }
 
     /// A negative mapping: no locators, the given action.

@@ -187,3 +187,88 @@ fn answering_by_copy_allocates_nothing() {
     };
     assert_eq!((reply.nonce, reply.records.len()), (0x1122, 2));
 }
+
+use proptest::prelude::*;
+
+fn any_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>().prop_map(IpAddr::from),
+    ]
+}
+
+fn any_locator() -> impl Strategy<Value = WgLocator> {
+    (
+        any_ip(),
+        any::<u16>(),
+        any::<[u8; 32]>(),
+        proptest::option::of(any_ip()),
+        proptest::collection::vec(any_ip(), 0..4),
+    )
+        .prop_map(|(ip, port, key, private, rtrs)| {
+            let w = WgLocator::new(SocketAddr::new(ip, port), key).with_rtrs(rtrs);
+            match private {
+                Some(p) => w.with_private(p),
+                None => w,
+            }
+        })
+}
+
+fn any_prefix() -> impl Strategy<Value = EidPrefix> {
+    (any::<u32>(), any_ip(), any::<u8>()).prop_map(|(iid, ip, len)| {
+        let iid = if iid % 3 == 0 { 0 } else { iid };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        EidPrefix::new(iid, ip, len % (max + 1)).unwrap()
+    })
+}
+
+proptest! {
+    /// Writing a record directly is byte for byte the codec's encoding.
+    #[test]
+    fn a_record_written_directly_is_the_encoded_one(
+        prefix in any_prefix(),
+        ttl in any::<u32>(),
+        version in 0u16..0x1000,
+        locators in proptest::collection::vec((any::<u8>(), any::<u8>(), any_locator()), 0..4),
+    ) {
+        let record = EidRecord {
+            map_version: version,
+            ..EidRecord::new(
+                prefix,
+                ttl,
+                locators
+                    .iter()
+                    .map(|(p, w, l)| RlocRecord::new(*p, *w, l.to_address()))
+                    .collect(),
+            )
+        };
+        let mut want = Vec::new();
+        record.encode_into(&mut want).unwrap();
+        let mut got = vec![0xee];
+        EidRecord::encode_header_into(prefix, ttl, version, locators.len() as u8, &mut got).unwrap();
+        for (p, w, l) in &locators {
+            l.encode_rloc_record_into(*p, *w, &mut got).unwrap();
+        }
+        prop_assert_eq!(&got[1..], &want[..]);
+    }
+}
+
+#[test]
+fn writing_a_record_directly_allocates_nothing() {
+    let w = WgLocator::new(SocketAddr::new(ip("192.0.2.10"), 51820), [1; 32])
+        .with_private(ip("10.1.0.5"));
+    let mut out = Vec::with_capacity(1500);
+    let (n, r) = allocations(|| {
+        EidRecord::encode_header_into(EidPrefix::host(7, ip("10.0.0.1")), 10, 3, 1, &mut out)
+            .and_then(|()| w.encode_rloc_record_into(1, 100, &mut out))
+    });
+    assert_eq!((n, r), (0, Ok(())));
+    assert!(EidRecord::encode_header_into(
+        EidPrefix::host(0, ip("10.0.0.1")),
+        1,
+        0x1000,
+        0,
+        &mut out
+    )
+    .is_err());
+}

@@ -95,6 +95,7 @@ fn config(dir: &Path, port: u16) -> PathBuf {
 [server]
 state_dir = "state"
 plain_listen = "127.0.0.1:{port}"
+plain_allowed = ["127.0.0.1"]
 
 [[peers]]
 name = "bulk"

@@ -174,6 +174,17 @@ fn check_config(a: ConfigArg) -> anyhow::Result<()> {
     }
     let or_off = |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
     println!("plain listener: {}", or_off(cfg.plain_listen));
+    if cfg.plain_listen.is_some() {
+        let allowed: Vec<String> = cfg.plain_allowed.iter().map(|p| p.to_string()).collect();
+        println!(
+            "plain listener answers: the keyless peers{}",
+            if allowed.is_empty() {
+                " only".to_string()
+            } else {
+                format!(" and {}", allowed.join(", "))
+            }
+        );
+    }
     println!("metrics and status: {}", or_off(cfg.metrics));
     println!("state: {}", cfg.state_dir.display());
     println!(

@@ -2,14 +2,24 @@
 //! store, the clock and the telemetry endpoint, and drives the sans-IO
 //! [`MapServer`] with them.
 //!
-//! One event loop, one task: each iteration takes one event (datagrams, a
-//! timer, a page request or a signal), then *flushes*: it carries out the
-//! commits and control-interface actions the core asks for, reporting each
-//! outcome back, then sends the datagrams the core releases. The core holds
-//! back a Map-Notify until the commit of its registration is reported done,
-//! so the shell needs no knowledge of which datagram promises what.
+//! One event loop, one task: each iteration takes one event (a socket
+//! turning readable, a timer, a page request or a signal), then *flushes*:
+//! it carries out the commits and control-interface actions the core asks
+//! for, reporting each outcome back, then sends the datagrams the core
+//! releases. The core holds back a Map-Notify until the commit of its
+//! registration is reported done, so the shell needs no knowledge of which
+//! datagram promises what.
+//!
+//! A readable socket is served in batches (recvmmsg, see [`crate::udp`]):
+//! each batch is handed to the core and what the core releases at once
+//! (replies, notifies) is sent right away (sendmmsg), before the next batch
+//! is read, so a requester's next request overlaps with the map-server's
+//! work instead of waiting for a whole drained queue. Up to [`DRAIN_LIMIT`]
+//! datagrams are taken before the flush, so that a burst of registrations is
+//! still committed in one transaction.
 
 use crate::store::{Clock, Store, StoreError, DEFAULT_CACHE_BYTES};
+use crate::udp::{RecvBatch, SendBatch};
 use conf::map_server::{ControlInterface, MapServerConfig};
 use conf::telemetry::{self, PageRequest, Telemetry, TelemetryError};
 use lisp_wire::LISP_CONTROL_PORT;
@@ -32,8 +42,6 @@ mod pages;
 /// Datagrams handled per iteration before the flush, so a burst is committed
 /// in one transaction without starving the timers.
 const DRAIN_LIMIT: usize = 256;
-/// Largest UDP payload.
-const BUF_LEN: usize = 65_535;
 /// Receive buffer asked for on each socket: room for bursts of registrations
 /// while a commit is in progress.
 const SOCKET_RCVBUF: usize = 4 << 20;
@@ -117,6 +125,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
         static_mappings,
         push_moves: cfg.push_moves,
         control_address: cfg.control.as_ref().map(|c| c.address),
+        plain_allowed: cfg.plain_allowed.clone(),
         ..Policy::default()
     })
 }
@@ -145,6 +154,9 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         plain: None,
         telemetry: None,
         stats: Stats::default(),
+        rx: RecvBatch::default(),
+        tx: SendBatch::default(),
+        outbox: Vec::new(),
         started,
         restored,
         interface: cfg.control.as_ref().map(|c| c.interface.clone()),
@@ -343,7 +355,7 @@ struct Stats {
 }
 
 enum Event {
-    Datagram(Via, io::Result<(usize, SocketAddr)>),
+    Readable(Via, io::Result<()>),
     Timeout,
     Page(PageRequest),
     Stop(&'static str),
@@ -358,15 +370,19 @@ struct Shell {
     plain: Option<UdpSocket>,
     telemetry: Option<Telemetry>,
     stats: Stats,
+    rx: RecvBatch,
+    tx: SendBatch,
+    /// What is being sent (kept for its capacity).
+    outbox: Vec<Transmit>,
     started: Instant,
     restored: usize,
     interface: Option<String>,
     node_api: Arc<crate::node_api::NodeApi>,
 }
 
-async fn recv_on(sock: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
     match sock {
-        Some(s) => s.recv_from(buf).await,
+        Some(s) => s.readable().await,
         None => std::future::pending().await,
     }
 }
@@ -381,29 +397,32 @@ async fn next_page(t: Option<&mut Telemetry>) -> Option<PageRequest> {
 impl Shell {
     /// Runs until a signal; returns its name.
     async fn event_loop(&mut self, sigterm: &mut Signal, sigint: &mut Signal) -> &'static str {
-        let mut tunnel_buf = vec![0u8; BUF_LEN];
-        let mut plain_buf = vec![0u8; BUF_LEN];
+        // One timer, moved when the core's next deadline moves (a fresh one
+        // per iteration would be set and cancelled for every datagram).
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
         loop {
-            let deadline = self
+            let deadline: tokio::time::Instant = self
                 .core
                 .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                .into();
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
             let event = tokio::select! {
-                r = recv_on(self.tunnel.as_ref(), &mut tunnel_buf) => Event::Datagram(Via::Tunnel, r),
-                r = recv_on(self.plain.as_ref(), &mut plain_buf) => Event::Datagram(Via::Plain, r),
-                _ = tokio::time::sleep_until(deadline.into()) => Event::Timeout,
+                r = readable(self.tunnel.as_ref()) => Event::Readable(Via::Tunnel, r),
+                r = readable(self.plain.as_ref()) => Event::Readable(Via::Plain, r),
+                _ = &mut sleep => Event::Timeout,
                 Some(req) = next_page(self.telemetry.as_mut()) => Event::Page(req),
                 _ = sigterm.recv() => Event::Stop("SIGTERM"),
                 _ = sigint.recv() => Event::Stop("SIGINT"),
             };
             match event {
-                Event::Datagram(via, r) => {
-                    let buf = match via {
-                        Via::Tunnel => &tunnel_buf,
-                        Via::Plain => &plain_buf,
-                    };
-                    self.on_datagram(via, r, buf);
-                    self.drain(&mut tunnel_buf);
+                Event::Readable(_, Ok(())) => self.serve().await,
+                Event::Readable(via, Err(e)) => {
+                    self.stats.recv_errors += 1;
+                    warn!(via = via.name(), error = %e, "socket failed");
                 }
                 Event::Timeout => self.core.handle_timeout(Instant::now()),
                 Event::Page(req) => self.answer_page(req),
@@ -413,44 +432,48 @@ impl Shell {
         }
     }
 
-    fn on_datagram(&mut self, via: Via, r: io::Result<(usize, SocketAddr)>, buf: &[u8]) {
-        match r {
-            Ok((n, from)) => self
-                .core
-                .handle_datagram(Instant::now(), from, via, &buf[..n]),
-            Err(e) => {
-                self.stats.recv_errors += 1;
-                warn!(via = via.name(), error = %e, "receive failed");
-            }
-        }
-    }
-
-    /// Takes whatever else is already queued on the sockets, up to
-    /// [`DRAIN_LIMIT`], so that a burst is committed in one transaction.
-    fn drain(&mut self, buf: &mut [u8]) {
-        let mut taken = 1;
-        let mut progress = true;
-        while progress && taken < DRAIN_LIMIT {
-            progress = false;
-            for via in [Via::Tunnel, Via::Plain] {
+    /// Takes what is queued on the sockets, a batch at a time, up to
+    /// [`DRAIN_LIMIT`] datagrams; after each batch, sends what the core
+    /// released for it.
+    async fn serve(&mut self) {
+        let mut taken = 0;
+        // A socket emptied by a short batch is not asked again: a datagram
+        // arriving since makes it readable again for the next iteration.
+        let mut emptied = [false; 2];
+        while taken < DRAIN_LIMIT {
+            let mut progress = false;
+            for (i, via) in [Via::Tunnel, Via::Plain].into_iter().enumerate() {
                 let sock = match via {
                     Via::Tunnel => self.tunnel.as_ref(),
                     Via::Plain => self.plain.as_ref(),
                 };
-                let Some(sock) = sock else { continue };
-                match sock.try_recv_from(buf) {
-                    Ok((n, from)) => {
-                        self.core
-                            .handle_datagram(Instant::now(), from, via, &buf[..n]);
-                        taken += 1;
-                        progress = true;
+                let Some(sock) = sock.filter(|_| !emptied[i]) else {
+                    continue;
+                };
+                match self.rx.recv(sock) {
+                    Ok((n, empty)) => {
+                        let now = Instant::now();
+                        for i in 0..n {
+                            if let Some((from, bytes)) = self.rx.get(i) {
+                                self.core.handle_datagram(now, from, via, bytes);
+                            }
+                        }
+                        taken += n;
+                        progress |= n > 0;
+                        emptied[i] = empty;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => emptied[i] = true,
                     Err(e) => {
                         self.stats.recv_errors += 1;
                         warn!(via = via.name(), error = %e, "receive failed");
                     }
                 }
+            }
+            // Reply as we read (a confirmation of a registration is not
+            // released before its commit, in the flush).
+            self.send_released().await;
+            if !progress {
+                break;
             }
         }
     }
@@ -477,9 +500,7 @@ impl Shell {
             let result = self.carry_out(&action).await;
             self.core.handle_action_result(Instant::now(), id, result);
         }
-        while let Some(t) = self.core.poll_transmit() {
-            self.send(t).await;
-        }
+        self.send_released().await;
     }
 
     /// The endpoint WireGuard sees each control peer at (nothing without a
@@ -534,19 +555,35 @@ impl Shell {
         }
     }
 
-    async fn send(&mut self, t: Transmit) {
-        let sock = match t.via {
-            Via::Tunnel => self.tunnel.as_ref(),
-            Via::Plain => self.plain.as_ref(),
-        };
-        let Some(sock) = sock else {
-            self.stats.send_errors += 1;
-            warn!(dst = %t.dst, via = t.via.name(), "no socket for this transmit; dropped");
-            return;
-        };
-        if let Err(e) = sock.send_to(&t.payload, t.dst).await {
-            self.stats.send_errors += 1;
-            warn!(dst = %t.dst, via = t.via.name(), error = %e, "send failed");
+    /// Sends every datagram the core releases now, in batches per socket.
+    async fn send_released(&mut self) {
+        let mut out = std::mem::take(&mut self.outbox);
+        out.extend(std::iter::from_fn(|| self.core.poll_transmit()));
+        for via in [Via::Tunnel, Via::Plain] {
+            let count = out.iter().filter(|t| t.via == via).count();
+            if count == 0 {
+                continue;
+            }
+            let sock = match via {
+                Via::Tunnel => self.tunnel.as_ref(),
+                Via::Plain => self.plain.as_ref(),
+            };
+            let Some(sock) = sock else {
+                self.stats.send_errors += count as u64;
+                warn!(
+                    via = via.name(),
+                    dropped = count,
+                    "no socket for these transmits; dropped"
+                );
+                continue;
+            };
+            for (dst, e) in self.tx.send(sock, &out, via).await {
+                self.stats.send_errors += 1;
+                warn!(%dst, via = via.name(), error = %e, "send failed");
+            }
         }
+        // Kept for its capacity.
+        out.clear();
+        self.outbox = out;
     }
 }

@@ -65,6 +65,9 @@ pub struct MsServer {
     /// Keyless LISP peers and benchmarks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plain_listen: Option<String>,
+    /// Sources the plain listener answers besides the keyless peers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plain_allowed: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub registration_lifetime_secs: Option<u64>,
 }

@@ -364,6 +364,7 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
             name: m.name.clone(),
             control_address: m.control_address,
             site_key: m.site_key.as_bytes().to_vec(),
+            key_id: m.key_id,
             endpoints: m.endpoints.clone(),
         })
         .collect();

@@ -42,6 +42,11 @@ pub struct Counters {
     pub crossed_requests: u64,
     /// Solicit-Map-Requests sent to the correspondents of restarted nodes.
     pub smrs: u64,
+    /// Datagrams on the plain listener from sources it does not answer.
+    pub plain_refused: u64,
+    /// Encapsulated Map-Requests whose inner IPv4 header checksum was zero
+    /// (stock `lig` sends them so): accepted, and counted here.
+    pub zero_checksum_requests: u64,
     /// Per configured control peer, by its index in the policy (grown on
     /// first use, so bounded by the configuration).
     pub per_peer: Vec<PeerCounters>,
@@ -85,6 +90,7 @@ impl Counters {
             Refusal::Replay(_) => &mut self.replays,
             Refusal::Unauthorised(_) => &mut self.unauthorised,
             Refusal::Unexpected(_) => &mut self.unexpected,
+            Refusal::NotAllowed => &mut self.plain_refused,
         };
         *c += 1;
     }
@@ -236,6 +242,18 @@ impl Counters {
                 "control interface actions that failed",
                 "counter",
                 self.action_failures,
+            ),
+            (
+                "plain_refused_total",
+                "datagrams on the plain listener from sources it does not answer",
+                "counter",
+                self.plain_refused,
+            ),
+            (
+                "zero_checksum_requests_total",
+                "encapsulated Map-Requests with a zero inner IPv4 header checksum (lig)",
+                "counter",
+                self.zero_checksum_requests,
             ),
         ]
     }

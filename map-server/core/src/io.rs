@@ -139,4 +139,8 @@ pub enum Refusal {
     Unauthorised(String),
     #[error("unexpected message type {0}")]
     Unexpected(&'static str),
+    /// On the plain listener, from a source that is neither a configured
+    /// keyless peer nor on its allowed list.
+    #[error("source not allowed on the plain listener")]
+    NotAllowed,
 }

@@ -38,12 +38,12 @@ pub use io::{
     StoreOp, Transmit, Via,
 };
 pub use lisp_wire::DEFAULT_WG_PORT;
-pub use policy::{AllowedEid, NotifyTiming, PeerPolicy, Policy};
+pub use policy::{AllowedEid, NotifyTiming, PeerPolicy, Policy, SourcePrefix};
 pub use registry::{Mapping, Origin, Registry, Rloc};
 pub use resolution::mapping_record;
 
 use commits::{CommitOutcome, Commits};
-use lisp_wire::{EidPrefix, Message};
+use lisp_wire::{EidPrefix, KeyId, Message, ParseErrorKind, TYPE_ECM, TYPE_MAP_REQUEST};
 use notify::{PendingNotify, Subscriber};
 use registration::NonceWindow;
 use std::collections::{HashMap, VecDeque};
@@ -70,6 +70,13 @@ pub struct MapServer {
     peers_by_key: HashMap<[u8; 32], u16>,
     /// Where the map-server's WireGuard sees each peer, by peer index.
     observed: Vec<Option<SocketAddr>>,
+    /// Per peer, the key-id of its last accepted Map-Register: the
+    /// map-server signs the notifies it starts to it the same way.
+    key_ids: Vec<KeyId>,
+    /// Scratch space of the reply being built (its records, and where each
+    /// ends), kept so that answering allocates only the reply itself.
+    reply_records: Vec<u8>,
+    reply_bounds: Vec<(usize, usize)>,
     polling: endpoints::Polling,
     registry: Registry,
     nonces: Vec<NonceWindow>,
@@ -144,6 +151,9 @@ impl MapServer {
         };
         MapServer {
             observed: vec![None; policy.peers.len()],
+            key_ids: vec![KeyId::HmacSha256; policy.peers.len()],
+            reply_records: Vec::new(),
+            reply_bounds: Vec::new(),
             policy,
             tunnel_peers,
             plain_peers,
@@ -354,7 +364,14 @@ impl MapServer {
         }
         if let Err(refusal) = result {
             self.counters.count_refusal(&refusal);
-            warn!(%from, via = via.name(), reason = %refusal, "refused control message");
+            match refusal {
+                // Anyone can send these; a line each at warn would let them
+                // flood the log.
+                Refusal::NotAllowed => {
+                    tracing::debug!(%from, via = via.name(), reason = %refusal, "refused control message")
+                }
+                _ => warn!(%from, via = via.name(), reason = %refusal, "refused control message"),
+            }
         }
         self.poll_actions_due(now);
     }
@@ -366,6 +383,24 @@ impl MapServer {
         via: Via,
         bytes: &[u8],
     ) -> Result<(), Refusal> {
+        if via == Via::Plain && !self.plain_source_allowed(from.ip()) {
+            return Err(Refusal::NotAllowed);
+        }
+        let kind = bytes.first().map(|b| b >> 4);
+        if matches!(kind, Some(TYPE_MAP_REQUEST | TYPE_ECM)) {
+            match lisp_wire::parse_map_request(bytes) {
+                Ok(req) => {
+                    self.counters.requests += 1;
+                    if req.ecm().is_some_and(|e| e.checksum_zero) {
+                        self.counters.zero_checksum_requests += 1;
+                    }
+                    return self.handle_map_request(now, from, via, req);
+                }
+                // An ECM around something else: said below, as before.
+                Err(e) if matches!(e.kind, ParseErrorKind::NotAMapRequest(_)) => {}
+                Err(e) => return Err(Refusal::Malformed(e.to_string())),
+            }
+        }
         let msg = lisp_wire::parse(bytes).map_err(|e| Refusal::Malformed(e.to_string()))?;
         match msg {
             Message::MapRegister(reg) => {
@@ -377,19 +412,16 @@ impl MapServer {
                 let peer = self.identify(from, via)?;
                 self.handle_map_notify_ack(now, peer, bytes, ack)
             }
-            Message::MapRequest(req) => {
-                self.counters.requests += 1;
-                self.handle_map_request(now, from, via, from.port(), req)
-            }
-            Message::Ecm(ecm) => match *ecm.message {
-                Message::MapRequest(req) => {
-                    self.counters.requests += 1;
-                    self.handle_map_request(now, from, via, ecm.inner.src_port, req)
-                }
-                other => Err(Refusal::Unexpected(other.name())),
-            },
+            Message::Ecm(ecm) => Err(Refusal::Unexpected(ecm.message.name())),
             other => Err(Refusal::Unexpected(other.name())),
         }
+    }
+
+    /// Whether the plain listener answers `ip`: a configured keyless peer,
+    /// or a source on its allowed list.
+    fn plain_source_allowed(&self, ip: IpAddr) -> bool {
+        self.plain_peers.contains_key(&ip)
+            || self.policy.plain_allowed.iter().any(|p| p.contains(ip))
     }
 
     /// The control peer a datagram is from. WireGuard peers are only heard

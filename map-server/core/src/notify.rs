@@ -6,7 +6,7 @@
 
 use crate::io::{Refusal, Transmit, Via};
 use crate::MapServer;
-use lisp_wire::{auth, Authentication, EidPrefix, KeyId, MapNotify, LISP_CONTROL_PORT};
+use lisp_wire::{auth, Authentication, EidPrefix, MapNotify, LISP_CONTROL_PORT};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -105,7 +105,8 @@ impl MapServer {
         let peer = &self.policy.peers[peer_idx as usize];
         let notify = MapNotify {
             nonce,
-            auth: Authentication::unsigned(KeyId::HmacSha256),
+            // As the peer signs its registers (HMAC-SHA-1 or -SHA-256).
+            auth: Authentication::unsigned(self.key_ids[peer_idx as usize]),
             records: vec![record],
             xtr_site: None,
         };

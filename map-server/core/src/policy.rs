@@ -4,6 +4,7 @@
 use crate::registry::{Mapping, Origin};
 use lisp_wire::EidPrefix;
 use std::net::IpAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// An EID prefix a peer may register.
@@ -21,6 +22,67 @@ impl AllowedEid {
         } else {
             self.prefix == *p
         }
+    }
+}
+
+/// Sources the plain listener answers besides the configured keyless peers:
+/// an address prefix (`192.0.2.0/24`, `2001:db8::/32`, or one address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePrefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl SourcePrefix {
+    /// `None` when `len` is too long for the family of `addr`.
+    pub fn new(addr: IpAddr, len: u8) -> Option<Self> {
+        // EidPrefix does the masking; its instance is irrelevant here.
+        let p = EidPrefix::new(0, addr, len).ok()?;
+        Some(SourcePrefix {
+            addr: p.addr(),
+            len,
+        })
+    }
+
+    /// Whether `ip` lies inside this prefix (an IPv4-mapped IPv6 source
+    /// counts as the IPv4 address it maps).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        EidPrefix::new(0, self.addr, self.len).is_ok_and(|p| p.contains_addr(0, ip))
+    }
+}
+
+impl FromStr for SourcePrefix {
+    type Err = String;
+
+    /// `address` or `address/length`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .map_err(|_| format!("`{s}`: bad prefix length"))?,
+        };
+        SourcePrefix::new(addr, len).ok_or_else(|| format!("`{s}`: prefix length above {max}"))
+    }
+}
+
+impl std::fmt::Display for SourcePrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
     }
 }
 
@@ -92,6 +154,11 @@ pub struct Policy {
     /// (besides right after each registration): how soon a NAT rebinding
     /// is noticed once the node's next packet arrives.
     pub endpoint_poll: Duration,
+    /// Sources the plain listener answers Map-Requests from, besides the
+    /// configured keyless peers (which it always answers). Anything else
+    /// heard there is refused, counted and logged at debug level: the plain
+    /// listener hands out every node's address, port and key.
+    pub plain_allowed: Vec<SourcePrefix>,
 }
 
 impl Default for Policy {
@@ -106,6 +173,7 @@ impl Default for Policy {
             push_moves: true,
             endpoint_poll: Duration::from_secs(1),
             control_address: None,
+            plain_allowed: Vec::new(),
         }
     }
 }

@@ -191,6 +191,10 @@ impl MapServer {
         }
 
         self.nonces[peer_idx as usize].remember(reg.nonce, now);
+        // The notifies we start to this peer are signed as it signs.
+        if reg.auth.key_id != lisp_wire::KeyId::None {
+            self.key_ids[peer_idx as usize] = reg.auth.key_id;
+        }
         let keyed = peer.wg_key.is_some();
         let peer_name = peer.name.clone();
         let site_key = peer.site_key.clone();

@@ -1,74 +1,89 @@
 //! Map-Requests: the proxy Map-Reply from the registry, and the Map-Notify
 //! that tells the destination about the requester (whose mapping comes from
 //! the requester's own registration, never from the request).
+//!
+//! The hot path allocates little: the request is read in place
+//! ([`lisp_wire::parse_map_request`]), and each record is written straight
+//! into the reply from the mapping and its candidates
+//! ([`lisp_wire::EidRecord::encode_header_into`],
+//! [`lisp_wire::WgLocator::encode_rloc_record_into`]): the bytes
+//! [`MapServer::record_for`] would encode, without building the record
+//! first. The only allocations are the reply itself and the candidate list.
+//! A reply goes to the request's source address only: an ITR-RLOC naming
+//! another address is not followed (that would make the map-server a
+//! reflector).
 
-use crate::candidates::candidates;
+use crate::candidates::{candidates, Candidate};
 use crate::io::{Refusal, Transmit, Via};
 use crate::registry::{Mapping, Origin, Registry};
 use crate::MapServer;
 use lisp_wire::{
-    wireguard_locator, Action, Address, EidPrefix, EidRecord, MapReply, MapRequest, Message,
-    RlocRecord, WgLocator, DEFAULT_WG_PORT,
+    wireguard_locator, Action, Address, AddressRef, EidPrefix, EidRecord, MapRequestRef,
+    ReplyFlags, RlocRecord, WgLocator, DEFAULT_WG_PORT,
 };
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 use tracing::debug;
 
 impl MapServer {
+    /// Answers a Map-Request (read without allocating), writing each record
+    /// straight into the reply.
     pub(crate) fn handle_map_request(
         &mut self,
         now: Instant,
         from: SocketAddr,
         via: Via,
-        reply_port: u16,
-        req: MapRequest,
+        req: MapRequestRef<'_>,
     ) -> Result<(), Refusal> {
         let requester = match via {
             Via::Tunnel => Some(self.identify(from, via)?),
             Via::Plain => self.plain_peers.get(&from.ip()).copied(),
         };
-        if req.records.is_empty() {
+        if req.records().len() == 0 {
             return Err(Refusal::Malformed("Map-Request without records".into()));
         }
-        let dst = SocketAddr::new(self.reply_address(from, via, &req), reply_port);
+        // The reply goes to the source, never elsewhere (to the inner
+        // source port of an ECM, where an ITR listens for it).
+        let reply_port = req.ecm().map_or(from.port(), |e| e.inner.src_port);
+        let dst = SocketAddr::new(from.ip(), reply_port);
 
-        let mut records = Vec::with_capacity(req.records.len());
+        let mut records = std::mem::take(&mut self.reply_records);
+        let mut bounds = std::mem::take(&mut self.reply_bounds);
+        records.clear();
+        bounds.clear();
         let mut notify_targets = Vec::new();
-        for r in &req.records {
-            let asked = EidPrefix::from_wire(&r.eid, r.eid_mask_len)
-                .map_err(|e| Refusal::Malformed(e.to_string()))?;
-            match self.registry.lookup(asked.iid, asked.addr(), now) {
-                Some((prefix, m)) => {
-                    records.push(self.record_for(prefix, m, requester));
-                    if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
-                        if owner != req_peer {
-                            notify_targets.push((prefix, owner));
-                        }
-                    }
+        let mut result = Ok(());
+        for r in req.records() {
+            let asked = match r.prefix() {
+                Ok(p) => p,
+                Err(e) => {
+                    result = Err(Refusal::Malformed(e.to_string()));
+                    break;
                 }
-                None => {
-                    let hole = self.registry.uncovered_prefix(asked.iid, asked.addr());
-                    self.counters.negative_replies += 1;
-                    debug!(eid = %asked, covering = %hole, "negative Map-Reply");
-                    records.push(EidRecord::negative(
-                        hole,
-                        self.policy.negative_ttl_minutes,
-                        Action::NativelyForward,
-                    ));
-                }
+            };
+            let start = records.len();
+            if let Err(e) =
+                self.answer_record(now, asked, requester, &mut records, &mut notify_targets)
+            {
+                result = Err(e);
+                break;
             }
+            bounds.push((start, records.len()));
         }
-        let reply = Message::MapReply(MapReply {
-            probe: false,
-            echo_nonce: false,
-            security: false,
-            nonce: req.nonce,
-            records,
-        });
-        let payload = reply
-            .encode()
+        let reply = result.and_then(|()| {
+            let mut payload = Vec::with_capacity(12 + records.len());
+            lisp_wire::encode_map_reply(
+                req.nonce(),
+                ReplyFlags::default(),
+                bounds.iter().map(|&(a, b)| &records[a..b]),
+                &mut payload,
+            )
             .map_err(|e| Refusal::Malformed(format!("cannot encode reply: {e}")))?;
-        let reply = Transmit { via, dst, payload };
+            Ok(Transmit { via, dst, payload })
+        });
+        self.reply_records = records;
+        self.reply_bounds = bounds;
+        let reply = reply?;
 
         let mut held = Some(reply);
         if let Some(req_peer) = requester {
@@ -78,7 +93,7 @@ impl MapServer {
                 // move of the destination is pushed to it.
                 let ttl = ttl_of(&dest_prefix, &self.registry);
                 self.subscribe(dest_prefix, req_peer, now, ttl);
-                if let Some(src_prefix) = self.requester_prefix(req_peer, &req.source_eid, now) {
+                if let Some(src_prefix) = self.requester_prefix(req_peer, req.source_eid(), now) {
                     // The destination learns the requester: it resolves it too.
                     let ttl = ttl_of(&src_prefix, &self.registry);
                     self.subscribe(src_prefix, owner, now, ttl);
@@ -109,6 +124,66 @@ impl MapServer {
         Ok(())
     }
 
+    /// Appends the EID-record answering `asked` to `out`, and notes the owner
+    /// to tell about the requester, if any.
+    fn answer_record(
+        &mut self,
+        now: Instant,
+        asked: EidPrefix,
+        requester: Option<u16>,
+        out: &mut Vec<u8>,
+        notify_targets: &mut Vec<(EidPrefix, u16)>,
+    ) -> Result<(), Refusal> {
+        let encoding =
+            |e: lisp_wire::EncodeError| Refusal::Malformed(format!("cannot encode reply: {e}"));
+        let Some((prefix, m)) = self.registry.lookup(asked.iid, asked.addr(), now) else {
+            let hole = self.registry.uncovered_prefix(asked.iid, asked.addr());
+            self.counters.negative_replies += 1;
+            debug!(eid = %asked, covering = %hole, "negative Map-Reply");
+            return EidRecord::negative(
+                hole,
+                self.policy.negative_ttl_minutes,
+                Action::NativelyForward,
+            )
+            .encode_into(out)
+            .map_err(encoding);
+        };
+        if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
+            // A Map-Notify tells the owner about the requester so that it
+            // programs the requester's WireGuard peer first: only between
+            // WireGuard peers. A keyless LISP peer (OOR) has none to program
+            // and drops an unsolicited notify.
+            if owner != req_peer && self.is_keyed(owner) && self.is_keyed(req_peer) {
+                notify_targets.push((prefix, owner));
+            }
+        }
+        match self.keyed_candidates(m, requester) {
+            // Written straight into the reply: the very bytes `record_for`
+            // would encode, without building them first.
+            Some((key, cands)) => {
+                let count = u8::try_from(cands.len()).map_err(|_| {
+                    Refusal::Malformed(format!("{prefix} has {} candidates", cands.len()))
+                })?;
+                EidRecord::encode_header_into(prefix, m.ttl_minutes, m.map_version, count, out)
+                    .map_err(encoding)?;
+                for c in cands {
+                    wg_locator(&c, key)
+                        .encode_rloc_record_into(c.priority, c.weight, out)
+                        .map_err(encoding)?;
+                }
+                Ok(())
+            }
+            None => mapping_record(prefix, m).encode_into(out).map_err(encoding),
+        }
+    }
+
+    fn is_keyed(&self, peer: u16) -> bool {
+        self.policy
+            .peers
+            .get(peer as usize)
+            .is_some_and(|p| p.wg_key.is_some())
+    }
+
     /// The unacknowledged notify telling `peer` about `prefix`, if any.
     fn notify_about(&self, peer: u16, prefix: EidPrefix) -> Option<u64> {
         self.pending
@@ -117,34 +192,16 @@ impl MapServer {
             .map(|(&nonce, _)| nonce)
     }
 
-    /// Where the reply goes. Inside the tunnel, always back to the source
-    /// (cryptokey routing proved it; anything else would be a reflector).
-    /// On the plain listener, to the first ITR-RLOC of the source's family.
-    fn reply_address(&self, from: SocketAddr, via: Via, req: &MapRequest) -> IpAddr {
-        match via {
-            Via::Tunnel => from.ip(),
-            Via::Plain => req
-                .itr_rlocs
-                .iter()
-                .filter_map(Address::ip)
-                .find(|a| a.is_ipv4() == from.ip().is_ipv4())
-                .unwrap_or(from.ip()),
-        }
-    }
-
     /// The requester's own registered prefix holding the request's source
     /// EID. The mapping sent to the destination always comes from here,
     /// never from what the request claims.
-    fn requester_prefix(&self, peer: u16, source_eid: &Address, now: Instant) -> Option<EidPrefix> {
-        let probe = EidPrefix::from_wire(
-            source_eid,
-            if source_eid.innermost_ip()?.is_ipv4() {
-                32
-            } else {
-                128
-            },
-        )
-        .ok()?;
+    fn requester_prefix(
+        &self,
+        peer: u16,
+        source_eid: AddressRef<'_>,
+        now: Instant,
+    ) -> Option<EidPrefix> {
+        let probe = source_eid.eid_host().ok()?;
         let (prefix, m) = self.registry.lookup(probe.iid, probe.addr(), now)?;
         (m.origin == Origin::Peer(peer)).then_some(prefix)
     }
@@ -153,39 +210,56 @@ impl MapServer {
 impl MapServer {
     /// The EID-record `requester` gets for a mapping: for a keyed mapping,
     /// the owner's candidates as this requester should see them (see
-    /// [`crate::candidates`]).
+    /// [`crate::candidates`]). Map-Replies write the same bytes directly
+    /// (see `answer_record`).
     pub(crate) fn record_for(
         &self,
         prefix: EidPrefix,
         m: &Mapping,
         requester: Option<u16>,
     ) -> EidRecord {
-        let Origin::Peer(owner) = m.origin else {
+        let Some((key, cands)) = self.keyed_candidates(m, requester) else {
             return mapping_record(prefix, m);
         };
-        let Some(key) = m.wg_key else {
-            return mapping_record(prefix, m);
-        };
-        let observed = self.observed(owner);
-        let requester_public = requester.and_then(|r| self.observed(r)).map(|e| e.ip());
-        let rlocs = candidates(m, observed, requester_public)
-            .into_iter()
-            .map(|c| {
-                let mut locator = WgLocator::new(c.endpoint, key);
-                if let Some(private) = c.private {
-                    locator = locator.with_private(private);
-                }
-                if c.relayed {
-                    locator = locator.with_rtrs([c.endpoint.ip()]);
-                }
-                RlocRecord::new(c.priority, c.weight, locator.to_address())
-            })
+        let rlocs = cands
+            .iter()
+            .map(|c| RlocRecord::new(c.priority, c.weight, wg_locator(c, key).to_address()))
             .collect();
         EidRecord {
             map_version: m.map_version,
             ..EidRecord::new(prefix, m.ttl_minutes, rlocs)
         }
     }
+
+    /// For a keyed mapping, its key and the candidates `requester` gets:
+    /// those of [`crate::candidates`] for a registered node (where the
+    /// map-server sees the owner, and the requester), the locators as
+    /// configured for a static one. `None` for a keyless mapping.
+    fn keyed_candidates(
+        &self,
+        m: &Mapping,
+        requester: Option<u16>,
+    ) -> Option<([u8; 32], Vec<Candidate>)> {
+        let key = m.wg_key?;
+        let observed = match m.origin {
+            Origin::Peer(owner) => self.observed(owner),
+            Origin::Static => None,
+        };
+        let requester_public = requester.and_then(|r| self.observed(r)).map(|e| e.ip());
+        Some((key, candidates(m, observed, requester_public)))
+    }
+}
+
+/// The WireGuard locator of one candidate.
+fn wg_locator(c: &Candidate, key: [u8; 32]) -> WgLocator {
+    let mut locator = WgLocator::new(c.endpoint, key);
+    if let Some(private) = c.private {
+        locator = locator.with_private(private);
+    }
+    if c.relayed {
+        locator = locator.with_rtrs([c.endpoint.ip()]);
+    }
+    locator
 }
 
 /// The EID-record for a mapping as registered: WireGuard locators (key and

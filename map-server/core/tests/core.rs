@@ -477,6 +477,7 @@ fn refusals_leave_the_registry_unchanged() {
     // A valid register sent to the plain listener (not through the tunnel),
     // or from an unknown tunnel address.
     assert_refused(&mut ms, now, from(&a), Via::Plain, &good);
+    assert_eq!(ms.counters().plain_refused, 1);
     assert_refused(
         &mut ms,
         now,
@@ -484,7 +485,7 @@ fn refusals_leave_the_registry_unchanged() {
         Via::Tunnel,
         &good,
     );
-    assert_eq!(ms.counters().unknown_peers, 2);
+    assert_eq!(ms.counters().unknown_peers, 1);
 
     // The same message is accepted once it is sent properly.
     ms.handle_datagram(now, from(&a), Via::Tunnel, &good);
@@ -583,6 +584,7 @@ fn keyless_lisp_peers_register_and_resolve_on_the_plain_listener() {
     let mut ms: Ms = MapServer::new(
         Policy {
             peers: vec![oor],
+            plain_allowed: vec!["192.0.2.192/26".parse().unwrap()],
             ..Policy::default()
         },
         now,
@@ -616,7 +618,8 @@ fn keyless_lisp_peers_register_and_resolve_on_the_plain_listener() {
         "notify uses the register's algorithm"
     );
 
-    // Anyone may ask on the plain listener (like lig); the reply is keyless.
+    // A source on the plain listener's allowed list may ask (like lig); the
+    // reply is keyless.
     let asker = Node {
         ctl: ip("192.0.2.200"),
         key: [0; 32],
@@ -1123,4 +1126,457 @@ fn a_node_that_restarted_gets_its_correspondents_to_resolve_it_again() {
     }
     assert_eq!(ms.counters().smrs, 1);
     assert_eq!(ms.counters().pushes, 0);
+}
+
+// ---- interop with standard LISP peers and tools ----------------------------
+
+/// A keyless LISP peer (OOR) on the plain listener, allowed 10.3.0.0/16.
+fn oor_policy() -> PeerPolicy {
+    PeerPolicy {
+        name: "oor".into(),
+        control_address: ip("192.0.2.77"),
+        wg_key: None,
+        site_key: b"oor-key".to_vec(),
+        allowed: vec![AllowedEid {
+            prefix: EidPrefix::new(0, ip("10.3.0.0"), 16).unwrap(),
+            more_specifics: true,
+        }],
+    }
+}
+
+/// OOR's registration of 10.3.1.0/24 at 192.0.2.77, signed HMAC-SHA-1 as
+/// OOR does by default.
+fn oor_register(nonce: u64) -> Vec<u8> {
+    let rec = EidRecord::new(
+        EidPrefix::new(0, ip("10.3.1.0"), 24).unwrap(),
+        10,
+        vec![RlocRecord::new(1, 100, Address::from(ip("192.0.2.77")))],
+    );
+    MapRegister {
+        auth: Authentication::unsigned(KeyId::HmacSha1),
+        ..MapRegister::proxied(nonce, vec![rec])
+    }
+    .encode_signed(b"oor-key")
+    .unwrap()
+}
+
+fn reply_of(t: &Transmit) -> MapReply {
+    match parse(&t.payload).unwrap() {
+        Message::MapReply(r) => r,
+        other => panic!("expected a Map-Reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_keyless_peer_gets_no_notify_and_its_requester_no_held_reply() {
+    let now = Instant::now();
+    let a = node_a();
+    let mut ms: Ms = MapServer::new(
+        Policy {
+            peers: vec![peer_policy("robot-a", &a), oor_policy()],
+            ..Policy::default()
+        },
+        now,
+        3,
+    )
+    .into();
+    let oor_at: SocketAddr = "192.0.2.77:4342".parse().unwrap();
+    ms.handle_datagram(now, oor_at, Via::Plain, &oor_register(1));
+    assert_eq!(drain(&mut ms).len(), 1, "OOR's registration is confirmed");
+    register(&mut ms, now, &a, 2);
+    let notifies = ms.counters().notifies;
+
+    // A resolves OOR's EID: the reply comes at once, and OOR hears nothing.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, host("10.3.1.7")),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "only the reply: {out:?}");
+    assert_eq!(out[0].dst, SocketAddr::new(a.ctl, 61000));
+    let (_, info) = reply_of(&out[0]).records[0].best_locator().unwrap();
+    assert_eq!((info.rloc, info.wg_key), (ip("192.0.2.77"), None));
+    assert_eq!(ms.pending_notifies(), 0);
+    assert_eq!(ms.counters().notifies, notifies);
+
+    // OOR resolves A: A's reply at once, and A is not told about a peer it
+    // could not program.
+    let oor = Node {
+        ctl: ip("192.0.2.77"),
+        key: [0; 32],
+        site_key: b"oor-key".to_vec(),
+        eid: host("10.3.1.1"),
+        rloc: oor_at,
+    };
+    ms.handle_datagram(now, oor_at, Via::Plain, &ecm_request(&oor, 6, a.eid));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "only the reply: {out:?}");
+    assert_eq!(out[0].dst, "192.0.2.77:61000".parse().unwrap());
+    assert_eq!(reply_of(&out[0]).records[0].wg_key(), Some(a.key));
+    assert_eq!(ms.pending_notifies(), 0);
+
+    // Nothing is retransmitted later, nothing given up, and a move of A is
+    // pushed to nobody.
+    let later = now + Duration::from_secs(5);
+    ms.handle_timeout(later);
+    assert!(drain(&mut ms).is_empty());
+    let moved: SocketAddr = "203.0.113.5:51820".parse().unwrap();
+    ms.handle_datagram(
+        later,
+        from(&a),
+        Via::Tunnel,
+        &register_bytes(&a, 3, vec![record(a.eid, a.key, moved)]),
+    );
+    let out = drain(&mut ms);
+    assert!(out.iter().all(|t| t.dst == from(&a)), "{out:?}");
+    assert_eq!(ms.counters().notify_retransmits, 0);
+    assert_eq!(ms.counters().notify_giveups, 0);
+    assert_eq!(ms.counters().notifies, notifies + 1, "A's own confirmation");
+}
+
+/// `n`'s registration of its mapping at `rloc`, signed with `key_id`.
+fn register_with(n: &Node, nonce: u64, rloc: SocketAddr, key_id: KeyId) -> Vec<u8> {
+    MapRegister {
+        auth: Authentication::unsigned(key_id),
+        ..MapRegister::proxied(nonce, vec![record(n.eid, n.key, rloc)])
+    }
+    .encode_signed(&n.site_key)
+    .unwrap()
+}
+
+#[test]
+fn notifies_to_a_peer_are_signed_as_it_signs_its_registers() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    // A signs with SHA-256, B with SHA-1: each confirmation echoes it.
+    for (n, nonce, kid) in [(&a, 1, KeyId::HmacSha256), (&b, 2, KeyId::HmacSha1)] {
+        ms.handle_datagram(
+            now,
+            from(n),
+            Via::Tunnel,
+            &register_with(n, nonce, n.rloc, kid),
+        );
+        let out = drain(&mut ms);
+        assert_eq!(auth::verify(&out[0].payload, &n.site_key), Ok(kid));
+    }
+    // A resolves B: B's correspondent notify is SHA-1.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 5, b.eid),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(
+        auth::verify(&out[0].payload, &b.site_key),
+        Ok(KeyId::HmacSha1)
+    );
+    let n = parse_notify(&out[0], &b.site_key);
+    let ack = MapNotify {
+        auth: Authentication::unsigned(KeyId::HmacSha1),
+        ..n
+    }
+    .encode_signed_ack(&b.site_key)
+    .unwrap();
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack);
+    assert_eq!(drain(&mut ms).len(), 1, "A's reply, released by the ack");
+
+    // A moves: the push to B (which learned A) is SHA-1 too.
+    let t = now + Duration::from_secs(1);
+    let a_moved: SocketAddr = "203.0.113.5:51820".parse().unwrap();
+    ms.handle_datagram(
+        t,
+        from(&a),
+        Via::Tunnel,
+        &register_with(&a, 3, a_moved, KeyId::HmacSha256),
+    );
+    let out = drain(&mut ms);
+    let push: Vec<_> = out.iter().filter(|x| x.dst == from(&b)).collect();
+    assert_eq!(push.len(), 1, "{out:?}");
+    assert_eq!(
+        auth::verify(&push[0].payload, &b.site_key),
+        Ok(KeyId::HmacSha1)
+    );
+    assert_eq!(candidates_in(push[0]), vec![a_moved]);
+    // B moves: the push to A stays SHA-256.
+    let b_moved: SocketAddr = "203.0.113.6:51821".parse().unwrap();
+    ms.handle_datagram(
+        t,
+        from(&b),
+        Via::Tunnel,
+        &register_with(&b, 4, b_moved, KeyId::HmacSha1),
+    );
+    let out = drain(&mut ms);
+    let push: Vec<_> = out
+        .iter()
+        .filter(|x| x.dst == from(&a) && parse_notify(x, &a.site_key).nonce != 3)
+        .collect();
+    assert_eq!(push.len(), 1, "{out:?}");
+    assert_eq!(
+        auth::verify(&push[0].payload, &a.site_key),
+        Ok(KeyId::HmacSha256)
+    );
+    // B switches to SHA-256: from then on, so do the notifies to it.
+    ms.handle_datagram(
+        t,
+        from(&b),
+        Via::Tunnel,
+        &register_with(&b, 5, b.rloc, KeyId::HmacSha256),
+    );
+    drain(&mut ms);
+    let a_back = register_with(&a, 6, a.rloc, KeyId::HmacSha256);
+    ms.handle_datagram(t, from(&a), Via::Tunnel, &a_back);
+    let out = drain(&mut ms);
+    let push: Vec<_> = out.iter().filter(|x| x.dst == from(&b)).collect();
+    assert_eq!(push.len(), 1, "{out:?}");
+    assert_eq!(
+        auth::verify(&push[0].payload, &b.site_key),
+        Ok(KeyId::HmacSha256)
+    );
+}
+
+#[test]
+fn the_plain_listener_answers_only_allowed_sources_and_only_to_the_source() {
+    let now = Instant::now();
+    let a = node_a();
+    let mut ms: Ms = MapServer::new(
+        Policy {
+            peers: vec![peer_policy("robot-a", &a), oor_policy()],
+            plain_allowed: vec!["198.51.100.0/24".parse().unwrap()],
+            ..Policy::default()
+        },
+        now,
+        4,
+    )
+    .into();
+    register(&mut ms, now, &a, 1);
+    drain_store(&mut ms);
+    let asker = |at: &str, eid: &str| Node {
+        ctl: ip(at),
+        key: [0; 32],
+        site_key: vec![],
+        eid: host(eid),
+        rloc: SocketAddr::new(ip(at), 4342),
+    };
+
+    // A stranger learns nothing: no reply, refused and counted, whatever
+    // the form of its request.
+    let stranger = asker("203.0.113.66", "10.9.9.9");
+    let plain = Message::MapRequest(MapRequest::for_eid(8, Address::None, stranger.ctl, a.eid))
+        .encode()
+        .unwrap();
+    for bytes in [ecm_request(&stranger, 7, a.eid), plain] {
+        assert_refused(&mut ms, now, stranger.rloc, Via::Plain, &bytes);
+    }
+    assert_eq!(ms.counters().plain_refused, 2);
+    assert_eq!(ms.counters().replies, 0);
+
+    // An allowed source whose request names a third address, as ITR-RLOC
+    // and as the ECM's inner source: the reply goes to the source only.
+    let victim = ip("203.0.113.99");
+    let reflected = MapRequest::for_eid(9, Address::None, victim, a.eid)
+        .encapsulated(victim, 5353, ip(MS))
+        .encode()
+        .unwrap();
+    let allowed: SocketAddr = "198.51.100.5:40000".parse().unwrap();
+    ms.handle_datagram(now, allowed, Via::Plain, &reflected);
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, SocketAddr::new(allowed.ip(), 5353));
+    assert_eq!(reply_of(&out[0]).records[0].wg_key(), Some(a.key));
+    // A plain Map-Request from it: to its source address and port.
+    let plain = Message::MapRequest(MapRequest::for_eid(10, Address::None, victim, a.eid))
+        .encode()
+        .unwrap();
+    ms.handle_datagram(now, allowed, Via::Plain, &plain);
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, allowed);
+
+    // The configured keyless peer is answered without being on the list.
+    let oor = asker("192.0.2.77", "10.3.1.1");
+    ms.handle_datagram(now, oor.rloc, Via::Plain, &ecm_request(&oor, 11, a.eid));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst.ip(), oor.ctl);
+    assert_eq!(ms.counters().plain_refused, 2);
+    assert!(out.iter().all(|t| t.dst.ip() != victim));
+}
+
+#[test]
+fn a_zero_inner_checksum_is_accepted_and_counted() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    drain_store(&mut ms);
+    let src = SocketAddr::new(a.ctl, 61000);
+    // As lig sends it: the inner IPv4 header checksum (after the ECM's
+    // 4-byte header, at offset 10 of the IP header) left at zero.
+    let mut lig = ecm_request(&a, 5, host("10.0.0.99"));
+    assert_ne!(&lig[14..16], &[0, 0]);
+    lig[14] = 0;
+    lig[15] = 0;
+    ms.handle_datagram(now, src, Via::Tunnel, &lig);
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "answered");
+    assert_eq!(reply_of(&out[0]).nonce, 5);
+    assert_eq!(ms.counters().zero_checksum_requests, 1);
+    // A wrong checksum that is not zero is refused, and not counted as lig.
+    let mut wrong = ecm_request(&a, 6, host("10.0.0.99"));
+    wrong[14] ^= 0x5a;
+    assert_refused(&mut ms, now, src, Via::Tunnel, &wrong);
+    assert_eq!(ms.counters().malformed, 1);
+    assert_eq!(ms.counters().zero_checksum_requests, 1);
+    // A correct one is not counted either.
+    ms.handle_datagram(
+        now,
+        src,
+        Via::Tunnel,
+        &ecm_request(&a, 7, host("10.0.0.99")),
+    );
+    assert_eq!(drain(&mut ms).len(), 1);
+    assert_eq!(ms.counters().zero_checksum_requests, 1);
+}
+
+// ---- the reply path: records written straight into the reply ---------------
+
+/// The whole Map-Reply the map-server must send, built by the codec.
+fn expected_reply(nonce: u64, record: EidRecord) -> Vec<u8> {
+    Message::MapReply(MapReply {
+        probe: false,
+        echo_nonce: false,
+        security: false,
+        nonce,
+        records: vec![record],
+    })
+    .encode()
+    .unwrap()
+}
+
+#[test]
+fn a_reply_is_the_codecs_encoding_and_follows_every_change_of_a_mapping() {
+    let now = Instant::now();
+    let (a, b) = natted();
+    let mut ms: Ms = MapServer::new(
+        Policy {
+            peers: vec![peer_policy("robot-a", &a), peer_policy("robot-b", &b)],
+            plain_allowed: vec!["192.0.2.50/32".parse().unwrap()],
+            ..Policy::default()
+        },
+        now,
+        5,
+    )
+    .into();
+    let asker: SocketAddr = "192.0.2.50:4342".parse().unwrap();
+    let mut nonce = 100;
+    // Asks for `eid` on the plain listener (no notify, nothing held).
+    let mut ask = |ms: &mut Ms, t: Instant, eid: EidPrefix| {
+        nonce += 1;
+        let req = Message::MapRequest(MapRequest::for_eid(nonce, Address::None, asker.ip(), eid))
+            .encode()
+            .unwrap();
+        ms.handle_datagram(t, asker, Via::Plain, &req);
+        // (Anything else, e.g. a notify to a node about itself, is not
+        // the reply.)
+        let out: Vec<Transmit> = drain(ms).into_iter().filter(|x| x.dst == asker).collect();
+        assert_eq!(out.len(), 1, "{out:?}");
+        (nonce, out[0].payload.clone())
+    };
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+
+    // As registered, asked twice: byte for byte what the codec builds.
+    for _ in 0..2 {
+        let (n, bytes) = ask(&mut ms, now, a.eid);
+        assert_eq!(bytes, expected_reply(n, record(a.eid, a.key, a.rloc)));
+    }
+    // A re-registers elsewhere.
+    let moved: SocketAddr = "10.20.1.6:51820".parse().unwrap();
+    ms.handle_datagram(
+        now,
+        from(&a),
+        Via::Tunnel,
+        &register_bytes(&a, 3, vec![record(a.eid, a.key, moved)]),
+    );
+    drain(&mut ms);
+    let (n, bytes) = ask(&mut ms, now, a.eid);
+    assert_eq!(bytes, expected_reply(n, record(a.eid, a.key, moved)));
+
+    // The map-server's WireGuard sees A behind a NAT: its public endpoint,
+    // with its own address behind it.
+    let public: SocketAddr = A_PUBLIC.parse().unwrap();
+    observe(&mut ms, now, &[(a.key, public)]);
+    let t = now + Duration::from_secs(2);
+    ms.handle_timeout(t);
+    ms.commit_all();
+    assert_eq!(ms.observed(0), Some(public));
+    let natted_record = |ep: SocketAddr| {
+        EidRecord::new(
+            a.eid,
+            10,
+            vec![RlocRecord::new(
+                1,
+                100,
+                WgLocator::new(ep, a.key)
+                    .with_private(moved.ip())
+                    .to_address(),
+            )],
+        )
+    };
+    let (n, bytes) = ask(&mut ms, t, a.eid);
+    assert_eq!(bytes, expected_reply(n, natted_record(public)));
+    // Its NAT remaps it.
+    let rebound: SocketAddr = "198.51.100.7:47777".parse().unwrap();
+    observe(&mut ms, t, &[(a.key, rebound)]);
+    let t = t + Duration::from_secs(2);
+    ms.handle_timeout(t);
+    ms.commit_all();
+    let (n, bytes) = ask(&mut ms, t, a.eid);
+    assert_eq!(bytes, expected_reply(n, natted_record(rebound)));
+
+    // B behind the same NAT gets A's private address first; the others
+    // still get the common view.
+    let b_public: SocketAddr = "198.51.100.7:51821".parse().unwrap();
+    observe(&mut ms, t, &[(a.key, rebound), (b.key, b_public)]);
+    let t = t + Duration::from_secs(2);
+    ms.handle_timeout(t);
+    ms.commit_all();
+    ms.handle_datagram(
+        t,
+        SocketAddr::new(b.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&b, 7, a.eid),
+    );
+    // A acks what it is told (about B; about itself, where it is seen),
+    // which releases B's reply.
+    let mut out = drain(&mut ms);
+    let mut reply = None;
+    for _ in 0..4 {
+        for x in std::mem::take(&mut out) {
+            if x.dst == SocketAddr::new(b.ctl, 61000) {
+                reply = Some(x);
+            } else if x.dst == from(&a) {
+                let n = parse_notify(&x, &a.site_key);
+                ms.handle_datagram(t, from(&a), Via::Tunnel, &ack_bytes(&a, &n));
+            }
+        }
+        out = drain(&mut ms);
+    }
+    let reply = reply.expect("B's reply");
+    assert_eq!(candidates_in(&reply), vec![moved, rebound]);
+    let (n, bytes) = ask(&mut ms, t, a.eid);
+    assert_eq!(bytes, expected_reply(n, natted_record(rebound)));
+
+    // A's registration expires: a negative answer.
+    let expired = t + Policy::default().registration_lifetime;
+    let (_, bytes) = ask(&mut ms, expired, a.eid);
+    let Ok(Message::MapReply(r)) = parse(&bytes) else {
+        panic!()
+    };
+    assert!(r.records[0].rlocs.is_empty(), "{r:?}");
 }

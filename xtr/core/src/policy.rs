@@ -1,6 +1,6 @@
 //! What the xtr core needs to know, compiled from the configuration.
 
-use lisp_wire::EidPrefix;
+use lisp_wire::{EidPrefix, KeyId};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -13,6 +13,9 @@ pub struct MapServerPeer {
     pub control_address: IpAddr,
     /// HMAC key for our Map-Registers and its Map-Notifies.
     pub site_key: Vec<u8>,
+    /// The HMAC algorithm of our Map-Registers (SHA-256 unless configured
+    /// otherwise, for a map-server that only does SHA-1).
+    pub key_id: KeyId,
     /// Its WireGuard endpoints (one per address family, say), in order of
     /// preference: we use the first of a family we have an RLOC of.
     pub endpoints: Vec<std::net::SocketAddr>,

@@ -6,7 +6,8 @@ use crate::io::{LinkEvent, Output};
 use crate::policy::LocalRloc;
 use crate::Xtr;
 use lisp_wire::{
-    wireguard_locator, EidRecord, MapNotify, MapRegister, RlocRecord, LISP_CONTROL_PORT,
+    wireguard_locator, Authentication, EidRecord, MapNotify, MapRegister, RlocRecord,
+    LISP_CONTROL_PORT,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -333,8 +334,11 @@ impl Xtr {
                 s.recent.pop_front();
             }
             s.recent.push_back(nonce);
-            let reg = MapRegister::proxied(nonce, records.clone());
             let ms = &self.policy.map_servers[i];
+            let reg = MapRegister {
+                auth: Authentication::unsigned(ms.key_id),
+                ..MapRegister::proxied(nonce, records.clone())
+            };
             match reg.encode_signed(&ms.site_key) {
                 Ok(payload) => {
                     self.counters.registers += 1;

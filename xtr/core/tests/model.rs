@@ -279,6 +279,7 @@ impl Sim {
                         name: format!("ms{j}"),
                         control_address: c,
                         site_key: site_key.clone(),
+                        key_id: KeyId::HmacSha256,
                         endpoints: vec![
                             SocketAddr::new(ip("192.0.2.1"), 4340 + j as u16),
                             SocketAddr::new(ip("2001:db8::1"), 4340 + j as u16),
@@ -2025,6 +2026,40 @@ fn a_restarted_peer_is_reached_again_within_two_seconds() {
         "told by the map-server, which saw B's new map version"
     );
 }
+
+#[test]
+fn a_map_server_configured_for_sha1_gets_sha1_registers_and_is_resolved_through() {
+    let mut sim = Sim::new(1);
+    // B's agent restarts configured to sign with HMAC-SHA-1.
+    let mut policy = sim.nodes[1].xtr.policy().clone();
+    policy.map_servers[0].key_id = KeyId::HmacSha1;
+    let now = sim.now;
+    sim.nodes[1].xtr = Xtr::new(policy, now, 555);
+    sim.nodes[1].dp = Dataplane::default();
+    sim.nodes[1]
+        .xtr
+        .handle_link_events(now, &[address("eth0", ip("198.51.100.20"), true)]);
+    let site_key = b"site-B".to_vec();
+    let mut registers = 0;
+    while let Some(out) = sim.nodes[1].xtr.poll_output() {
+        if let Output::Transmit { payload, .. } = &out {
+            if let Ok(Message::MapRegister(_)) = lisp_wire::parse(payload) {
+                assert_eq!(auth::verify(payload, &site_key), Ok(KeyId::HmacSha1));
+                registers += 1;
+            }
+        }
+        sim.carry_out(1, out);
+    }
+    assert_eq!(registers, 1);
+    sim.settle();
+    assert!(sim.nodes[1].xtr.map_servers()[0].registered, "confirmed");
+    // A resolves B: B takes the map-server's notify (signed as B signs) and
+    // acks it, and A's first packet goes through.
+    let packet = sim.miss("A", "10.0.0.2", 1);
+    assert_eq!(sim.node("A").dp.reinjected, vec![packet]);
+    assert!(sim.node("B").dp.peers.contains_key(&[0xa; 32]));
+}
+
 #[test]
 fn a_node_that_moves_punches_its_new_nat_open_toward_its_peers() {
     let mut sim = Sim::new(1);
