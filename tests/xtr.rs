@@ -172,3 +172,37 @@ fn sigterm_leaves_no_interface_route_or_process_behind() {
     let log = std::fs::read_to_string(lab.log_path("robot-a")).unwrap();
     assert!(log.contains("SIGTERM"), "{log}");
 }
+
+#[test]
+fn a_data_plane_that_refuses_the_first_peer_still_brings_the_tunnel_up_with_the_first_packet() {
+    let lab = Lab::for_test(LabSpec::campus().tag("xd").without("edge"));
+    // robot-a's wireguard-go refuses every configuration change for 300 ms
+    // (its control socket is away): the first peer's programming fails, and
+    // the core retries it while holding the packet.
+    let sock = format!("/var/run/wireguard/{}.sock", lab.wg_if("robot-a"));
+    let away = format!("{sock}.away");
+    std::fs::rename(&sock, &away).unwrap();
+    let log = lab.dir().join("refused-ping.log");
+    let mut p = lab
+        .ns("robot-a")
+        .spawn(
+            "ping",
+            "ping",
+            &["-c", "5", "-i", "0.2", "-W", "2", "10.0.0.2"],
+            &log,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::rename(&away, &sock).unwrap();
+    assert!(testbed::wait_until(Duration::from_secs(10), || !p.is_running()));
+    let out = p.log();
+    assert!(
+        out.contains("icmp_seq=1 "),
+        "the held first packet went out:\n{out}\n{}",
+        lab.logs()
+    );
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    let m = lab.fetch("robot-a", "/metrics").unwrap();
+    let failures = testbed::metric(&m, "lispwg_xtr_dataplane_failures_total").unwrap_or(0.0);
+    assert!(failures >= 1.0, "the refusal was seen and counted");
+}
