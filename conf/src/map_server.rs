@@ -39,8 +39,8 @@
 //! ```
 
 use crate::{
-    backend, checker, default_backend, load_raw, BackendKind, ConfigError, PrivateKey, PublicKey,
-    SiteKey,
+    backend, checker, default_backend, load_raw, BackendKind, Checker, ConfigError, PrivateKey,
+    PublicKey, SiteKey,
 };
 use lisp_wire::EidPrefix;
 use serde::Deserialize;
@@ -67,6 +67,16 @@ struct Raw {
     #[serde(default)]
     static_mappings: Vec<RawStatic>,
     relay: Option<RawRelay>,
+    #[serde(default)]
+    teams: Vec<RawTeam>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTeam {
+    name: String,
+    #[serde(default)]
+    may_resolve: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,6 +128,7 @@ struct RawServer {
     plain_allowed: Vec<String>,
     #[serde(default = "yes")]
     push_moves: bool,
+    peers_dir: Option<String>,
 }
 
 impl Default for RawServer {
@@ -130,6 +141,7 @@ impl Default for RawServer {
             plain_listen: None,
             plain_allowed: Vec::new(),
             push_moves: true,
+            peers_dir: None,
         }
     }
 }
@@ -158,6 +170,9 @@ struct RawPeer {
     site_key_file: Option<String>,
     #[serde(default)]
     eids: Vec<RawAllowed>,
+    team: Option<String>,
+    /// RFC 3339, e.g. "2027-01-31T00:00:00Z": the peer is revoked then.
+    expires: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,7 +245,17 @@ pub struct ControlPeer {
     pub control_address: IpAddr,
     pub site_key: SiteKey,
     pub eids: Vec<AllowedEid>,
+    /// Its team ([`map_server_core::DEFAULT_TEAM`] unless given).
+    pub team: String,
+    /// When its enrolment ends (it is revoked then).
+    pub expires: Option<std::time::SystemTime>,
+    /// The file of the peers directory it came from; `None` for a
+    /// `[[peers]]` entry of the main file.
+    pub source: Option<PathBuf>,
 }
+
+/// What a team may resolve besides its own EIDs: the core's own type.
+pub use map_server_core::TeamPolicy;
 
 /// One locator of a static mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +294,10 @@ pub struct MapServerConfig {
     pub push_moves: bool,
     /// The campus relay whose credentials nodes are handed.
     pub relay: Option<RelayConfig>,
+    /// One TOML file per peer (`*.toml`), besides the `[[peers]]` of the
+    /// main file: what `map-server enroll` writes and `revoke` removes.
+    pub peers_dir: PathBuf,
+    pub teams: Vec<TeamPolicy>,
     /// Environment variables with our prefix that matched no setting.
     pub ignored_env: Vec<String>,
 }
@@ -289,7 +318,14 @@ impl MapServerConfig {
         let (raw, ignored_env) = load_raw::<Raw>(
             file,
             ENV_PREFIX,
-            &["control", "server", "peers", "static_mappings", "relay"],
+            &[
+                "control",
+                "server",
+                "peers",
+                "static_mappings",
+                "relay",
+                "teams",
+            ],
         )?;
         let c = checker(file);
 
@@ -354,32 +390,49 @@ impl MapServerConfig {
             None => Some(DEFAULT_METRICS.parse().expect("valid default")),
         };
 
-        let mut peers = Vec::with_capacity(raw.peers.len());
+        let peers_dir = c.path(raw.server.peers_dir.as_deref().unwrap_or(DEFAULT_PEERS_DIR));
+        let mut raw_peers: Vec<(Checker, String, &RawPeer, Option<PathBuf>)> = raw
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, rp)| (checker(file), format!("peers[{i}]"), rp, None))
+            .collect();
+        let dir_peers = read_peers_dir(&peers_dir)?;
+        for (path, rp) in &dir_peers {
+            raw_peers.push((checker(path), "-".to_string(), rp, Some(path.clone())));
+        }
+        let mut peers = Vec::with_capacity(raw_peers.len());
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
-        for (i, rp) in raw.peers.iter().enumerate() {
-            let f = format!("peers[{i}]");
+        for (c, f, rp, source) in raw_peers {
+            let field = |name: &str| {
+                if f == "-" {
+                    name.to_string()
+                } else {
+                    format!("{f}.{name}")
+                }
+            };
             if rp.name.is_empty() || !names.insert(rp.name.clone()) {
                 return Err(c.err(
-                    format!("{f}.name"),
+                    field("name"),
                     format!("`{}` is empty or used by another peer", rp.name),
                 ));
             }
-            let control_address = c.ip(&format!("{f}.control_address"), &rp.control_address)?;
+            let control_address = c.ip(&field("control_address"), &rp.control_address)?;
             if !addresses.insert(control_address) {
                 return Err(c.err(
-                    format!("{f}.control_address"),
+                    field("control_address"),
                     format!("{control_address} is used by another peer"),
                 ));
             }
             let public_key = rp
                 .public_key
                 .as_deref()
-                .map(|k| c.public_key(&format!("{f}.public_key"), k))
+                .map(|k| c.public_key(&field("public_key"), k))
                 .transpose()?;
             if public_key.is_none() && plain_listen.is_none() {
                 return Err(c.err(
-                    format!("{f}.public_key"),
+                    field("public_key"),
                     "a keyless peer needs server.plain_listen to be heard",
                 ));
             }
@@ -388,7 +441,7 @@ impl MapServerConfig {
                     .map_err(|e| c.err("control.address", e.to_string()))?;
                 if !tunnel.contains_addr(0, control_address) {
                     return Err(c.err(
-                        format!("{f}.control_address"),
+                        field("control_address"),
                         format!(
                             "{control_address} is outside the control tunnel {}/{}",
                             ctl.address, ctl.prefix_len
@@ -398,7 +451,7 @@ impl MapServerConfig {
             }
             if rp.eids.is_empty() {
                 return Err(c.err(
-                    format!("{f}.eids"),
+                    field("eids"),
                     "a peer must be allowed at least one EID prefix",
                 ));
             }
@@ -408,18 +461,76 @@ impl MapServerConfig {
                 .enumerate()
                 .map(|(j, a)| {
                     Ok(AllowedEid {
-                        prefix: c.eid(&format!("{f}.eids[{j}].prefix"), a.iid, &a.prefix)?,
+                        prefix: c.eid(&field(&format!("eids[{j}].prefix")), a.iid, &a.prefix)?,
                         more_specifics: a.more_specifics,
                     })
                 })
                 .collect::<Result<Vec<_>, ConfigError>>()?;
+            let team = rp
+                .team
+                .clone()
+                .unwrap_or_else(|| map_server_core::DEFAULT_TEAM.to_string());
+            if team.is_empty() {
+                return Err(c.err(field("team"), "must not be empty"));
+            }
+            let expires = rp
+                .expires
+                .as_deref()
+                .map(|e| {
+                    humantime::parse_rfc3339_weak(e).map_err(|err| {
+                        c.err(
+                            field("expires"),
+                            format!("`{e}`: {err} (e.g. 2027-01-31T00:00:00Z)"),
+                        )
+                    })
+                })
+                .transpose()?;
+            let site_key_field = if f == "-" {
+                "peer".to_string()
+            } else {
+                f.clone()
+            };
             peers.push(ControlPeer {
                 name: rp.name.clone(),
                 public_key,
                 control_address,
-                site_key: c.site_key(&f, &rp.site_key, &rp.site_key_file)?,
+                site_key: c.site_key(&site_key_field, &rp.site_key, &rp.site_key_file)?,
                 eids,
+                team,
+                expires,
+                source,
             });
+        }
+        let mut teams = Vec::with_capacity(raw.teams.len());
+        let mut team_names = HashSet::new();
+        for (i, t) in raw.teams.iter().enumerate() {
+            if t.name.is_empty() || !team_names.insert(t.name.clone()) {
+                return Err(c.err(
+                    format!("teams[{i}].name"),
+                    format!("`{}` is empty or used by another team", t.name),
+                ));
+            }
+            teams.push(TeamPolicy {
+                name: t.name.clone(),
+                may_resolve: t.may_resolve.clone(),
+            });
+        }
+        let known_teams: HashSet<&str> = peers
+            .iter()
+            .map(|p| p.team.as_str())
+            .chain(teams.iter().map(|t| t.name.as_str()))
+            .collect();
+        for (i, t) in teams.iter().enumerate() {
+            if let Some(unknown) = t
+                .may_resolve
+                .iter()
+                .find(|m| !known_teams.contains(m.as_str()))
+            {
+                return Err(c.err(
+                    format!("teams[{i}].may_resolve"),
+                    format!("no peer is in team `{unknown}` and no [[teams]] entry names it"),
+                ));
+            }
         }
 
         let static_mappings = raw
@@ -483,9 +594,48 @@ impl MapServerConfig {
             static_mappings,
             push_moves: raw.server.push_moves,
             relay,
+            peers_dir,
+            teams,
             ignored_env,
         })
     }
+}
+
+/// The peers directory unless `server.peers_dir` says otherwise, relative
+/// to the configuration file: `/etc/lispwg/peers.d` beside
+/// `/etc/lispwg/map-server.toml`.
+pub const DEFAULT_PEERS_DIR: &str = "peers.d";
+
+/// Every `*.toml` of the peers directory, one peer each, sorted by file name;
+/// none when the directory does not exist.
+fn read_peers_dir(dir: &Path) -> Result<Vec<(PathBuf, RawPeer)>, ConfigError> {
+    let c = checker(dir);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(c.err("-", format!("cannot read the peers directory: {e}"))),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| c.err("-", e.to_string()))?;
+        let path = entry.path();
+        if path.extension().is_some_and(|x| x == "toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let pc = checker(&path);
+            let raw = config::Config::builder()
+                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml))
+                .build()
+                .and_then(|b| b.try_deserialize::<RawPeer>())
+                .map_err(|e| pc.err("-", e.to_string()))?;
+            Ok((path, raw))
+        })
+        .collect()
 }
 
 fn relay_config(c: &crate::Checker, r: &RawRelay) -> Result<RelayConfig, ConfigError> {

@@ -6,6 +6,7 @@
 //! batched UDP I/O it serves the sockets with ([`udp`]), and the [`status`]
 //! page.
 
+pub mod admin;
 pub mod node_api;
 pub mod shell;
 pub mod status;

@@ -57,6 +57,31 @@ enum Command {
     /// relay.grant_file, mode 0600. The credentials work for new allocations
     /// until they expire (--ttl-secs, default relay.credential_ttl_secs).
     RelayGrant(RelayGrantArgs),
+    /// List the configured peers of the running map-server.
+    ///
+    /// For each peer: name, team, WireGuard key, the EIDs it may register,
+    /// whether it has a live registration, since when (last seen), where the
+    /// map-server's WireGuard sees it, and when its enrolment ends. Fetched
+    /// from the telemetry address in server.metrics, as `status` is.
+    Peers(StatusArgs),
+    /// Revoke a peer at once: its file leaves the peers directory and the
+    /// running map-server reloads.
+    ///
+    /// The peer's file is moved to <peers_dir>/revoked/ (kept for the
+    /// record, no longer loaded) and the daemon (its pid is in
+    /// server.state_dir) gets a SIGHUP: its control peer goes, its
+    /// registrations are withdrawn and every node that had a tunnel to it is
+    /// told to remove it, within a second. Peers written inline in the main
+    /// file ([[peers]]) are removed there by hand, then `systemctl reload`.
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+struct RevokeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The peer's name.
+    name: String,
 }
 
 #[derive(Args)]
@@ -95,6 +120,8 @@ fn main() -> ExitCode {
         Command::CheckConfig(a) => check_config(a),
         Command::Status(a) => status(a),
         Command::RelayGrant(a) => relay_grant(a),
+        Command::Peers(a) => peers(a),
+        Command::Revoke(a) => revoke(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,10 +141,8 @@ fn run(a: ConfigArg) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(async {
-        conf::service::ignore_sighup().context("cannot install the SIGHUP handler")?;
-        anyhow::Ok(map_server::shell::run(cfg).await?)
-    })?;
+    // The shell takes SIGHUP itself: it reloads the configuration.
+    runtime.block_on(async { anyhow::Ok(map_server::shell::run(cfg).await?) })?;
     Ok(())
 }
 
@@ -284,4 +309,120 @@ fn status(a: StatusArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot get the status of the map-server at {addr}"))?;
     print!("{body}");
     Ok(())
+}
+
+/// The running map-server's status document.
+fn fetch_status(cfg: &MapServerConfig) -> anyhow::Result<serde_json::Value> {
+    let Some(addr) = cfg.metrics else {
+        bail!(
+            "{}: server.metrics is \"\" (disabled), so the map-server serves no status; \
+             set it (e.g. metrics = \"127.0.0.1:9342\", the default) and restart the map-server",
+            cfg.file.display()
+        );
+    };
+    let body = conf::telemetry::fetch(addr, "/status?format=json")
+        .with_context(|| format!("cannot get the status of the map-server at {addr}"))?;
+    serde_json::from_str(&body).context("the map-server's status is not JSON")
+}
+
+fn peers(a: StatusArgs) -> anyhow::Result<()> {
+    let cfg = MapServerConfig::load(&a.config.config)?;
+    let doc = fetch_status(&cfg)?;
+    let peers = doc.get("peers").cloned().unwrap_or_default();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&peers)?);
+        return Ok(());
+    }
+    let rows: Vec<map_server::status::PeerRow> = peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(peer_row)
+        .collect();
+    print!("{}", map_server::status::Snapshot::render_peers(&rows));
+    Ok(())
+}
+
+/// A row of the JSON peer list, back into the text view's type.
+fn peer_row(v: &serde_json::Value) -> map_server::status::PeerRow {
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let secs = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_f64())
+            .map(std::time::Duration::from_secs_f64)
+    };
+    map_server::status::PeerRow {
+        name: s("name"),
+        team: s("team"),
+        key: v.get("key").and_then(|x| x.as_str()).map(str::to_string),
+        control_address: s("control_address"),
+        eids: v
+            .get("eids")
+            .and_then(|x| x.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect(),
+        state: if s("state") == "registered" {
+            "registered"
+        } else {
+            "silent"
+        },
+        last_seen: secs("last_seen_secs"),
+        observed_endpoint: v
+            .get("observed_endpoint")
+            .and_then(|x| x.as_str())
+            .and_then(|x| x.parse().ok()),
+        expires_in: secs("expires_in_secs"),
+    }
+}
+
+fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
+    let cfg = MapServerConfig::load(&a.config.config)?;
+    let Some(peer) = cfg.peers.iter().find(|p| p.name == a.name) else {
+        bail!(
+            "no peer {:?} in {} or {}",
+            a.name,
+            cfg.file.display(),
+            cfg.peers_dir.display()
+        );
+    };
+    let Some(source) = &peer.source else {
+        bail!(
+            "peer {:?} is a [[peers]] entry of {}: remove it there, then reload (systemctl reload lispwg-map-server)",
+            a.name,
+            cfg.file.display()
+        );
+    };
+    let pid = map_server::admin::daemon_pid(&cfg)?;
+    map_server::admin::retire_peer_file(&cfg, source)?;
+    map_server::admin::reload(pid)?;
+    let started = std::time::Instant::now();
+    // The daemon reloads within milliseconds; its status says when.
+    let deadline = started + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Ok(doc) = fetch_status(&cfg) {
+            let listed = doc
+                .get("peers")
+                .and_then(|p| p.as_array())
+                .is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| p.get("name").and_then(|n| n.as_str()) == Some(&a.name))
+                });
+            if !listed {
+                println!(
+                    "revoked {}: its control peer and registrations are gone, correspondents told ({} ms)",
+                    a.name,
+                    started.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    bail!(
+        "moved {} away and sent SIGHUP to pid {pid}, but the map-server still lists {:?} after 5 s; see its log",
+        source.display(),
+        a.name
+    )
 }

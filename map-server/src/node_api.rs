@@ -22,10 +22,18 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
+fn keyed_peers(cfg: &MapServerConfig) -> HashMap<IpAddr, String> {
+    cfg.peers
+        .iter()
+        .filter(|p| p.public_key.is_some())
+        .map(|p| (p.control_address, p.name.clone()))
+        .collect()
+}
+
 /// What the node API serves, from the configuration.
 pub struct NodeApi {
-    /// Keyed peers by control address.
-    peers: HashMap<IpAddr, String>,
+    /// Keyed peers by control address (replaced at each reload).
+    peers: std::sync::RwLock<HashMap<IpAddr, String>>,
     relay: Option<RelayConfig>,
     pub grants: AtomicU64,
     pub refused: AtomicU64,
@@ -34,15 +42,19 @@ pub struct NodeApi {
 impl NodeApi {
     pub fn new(cfg: &MapServerConfig) -> NodeApi {
         NodeApi {
-            peers: cfg
-                .peers
-                .iter()
-                .filter(|p| p.public_key.is_some())
-                .map(|p| (p.control_address, p.name.clone()))
-                .collect(),
+            peers: std::sync::RwLock::new(keyed_peers(cfg)),
             relay: cfg.relay.clone(),
             grants: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The peers of a configuration taken live.
+    pub fn set_peers(&self, cfg: &MapServerConfig) {
+        let peers = keyed_peers(cfg);
+        match self.peers.write() {
+            Ok(mut p) => *p = peers,
+            Err(poisoned) => *poisoned.into_inner() = peers,
         }
     }
 
@@ -58,12 +70,16 @@ impl NodeApi {
                 "this map-server has no relay\n".into(),
             ));
         };
-        let Some(name) = self.peers.get(&from) else {
+        let name = {
+            let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+            peers.get(&from).cloned()
+        };
+        let Some(name) = name else {
             return Err((StatusCode::FORBIDDEN, format!("{from} is no keyed peer\n")));
         };
         relay::Grant::issue(
             relay.secret.as_bytes(),
-            name,
+            &name,
             now_unix,
             relay.credential_ttl,
             relay.servers.clone(),

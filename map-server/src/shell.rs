@@ -39,6 +39,9 @@ use wgctl::{Host, IpPrefix, PeerConfig, WgInterface};
 
 mod pages;
 
+/// The daemon's pid, in `server.state_dir`: where `map-server revoke` sends
+/// its SIGHUP.
+pub const PID_FILE: &str = "map-server.pid";
 /// Datagrams handled per iteration before the flush, so a burst is committed
 /// in one transaction without starving the timers.
 const DRAIN_LIMIT: usize = 256;
@@ -74,8 +77,18 @@ pub enum ShellError {
     Signal(&'static str, io::Error),
 }
 
-/// Compiles the configuration into what the protocol core trusts.
+/// Compiles the configuration into what the protocol core trusts. Enrolment
+/// ends (wall-clock times) become instants of the monotonic clock, relative
+/// to `now`.
 pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
+    policy_at(cfg, Instant::now(), std::time::SystemTime::now())
+}
+
+fn policy_at(
+    cfg: &MapServerConfig,
+    now: Instant,
+    wall: std::time::SystemTime,
+) -> Result<Policy, ShellError> {
     if cfg.peers.len() > MAX_PEERS {
         return Err(ShellError::TooManyPeers {
             file: cfg.file.display().to_string(),
@@ -91,6 +104,12 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
             wg_key: p.public_key.map(|k| *k.as_bytes()),
             site_key: p.site_key.as_bytes().to_vec(),
             allowed: p.eids.clone(),
+            team: p.team.clone(),
+            // Already over: due at once.
+            expires: p
+                .expires
+                .map(|e| now + e.duration_since(wall).unwrap_or_default()),
+            revoked: false,
         })
         .collect();
     let static_mappings = cfg
@@ -126,6 +145,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
         push_moves: cfg.push_moves,
         control_address: cfg.control.as_ref().map(|c| c.address),
         plain_allowed: cfg.plain_allowed.clone(),
+        teams: cfg.teams.clone(),
         ..Policy::default()
     })
 }
@@ -141,9 +161,15 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         signal(SignalKind::terminate()).map_err(|e| ShellError::Signal("SIGTERM", e))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| ShellError::Signal("SIGINT", e))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| ShellError::Signal("SIGHUP", e))?;
 
     let started = Instant::now();
     let store = Store::open(&cfg.state_dir, DEFAULT_CACHE_BYTES)?;
+    // `map-server revoke` and `enroll` find the daemon to reload here.
+    let pid_file = cfg.state_dir.join(PID_FILE);
+    if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+        warn!(path = %pid_file.display(), error = %e, "cannot write the pid file; `map-server revoke` will not find this daemon");
+    }
     let mut core = MapServer::new(policy, started, rand::random());
     let restored = restore(&store, &mut core)?;
     let mut shell = Shell {
@@ -161,6 +187,8 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         restored,
         interface: cfg.control.as_ref().map(|c| c.interface.clone()),
         node_api: Arc::new(crate::node_api::NodeApi::new(&cfg)),
+        reloads: Reloads::default(),
+        cfg: cfg.clone(),
     };
     // Drop what no longer passes the policy before anything else happens.
     shell.flush().await;
@@ -206,7 +234,9 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
             "map-server ready"
         );
         conf::service::ready("serving");
-        let why = shell.event_loop(&mut sigterm, &mut sigint).await;
+        let why = shell
+            .event_loop(&mut sigterm, &mut sigint, &mut sighup)
+            .await;
         info!(signal = %why, "stopping");
         conf::service::stopping();
         Ok(())
@@ -220,8 +250,32 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
             error!(error = %e, "could not remove everything the map-server created");
         }
     }
+    let _ = std::fs::remove_file(&pid_file);
     info!("map-server stopped");
     result
+}
+
+/// Settings a reload cannot change in a running map-server, and whether
+/// they differ between `old` and `new`.
+fn restart_only_changes(old: &MapServerConfig, new: &MapServerConfig) -> [(&'static str, bool); 5] {
+    let ctl = |c: &MapServerConfig| {
+        c.control.as_ref().map(|c| {
+            (
+                c.interface.clone(),
+                c.listen_port,
+                c.address,
+                c.prefix_len,
+                c.private_key.public_key().to_string(),
+            )
+        })
+    };
+    [
+        ("control", ctl(old) != ctl(new)),
+        ("server.plain_listen", old.plain_listen != new.plain_listen),
+        ("server.metrics", old.metrics != new.metrics),
+        ("server.state_dir", old.state_dir != new.state_dir),
+        ("relay", old.relay.is_some() != new.relay.is_some()),
+    ]
 }
 
 /// Loads the store into the core; returns how many registrations are served.
@@ -354,10 +408,21 @@ struct Stats {
     recv_errors: u64,
 }
 
+/// Live reloads (SIGHUP), for metrics and status.
+#[derive(Debug, Default)]
+pub(crate) struct Reloads {
+    pub(crate) applied: u64,
+    /// Configurations refused (unreadable, invalid, or refused by the core):
+    /// the previous one kept running.
+    pub(crate) failed: u64,
+    pub(crate) last_error: Option<String>,
+}
+
 enum Event {
     Readable(Via, io::Result<()>),
     Timeout,
     Page(PageRequest),
+    Reload,
     Stop(&'static str),
 }
 
@@ -378,6 +443,9 @@ struct Shell {
     restored: usize,
     interface: Option<String>,
     node_api: Arc<crate::node_api::NodeApi>,
+    reloads: Reloads,
+    /// The configuration running now (the last one taken).
+    cfg: MapServerConfig,
 }
 
 async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
@@ -396,7 +464,12 @@ async fn next_page(t: Option<&mut Telemetry>) -> Option<PageRequest> {
 
 impl Shell {
     /// Runs until a signal; returns its name.
-    async fn event_loop(&mut self, sigterm: &mut Signal, sigint: &mut Signal) -> &'static str {
+    async fn event_loop(
+        &mut self,
+        sigterm: &mut Signal,
+        sigint: &mut Signal,
+        sighup: &mut Signal,
+    ) -> &'static str {
         // One timer, moved when the core's next deadline moves (a fresh one
         // per iteration would be set and cancelled for every datagram).
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
@@ -417,6 +490,7 @@ impl Shell {
                 Some(req) = next_page(self.telemetry.as_mut()) => Event::Page(req),
                 _ = sigterm.recv() => Event::Stop("SIGTERM"),
                 _ = sigint.recv() => Event::Stop("SIGINT"),
+                _ = sighup.recv() => Event::Reload,
             };
             match event {
                 Event::Readable(_, Ok(())) => self.serve().await,
@@ -426,6 +500,7 @@ impl Shell {
                 }
                 Event::Timeout => self.core.handle_timeout(Instant::now()),
                 Event::Page(req) => self.answer_page(req),
+                Event::Reload => self.reload(),
                 Event::Stop(name) => return name,
             }
             self.flush().await;
@@ -476,6 +551,55 @@ impl Shell {
                 break;
             }
         }
+    }
+
+    /// SIGHUP: reads the configuration file and the peers directory again
+    /// and hands the result to the core, which decides what changes. A
+    /// configuration that does not load, or that the core refuses, changes
+    /// nothing: the running one stays, and the refusal is logged and counted.
+    fn reload(&mut self) {
+        let file = self.cfg.file.clone();
+        let loaded = MapServerConfig::load(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| {
+                policy_from_config(&cfg)
+                    .map(|p| (cfg, p))
+                    .map_err(|e| e.to_string())
+            });
+        let (cfg, policy) = match loaded {
+            Ok(x) => x,
+            Err(e) => return self.reload_failed(e),
+        };
+        let change = match self.core.handle_config(Instant::now(), policy) {
+            Ok(c) => c,
+            Err(e) => return self.reload_failed(format!("{}: {e}", file.display())),
+        };
+        for (what, differs) in restart_only_changes(&self.cfg, &cfg) {
+            if differs {
+                warn!(
+                    setting = what,
+                    "changed in the configuration; takes effect at the next restart"
+                );
+            }
+        }
+        self.node_api.set_peers(&cfg);
+        self.reloads.applied += 1;
+        self.reloads.last_error = None;
+        info!(
+            file = %file.display(),
+            peers = cfg.peers.len(),
+            added = change.added.len(),
+            changed = change.changed.len(),
+            revoked = change.revoked.len(),
+            "configuration reloaded"
+        );
+        self.cfg = cfg;
+    }
+
+    fn reload_failed(&mut self, error: String) {
+        self.reloads.failed += 1;
+        error!(error = %error, "configuration reload refused; the running configuration stays");
+        self.reloads.last_error = Some(error);
     }
 
     /// Carries out what the core asks for, reporting each outcome: the store
@@ -552,6 +676,21 @@ impl Shell {
                 Ok(())
             }
             ControlAction::ReadEndpoints => Ok(()),
+            ControlAction::AddControlPeer {
+                key,
+                control_address,
+            } => {
+                let key = wgctl::keys::PublicKey::from_bytes(*key);
+                wg.upsert_peer(control_peer(key, *control_address, None, None))
+                    .await
+                    .map_err(fault)?;
+                info!(peer = %key, %control_address, "control peer added");
+                Ok(())
+            }
+            ControlAction::RemoveControlPeer { key } => {
+                let key = wgctl::keys::PublicKey::from_bytes(*key);
+                wg.remove_peer(&key).await.map_err(fault)
+            }
         }
     }
 

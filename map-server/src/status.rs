@@ -46,6 +46,28 @@ pub struct MappingRow {
     pub expires_in: Option<Duration>,
 }
 
+/// One configured peer, as `map-server peers` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerRow {
+    pub name: String,
+    pub team: String,
+    /// Its WireGuard public key (base64); `None` for a keyless LISP peer.
+    pub key: Option<String>,
+    pub control_address: String,
+    /// The EID prefixes it may register.
+    pub eids: Vec<String>,
+    /// `registered` (a live registration), or `silent`.
+    pub state: &'static str,
+    /// Since its newest live registration was refreshed.
+    #[serde(rename = "last_seen_secs", serialize_with = "conf::json::opt_secs")]
+    pub last_seen: Option<Duration>,
+    /// Where the map-server's WireGuard sees it.
+    pub observed_endpoint: Option<SocketAddr>,
+    /// Until its enrolment ends.
+    #[serde(rename = "expires_in_secs", serialize_with = "conf::json::opt_secs")]
+    pub expires_in: Option<Duration>,
+}
+
 /// Everything the status page shows (and, serialised, `/status?format=json`:
 /// see `docs/status-json.md`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -69,10 +91,27 @@ pub struct Snapshot {
     /// Configured peers with no live registration; only filled when every
     /// mapping is listed.
     pub silent_peers: Vec<String>,
+    /// Every configured peer (at most [`STATUS_ROWS`]).
+    pub peers: Vec<PeerRow>,
+    pub reloads: ReloadStatus,
+}
+
+/// Live reloads (SIGHUP) applied and refused, and the last refusal since
+/// the last one applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadStatus {
+    pub applied: u64,
+    pub failed: u64,
+    pub last_error: Option<String>,
 }
 
 impl Snapshot {
-    pub fn take(core: &MapServer, facts: ShellFacts, now: Instant) -> Snapshot {
+    pub fn take(
+        core: &MapServer,
+        facts: ShellFacts,
+        reloads: ReloadStatus,
+        now: Instant,
+    ) -> Snapshot {
         let mut live: Vec<_> = core
             .registry()
             .iter()
@@ -114,10 +153,9 @@ impl Snapshot {
             .collect();
         let silent_peers = if total <= STATUS_ROWS {
             core.policy()
-                .peers
-                .iter()
-                .filter(|p| !seen.contains(&p.name))
-                .map(|p| p.name.clone())
+                .live_peers()
+                .filter(|(_, p)| !seen.contains(&p.name))
+                .map(|(_, p)| p.name.clone())
                 .collect()
         } else {
             Vec::new()
@@ -137,7 +175,38 @@ impl Snapshot {
             live_mappings: total,
             rows,
             silent_peers,
+            peers: peer_rows(core, now),
+            reloads,
         }
+    }
+
+    /// The text of `map-server peers`.
+    pub fn render_peers(peers: &[PeerRow]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<10} {:<45} {:<24} {:<10} {:>9} {:<22} {:>10}",
+            "NAME", "TEAM", "KEY", "EIDS", "STATE", "LAST SEEN", "ENDPOINT", "EXPIRES IN"
+        );
+        for p in peers {
+            let secs = |d: Option<Duration>, none: &str| {
+                d.map_or(none.to_string(), |d| format!("{}s", d.as_secs()))
+            };
+            let _ = writeln!(
+                out,
+                "{:<16} {:<10} {:<45} {:<24} {:<10} {:>9} {:<22} {:>10}",
+                p.name,
+                p.team,
+                p.key.as_deref().unwrap_or("(keyless)"),
+                p.eids.join(","),
+                p.state,
+                secs(p.last_seen, "-"),
+                p.observed_endpoint
+                    .map_or("-".to_string(), |e| e.to_string()),
+                secs(p.expires_in, "never"),
+            );
+        }
+        out
     }
 
     /// The text of `map-server status`.
@@ -244,4 +313,43 @@ impl Snapshot {
         }
         out
     }
+}
+
+/// Every live configured peer with its registration state, sorted by name.
+fn peer_rows(core: &MapServer, now: Instant) -> Vec<PeerRow> {
+    let mut newest: std::collections::HashMap<u16, Duration> = Default::default();
+    for (_, m) in core.registry().iter().filter(|(_, m)| m.is_live(now)) {
+        let map_server_core::Origin::Peer(i) = m.origin else {
+            continue;
+        };
+        if let Some(t) = core.last_refresh(m) {
+            let age = now.saturating_duration_since(t);
+            let e = newest.entry(i).or_insert(age);
+            *e = (*e).min(age);
+        }
+    }
+    let mut rows: Vec<PeerRow> = core
+        .policy()
+        .live_peers()
+        .take(STATUS_ROWS)
+        .map(|(i, p)| PeerRow {
+            name: p.name.clone(),
+            team: p.team.clone(),
+            key: p
+                .wg_key
+                .map(|k| wgctl::keys::PublicKey::from_bytes(k).to_string()),
+            control_address: p.control_address.to_string(),
+            eids: p.allowed.iter().map(|a| a.prefix.to_string()).collect(),
+            state: if newest.contains_key(&i) {
+                "registered"
+            } else {
+                "silent"
+            },
+            last_seen: newest.get(&i).copied(),
+            observed_endpoint: core.observed(i),
+            expires_in: p.expires.map(|e| e.saturating_duration_since(now)),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    rows
 }

@@ -47,6 +47,20 @@ pub struct Counters {
     /// Encapsulated Map-Requests whose inner IPv4 header checksum was zero
     /// (stock `lig` sends them so): accepted, and counted here.
     pub zero_checksum_requests: u64,
+    /// Configurations taken by [`crate::MapServer::handle_config`].
+    pub reloads: u64,
+    /// Configurations refused whole by the core (nothing changed).
+    pub reloads_refused: u64,
+    pub peers_added: u64,
+    pub peers_changed: u64,
+    /// Peers revoked: removed from the configuration, or re-keyed.
+    pub peers_revoked: u64,
+    /// Peers whose enrolment expired.
+    pub peers_expired: u64,
+    /// Registrations withdrawn from correspondents by push.
+    pub withdrawals: u64,
+    /// Lookups refused by the team policy (answered negatively).
+    pub team_refusals: u64,
     /// Per configured control peer, by its index in the policy (grown on
     /// first use, so bounded by the configuration).
     pub per_peer: Vec<PeerCounters>,
@@ -201,6 +215,54 @@ impl Counters {
                 self.unexpected,
             ),
             ("entries", "mappings held", "gauge", self.entries),
+            (
+                "config_reloads_total",
+                "configurations applied live (SIGHUP)",
+                "counter",
+                self.reloads,
+            ),
+            (
+                "config_reloads_refused_by_core_total",
+                "configurations the core refused whole",
+                "counter",
+                self.reloads_refused,
+            ),
+            (
+                "peers_added_total",
+                "control peers added by a live reload",
+                "counter",
+                self.peers_added,
+            ),
+            (
+                "peers_changed_total",
+                "control peers changed by a live reload",
+                "counter",
+                self.peers_changed,
+            ),
+            (
+                "peers_revoked_total",
+                "control peers revoked (removed from the configuration or re-keyed)",
+                "counter",
+                self.peers_revoked,
+            ),
+            (
+                "peers_expired_total",
+                "control peers whose enrolment expired",
+                "counter",
+                self.peers_expired,
+            ),
+            (
+                "withdrawals_total",
+                "withdrawn mappings pushed to correspondents",
+                "counter",
+                self.withdrawals,
+            ),
+            (
+                "team_refusals_total",
+                "lookups refused by the team policy",
+                "counter",
+                self.team_refusals,
+            ),
             (
                 "store_commits_total",
                 "durable store transactions committed",

@@ -103,6 +103,16 @@ pub enum ControlAction {
     /// report it with [`crate::MapServer::handle_endpoints`] (not
     /// `handle_action_result`).
     ReadEndpoints,
+    /// Add (or update) the WireGuard peer of a control peer: key, and its
+    /// control address as its only allowed IP. No endpoint: the node
+    /// initiates.
+    AddControlPeer {
+        key: [u8; 32],
+        control_address: std::net::IpAddr,
+    },
+    /// Remove the WireGuard peer of a control peer that was revoked, expired,
+    /// or moved to another key: nothing it sends reaches the map-server.
+    RemoveControlPeer { key: [u8; 32] },
 }
 
 impl std::fmt::Display for ControlAction {
@@ -112,6 +122,17 @@ impl std::fmt::Display for ControlAction {
                 write!(f, "wake control peer {peer} at {endpoint}")
             }
             ControlAction::ReadEndpoints => f.write_str("read endpoints"),
+            ControlAction::AddControlPeer {
+                key,
+                control_address,
+            } => write!(
+                f,
+                "add control peer {} at {control_address}",
+                crate::fleet::key_hint(key)
+            ),
+            ControlAction::RemoveControlPeer { key } => {
+                write!(f, "remove control peer {}", crate::fleet::key_hint(key))
+            }
         }
     }
 }

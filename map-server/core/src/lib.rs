@@ -23,6 +23,7 @@ pub mod candidates;
 pub mod commits;
 pub mod counters;
 pub mod endpoints;
+pub mod fleet;
 pub mod io;
 pub mod notify;
 pub mod policy;
@@ -33,12 +34,15 @@ pub mod resolution;
 pub use candidates::{behind_nat, candidates, Candidate};
 pub use commits::FaultStatus;
 pub use counters::{Counters, PeerCounters};
+pub use fleet::{ConfigChange, ConfigRefused, Withdrawal};
 pub use io::{
     ActionFault, ActionId, Commit, CommitId, ControlAction, Endpoints, Refusal, StoreFault,
     StoreOp, Transmit, Via,
 };
 pub use lisp_wire::DEFAULT_WG_PORT;
-pub use policy::{AllowedEid, NotifyTiming, PeerPolicy, Policy, SourcePrefix};
+pub use policy::{
+    AllowedEid, NotifyTiming, PeerPolicy, Policy, SourcePrefix, TeamPolicy, DEFAULT_TEAM,
+};
 pub use registry::{Mapping, Origin, Registry, Rloc};
 pub use resolution::mapping_record;
 
@@ -109,22 +113,6 @@ impl MapServer {
             );
             policy.peers.truncate(MAX_PEERS);
         }
-        let mut tunnel_peers = HashMap::new();
-        let mut plain_peers = HashMap::new();
-        let mut peers_by_name = HashMap::new();
-        let mut peers_by_key = HashMap::new();
-        for (i, p) in policy.peers.iter().enumerate() {
-            if let Some(key) = p.wg_key {
-                peers_by_key.insert(key, i as u16);
-            }
-            let table = if p.wg_key.is_some() {
-                &mut tunnel_peers
-            } else {
-                &mut plain_peers
-            };
-            table.insert(p.control_address, i as u16);
-            peers_by_name.insert(p.name.clone(), i as u16);
-        }
         let mut registry = Registry::new();
         for (prefix, m) in &policy.static_mappings {
             registry.insert(
@@ -145,20 +133,21 @@ impl MapServer {
             entries: registry.len() as u64,
             ..Counters::default()
         };
+        let keyed = policy.peers.iter().any(|p| p.wg_key.is_some());
         let polling = endpoints::Polling {
-            due: (!peers_by_key.is_empty()).then_some(now),
+            due: keyed.then_some(now),
             ..Default::default()
         };
-        MapServer {
+        let mut ms = MapServer {
             observed: vec![None; policy.peers.len()],
             key_ids: vec![KeyId::HmacSha256; policy.peers.len()],
             reply_records: Vec::new(),
             reply_bounds: Vec::new(),
             policy,
-            tunnel_peers,
-            plain_peers,
-            peers_by_name,
-            peers_by_key,
+            tunnel_peers: HashMap::new(),
+            plain_peers: HashMap::new(),
+            peers_by_name: HashMap::new(),
+            peers_by_key: HashMap::new(),
             polling,
             registry,
             nonces,
@@ -173,7 +162,9 @@ impl MapServer {
             next_sweep: now + registration::SWEEP_INTERVAL,
             nonce_gen: lisp_wire::Nonces::new(seed),
             counters,
-        }
+        };
+        ms.index_peers();
+        ms
     }
 
     pub fn registry(&self) -> &Registry {
@@ -337,6 +328,7 @@ impl MapServer {
             .chain(actions)
             .chain(self.endpoints_timeout())
             .chain(self.commits.poll_timeout())
+            .chain(self.next_peer_expiry())
             .chain(std::iter::once(self.next_sweep))
             .min()
     }
@@ -346,6 +338,7 @@ impl MapServer {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.retransmit_notifies(now);
         self.retry_actions(now);
+        self.expire_peers(now);
         self.poll_actions_due(now);
         if now >= self.next_sweep {
             self.next_sweep = now + registration::SWEEP_INTERVAL;

@@ -101,6 +101,20 @@ impl MapServer {
             return;
         };
         let record = self.record_for(about, mapping, Some(peer_idx));
+        self.send_record(now, peer_idx, about, record, held);
+    }
+
+    /// Sends `record` (about `about`: a mapping, or its withdrawal) to `peer`
+    /// in a Map-Notify, retransmitted until acknowledged; `held` is released
+    /// on the Ack or at the hold time.
+    pub(crate) fn send_record(
+        &mut self,
+        now: Instant,
+        peer_idx: u16,
+        about: EidPrefix,
+        record: lisp_wire::EidRecord,
+        held: Option<Transmit>,
+    ) {
         let nonce = self.nonce_gen.next_nonce();
         let peer = &self.policy.peers[peer_idx as usize];
         let notify = MapNotify {
@@ -120,16 +134,8 @@ impl MapServer {
                 return;
             }
         };
-        let via = if peer.wg_key.is_some() {
-            Via::Tunnel
-        } else {
-            Via::Plain
-        };
-        let transmit = Transmit {
-            via,
-            dst: SocketAddr::new(peer.control_address, LISP_CONTROL_PORT),
-            payload,
-        };
+        let transmit = self.notify_transmit(peer_idx, payload);
+        let peer = &self.policy.peers[peer_idx as usize];
         debug!(peer = %peer.name, eid = %about, nonce, "Map-Notify to correspondent");
         self.counters.notifies += 1;
         self.transmits.push_back(transmit.clone());

@@ -87,7 +87,7 @@ impl std::fmt::Display for SourcePrefix {
 }
 
 /// One manually configured control peer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerPolicy {
     pub name: String,
     /// The address it speaks from: inside the control tunnel for WireGuard
@@ -99,6 +99,26 @@ pub struct PeerPolicy {
     /// The HMAC key of its Map-Registers and Map-Notify-Acks.
     pub site_key: Vec<u8>,
     pub allowed: Vec<AllowedEid>,
+    /// The team it belongs to: it resolves its own team's EIDs and those
+    /// the team's policy opens to it ([`TeamPolicy::may_resolve`]).
+    pub team: String,
+    /// When its enrolment ends: it is revoked then, as by `map-server revoke`.
+    pub expires: Option<std::time::Instant>,
+    /// Set by the core on a slot whose peer left the configuration (or
+    /// expired): it is heard from no more and holds nothing. Slots are kept
+    /// so that peer indices stay stable; a later new peer may reuse one.
+    pub revoked: bool,
+}
+
+/// The team every peer without one belongs to.
+pub const DEFAULT_TEAM: &str = "default";
+
+/// What a team may resolve besides its own EIDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamPolicy {
+    pub name: String,
+    /// Teams whose EIDs this team may resolve too.
+    pub may_resolve: Vec<String>,
 }
 
 impl PeerPolicy {
@@ -159,6 +179,8 @@ pub struct Policy {
     /// heard there is refused, counted and logged at debug level: the plain
     /// listener hands out every node's address, port and key.
     pub plain_allowed: Vec<SourcePrefix>,
+    /// The teams with rules; a team not listed resolves its own EIDs only.
+    pub teams: Vec<TeamPolicy>,
 }
 
 impl Default for Policy {
@@ -174,6 +196,7 @@ impl Default for Policy {
             endpoint_poll: Duration::from_secs(1),
             control_address: None,
             plain_allowed: Vec::new(),
+            teams: Vec::new(),
         }
     }
 }
@@ -181,8 +204,27 @@ impl Default for Policy {
 impl Policy {
     pub fn peer(&self, origin: Origin) -> Option<&PeerPolicy> {
         match origin {
-            Origin::Peer(i) => self.peers.get(i as usize),
+            Origin::Peer(i) => self.peers.get(i as usize).filter(|p| !p.revoked),
             Origin::Static => None,
         }
+    }
+
+    /// The configured peers, without the slots of revoked ones.
+    pub fn live_peers(&self) -> impl Iterator<Item = (u16, &PeerPolicy)> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.revoked)
+            .map(|(i, p)| (i as u16, p))
+    }
+
+    /// Whether a member of team `from` may resolve an EID of team `to`.
+    pub fn team_may_resolve(&self, from: &str, to: &str) -> bool {
+        from == to
+            || self
+                .teams
+                .iter()
+                .find(|t| t.name == from)
+                .is_some_and(|t| t.may_resolve.iter().any(|m| m == to))
     }
 }

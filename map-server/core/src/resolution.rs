@@ -149,6 +149,22 @@ impl MapServer {
             .map_err(encoding);
         };
         if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
+            let allowed = owner == req_peer
+                || crate::fleet::team_allows(&self.policy, &mut self.counters, req_peer, owner);
+            if !allowed {
+                // Another team's EID, not opened to the requester's team: as
+                // if it were not registered (the owner is not told).
+                self.counters.negative_replies += 1;
+                return EidRecord::negative(
+                    asked,
+                    self.policy.negative_ttl_minutes,
+                    Action::NativelyForward,
+                )
+                .encode_into(out)
+                .map_err(encoding);
+            }
+        }
+        if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
             // A Map-Notify tells the owner about the requester so that it
             // programs the requester's WireGuard peer first: only between
             // WireGuard peers. A keyless LISP peer (OOR) has none to program

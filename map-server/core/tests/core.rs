@@ -60,6 +60,9 @@ fn peer_policy(name: &str, n: &Node) -> PeerPolicy {
             prefix: n.eid,
             more_specifics: false,
         }],
+        team: DEFAULT_TEAM.into(),
+        expires: None,
+        revoked: false,
     }
 }
 
@@ -580,6 +583,9 @@ fn keyless_lisp_peers_register_and_resolve_on_the_plain_listener() {
             prefix: EidPrefix::new(3, ip("10.3.0.0"), 16).unwrap(),
             more_specifics: true,
         }],
+        team: DEFAULT_TEAM.into(),
+        expires: None,
+        revoked: false,
     };
     let mut ms: Ms = MapServer::new(
         Policy {
@@ -1141,6 +1147,9 @@ fn oor_policy() -> PeerPolicy {
             prefix: EidPrefix::new(0, ip("10.3.0.0"), 16).unwrap(),
             more_specifics: true,
         }],
+        team: DEFAULT_TEAM.into(),
+        expires: None,
+        revoked: false,
     }
 }
 
@@ -1579,4 +1588,321 @@ fn a_reply_is_the_codecs_encoding_and_follows_every_change_of_a_mapping() {
         panic!()
     };
     assert!(r.records[0].rlocs.is_empty(), "{r:?}");
+}
+
+// ---- the fleet: live reload, revocation, expiry, teams ---------------------
+
+fn node_c() -> Node {
+    Node {
+        ctl: ip("100.64.0.4"),
+        key: key_of(0xc),
+        site_key: b"site-c".to_vec(),
+        eid: host("10.0.0.3"),
+        rloc: "203.0.113.30:51822".parse().unwrap(),
+    }
+}
+
+fn fleet_policy(peers: Vec<PeerPolicy>) -> Policy {
+    Policy {
+        peers,
+        ..Policy::default()
+    }
+}
+
+/// A resolves B and B acks: both now hold a tunnel to each other (each is a
+/// subscriber of the other's EID).
+fn resolve_and_ack(ms: &mut Ms, now: Instant, a: &Node, b: &Node, nonce: u64) -> Vec<Transmit> {
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(a, nonce, b.eid),
+    );
+    let out = drain(ms);
+    let notify = out
+        .iter()
+        .find(|t| t.dst == SocketAddr::new(b.ctl, 4342))
+        .map(|t| parse_notify(t, &b.site_key));
+    if let Some(n) = notify {
+        ms.handle_datagram(now, from(b), Via::Tunnel, &ack_bytes(b, &n));
+    }
+    drain(ms)
+}
+
+fn actions(ms: &mut Ms) -> Vec<ControlAction> {
+    let mut out = Vec::new();
+    while let Some((id, a)) = ms.poll_action() {
+        if a == ControlAction::ReadEndpoints {
+            ms.handle_endpoints(Instant::now(), id, Ok(Vec::new()));
+            continue;
+        }
+        ms.handle_action_result(Instant::now(), id, Ok(()));
+        out.push(a);
+    }
+    out
+}
+
+#[test]
+fn a_reload_diffs_peers_by_name_and_keeps_what_did_not_change() {
+    let now = Instant::now();
+    let (a, b, c) = (node_a(), node_b(), node_c());
+    let mut ms: Ms = MapServer::new(
+        fleet_policy(vec![peer_policy("robot-a", &a), peer_policy("robot-b", &b)]),
+        now,
+        1,
+    )
+    .into();
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    resolve_and_ack(&mut ms, now, &a, &b, 10);
+    drain_store(&mut ms);
+    actions(&mut ms);
+    assert_eq!(ms.subscribers(&b.eid), 1);
+
+    // Same peers in another order, robot-b in a team now, robot-c new.
+    let mut b_team = peer_policy("robot-b", &b);
+    b_team.team = "lab".into();
+    let change = ms
+        .handle_config(
+            now,
+            fleet_policy(vec![
+                peer_policy("robot-c", &c),
+                b_team,
+                peer_policy("robot-a", &a),
+            ]),
+        )
+        .unwrap();
+    assert_eq!(change.added, vec!["robot-c".to_string()]);
+    assert_eq!(change.changed, vec!["robot-b".to_string()]);
+    assert!(change.revoked.is_empty());
+    assert_eq!(
+        actions(&mut ms),
+        vec![ControlAction::AddControlPeer {
+            key: c.key,
+            control_address: c.ctl
+        }]
+    );
+    // Nothing withdrawn, nothing deleted, the tunnels' subscriptions kept.
+    assert!(drain(&mut ms).is_empty());
+    assert!(drain_store(&mut ms).is_empty());
+    assert_eq!(ms.registry().len(), 2);
+    assert_eq!(ms.subscribers(&b.eid), 1);
+    // The new peer registers; the kept ones refresh without a hitch.
+    assert_eq!(register(&mut ms, now, &c, 3).len(), 1);
+    assert_eq!(register(&mut ms, now, &a, 4).len(), 1);
+    assert_eq!(ms.counters().reloads, 1);
+    assert_eq!(ms.counters().peers_added, 1);
+
+    // The very same configuration again changes nothing.
+    let same = ms.policy().clone();
+    let change = ms.handle_config(now, same).unwrap();
+    assert!(change.is_empty(), "{change:?}");
+}
+
+#[test]
+fn a_configuration_the_core_cannot_take_is_refused_whole() {
+    let now = Instant::now();
+    let (a, b) = (node_a(), node_b());
+    let mut ms = server(now);
+    register(&mut ms, now, &a, 1);
+    drain_store(&mut ms);
+    let mut clash = peer_policy("robot-c", &node_c());
+    clash.control_address = b.ctl;
+    let before = ms.policy().clone();
+    let refused = ms.handle_config(now, fleet_policy(vec![peer_policy("robot-b", &b), clash]));
+    assert!(matches!(refused, Err(ConfigRefused::DuplicateAddress(x)) if x == b.ctl));
+    // robot-a would have been removed: it was not.
+    assert_eq!(ms.policy().peers, before.peers);
+    assert_eq!(ms.registry().len(), 1);
+    assert!(drain(&mut ms).is_empty());
+    assert!(actions(&mut ms).is_empty());
+    assert_eq!(ms.counters().reloads_refused, 1);
+}
+
+#[test]
+fn a_removed_peer_is_revoked_and_its_correspondents_told_by_push() {
+    let now = Instant::now();
+    let (a, b) = (node_a(), node_b());
+    let mut ms = server(now);
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    resolve_and_ack(&mut ms, now, &a, &b, 10);
+    drain_store(&mut ms);
+    actions(&mut ms);
+
+    // robot-a leaves the configuration.
+    let change = ms
+        .handle_config(now, fleet_policy(vec![peer_policy("robot-b", &b)]))
+        .unwrap();
+    assert_eq!(change.revoked, vec!["robot-a".to_string()]);
+    // Its control peer goes.
+    assert_eq!(
+        actions(&mut ms),
+        vec![ControlAction::RemoveControlPeer { key: a.key }]
+    );
+    // Its registration is withdrawn, durably.
+    assert!(ms.registry().get(&a.eid).is_none());
+    assert_eq!(drain_store(&mut ms), vec![StoreOp::Delete(a.eid)]);
+    // B, which had a tunnel to it, is told at once: a negative record.
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].dst, SocketAddr::new(b.ctl, 4342));
+    let n = parse_notify(&out[0], &b.site_key);
+    assert_eq!(EidPrefix::of_record(&n.records[0]).unwrap(), a.eid);
+    assert!(n.records[0].rlocs.is_empty(), "a withdrawal has no locator");
+    assert_eq!(ms.counters().withdrawals, 1);
+    // Retransmitted until B acks.
+    let later = now + Duration::from_millis(150);
+    ms.handle_timeout(later);
+    assert_eq!(drain(&mut ms).len(), 1);
+    ms.handle_datagram(later, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    assert_eq!(ms.pending_notifies(), 0);
+    // robot-a is heard no more: its register and its requests are refused.
+    ms.handle_datagram(
+        later,
+        from(&a),
+        Via::Tunnel,
+        &register_bytes(&a, 5, vec![record(a.eid, a.key, a.rloc)]),
+    );
+    assert!(ms.registry().get(&a.eid).is_none());
+    assert_eq!(ms.counters().unknown_peers, 1);
+    // B resolving A now gets a negative answer.
+    ms.handle_datagram(
+        later,
+        SocketAddr::new(b.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&b, 11, a.eid),
+    );
+    let out = drain(&mut ms);
+    let Message::MapReply(r) = parse(&out[0].payload).unwrap() else {
+        panic!("a reply")
+    };
+    assert!(r.records[0].rlocs.is_empty());
+}
+
+#[test]
+fn a_new_key_for_a_peer_revokes_the_old_one() {
+    let now = Instant::now();
+    let (a, b) = (node_a(), node_b());
+    let mut ms = server(now);
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    resolve_and_ack(&mut ms, now, &b, &a, 10);
+    drain_store(&mut ms);
+    actions(&mut ms);
+    let mut rekeyed = peer_policy("robot-a", &a);
+    rekeyed.wg_key = Some(key_of(0xee));
+    let change = ms
+        .handle_config(now, fleet_policy(vec![rekeyed, peer_policy("robot-b", &b)]))
+        .unwrap();
+    assert_eq!(change.revoked, vec!["robot-a".to_string()]);
+    assert_eq!(
+        actions(&mut ms),
+        vec![
+            ControlAction::RemoveControlPeer { key: a.key },
+            ControlAction::AddControlPeer {
+                key: key_of(0xee),
+                control_address: a.ctl
+            }
+        ]
+    );
+    assert!(ms.registry().get(&a.eid).is_none());
+    assert_eq!(drain(&mut ms).len(), 1, "B is told to drop the old key");
+    // Under the new key robot-a registers again.
+    let new_a = Node {
+        key: key_of(0xee),
+        ..node_a()
+    };
+    assert_eq!(register(&mut ms, now, &new_a, 3).len(), 1);
+    assert_eq!(
+        ms.registry().get(&a.eid).unwrap().wg_key,
+        Some(key_of(0xee))
+    );
+}
+
+#[test]
+fn an_expired_enrolment_is_revoked_on_time() {
+    let now = Instant::now();
+    let (a, b) = (node_a(), node_b());
+    let mut short = peer_policy("robot-a", &a);
+    short.expires = Some(now + Duration::from_secs(30));
+    let mut ms: Ms = MapServer::new(
+        fleet_policy(vec![short, peer_policy("robot-b", &b)]),
+        now,
+        1,
+    )
+    .into();
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    resolve_and_ack(&mut ms, now, &b, &a, 10);
+    drain_store(&mut ms);
+    actions(&mut ms);
+    let due = ms.poll_timeout().unwrap();
+    assert!(due <= now + Duration::from_secs(30));
+    ms.handle_timeout(now + Duration::from_secs(29));
+    assert!(ms.registry().get(&a.eid).is_some());
+    let end = now + Duration::from_secs(30);
+    ms.handle_timeout(end);
+    assert!(ms.registry().get(&a.eid).is_none());
+    assert_eq!(ms.counters().peers_expired, 1);
+    assert_eq!(
+        actions(&mut ms),
+        vec![ControlAction::RemoveControlPeer { key: a.key }]
+    );
+    let out = drain(&mut ms);
+    assert!(out.iter().any(|t| t.dst == SocketAddr::new(b.ctl, 4342)));
+}
+
+#[test]
+fn a_team_resolves_its_own_and_what_its_policy_opens_and_nothing_else() {
+    let now = Instant::now();
+    let (a, b, c) = (node_a(), node_b(), node_c());
+    let team = |name: &str, n: &Node, t: &str| PeerPolicy {
+        team: t.into(),
+        ..peer_policy(name, n)
+    };
+    let policy = Policy {
+        peers: vec![
+            team("robot-a", &a, "red"),
+            team("robot-b", &b, "blue"),
+            team("robot-c", &c, "ops"),
+        ],
+        teams: vec![TeamPolicy {
+            name: "ops".into(),
+            may_resolve: vec!["red".into(), "blue".into()],
+        }],
+        ..Policy::default()
+    };
+    let mut ms: Ms = MapServer::new(policy, now, 1).into();
+    for (n, nonce) in [(&a, 1), (&b, 2), (&c, 3)] {
+        register(&mut ms, now, n, nonce);
+    }
+    drain_store(&mut ms);
+    let ask = |ms: &mut Ms, who: &Node, target: &Node, nonce| {
+        ms.handle_datagram(
+            now,
+            SocketAddr::new(who.ctl, 61000),
+            Via::Tunnel,
+            &ecm_request(who, nonce, target.eid),
+        );
+        drain(ms)
+    };
+    // red asks blue: negative reply, blue is not told, a counter.
+    let out = ask(&mut ms, &a, &b, 10);
+    assert_eq!(out.len(), 1, "only the reply: {out:?}");
+    assert_eq!(out[0].dst.ip(), a.ctl);
+    let Message::MapReply(r) = parse(&out[0].payload).unwrap() else {
+        panic!("a reply")
+    };
+    assert!(r.records[0].rlocs.is_empty(), "refused: negative");
+    assert_eq!(ms.counters().team_refusals, 1);
+    assert_eq!(ms.subscribers(&b.eid), 0);
+    // ops may resolve red: the usual notify to the owner first.
+    let out = ask(&mut ms, &c, &a, 11);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, SocketAddr::new(a.ctl, 4342));
+    assert_eq!(ms.counters().team_refusals, 1);
+    // blue may not resolve ops (the opening is one way).
+    ask(&mut ms, &b, &c, 12);
+    assert_eq!(ms.counters().team_refusals, 2);
 }

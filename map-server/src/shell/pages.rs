@@ -52,6 +52,18 @@ impl Shell {
                 self.core.pending_notifies() as u64,
             ),
             (
+                "config_reloads_applied_total",
+                "configurations taken live at SIGHUP",
+                "counter",
+                self.reloads.applied,
+            ),
+            (
+                "config_reloads_failed_total",
+                "configurations refused at SIGHUP (the running one stayed)",
+                "counter",
+                self.reloads.failed,
+            ),
+            (
                 "uptime_seconds",
                 "seconds since start",
                 "gauge",
@@ -76,6 +88,7 @@ impl Shell {
         ]);
         // Per configured peer: bounded by the configuration (and capped by
         // the page).
+        // Revoked slots keep their index but are no series.
         let peers = &self.core.policy().peers;
         let mut newest: Vec<Option<Duration>> = vec![None; peers.len()];
         for (_, m) in self.core.registry().iter().filter(|(_, m)| m.is_live(now)) {
@@ -90,29 +103,34 @@ impl Shell {
         }
         let counters = self.core.counters();
         let name = |i: usize| peers[i].name.clone();
+        let live: Vec<usize> = (0..peers.len()).filter(|&i| !peers[i].revoked).collect();
         page.gauges_by(
             "peer_registered",
             "whether the control peer has a live registration (1) or not (0)",
             "peer",
-            (0..peers.len()).map(|i| (name(i), f64::from(u8::from(newest[i].is_some())))),
+            live.iter()
+                .map(|&i| (name(i), f64::from(u8::from(newest[i].is_some())))),
         )
         .gauges_by(
             "peer_last_registration_age_seconds",
             "seconds since the control peer's newest live registration was refreshed",
             "peer",
-            (0..peers.len()).filter_map(|i| newest[i].map(|a| (name(i), a.as_secs_f64()))),
+            live.iter()
+                .filter_map(|&i| newest[i].map(|a| (name(i), a.as_secs_f64()))),
         )
         .counters_by(
             "peer_map_requests_total",
             "Map-Requests received from the control peer",
             "peer",
-            (0..peers.len()).map(|i| (name(i), counters.peer(i as u16).requests)),
+            live.iter()
+                .map(|&i| (name(i), counters.peer(i as u16).requests)),
         )
         .counters_by(
             "peer_refusals_total",
             "messages from the control peer that were refused",
             "peer",
-            (0..peers.len()).map(|i| (name(i), counters.peer(i as u16).refusals)),
+            live.iter()
+                .map(|&i| (name(i), counters.peer(i as u16).refusals)),
         );
     }
 
@@ -128,6 +146,11 @@ impl Shell {
             plain: local(&self.plain),
             store_path: self.store.path().to_path_buf(),
         };
-        Snapshot::take(&self.core, facts, Instant::now())
+        let reloads = crate::status::ReloadStatus {
+            applied: self.reloads.applied,
+            failed: self.reloads.failed,
+            last_error: self.reloads.last_error.clone(),
+        };
+        Snapshot::take(&self.core, facts, reloads, Instant::now())
     }
 }

@@ -234,6 +234,9 @@ fn peer_policies() -> Vec<PeerPolicy> {
                 prefix: EidPrefix::host(0, ip(eid)),
                 more_specifics: false,
             }],
+            team: map_server_core::DEFAULT_TEAM.into(),
+            expires: None,
+            revoked: false,
         })
         .collect()
 }
