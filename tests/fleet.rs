@@ -1,0 +1,310 @@
+//! The fleet, live, in the namespace lab: peers in a peers directory,
+//! SIGHUP reloads that drop nothing, `map-server revoke` taking effect
+//! within a second both ways, and team rules refusing a cross-team lookup.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use testbed::{binary, output_text as text, wait_until, Lab, LabSpec};
+
+const MS: &str = "map-server";
+
+/// Moves the lab's `[[peers]]` out of the map-server's file into one file
+/// per peer in `peers.d` beside it, `edit`ing each on the way (as a
+/// hand-edit or `map-server enroll` would write them).
+fn peers_to_dir(lab: &Lab, mut edit: impl FnMut(&str, &mut toml::Table)) -> PathBuf {
+    let file = lab.config_path(MS);
+    let mut cfg: toml::Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    let peers = cfg.remove("peers").expect("the lab configures peers");
+    let dir = lab.dir().join("peers.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    for p in peers.as_array().unwrap() {
+        let mut p = p.as_table().unwrap().clone();
+        let name = p["name"].as_str().unwrap().to_string();
+        // Relative paths are relative to the file that names them.
+        if let Some(site) = p.get("site_key_file").and_then(|v| v.as_str()) {
+            let abs = lab.dir().join(site).display().to_string();
+            p.insert("site_key_file".into(), abs.into());
+        }
+        edit(&name, &mut p);
+        write_private(
+            &dir.join(format!("{name}.toml")),
+            &toml::to_string(&p).unwrap(),
+        );
+    }
+    write_private(&file, &toml::to_string(&cfg).unwrap());
+    dir
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn sighup(lab: &Lab) {
+    let pid = lab.pid(MS).expect("the map-server runs");
+    let out = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A counter of the map-server's `/metrics`.
+fn metric(lab: &Lab, name: &str) -> u64 {
+    let page = lab.fetch(MS, "/metrics").unwrap();
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("lispwg_map_server_{name} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or_else(|| panic!("no metric {name} in\n{page}")) as u64
+}
+
+fn status(lab: &Lab) -> serde_json::Value {
+    serde_json::from_str(&lab.fetch(MS, "/status?format=json").unwrap()).unwrap()
+}
+
+fn registered_eids(lab: &Lab) -> Vec<String> {
+    let mut v: Vec<String> = status(lab)["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["eid"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `wg show latest-handshakes` of `name` for the peer with key `key`.
+fn handshake(lab: &Lab, name: &str, key: &str) -> Option<String> {
+    lab.wg_show(name, "latest-handshakes")
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+fn has_peer(lab: &Lab, name: &str, key: &str) -> bool {
+    lab.wg_show(name, "endpoints").iter().any(|(k, _)| k == key)
+}
+
+/// `ping -D` reply times, in seconds.
+fn reply_times(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn sighup_with_an_edited_peer_loses_no_registration_and_no_tunnel() {
+    let mut lab = Lab::for_test(LabSpec::campus().tag("fh"));
+    lab.ping_ok("robot-a", "10.0.0.2", 2);
+    let a_key = lab.public_key("robot-a").unwrap();
+    let before = registered_eids(&lab);
+    let hs_before = handshake(&lab, "robot-b", &a_key).expect("robot-b has robot-a");
+
+    // A 10 ms ping runs across both reloads.
+    let log = lab.dir().join("reload-ping.log");
+    let mut ping = lab
+        .ns("robot-a")
+        .spawn(
+            "ping",
+            "ping",
+            &["-D", "-i", "0.01", "-W", "1", "-c", "300", "10.0.0.2"],
+            &log,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // First reload: every peer now comes from the peers directory, and
+    // robot-b's file is edited (a team of its own, opened to the default
+    // team, so nothing it talks to is cut off).
+    let dir = peers_to_dir(&lab, |name, p| {
+        if name == "robot-b" {
+            p.insert("team".into(), "lab".into());
+        }
+    });
+    let file = lab.config_path(MS);
+    let mut cfg = std::fs::read_to_string(&file).unwrap();
+    cfg += "\n[[teams]]\nname = \"default\"\nmay_resolve = [\"lab\"]\n\n[[teams]]\nname = \"lab\"\nmay_resolve = [\"default\"]\n";
+    write_private(&file, &cfg);
+    sighup(&lab);
+    assert!(
+        wait_until(Duration::from_secs(3), || metric(
+            &lab,
+            "config_reloads_applied_total"
+        ) == 1),
+        "the reload was not applied\n{}",
+        lab.logs()
+    );
+    // A broken edit is refused whole and the running configuration stays.
+    let good = std::fs::read_to_string(dir.join("robot-b.toml")).unwrap();
+    write_private(&dir.join("robot-b.toml"), "name = \"robot-b\"\neids = [\n");
+    sighup(&lab);
+    assert!(
+        wait_until(Duration::from_secs(3), || metric(
+            &lab,
+            "config_reloads_failed_total"
+        ) == 1),
+        "the broken edit was not refused\n{}",
+        lab.logs()
+    );
+    // Fixed, it is taken again.
+    write_private(&dir.join("robot-b.toml"), &good);
+    sighup(&lab);
+    assert!(
+        wait_until(Duration::from_secs(3), || metric(
+            &lab,
+            "config_reloads_applied_total"
+        ) == 2),
+        "the fixed file was not taken\n{}",
+        lab.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !ping.is_running()),
+        "ping did not finish"
+    );
+    let times = reply_times(&ping.log());
+    assert_eq!(
+        times.len(),
+        300,
+        "replies lost across the reloads:\n{}",
+        ping.log()
+    );
+
+    assert_eq!(registered_eids(&lab), before, "a registration was lost");
+    let peers = status(&lab)["peers"].clone();
+    let b = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "robot-b")
+        .unwrap_or_else(|| panic!("robot-b is not listed: {peers:#}"));
+    assert_eq!(b["team"], "lab", "{b:#}");
+    assert_eq!(b["state"], "registered", "{b:#}");
+    // The tunnel is the same WireGuard session (no re-handshake needed, so
+    // none forced) and robot-b still has its peer.
+    assert!(has_peer(&lab, "robot-b", &a_key));
+    let hs_after = handshake(&lab, "robot-b", &a_key).unwrap();
+    assert!(hs_after >= hs_before);
+    let log = std::fs::read_to_string(lab.log_path(MS)).unwrap();
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(log.contains("configuration reload refused"), "{log}");
+    assert!(
+        log.contains("robot-b.toml"),
+        "the refusal names the file: {log}"
+    );
+    // `map-server peers` lists them, from the running daemon.
+    let config = lab.config_path(MS).display().to_string();
+    let out = lab.exec(
+        "ms",
+        &[
+            binary("map-server").to_str().unwrap(),
+            "peers",
+            "-c",
+            &config,
+        ],
+    );
+    let listing = text(&out);
+    assert!(out.status.success(), "{listing}");
+    for name in ["robot-a", "robot-b", "edge"] {
+        assert!(listing.contains(name), "{listing}");
+    }
+    assert!(listing.contains("registered"), "{listing}");
+    lab.check_daemons().unwrap();
+}
+
+#[test]
+fn revoke_stops_the_robots_traffic_within_a_second_both_ways() {
+    let lab = Lab::for_test(LabSpec::campus().tag("fr"));
+    peers_to_dir(&lab, |_, _| {});
+    sighup(&lab);
+    assert!(wait_until(Duration::from_secs(3), || {
+        metric(&lab, "config_reloads_applied_total") == 1
+    }));
+    lab.ping_ok("robot-a", "10.0.0.2", 2);
+    lab.ping_ok("host", "10.0.0.1", 1);
+    let a_key = lab.public_key("robot-a").unwrap();
+    assert!(has_peer(&lab, "robot-b", &a_key));
+    assert!(has_peer(&lab, "edge", &a_key));
+
+    let config = lab.config_path(MS).display().to_string();
+    let t0 = Instant::now();
+    let out = lab.exec(
+        "ms",
+        &[
+            binary("map-server").to_str().unwrap(),
+            "revoke",
+            "robot-a",
+            "-c",
+            &config,
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), lab.logs());
+    // Every correspondent drops its data peer, pushed, not at a TTL.
+    let gone = wait_until(Duration::from_secs(1), || {
+        !has_peer(&lab, "robot-b", &a_key) && !has_peer(&lab, "edge", &a_key)
+    });
+    let latency = t0.elapsed();
+    eprintln!(
+        "revoke: correspondents dropped robot-a after {} ms",
+        latency.as_millis()
+    );
+    assert!(gone, "robot-a is still a peer after 1 s\n{}", lab.logs());
+    // The map-server's own control peer for it is gone too.
+    assert!(!has_peer(&lab, "ms", &a_key));
+    // Traffic stops both ways.
+    let from_a = lab.exec(
+        "robot-a",
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.0.0.2"],
+    );
+    assert!(
+        !from_a.status.success(),
+        "robot-a still reaches robot-b:\n{}",
+        text(&from_a)
+    );
+    let to_a = lab.exec(
+        "robot-b",
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.0.0.1"],
+    );
+    assert!(
+        !to_a.status.success(),
+        "robot-b still reaches robot-a:\n{}",
+        text(&to_a)
+    );
+    // The others carry on.
+    lab.ping_ok("host", "10.0.0.2", 1);
+    assert_eq!(metric(&lab, "peers_revoked_total"), 1);
+    assert!(metric(&lab, "withdrawals_total") >= 2);
+    let kept = std::fs::read_dir(lab.dir().join("peers.d/revoked"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 1, "the revoked peer's file is kept for the record");
+}
+
+#[test]
+fn a_cross_team_lookup_is_refused_with_a_negative_reply() {
+    let lab = Lab::for_test(LabSpec::campus().tag("ft"));
+    peers_to_dir(&lab, |name, p| {
+        let team = if name == "robot-b" { "blue" } else { "red" };
+        p.insert("team".into(), team.into());
+    });
+    sighup(&lab);
+    assert!(wait_until(Duration::from_secs(3), || {
+        metric(&lab, "config_reloads_applied_total") == 1
+    }));
+    // Same team: fine.
+    lab.ping_ok("robot-a", "10.1.0.10", 2);
+    // robot-a (red) may not resolve robot-b (blue): a negative reply, so the
+    // ping is answered with ICMP unreachable at once, never by robot-b.
+    let out = lab.exec(
+        "robot-a",
+        &["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.0.0.2"],
+    );
+    let t = text(&out);
+    assert!(!out.status.success(), "red reached blue:\n{t}");
+    assert!(!t.contains("bytes from 10.0.0.2"), "{t}");
+    assert!(metric(&lab, "team_refusals_total") >= 1, "{}", lab.logs());
+    let b_key = lab.public_key("robot-b").unwrap();
+    assert!(!has_peer(&lab, "robot-a", &b_key));
+}
