@@ -15,6 +15,9 @@
 //! # plain_listen = "192.0.2.1:4342"  # keyless LISP peers and benchmarks
 //! # plain_allowed = ["192.0.2.0/24"]  # besides the keyless peers, whom the
 //! #                                   # plain listener answers (e.g. lig)
+//! peers_dir = "peers.d"              # one *.toml per peer (fields as in
+//! #                                   # [[peers]]), beside this file; SIGHUP
+//! #                                   # re-reads it and this file
 //!
 //! [[peers]]
 //! name = "robot-a"
@@ -22,6 +25,12 @@
 //! control_address = "100.64.0.2"
 //! site_key_file = "robot-a.site"     # or site_key = "…" in a 0600 file
 //! eids = [{ prefix = "10.1.0.1/32", iid = 0, more_specifics = false }]
+//! team = "red"                       # "default" unless given
+//! expires = "2027-01-31T00:00:00Z"   # optional: revoked then
+//!
+//! [[teams]]                          # what a team may resolve besides its own
+//! name = "ops"
+//! may_resolve = ["red"]
 //!
 //! [[static_mappings]]
 //! prefix = "10.9.0.0/16"

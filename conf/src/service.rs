@@ -6,9 +6,10 @@
 //!   tunnel, sockets and telemetry endpoint are up. Nothing is sent when the
 //!   daemon was not started by systemd.
 //! * [`stopping`]: `STOPPING=1`, when a shutdown begins.
-//! * [`ignore_sighup`]: the units' `ExecReload` sends SIGHUP. Reloading the
-//!   configuration is not implemented yet, so SIGHUP is logged and ignored
-//!   instead of killing the daemon (its default action).
+//! * [`ignore_sighup`]: the units' `ExecReload` sends SIGHUP. The agent does
+//!   not reload yet, so it logs and ignores SIGHUP instead of dying (its
+//!   default action). The map-server's shell takes SIGHUP itself and
+//!   reloads.
 
 use tokio::signal::unix::{signal, SignalKind};
 
