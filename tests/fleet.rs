@@ -308,3 +308,269 @@ fn a_cross_team_lookup_is_refused_with_a_negative_reply() {
     let b_key = lab.public_key("robot-b").unwrap();
     assert!(!has_peer(&lab, "robot-a", &b_key));
 }
+
+// ---- enrolment ------------------------------------------------------------
+
+/// Turns on enrolment (`[join]` on the map-server's address, port 4344),
+/// drops `remove` from the lab's peers, and restarts the map-server.
+fn enable_join(lab: &mut Lab, remove: &[&str]) -> String {
+    let file = lab.config_path(MS);
+    let mut cfg: toml::Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+    if let Some(toml::Value::Array(peers)) = cfg.get_mut("peers") {
+        peers.retain(|p| !remove.contains(&p["name"].as_str().unwrap()));
+    }
+    let listen = format!("{}:4344", lab.address("ms"));
+    let mut join = toml::Table::new();
+    join.insert("listen".into(), listen.clone().into());
+    cfg.insert("join".into(), join.into());
+    write_private(&file, &toml::to_string(&cfg).unwrap());
+    lab.stop(MS).unwrap();
+    lab.start(MS).unwrap();
+    listen
+}
+
+fn ms_cli(lab: &Lab, args: &[&str]) -> std::process::Output {
+    let config = lab.config_path(MS).display().to_string();
+    let bin = binary("map-server");
+    let mut all = vec![bin.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["-c", &config]);
+    lab.exec("ms", &all)
+}
+
+/// `xtr join ARGS` in `node`'s namespace, writing `<lab>/<node>-etc/xtr.toml`
+/// with WireGuard interface `<prefix>-<short>`.
+fn xtr_join(lab: &Lab, node: &str, short: &str, args: &[&str]) -> (std::process::Output, PathBuf) {
+    let cfg = lab.dir().join(format!("{node}-etc")).join("xtr.toml");
+    let ifname = format!("{}-{short}", lab.prefix());
+    let bin = binary("xtr");
+    let cfg_s = cfg.display().to_string();
+    let mut all = vec![bin.to_str().unwrap(), "join"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
+        "--config",
+        &cfg_s,
+        "--interface",
+        &ifname,
+        "--backend",
+        "userspace",
+    ]);
+    (lab.exec(node, &all), cfg)
+}
+
+/// Starts the agent a join configured, and waits until the map-server has
+/// its registration.
+fn run_joined(lab: &Lab, node: &str, name: &str, cfg: &Path) -> testbed::Daemon {
+    let log = lab.dir().join(format!("{node}-joined.log"));
+    let d = lab
+        .ns(node)
+        .spawn(
+            &format!("xtr on {node}"),
+            binary("xtr"),
+            &["run", "-c", cfg.to_str().unwrap()],
+            &log,
+        )
+        .unwrap();
+    let registered = wait_until(Duration::from_secs(15), || {
+        status(lab)["peers"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["name"] == name && p["state"] == "registered")
+        })
+    });
+    assert!(
+        registered,
+        "{name} never registered\n{}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        lab.logs()
+    );
+    d
+}
+
+#[test]
+fn a_fresh_robot_goes_from_nothing_to_talking_with_enroll_join_and_run() {
+    let mut lab = Lab::for_test(LabSpec::campus().tag("fe").idle("robot-a"));
+    enable_join(&mut lab, &["robot-a"]);
+    let bundle = lab.dir().join("robot-a.bundle");
+    let out = ms_cli(
+        &lab,
+        &[
+            "enroll",
+            "robot-a",
+            "--eid",
+            "10.0.0.1/32",
+            "--team",
+            "default",
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let mode = std::fs::metadata(&bundle).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let t0 = Instant::now();
+    let (out, cfg) = xtr_join(&lab, "robot-a", "a", &[bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}\n{}", text(&out), lab.logs());
+    eprintln!("join took {} ms", t0.elapsed().as_millis());
+    // The robot's key and site key, 0600; its key is what the map-server has.
+    let dir = cfg.parent().unwrap();
+    let key_file = dir.join(format!("{}-a.key", lab.prefix()));
+    for f in [&cfg, &key_file, &dir.join("robot-a.site")] {
+        let m = std::fs::metadata(f).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&m) & 0o777,
+            0o600,
+            "{}",
+            f.display()
+        );
+    }
+    let peer_file = lab.dir().join("peers.d/robot-a.toml");
+    assert!(peer_file.exists(), "the map-server wrote the peer");
+    let _agent = run_joined(&lab, "robot-a", "robot-a", &cfg);
+    lab.ping_ok("robot-a", "10.0.0.2", 3);
+    lab.ping_ok("robot-b", "10.0.0.1", 3);
+
+    // The same bundle again, by anyone: refused loudly, naming the first.
+    let (out, _) = xtr_join(&lab, "robot-b", "h2", &[bundle.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("already redeemed at"), "{t}");
+    assert!(
+        t.contains(&format!("from {}", lab.address("robot-a"))),
+        "{t}"
+    );
+    assert_eq!(metric(&lab, "join_reused_total"), 1);
+    // An expired bundle: refused with when.
+    let late = lab.dir().join("late.bundle");
+    let out = ms_cli(
+        &lab,
+        &[
+            "enroll",
+            "late",
+            "--eid",
+            "10.0.0.9/32",
+            "--expires",
+            "1s",
+            "--out",
+            late.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(Duration::from_millis(2100));
+    let (out, _) = xtr_join(&lab, "robot-b", "h3", &[late.to_str().unwrap(), "--force"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("expired at"), "{t}");
+    assert_eq!(metric(&lab, "join_expired_total"), 1);
+    let log = std::fs::read_to_string(lab.log_path(MS)).unwrap();
+    assert!(log.contains("join refused"), "{log}");
+    assert!(log.contains("already redeemed"), "{log}");
+    // A wrong secret gets no answer at all.
+    let mut forged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&late).unwrap()).unwrap();
+    forged["secret"] = conf_secret().into();
+    let forged_file = lab.dir().join("forged.bundle");
+    write_private(&forged_file, &forged.to_string());
+    let (out, _) = xtr_join(
+        &lab,
+        "robot-b",
+        "h4",
+        &[forged_file.to_str().unwrap(), "--force"],
+    );
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("no answer"), "{t}");
+    assert_eq!(
+        metric(&lab, "join_bad_secret_total"),
+        5,
+        "each of its 5 tries was dropped"
+    );
+    assert_eq!(metric(&lab, "join_redeemed_total"), 1);
+}
+
+/// A random 32-byte secret, base64url.
+fn conf_secret() -> String {
+    let bytes: Vec<u8> = (0..32).map(|i| (i * 37 + 11) as u8).collect();
+    let table = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |a, &b| (a << 8) | b as u32) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(table[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn three_robots_join_with_one_team_key_and_talk() {
+    use testbed::{Attach, Segment};
+    let spec = LabSpec::campus()
+        .tag("fk")
+        .host("r1", Attach::Segment(Segment::SubnetA))
+        .host("r2", Attach::Segment(Segment::SubnetB))
+        .host("r3", Attach::Segment(Segment::Public));
+    let mut lab = Lab::for_test(spec);
+    let server = enable_join(&mut lab, &[]);
+    let out = ms_cli(
+        &lab,
+        &[
+            "join-key",
+            "create",
+            "--team",
+            "field",
+            "--pool",
+            "10.0.7.0/24",
+            "--uses",
+            "3",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("lwk1."), "{key}");
+    let mut agents = Vec::new();
+    for (i, node) in ["r1", "r2", "r3"].into_iter().enumerate() {
+        let name = format!("robot-{node}");
+        let (out, cfg) = xtr_join(
+            &lab,
+            node,
+            node,
+            &["--key", &key, "--server", &server, "--name", &name],
+        );
+        assert!(out.status.success(), "{}\n{}", text(&out), lab.logs());
+        assert!(
+            text(&out).contains(&format!("10.0.7.{}/32", i + 1)),
+            "{}",
+            text(&out)
+        );
+        agents.push(run_joined(&lab, node, &name, &cfg));
+    }
+    for (from, to) in [("r1", "10.0.7.2"), ("r2", "10.0.7.3"), ("r3", "10.0.7.1")] {
+        lab.ping_ok(from, to, 3);
+    }
+    // A fourth robot: the key is used up.
+    let (out, _) = xtr_join(
+        &lab,
+        "robot-b",
+        "h5",
+        &["--key", &key, "--server", &server, "--name", "robot-r4"],
+    );
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("used up (3 of 3"),
+        "{t}"
+    );
+    // Revoked: refused too, from now on.
+    let id = key.split('.').nth(1).unwrap();
+    let out = ms_cli(&lab, &["join-key", "revoke", id]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listing = text(&ms_cli(&lab, &["peers"]));
+    for n in ["robot-r1", "robot-r2", "robot-r3"] {
+        assert!(
+            listing.contains(n) && listing.contains("field"),
+            "{listing}"
+        );
+    }
+}

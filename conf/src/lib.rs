@@ -11,6 +11,7 @@
 //! read; the loader refuses files that group or others can read, and refuses a
 //! configuration file holding an inline site key under the same rule.
 
+pub mod join;
 pub mod json;
 pub mod logging;
 pub mod map_server;

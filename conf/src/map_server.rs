@@ -28,6 +28,11 @@
 //! team = "red"                       # "default" unless given
 //! expires = "2027-01-31T00:00:00Z"   # optional: revoked then
 //!
+//! [join]                             # enrolment (map-server enroll, join-key)
+//! listen = "192.0.2.1:4344"          # UDP, public address; robots redeem here
+//! # endpoint = "192.0.2.1:4340"      # WireGuard endpoint robots are given
+//! overlay = ["10.0.0.0/8"]           # EID space robots route to the overlay
+//!
 //! [[teams]]                          # what a team may resolve besides its own
 //! name = "ops"
 //! may_resolve = ["red"]
@@ -78,6 +83,25 @@ struct Raw {
     relay: Option<RawRelay>,
     #[serde(default)]
     teams: Vec<RawTeam>,
+    join: Option<RawJoin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJoin {
+    listen: String,
+    endpoint: Option<String>,
+    #[serde(default = "default_overlay")]
+    overlay: Vec<String>,
+    #[serde(default = "default_join_name")]
+    name: String,
+}
+
+fn default_overlay() -> Vec<String> {
+    vec!["10.0.0.0/8".into()]
+}
+fn default_join_name() -> String {
+    "ms".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,8 +331,25 @@ pub struct MapServerConfig {
     /// main file: what `map-server enroll` writes and `revoke` removes.
     pub peers_dir: PathBuf,
     pub teams: Vec<TeamPolicy>,
+    /// Where robots redeem join bundles and team keys; `None`: no enrolment.
+    pub join: Option<JoinConfig>,
     /// Environment variables with our prefix that matched no setting.
     pub ignored_env: Vec<String>,
+}
+
+/// Enrolment: the join listener and what joined robots are told.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    /// UDP, on the map-server's public address (outside the tunnel: the
+    /// robot has no tunnel yet).
+    pub listen: SocketAddr,
+    /// The WireGuard endpoint robots are given (default: the join address
+    /// with `control.listen_port`).
+    pub endpoint: SocketAddr,
+    /// The EID space robots route to their miss TUN.
+    pub overlay: Vec<String>,
+    /// The map-server's name in the robots' configuration.
+    pub name: String,
 }
 
 /// The campus relay (coturn with `use-auth-secret`), as the map-server
@@ -590,6 +631,37 @@ impl MapServerConfig {
                 "relay credentials are handed out over the control tunnel: configure [control]",
             ));
         }
+        let join = match &raw.join {
+            None => None,
+            Some(j) => {
+                let Some(ctl) = &control else {
+                    return Err(c.err(
+                        "join",
+                        "enrolment needs the control tunnel: configure [control]",
+                    ));
+                };
+                let listen = c.socket("join.listen", &j.listen)?;
+                let endpoint = match &j.endpoint {
+                    Some(e) => c.socket("join.endpoint", e)?,
+                    None => SocketAddr::new(listen.ip(), ctl.listen_port),
+                };
+                if endpoint.ip().is_unspecified() {
+                    return Err(c.err(
+                        "join.endpoint",
+                        "robots need a reachable address: give join.endpoint, or a join.listen address that is not 0.0.0.0",
+                    ));
+                }
+                for (i, o) in j.overlay.iter().enumerate() {
+                    c.eid(&format!("join.overlay[{i}]"), 0, o)?;
+                }
+                Some(JoinConfig {
+                    listen,
+                    endpoint,
+                    overlay: j.overlay.clone(),
+                    name: j.name.clone(),
+                })
+            }
+        };
         Ok(MapServerConfig {
             file: file.to_path_buf(),
             control,
@@ -605,6 +677,7 @@ impl MapServerConfig {
             relay,
             peers_dir,
             teams,
+            join,
             ignored_env,
         })
     }

@@ -7,6 +7,7 @@
 //! page.
 
 pub mod admin;
+pub mod join;
 pub mod node_api;
 pub mod shell;
 pub mod status;

@@ -74,6 +74,84 @@ enum Command {
     /// told to remove it, within a second. Peers written inline in the main
     /// file ([[peers]]) are removed there by hand, then `systemctl reload`.
     Revoke(RevokeArgs),
+    /// Enrol one robot: write its join bundle.
+    ///
+    /// Reserves NAME, its EIDs and a control address, and writes a join
+    /// bundle (JSON, 0600) to --out: the map-server's join address, its
+    /// WireGuard key (the robot pins it) and a single-use secret. Copy it to
+    /// the robot and run `xtr join FILE --config /etc/lispwg/xtr.toml` there:
+    /// the robot makes its own key, redeems the bundle over the join port
+    /// ([join] listen), and the map-server writes the peer into its peers
+    /// directory and takes it live. A second redemption fails, naming when
+    /// and from where the first happened. Needs [join] in the configuration.
+    Enroll(EnrollArgs),
+    /// Team keys: reusable join keys for provisioning scripts.
+    #[command(subcommand)]
+    JoinKey(JoinKeyCommand),
+}
+
+#[derive(Args)]
+struct EnrollArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The robot's name (letters, digits, -).
+    name: String,
+    /// An EID prefix it may register (repeat for more), e.g. 10.0.0.7/32.
+    #[arg(long = "eid", value_name = "PREFIX", required = true)]
+    eids: Vec<String>,
+    /// The instance ID of its EIDs.
+    #[arg(long, default_value_t = 0)]
+    iid: u32,
+    /// Its team.
+    #[arg(long, default_value = map_server_core::DEFAULT_TEAM)]
+    team: String,
+    /// How long the bundle can be redeemed (e.g. 30m, 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    expires: humantime::Duration,
+    /// Where to write the bundle.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum JoinKeyCommand {
+    /// Create a team key and print it.
+    ///
+    /// Each robot that runs `xtr join --key KEY --server HOST[:PORT]` gets
+    /// the next free address of --pool as its EID, a control address and a
+    /// name (its hostname unless it gives --name), in team --team.
+    Create(JoinKeyCreate),
+    /// Revoke a team key (or a bundle) by its id: refused from now on.
+    Revoke(JoinKeyRevoke),
+    /// List the join keys and bundles.
+    List(ConfigArg),
+}
+
+#[derive(Args)]
+struct JoinKeyCreate {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[arg(long)]
+    team: String,
+    /// The EID pool, e.g. 10.0.1.0/24.
+    #[arg(long, value_name = "PREFIX")]
+    pool: String,
+    #[arg(long, default_value_t = 0)]
+    iid: u32,
+    /// How many robots may join with it.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    uses: u32,
+    /// How long it works (e.g. 24h, 7d).
+    #[arg(long, value_name = "DURATION", default_value = "7d")]
+    expires: humantime::Duration,
+}
+
+#[derive(Args)]
+struct JoinKeyRevoke {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The key's id (its second field, or `join-key list`).
+    id: String,
 }
 
 #[derive(Args)]
@@ -122,6 +200,10 @@ fn main() -> ExitCode {
         Command::RelayGrant(a) => relay_grant(a),
         Command::Peers(a) => peers(a),
         Command::Revoke(a) => revoke(a),
+        Command::Enroll(a) => enroll(a),
+        Command::JoinKey(JoinKeyCommand::Create(a)) => join_key_create(a),
+        Command::JoinKey(JoinKeyCommand::Revoke(a)) => join_key_revoke(a),
+        Command::JoinKey(JoinKeyCommand::List(a)) => join_key_list(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -425,4 +507,206 @@ fn revoke(a: RevokeArgs) -> anyhow::Result<()> {
         source.display(),
         a.name
     )
+}
+
+/// The configuration of a map-server that enrols: its join section and
+/// control tunnel.
+fn enrolling(
+    path: &std::path::Path,
+) -> anyhow::Result<(
+    MapServerConfig,
+    conf::map_server::JoinConfig,
+    conf::map_server::ControlInterface,
+)> {
+    let cfg = MapServerConfig::load(path)?;
+    let (Some(j), Some(c)) = (cfg.join.clone(), cfg.control.clone()) else {
+        bail!(
+            "{}: no [join] section (or no [control]): this map-server does not enrol robots; \
+             add [join] listen = \"<public address>:{}\"",
+            cfg.file.display(),
+            conf::join::DEFAULT_JOIN_PORT
+        );
+    };
+    Ok((cfg, j, c))
+}
+
+fn expiry(d: &humantime::Duration) -> u64 {
+    map_server::join::now_unix() + d.as_secs()
+}
+
+fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
+    use map_server::join::{self, Grant, JoinToken};
+    let (cfg, jc, ctl) = enrolling(&a.config.config)?;
+    if !join::plain(&a.name) || !join::plain(&a.team) {
+        bail!(
+            "names and teams are letters, digits, - and _ (at most 63): {:?}, {:?}",
+            a.name,
+            a.team
+        );
+    }
+    let tokens = join::list_tokens(&cfg.state_dir);
+    let taken = cfg.peers.iter().any(|p| p.name == a.name)
+        || tokens.iter().any(|t| {
+            !t.revoked && matches!(&t.grant, Grant::Robot { name, .. } if *name == a.name)
+        });
+    if taken {
+        bail!(
+            "the name {:?} is taken (a peer, or a bundle not yet revoked: `join-key list`)",
+            a.name
+        );
+    }
+    let (used_ctl, used_eids) = join::used_addresses(&cfg, &tokens);
+    let mut eids = Vec::new();
+    for e in &a.eids {
+        let p = join::parse_prefix(e, a.iid).map_err(anyhow::Error::msg)?;
+        if used_eids.contains(&p.addr()) {
+            bail!("the EID {e} is given to another peer or bundle already");
+        }
+        eids.push(format!("{}/{}", p.addr(), p.prefix_len()));
+    }
+    let tunnel = join::parse_prefix(&format!("{}/{}", ctl.address, ctl.prefix_len), 0)
+        .map_err(anyhow::Error::msg)?;
+    let Some(control_address) = join::next_free(&tunnel, &used_ctl) else {
+        bail!(
+            "no free control address left in {}/{}",
+            ctl.address,
+            ctl.prefix_len
+        );
+    };
+    let id = conf::join::TokenId::random();
+    let secret = join::new_secret();
+    let expires = expiry(&a.expires);
+    let token = JoinToken {
+        id: id.to_string(),
+        secret: secret.to_base64(),
+        team: a.team.clone(),
+        created_unix: join::now_unix(),
+        expires_unix: Some(expires),
+        max_uses: 1,
+        revoked: false,
+        grant: Grant::Robot {
+            name: a.name.clone(),
+            eids: eids.clone(),
+            iid: a.iid,
+            control_address,
+        },
+    };
+    let bundle = conf::join::Bundle {
+        kind: conf::join::BUNDLE_KIND.into(),
+        server: jc.listen.to_string(),
+        server_key: ctl.private_key.public_key().to_base64(),
+        token: id.to_string(),
+        secret: secret.to_base64(),
+        name: a.name.clone(),
+        expires: Some(join::rfc3339(expires)),
+    };
+    join::write_private(&a.out, serde_json::to_string_pretty(&bundle)?.as_bytes())?;
+    join::write_token(&cfg.state_dir, &token)?;
+    println!(
+        "join bundle for {} ({}, team {}, control address {}) written to {}; single use, until {}",
+        a.name,
+        eids.join(", "),
+        a.team,
+        control_address,
+        a.out.display(),
+        join::rfc3339(expires)
+    );
+    println!(
+        "on the robot: xtr join {} --config /etc/lispwg/xtr.toml",
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn join_key_create(a: JoinKeyCreate) -> anyhow::Result<()> {
+    use map_server::join::{self, Grant, JoinToken};
+    let (cfg, jc, ctl) = enrolling(&a.config.config)?;
+    if !join::plain(&a.team) {
+        bail!(
+            "team names are letters, digits, - and _ (at most 63): {:?}",
+            a.team
+        );
+    }
+    let pool = join::parse_prefix(&a.pool, a.iid).map_err(anyhow::Error::msg)?;
+    if a.uses == 0 {
+        bail!("--uses must be at least 1");
+    }
+    let id = conf::join::TokenId::random();
+    let secret = join::new_secret();
+    let expires = expiry(&a.expires);
+    let token = JoinToken {
+        id: id.to_string(),
+        secret: secret.to_base64(),
+        team: a.team.clone(),
+        created_unix: join::now_unix(),
+        expires_unix: Some(expires),
+        max_uses: a.uses,
+        revoked: false,
+        grant: Grant::Pool {
+            pool: format!("{}/{}", pool.addr(), pool.prefix_len()),
+            iid: a.iid,
+        },
+    };
+    join::write_token(&cfg.state_dir, &token)?;
+    let key = conf::join::TeamKey {
+        id,
+        secret,
+        server_key: *ctl.private_key.public_key().as_bytes(),
+    };
+    eprintln!(
+        "team key {id} for team {}: EIDs from {}, {} uses, until {}; robots run:\n  xtr join --key KEY --server {} [--name NAME] --config /etc/lispwg/xtr.toml",
+        a.team,
+        a.pool,
+        a.uses,
+        join::rfc3339(expires),
+        jc.listen
+    );
+    println!("{key}");
+    Ok(())
+}
+
+fn join_key_revoke(a: JoinKeyRevoke) -> anyhow::Result<()> {
+    use map_server::join;
+    let cfg = MapServerConfig::load(&a.config.config)?;
+    let id: conf::join::TokenId = a.id.parse()?;
+    let Some(mut token) = join::read_token(&cfg.state_dir, &id).map_err(anyhow::Error::msg)? else {
+        bail!("no join key or bundle {id} (see `map-server join-key list`)");
+    };
+    token.revoked = true;
+    join::write_token(&cfg.state_dir, &token)?;
+    println!("revoked join token {id}: refused from now on (robots that joined with it stay; `map-server revoke NAME` removes one)");
+    Ok(())
+}
+
+fn join_key_list(a: ConfigArg) -> anyhow::Result<()> {
+    use map_server::join::{self, Grant};
+    let cfg = MapServerConfig::load(&a.config)?;
+    println!(
+        "{:<17} {:<7} {:<12} {:<28} {:>5} {:<21} STATE",
+        "ID", "KIND", "TEAM", "GRANTS", "USES", "EXPIRES"
+    );
+    for t in join::list_tokens(&cfg.state_dir) {
+        let (kind, grants) = match &t.grant {
+            Grant::Robot { name, eids, .. } => ("bundle", format!("{name} {}", eids.join(","))),
+            Grant::Pool { pool, .. } => ("key", format!("pool {pool}")),
+        };
+        let now = join::now_unix();
+        let state = if t.revoked {
+            "revoked"
+        } else if t.expires_unix.is_some_and(|e| now >= e) {
+            "expired"
+        } else {
+            "valid"
+        };
+        println!(
+            "{:<17} {:<7} {:<12} {:<28} {:>5} {:<21} {state}",
+            t.id,
+            kind,
+            t.team,
+            grants,
+            t.max_uses,
+            t.expires_unix.map_or("never".into(), join::rfc3339)
+        );
+    }
+    Ok(())
 }

@@ -37,6 +37,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{debug, error, info, warn};
 use wgctl::{Host, IpPrefix, PeerConfig, WgInterface};
 
+mod join;
 mod pages;
 
 /// The daemon's pid, in `server.state_dir`: where `map-server revoke` sends
@@ -189,6 +190,8 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         node_api: Arc::new(crate::node_api::NodeApi::new(&cfg)),
         reloads: Reloads::default(),
         cfg: cfg.clone(),
+        join: None,
+        join_stats: JoinStats::default(),
     };
     // Drop what no longer passes the policy before anything else happens.
     shell.flush().await;
@@ -222,6 +225,11 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
             // The core wakes the control peers whose registrations it restored.
             shell.core.finish_restore();
             shell.flush().await;
+        }
+        if let Some(j) = &cfg.join {
+            // On the underlay: the robot has no tunnel yet.
+            shell.join = Some(bind_udp(j.listen, None)?);
+            info!(addr = %j.listen, "listening for join requests (bundles and team keys)");
         }
         if let Some(addr) = cfg.plain_listen {
             shell.plain = Some(bind_udp(addr, None)?);
@@ -408,6 +416,22 @@ struct Stats {
     recv_errors: u64,
 }
 
+/// Join requests, by outcome (metrics, and the warnings' rate limit).
+#[derive(Debug, Default)]
+pub(crate) struct JoinStats {
+    /// Not a join request, or an unknown token id: dropped silently.
+    pub(crate) unknown: u64,
+    /// A known token id whose secret (or pinned key) did not match: dropped
+    /// silently.
+    pub(crate) bad_secret: u64,
+    pub(crate) expired: u64,
+    pub(crate) reused: u64,
+    pub(crate) revoked: u64,
+    pub(crate) redeemed: u64,
+    /// Admitted, but the peer could not be written or taken.
+    pub(crate) failed: u64,
+}
+
 /// Live reloads (SIGHUP), for metrics and status.
 #[derive(Debug, Default)]
 pub(crate) struct Reloads {
@@ -423,6 +447,7 @@ enum Event {
     Timeout,
     Page(PageRequest),
     Reload,
+    Join,
     Stop(&'static str),
 }
 
@@ -446,6 +471,9 @@ struct Shell {
     reloads: Reloads,
     /// The configuration running now (the last one taken).
     cfg: MapServerConfig,
+    /// The join listener (`[join]`).
+    join: Option<UdpSocket>,
+    join_stats: JoinStats,
 }
 
 async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
@@ -491,6 +519,7 @@ impl Shell {
                 _ = sigterm.recv() => Event::Stop("SIGTERM"),
                 _ = sigint.recv() => Event::Stop("SIGINT"),
                 _ = sighup.recv() => Event::Reload,
+                Ok(()) = readable(self.join.as_ref()) => Event::Join,
             };
             match event {
                 Event::Readable(_, Ok(())) => self.serve().await,
@@ -501,6 +530,7 @@ impl Shell {
                 Event::Timeout => self.core.handle_timeout(Instant::now()),
                 Event::Page(req) => self.answer_page(req),
                 Event::Reload => self.reload(),
+                Event::Join => self.serve_join(),
                 Event::Stop(name) => return name,
             }
             self.flush().await;

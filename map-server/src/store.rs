@@ -33,6 +33,9 @@ const REGISTRATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("regis
 /// Control peer name -> the endpoint it was last seen at (family byte,
 /// address, port), for waking it through its NAT after a restart.
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+/// Join-token redemptions, by token id: the encoded list of every
+/// redemption of that token (see `crate::join`).
+const REDEMPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("redemptions");
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
@@ -330,6 +333,37 @@ impl Store {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// What is recorded for join token `id` (its redemptions), if anything.
+    pub fn redemptions(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        guarded(&self.path, "loading redemptions", || {
+            let err = self.db_err("load redemptions");
+            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let table = match txn.open_table(REDEMPTIONS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(err(e.into())),
+            };
+            let value = table.get(id).map_err(|e| err(e.into()))?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Replaces what is recorded for join token `id`, in one durable
+    /// transaction: when this returns Ok, the redemption survives a crash.
+    pub fn record_redemptions(&self, id: &str, value: &[u8]) -> Result<(), StoreError> {
+        guarded(&self.path, "writing redemptions", || {
+            let err = self.db_err("write redemptions");
+            let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+            txn.set_durability(redb::Durability::Immediate)
+                .map_err(|e| err(e.into()))?;
+            {
+                let mut table = txn.open_table(REDEMPTIONS).map_err(|e| err(e.into()))?;
+                table.insert(id, value).map_err(|e| err(e.into()))?;
+            }
+            txn.commit().map_err(|e| err(e.into()))
         })
     }
 

@@ -6,6 +6,7 @@
 //! is re-injected. The protocol logic is the sans-IO [`xtr_core::Xtr`]; this
 //! crate is its tokio [`shell`] and the [`status`] page.
 
+pub mod join;
 pub mod relay;
 pub mod shell;
 pub mod status;

@@ -58,6 +58,50 @@ enum Command {
     /// Read a private key on standard input and print its public key (as
     /// `wg pubkey`).
     Pubkey,
+    /// Enrol this robot with a map-server and write its configuration.
+    ///
+    /// From a join bundle (`map-server enroll` writes one; single use) or a
+    /// team key (`map-server join-key create`; --server HOST[:PORT] needed).
+    /// Makes the robot's WireGuard key here (it never leaves the robot),
+    /// redeems the bundle or key with the map-server whose key it pins, and
+    /// writes --config, the key (<interface>.key) and the site key
+    /// (<name>.site) beside it, 0600. Then `xtr run -c CONFIG` works. An
+    /// expired, used-up or revoked bundle is refused with the reason; a
+    /// wrong one gets no answer at all.
+    Join {
+        /// The join bundle file.
+        #[arg(value_name = "BUNDLE", conflicts_with = "key")]
+        bundle: Option<PathBuf>,
+        /// A team key (lwk1.…) instead of a bundle.
+        #[arg(long, value_name = "KEY")]
+        key: Option<String>,
+        /// The map-server's join address, HOST[:PORT] (default port 4344);
+        /// a bundle names it already.
+        #[arg(long, value_name = "HOST[:PORT]")]
+        server: Option<String>,
+        /// The name to ask for (team keys; the default is the hostname).
+        #[arg(long)]
+        name: Option<String>,
+        /// The configuration file to write.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The WireGuard interface the agent will make (at most 15 chars).
+        #[arg(long, default_value = "lispwg0")]
+        interface: String,
+        /// Underlay interfaces, best first (repeat); default: those with a
+        /// default route.
+        #[arg(long = "rloc-interface", value_name = "IFNAME")]
+        rloc_interfaces: Vec<String>,
+        /// The WireGuard listen port.
+        #[arg(long, default_value_t = 51820)]
+        listen_port: u16,
+        /// WireGuard backend: auto, kernel or userspace.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Replace an existing configuration.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -137,6 +181,29 @@ fn dispatch(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Join {
+            bundle,
+            key,
+            server,
+            name,
+            config,
+            interface,
+            rloc_interfaces,
+            listen_port,
+            backend,
+            force,
+        } => xtr::join::join(xtr::join::JoinArgs {
+            bundle,
+            key,
+            server,
+            name,
+            config,
+            interface,
+            rloc_interfaces,
+            listen_port,
+            backend,
+            force,
+        }),
         Command::Pubkey => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;

@@ -64,6 +64,48 @@ impl Shell {
                 self.reloads.failed,
             ),
             (
+                "join_unknown_total",
+                "join datagrams for no known token (dropped without an answer)",
+                "counter",
+                self.join_stats.unknown,
+            ),
+            (
+                "join_bad_secret_total",
+                "join requests that did not decrypt (dropped without an answer)",
+                "counter",
+                self.join_stats.bad_secret,
+            ),
+            (
+                "join_expired_total",
+                "join requests refused: the bundle or key expired",
+                "counter",
+                self.join_stats.expired,
+            ),
+            (
+                "join_reused_total",
+                "join requests refused: the bundle was redeemed already, or the key used up",
+                "counter",
+                self.join_stats.reused,
+            ),
+            (
+                "join_revoked_total",
+                "join requests refused: the key was revoked",
+                "counter",
+                self.join_stats.revoked,
+            ),
+            (
+                "join_redeemed_total",
+                "robots enrolled",
+                "counter",
+                self.join_stats.redeemed,
+            ),
+            (
+                "join_failed_total",
+                "admitted join requests whose peer could not be taken",
+                "counter",
+                self.join_stats.failed,
+            ),
+            (
                 "uptime_seconds",
                 "seconds since start",
                 "gauge",
