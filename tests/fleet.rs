@@ -11,12 +11,15 @@ const MS: &str = "map-server";
 /// Moves the lab's `[[peers]]` out of the map-server's file into one file
 /// per peer in `peers.d` beside it, `edit`ing each on the way (as a
 /// hand-edit or `map-server enroll` would write them).
-fn peers_to_dir(lab: &Lab, mut edit: impl FnMut(&str, &mut toml::Table)) -> PathBuf {
+///
+/// The directory appears whole (the map-server watches it); the main file,
+/// with `extra` appended, is written after it, and a SIGHUP takes both.
+fn peers_to_dir(lab: &Lab, mut edit: impl FnMut(&str, &mut toml::Table), extra: &str) -> PathBuf {
     let file = lab.config_path(MS);
     let mut cfg: toml::Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
     let peers = cfg.remove("peers").expect("the lab configures peers");
-    let dir = lab.dir().join("peers.d");
-    std::fs::create_dir_all(&dir).unwrap();
+    let staged = lab.dir().join("peers.d.new");
+    std::fs::create_dir_all(&staged).unwrap();
     for p in peers.as_array().unwrap() {
         let mut p = p.as_table().unwrap().clone();
         let name = p["name"].as_str().unwrap().to_string();
@@ -27,18 +30,38 @@ fn peers_to_dir(lab: &Lab, mut edit: impl FnMut(&str, &mut toml::Table)) -> Path
         }
         edit(&name, &mut p);
         write_private(
-            &dir.join(format!("{name}.toml")),
+            &staged.join(format!("{name}.toml")),
             &toml::to_string(&p).unwrap(),
         );
     }
-    write_private(&file, &toml::to_string(&cfg).unwrap());
+    let dir = lab.dir().join("peers.d");
+    std::fs::rename(&staged, &dir).unwrap();
+    write_private(&file, &(toml::to_string(&cfg).unwrap() + extra));
+    sighup(lab);
     dir
 }
 
+/// Writes a file whole, 0600 from the start (the map-server watches the
+/// peers directory and may read it at any moment).
 fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    drop(f);
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Waits until counter `name` reaches `at_least`.
+fn wait_metric(lab: &Lab, name: &str, at_least: u64) -> bool {
+    wait_until(Duration::from_secs(3), || metric(lab, name) >= at_least)
 }
 
 fn sighup(lab: &Lab) {
@@ -119,33 +142,28 @@ fn sighup_with_an_edited_peer_loses_no_registration_and_no_tunnel() {
     // First reload: every peer now comes from the peers directory, and
     // robot-b's file is edited (a team of its own, opened to the default
     // team, so nothing it talks to is cut off).
-    let dir = peers_to_dir(&lab, |name, p| {
-        if name == "robot-b" {
-            p.insert("team".into(), "lab".into());
-        }
-    });
-    let file = lab.config_path(MS);
-    let mut cfg = std::fs::read_to_string(&file).unwrap();
-    cfg += "\n[[teams]]\nname = \"default\"\nmay_resolve = [\"lab\"]\n\n[[teams]]\nname = \"lab\"\nmay_resolve = [\"default\"]\n";
-    write_private(&file, &cfg);
-    sighup(&lab);
+    let dir = peers_to_dir(
+        &lab,
+        |name, p| {
+            if name == "robot-b" {
+                p.insert("team".into(), "lab".into());
+            }
+        },
+        "\n[[teams]]\nname = \"default\"\nmay_resolve = [\"lab\"]\n\n[[teams]]\nname = \"lab\"\nmay_resolve = [\"default\"]\n",
+    );
     assert!(
-        wait_until(Duration::from_secs(3), || metric(
-            &lab,
-            "config_reloads_applied_total"
-        ) == 1),
+        wait_metric(&lab, "config_reloads_applied_total", 1),
         "the reload was not applied\n{}",
         lab.logs()
     );
+    let applied = metric(&lab, "config_reloads_applied_total");
     // A broken edit is refused whole and the running configuration stays.
     let good = std::fs::read_to_string(dir.join("robot-b.toml")).unwrap();
+    let failed = metric(&lab, "config_reloads_failed_total");
     write_private(&dir.join("robot-b.toml"), "name = \"robot-b\"\neids = [\n");
     sighup(&lab);
     assert!(
-        wait_until(Duration::from_secs(3), || metric(
-            &lab,
-            "config_reloads_failed_total"
-        ) == 1),
+        wait_metric(&lab, "config_reloads_failed_total", failed + 1),
         "the broken edit was not refused\n{}",
         lab.logs()
     );
@@ -153,10 +171,7 @@ fn sighup_with_an_edited_peer_loses_no_registration_and_no_tunnel() {
     write_private(&dir.join("robot-b.toml"), &good);
     sighup(&lab);
     assert!(
-        wait_until(Duration::from_secs(3), || metric(
-            &lab,
-            "config_reloads_applied_total"
-        ) == 2),
+        wait_metric(&lab, "config_reloads_applied_total", applied + 1),
         "the fixed file was not taken\n{}",
         lab.logs()
     );
@@ -217,11 +232,8 @@ fn sighup_with_an_edited_peer_loses_no_registration_and_no_tunnel() {
 #[test]
 fn revoke_stops_the_robots_traffic_within_a_second_both_ways() {
     let lab = Lab::for_test(LabSpec::campus().tag("fr"));
-    peers_to_dir(&lab, |_, _| {});
-    sighup(&lab);
-    assert!(wait_until(Duration::from_secs(3), || {
-        metric(&lab, "config_reloads_applied_total") == 1
-    }));
+    peers_to_dir(&lab, |_, _| {}, "");
+    assert!(wait_metric(&lab, "config_reloads_applied_total", 1));
     lab.ping_ok("robot-a", "10.0.0.2", 2);
     lab.ping_ok("host", "10.0.0.1", 1);
     let a_key = lab.public_key("robot-a").unwrap();
@@ -285,14 +297,15 @@ fn revoke_stops_the_robots_traffic_within_a_second_both_ways() {
 #[test]
 fn a_cross_team_lookup_is_refused_with_a_negative_reply() {
     let lab = Lab::for_test(LabSpec::campus().tag("ft"));
-    peers_to_dir(&lab, |name, p| {
-        let team = if name == "robot-b" { "blue" } else { "red" };
-        p.insert("team".into(), team.into());
-    });
-    sighup(&lab);
-    assert!(wait_until(Duration::from_secs(3), || {
-        metric(&lab, "config_reloads_applied_total") == 1
-    }));
+    peers_to_dir(
+        &lab,
+        |name, p| {
+            let team = if name == "robot-b" { "blue" } else { "red" };
+            p.insert("team".into(), team.into());
+        },
+        "",
+    );
+    assert!(wait_metric(&lab, "config_reloads_applied_total", 1));
     // Same team: fine.
     lab.ping_ok("robot-a", "10.1.0.10", 2);
     // robot-a (red) may not resolve robot-b (blue): a negative reply, so the
@@ -566,6 +579,18 @@ fn three_robots_join_with_one_team_key_and_talk() {
     let id = key.split('.').nth(1).unwrap();
     let out = ms_cli(&lab, &["join-key", "revoke", id]);
     assert!(out.status.success(), "{}", text(&out));
+    let (out, _) = xtr_join(
+        &lab,
+        "robot-b",
+        "h6",
+        &[
+            "--key", &key, "--server", &server, "--name", "robot-r5", "--force",
+        ],
+    );
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("was revoked"), "{t}");
+    assert_eq!(metric(&lab, "join_revoked_total"), 1);
+    assert_eq!(metric(&lab, "join_redeemed_total"), 3);
     let listing = text(&ms_cli(&lab, &["peers"]));
     for n in ["robot-r1", "robot-r2", "robot-r3"] {
         assert!(
@@ -573,4 +598,74 @@ fn three_robots_join_with_one_team_key_and_talk() {
             "{listing}"
         );
     }
+}
+
+#[test]
+fn a_robot_enrolled_at_one_map_server_is_known_to_the_other() {
+    let spec = LabSpec::campus().tag("f2").map_servers(2).idle("robot-a");
+    let mut lab = Lab::for_test(spec);
+    // Both map-servers read peers.d beside their files (the lab keeps them
+    // in one folder: as a synced directory would). Enrolment is at ms;
+    // robots are told about ms2 too.
+    for ms in [MS, "map-server2"] {
+        let file = lab.config_path(ms);
+        let mut cfg: toml::Table = std::fs::read_to_string(&file).unwrap().parse().unwrap();
+        if let Some(toml::Value::Array(peers)) = cfg.get_mut("peers") {
+            peers.retain(|p| p["name"].as_str() != Some("robot-a"));
+        }
+        write_private(&file, &toml::to_string(&cfg).unwrap());
+    }
+    let ms2_key = lab.public_key("ms2").unwrap();
+    let file = lab.config_path(MS);
+    let mut cfg = std::fs::read_to_string(&file).unwrap();
+    cfg += &format!(
+        "\n[join]\nlisten = \"{}:4344\"\n\n[[join.also]]\nname = \"ms2\"\nendpoint = \"{}:4340\"\npublic_key = \"{ms2_key}\"\ncontrol_address = \"100.64.0.254\"\n",
+        lab.address("ms"),
+        lab.address("ms2"),
+    );
+    write_private(&file, &cfg);
+    for ms in [MS, "map-server2"] {
+        lab.stop(ms).unwrap();
+        lab.start(ms).unwrap();
+    }
+    let bundle = lab.dir().join("robot-a.bundle");
+    let out = ms_cli(
+        &lab,
+        &[
+            "enroll",
+            "robot-a",
+            "--eid",
+            "10.0.0.1/32",
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let (out, cfg) = xtr_join(&lab, "robot-a", "a", &[bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}\n{}", text(&out), lab.logs());
+    let t0 = Instant::now();
+    let _agent = run_joined(&lab, "robot-a", "robot-a", &cfg);
+    // ms2 took the new peer file by itself, and has the robot's registration.
+    let at_ms2 = |lab: &Lab| -> bool {
+        let doc: serde_json::Value =
+            serde_json::from_str(&lab.fetch("map-server2", "/status?format=json").unwrap())
+                .unwrap();
+        doc["peers"].as_array().is_some_and(|ps| {
+            ps.iter()
+                .any(|p| p["name"] == "robot-a" && p["state"] == "registered")
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || at_ms2(&lab)),
+        "ms2 does not know robot-a\n{}",
+        lab.logs()
+    );
+    eprintln!(
+        "robot-a registered at ms2 {} ms after its agent started",
+        t0.elapsed().as_millis()
+    );
+    // With ms gone, robot-a still resolves (through ms2) and talks.
+    lab.stop(MS).unwrap();
+    lab.ping_ok("robot-a", "10.1.0.10", 3);
+    lab.ping_ok("robot-b", "10.0.0.1", 3);
 }

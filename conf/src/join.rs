@@ -204,6 +204,9 @@ pub struct Joined {
     /// EID space routed to the miss TUN.
     pub overlay: Vec<String>,
     pub map_server: JoinedServer,
+    /// The fleet's other map-servers, registered with too.
+    #[serde(default)]
+    pub also: Vec<JoinedServer>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -32,6 +32,11 @@
 //! listen = "192.0.2.1:4344"          # UDP, public address; robots redeem here
 //! # endpoint = "192.0.2.1:4340"      # WireGuard endpoint robots are given
 //! overlay = ["10.0.0.0/8"]           # EID space robots route to the overlay
+//! [[join.also]]                      # another map-server of the fleet (it
+//! name = "ms2"                       # shares peers_dir); robots register there too
+//! endpoint = "192.0.2.11:4340"
+//! public_key = "…"
+//! control_address = "100.64.0.254"
 //!
 //! [[teams]]                          # what a team may resolve besides its own
 //! name = "ops"
@@ -95,6 +100,18 @@ struct RawJoin {
     overlay: Vec<String>,
     #[serde(default = "default_join_name")]
     name: String,
+    /// The other map-servers joined robots register with too.
+    #[serde(default)]
+    also: Vec<RawJoinAlso>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJoinAlso {
+    name: String,
+    endpoint: String,
+    public_key: String,
+    control_address: String,
 }
 
 fn default_overlay() -> Vec<String> {
@@ -350,6 +367,9 @@ pub struct JoinConfig {
     pub overlay: Vec<String>,
     /// The map-server's name in the robots' configuration.
     pub name: String,
+    /// The other map-servers of the fleet, which robots register with too
+    /// (they share this peers directory: see DESIGN.md).
+    pub also: Vec<crate::join::JoinedServer>,
 }
 
 /// The campus relay (coturn with `use-auth-secret`), as the map-server
@@ -654,11 +674,26 @@ impl MapServerConfig {
                 for (i, o) in j.overlay.iter().enumerate() {
                     c.eid(&format!("join.overlay[{i}]"), 0, o)?;
                 }
+                let also = j
+                    .also
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        let f = |n: &str| format!("join.also[{i}].{n}");
+                        Ok(crate::join::JoinedServer {
+                            name: a.name.clone(),
+                            endpoint: c.socket(&f("endpoint"), &a.endpoint)?.to_string(),
+                            public_key: c.public_key(&f("public_key"), &a.public_key)?.to_string(),
+                            control_address: c.ip(&f("control_address"), &a.control_address)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, ConfigError>>()?;
                 Some(JoinConfig {
                     listen,
                     endpoint,
                     overlay: j.overlay.clone(),
                     name: j.name.clone(),
+                    also,
                 })
             }
         };

@@ -314,6 +314,9 @@ pub fn used_addresses(
     if let Some(c) = &cfg.control {
         control.insert(c.address);
     }
+    if let Some(j) = &cfg.join {
+        control.extend(j.also.iter().map(|a| a.control_address));
+    }
     let mut eids: HashSet<IpAddr> = cfg
         .peers
         .iter()
@@ -379,6 +382,7 @@ mod tests {
                     public_key: "k".into(),
                     control_address: "100.64.0.1".parse().unwrap(),
                 },
+                also: Vec::new(),
             },
         }
     }

@@ -192,6 +192,7 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         cfg: cfg.clone(),
         join: None,
         join_stats: JoinStats::default(),
+        peers_seen: peers_fingerprint(&cfg.peers_dir),
     };
     // Drop what no longer passes the policy before anything else happens.
     shell.flush().await;
@@ -261,6 +262,43 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
     let _ = std::fs::remove_file(&pid_file);
     info!("map-server stopped");
     result
+}
+
+/// A peer file's name and (inode, size, mtime, ctime).
+type PeerFileStamp = (std::ffi::OsString, [u64; 6]);
+
+/// How often the peers directory is checked for changes.
+const PEERS_DIR_POLL: Duration = Duration::from_secs(1);
+
+/// The `*.toml` files of the peers directory, with size and time: what a
+/// change of it is seen by.
+/// The ctime is in it: a chmod (a file made private after it was written)
+/// changes what the loader accepts.
+fn peers_fingerprint(dir: &std::path::Path) -> Vec<PeerFileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((
+                e.file_name(),
+                [
+                    m.ino(),
+                    m.len(),
+                    m.mtime() as u64,
+                    m.mtime_nsec() as u64,
+                    m.ctime() as u64,
+                    m.ctime_nsec() as u64,
+                ],
+            ))
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Settings a reload cannot change in a running map-server, and whether
@@ -448,6 +486,7 @@ enum Event {
     Page(PageRequest),
     Reload,
     Join,
+    PeersTick,
     Stop(&'static str),
 }
 
@@ -474,6 +513,10 @@ struct Shell {
     /// The join listener (`[join]`).
     join: Option<UdpSocket>,
     join_stats: JoinStats,
+    /// The peers directory as last read (names, sizes, times): a change is
+    /// reloaded without a SIGHUP, so map-servers sharing the directory (or a
+    /// synced copy) take enrolments made at another.
+    peers_seen: Vec<PeerFileStamp>,
 }
 
 async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
@@ -502,6 +545,8 @@ impl Shell {
         // per iteration would be set and cancelled for every datagram).
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
+        let mut peers_tick = tokio::time::interval(PEERS_DIR_POLL);
+        peers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             let deadline: tokio::time::Instant = self
                 .core
@@ -520,6 +565,7 @@ impl Shell {
                 _ = sigint.recv() => Event::Stop("SIGINT"),
                 _ = sighup.recv() => Event::Reload,
                 Ok(()) = readable(self.join.as_ref()) => Event::Join,
+                _ = peers_tick.tick() => Event::PeersTick,
             };
             match event {
                 Event::Readable(_, Ok(())) => self.serve().await,
@@ -531,6 +577,12 @@ impl Shell {
                 Event::Page(req) => self.answer_page(req),
                 Event::Reload => self.reload(),
                 Event::Join => self.serve_join(),
+                Event::PeersTick => {
+                    if peers_fingerprint(&self.cfg.peers_dir) != self.peers_seen {
+                        info!(dir = %self.cfg.peers_dir.display(), "peers directory changed; reloading");
+                        self.reload();
+                    }
+                }
                 Event::Stop(name) => return name,
             }
             self.flush().await;
@@ -589,6 +641,8 @@ impl Shell {
     /// nothing: the running one stays, and the refusal is logged and counted.
     fn reload(&mut self) {
         let file = self.cfg.file.clone();
+        // What this reload reads (a failed one is not retried every poll).
+        self.peers_seen = peers_fingerprint(&self.cfg.peers_dir);
         let loaded = MapServerConfig::load(&file)
             .map_err(|e| e.to_string())
             .and_then(|cfg| {

@@ -313,13 +313,18 @@ fn config_of(j: &Joined, a: &JoinArgs, key: &Path, site: &Path, rlocs: &[String]
         control: Control {
             address: format!("{}/{}", j.control_address, j.control_prefix_len),
         },
-        map_servers: vec![MapServer {
-            name: j.map_server.name.clone(),
-            endpoint: j.map_server.endpoint.clone(),
-            public_key: j.map_server.public_key.clone(),
-            control_address: j.map_server.control_address.to_string(),
-            site_key_file: site.display().to_string(),
-        }],
+        // Every map-server of the fleet: the robot registers with all and
+        // asks all (they share one site key for it).
+        map_servers: std::iter::once(&j.map_server)
+            .chain(&j.also)
+            .map(|m| MapServer {
+                name: m.name.clone(),
+                endpoint: m.endpoint.clone(),
+                public_key: m.public_key.clone(),
+                control_address: m.control_address.to_string(),
+                site_key_file: site.display().to_string(),
+            })
+            .collect(),
         eids: j
             .eids
             .iter()

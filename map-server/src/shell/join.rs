@@ -212,6 +212,7 @@ impl Shell {
                 public_key: ctl.private_key.public_key().to_base64(),
                 control_address: ctl.address,
             },
+            also: jc.also.clone(),
         };
         past.push(Redemption {
             at_unix: join::now_unix(),
