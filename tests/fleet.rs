@@ -501,6 +501,15 @@ fn a_fresh_robot_goes_from_nothing_to_talking_with_enroll_join_and_run() {
         "each of its 5 tries was dropped"
     );
     assert_eq!(metric(&lab, "join_redeemed_total"), 1);
+    // Revoked, robot-a cannot come back with its old bundle and key.
+    let out = ms_cli(&lab, &["revoke", "robot-a"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (out, _) = xtr_join(&lab, "robot-a", "a", &[bundle.to_str().unwrap(), "--force"]);
+    let t = text(&out);
+    assert!(
+        !out.status.success() && t.contains("has been revoked since"),
+        "{t}"
+    );
 }
 
 /// A random 32-byte secret, base64url.

@@ -339,13 +339,49 @@ fn check_config(a: ConfigArg) -> anyhow::Result<()> {
                 format!("key {k}")
             });
         println!(
-            "  {} at {} ({}): {}",
+            "  {} (team {}) at {} ({}): {}{}{}",
             p.name,
+            p.team,
             p.control_address,
             key,
-            eids.join(", ")
+            eids.join(", "),
+            p.expires.map_or(String::new(), |e| format!(
+                "; until {}",
+                humantime::format_rfc3339_seconds(e)
+            )),
+            p.source
+                .as_ref()
+                .map_or(String::new(), |f| format!(" [{}]", f.display()))
         );
     }
+    for t in &cfg.teams {
+        println!(
+            "team {} may also resolve: {}",
+            t.name,
+            t.may_resolve.join(", ")
+        );
+    }
+    match &cfg.join {
+        None => println!("enrolment: off (no [join])"),
+        Some(j) => println!(
+            "enrolment: join requests on UDP {}; robots are given WireGuard endpoint {}{}",
+            j.listen,
+            j.endpoint,
+            if j.also.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " and also {}",
+                    j.also
+                        .iter()
+                        .map(|a| a.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ),
+    }
+    println!("peers directory: {}", cfg.peers_dir.display());
     println!("static mappings ({}):", cfg.static_mappings.len());
     for s in &cfg.static_mappings {
         let rlocs: Vec<String> = s

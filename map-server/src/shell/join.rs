@@ -81,8 +81,24 @@ impl Shell {
         };
         let answer = match join::decide(&token, &past, &robot, join::now_unix()) {
             Decision::Again(j) => {
-                debug!(%from, name = %j.name, "join answer repeated for the same robot");
-                JoinAnswer::Joined(j)
+                let still = self
+                    .core
+                    .policy()
+                    .live_peers()
+                    .any(|(_, p)| p.name == j.name && p.wg_key == Some(robot_key));
+                if still {
+                    debug!(%from, name = %j.name, "join answer repeated for the same robot");
+                    JoinAnswer::Joined(j)
+                } else {
+                    // It joined, and was revoked (or removed) since.
+                    self.join_stats.revoked += 1;
+                    let reason = format!(
+                        "{} joined with this token and has been revoked since; enrol it again",
+                        j.name
+                    );
+                    warn!(%from, token = %id, reason = %reason, "join refused");
+                    JoinAnswer::Refused { reason }
+                }
             }
             Decision::Refuse { kind, reason } => {
                 let n = match kind {

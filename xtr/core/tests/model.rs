@@ -2455,3 +2455,46 @@ fn a_slow_map_server_does_not_have_its_control_session_torn_down_at_every_retran
     );
     assert!(sim.established("A", "B"), "resolved in the end");
 }
+
+#[test]
+fn a_revoked_node_is_dropped_by_every_correspondent_at_once_by_push() {
+    let mut sim = Sim::new(1);
+    sim.miss("A", "10.0.0.2", 1);
+    sim.miss("C", "10.0.0.1", 2);
+    sim.advance(Duration::from_millis(20));
+    let a_key = sim.node("A").key;
+    let a_eid = EidPrefix::host(0, ip("10.0.0.1"));
+    for n in ["B", "C"] {
+        assert!(sim.node(n).dp.peers.contains_key(&a_key), "{n} talks to A");
+    }
+    // A leaves the configuration (a reload without it, or `revoke`).
+    let policy = Policy {
+        peers: peer_policies()
+            .into_iter()
+            .filter(|p| p.name != "A")
+            .collect(),
+        control_address: Some(sim.servers[0].ctl),
+        ..Policy::default()
+    };
+    let now = sim.now;
+    let change = sim.servers[0].core.handle_config(now, policy).unwrap();
+    assert_eq!(change.revoked, vec!["A".to_string()]);
+    // Well before any TTL: a few round trips.
+    sim.advance(Duration::from_millis(50));
+    for n in ["B", "C"] {
+        let node = sim.node(n);
+        assert!(
+            !node.dp.peers.contains_key(&a_key),
+            "{n} still has A's data peer"
+        );
+        assert!(!node.dp.routes.contains(&a_eid), "{n} still routes A");
+    }
+    let ms = &sim.servers[0];
+    assert_eq!(ms.core.counters().withdrawals, 2);
+    assert!(!ms.disk.contains_key(&a_eid), "withdrawn on disk too");
+    assert_eq!(ms.core.pending_notifies(), 0, "both acknowledged");
+    // B and C still talk to each other.
+    sim.miss("B", "10.0.0.3", 3);
+    let c_key = sim.node("C").key;
+    assert!(sim.node("B").dp.peers.contains_key(&c_key));
+}
