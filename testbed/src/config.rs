@@ -138,6 +138,8 @@ pub struct XtrConfig {
     /// `mobile-node` or `xtr`.
     pub mode: String,
     pub metrics: String,
+    /// The lab's folder: never the default under /var/lib.
+    pub state_dir: String,
     pub wireguard: XtrWireguard,
     pub control: XtrControl,
     pub map_servers: Vec<XtrMapServer>,

@@ -582,6 +582,7 @@ impl Lab {
         XtrConfig {
             mode: if edge { "xtr" } else { "mobile-node" }.into(),
             metrics: XTR_METRICS.into(),
+            state_dir: self.dir.display().to_string(),
             wireguard: XtrWireguard {
                 interface: self.wg_if(&n.name),
                 private_key_file: format!("{}.key", n.name),
