@@ -519,6 +519,7 @@ impl Lab {
             peers,
             static_mappings: self.spec.static_mappings.clone(),
             relay: self.ms_relay()?,
+            limits: self.spec.ms_limits.clone(),
         };
         write_toml(&self.config_path(&daemon), &config)
     }
