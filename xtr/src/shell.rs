@@ -157,8 +157,14 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     }
 
     let miss_if = &cfg.miss_interface;
+    // The miss TUN takes the tunnel's MTU: a TCP connection whose first
+    // packet is held there advertises the MSS the tunnel can carry.
+    let mtu = netlink
+        .link_mtu(&wg_if)
+        .await
+        .ctx(format!("reading the MTU of {wg_if}"))?;
     let miss = host
-        .create_miss_tun(miss_if)
+        .create_miss_tun(miss_if, u16::try_from(mtu).unwrap_or(u16::MAX))
         .await
         .ctx(format!("creating miss TUN {miss_if}"))?;
     netlink
@@ -180,6 +186,13 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         Mode::Xtr => Some(Forwarding::enable()?),
         Mode::MobileNode => None,
     };
+    if cfg.mode == Mode::Xtr {
+        // Hosts behind us advertise their LAN's MSS; without the clamp their
+        // TCP relies on path-MTU discovery. Degraded, not fatal, without it.
+        if let Err(e) = host.clamp_mss(&wg_if) {
+            error!(ifname = %wg_if, error = %e, "cannot clamp TCP MSS to the tunnel (is nftables installed?); hosts behind this xTR depend on path-MTU discovery");
+        }
+    }
 
     let control = control_socket(&cfg)?;
     let reinjector = Arc::new(Reinjector::new().ctx("opening the re-injection socket")?);
