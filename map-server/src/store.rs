@@ -53,7 +53,7 @@ pub enum StoreError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("cannot open {path}: {error}")]
+    #[error("cannot open {path}: {error}. If the file is damaged, move it aside and start again: nodes re-register within their refresh interval")]
     Open {
         path: PathBuf,
         error: Box<redb::DatabaseError>,
@@ -64,7 +64,9 @@ pub enum StoreError {
         context: &'static str,
         error: Box<redb::Error>,
     },
-    #[error("{path}: redb panicked while {context} (is the file damaged?): {message}")]
+    #[error("{path} is empty (0 bytes), not a store: it was truncated or made by hand. Move it aside to start with no registrations (nodes re-register within their refresh interval), or restore it from a backup")]
+    EmptyFile { path: PathBuf },
+    #[error("{path}: redb panicked while {context}, so the file is damaged: {message}. Move it aside and start again: nodes re-register within their refresh interval")]
     Panicked {
         path: PathBuf,
         context: &'static str,
@@ -182,6 +184,17 @@ fn guarded<T>(
     })
 }
 
+/// Runs `f` (at start-up, before the event loop) without the panic hook's
+/// backtrace: a damaged file makes redb panic, and [`guarded`] turns that
+/// into an error that says what to do; a backtrace would bury it.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = f();
+    std::panic::set_hook(hook);
+    out
+}
+
 impl Store {
     /// Opens (creating if needed) `<state_dir>/registrations.redb`. After an
     /// unclean stop redb recovers the last committed transaction here.
@@ -198,14 +211,21 @@ impl Store {
                 })?;
         }
         let path = state_dir.join(FILE_NAME);
-        let db = guarded(&path, "opening the database", || {
-            redb::Builder::new()
-                .set_cache_size(cache_bytes)
-                .create(&path)
-                .map_err(|error| StoreError::Open {
-                    path: path.clone(),
-                    error: Box::new(error),
-                })
+        // redb would take an empty file for a new store: silently, every
+        // registration would be gone.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::EmptyFile { path });
+        }
+        let db = quietly(|| {
+            guarded(&path, "opening the database", || {
+                redb::Builder::new()
+                    .set_cache_size(cache_bytes)
+                    .create(&path)
+                    .map_err(|error| StoreError::Open {
+                        path: path.clone(),
+                        error: Box::new(error),
+                    })
+            })
         })?;
         let store = Store { db, path };
         // Create the table once, so that loading an empty store is not a
@@ -613,6 +633,41 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_or_damaged_file_is_a_clear_error_never_a_silent_empty_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"").unwrap();
+        let e = Store::open(dir.path(), DEFAULT_CACHE_BYTES)
+            .err()
+            .expect("refused");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("is empty") && shown.contains(&path.display().to_string()),
+            "{shown}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+        // Garbage where the store should be.
+        let junk: Vec<u8> = (0..64 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, &junk).unwrap();
+        let e = Store::open(dir.path(), DEFAULT_CACHE_BYTES)
+            .err()
+            .expect("refused");
+        let shown = e.to_string();
+        assert!(
+            shown.contains(&path.display().to_string()) && shown.contains("move it aside"),
+            "{shown}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            junk,
+            "a damaged file is never overwritten"
+        );
+    }
 
     fn mapping(clock: &Clock) -> Mapping {
         Mapping {
