@@ -2470,3 +2470,22 @@ fn restarted(node: &Node, policy: XtrPolicy, now: Instant, seed: u64) -> Xtr {
     xtr.set_register_nonce_floor(node.nonce_reserved);
     xtr
 }
+
+#[test]
+fn a_data_peer_sending_junk_costs_a_few_log_lines_and_a_counter_each() {
+    let mut sim = Sim::new(1);
+    let now = sim.now;
+    let a = sim.node("A");
+    let from: SocketAddr = "100.64.0.9:4342".parse().unwrap();
+    for i in 0..1000u32 {
+        let mut junk = vec![0x30u8; 24];
+        junk[4..8].copy_from_slice(&i.to_be_bytes());
+        a.xtr.handle_control(now, from, &junk);
+    }
+    let c = a.xtr.counters();
+    assert_eq!(c.malformed + c.unknown_senders, 1000, "every one counted");
+    assert_eq!(
+        c.suppressed_log_lines, 995,
+        "five lines, the rest held back"
+    );
+}
