@@ -639,9 +639,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         std::fs::write(&path, b"").unwrap();
-        let e = Store::open(dir.path(), DEFAULT_CACHE_BYTES)
-            .err()
-            .expect("refused");
+        let Err(e) = Store::open(dir.path(), DEFAULT_CACHE_BYTES) else {
+            panic!("refused")
+        };
         let shown = e.to_string();
         assert!(
             shown.contains("is empty") && shown.contains(&path.display().to_string()),
@@ -654,9 +654,9 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         std::fs::write(&path, &junk).unwrap();
-        let e = Store::open(dir.path(), DEFAULT_CACHE_BYTES)
-            .err()
-            .expect("refused");
+        let Err(e) = Store::open(dir.path(), DEFAULT_CACHE_BYTES) else {
+            panic!("refused")
+        };
         let shown = e.to_string();
         assert!(
             shown.contains(&path.display().to_string()) && shown.contains("move it aside"),
