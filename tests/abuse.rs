@@ -299,3 +299,115 @@ fn unusable_locators_and_amplifying_requests_are_refused_and_counted() {
     assert_eq!(ms_metric(&lab, "map_notifies_total"), notifies);
     lab.ping_ok("robot-b", "10.0.0.1", 2);
 }
+
+/// A tmpfs over the map-server's state directory, so that its disk can be
+/// filled without touching the host's; unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> SmallDisk {
+        let keep = dir.with_extension("before");
+        let sh = |cmd: String| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &cmd])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                testbed::output_text(&out)
+            );
+        };
+        sh(format!("cp -a {0} {1}", dir.display(), keep.display()));
+        sh(format!(
+            "mount -t tmpfs -o size={size},mode=0700 lispwg-test {}",
+            dir.display()
+        ));
+        let disk = SmallDisk(dir.to_path_buf());
+        sh(format!("cp -a {}/. {}/", keep.display(), dir.display()));
+        disk
+    }
+
+    /// Fills the disk; returns the filler's path.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.0.join("filler");
+        let _ = std::process::Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                &format!("of={}", filler.display()),
+                "bs=64k",
+            ])
+            .output();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_withholds_confirmations_and_once_space_returns_they_come_without_a_restart() {
+    let mut lab = Lab::for_test(LabSpec::campus().tag("ad").without("edge"));
+    lab.ping_ok("robot-a", "10.0.0.2", 1);
+    lab.stop("map-server").unwrap();
+    let disk = SmallDisk::mount(&lab.dir().join("map-server-state"), "4m");
+    lab.start("map-server").unwrap();
+    lab.ping_ok("robot-a", "10.0.0.2", 1);
+
+    let filler = disk.fill();
+    // robot-b moves back and forth: each move is a commit, and once redb
+    // must grow its file the commit fails (at most 10 moves).
+    let mut faulted = false;
+    for _ in 0..10 {
+        lab.move_node("robot-b").unwrap();
+        faulted = testbed::wait_until(Duration::from_secs(2), || {
+            ms_metric(&lab, "store_failures_total") >= 1.0
+        });
+        if faulted {
+            break;
+        }
+    }
+    assert!(
+        faulted,
+        "the commit failed:\n{}\n{}",
+        std::fs::read_to_string(lab.log_path("map-server")).unwrap(),
+        testbed::output_text(
+            &std::process::Command::new("df")
+                .arg(lab.dir().join("map-server-state"))
+                .output()
+                .unwrap()
+        )
+    );
+    assert!(
+        lab.fetch("map-server", "/healthz")
+            .map_or(true, |h| h != "ok\n"),
+        "health shows the fault"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let t0 = Instant::now();
+    let healthy = testbed::wait_until(Duration::from_secs(15), || {
+        lab.fetch("map-server", "/healthz")
+            .is_ok_and(|h| h == "ok\n")
+    });
+    assert!(
+        healthy,
+        "the store recovers without a restart:\n{}",
+        lab.logs()
+    );
+    eprintln!(
+        "store writable again {:?} after space came back",
+        t0.elapsed()
+    );
+    // robot-b's move was persisted: it survives a map-server restart.
+    lab.stop("map-server").unwrap();
+    lab.start("map-server").unwrap();
+    lab.ping_ok("robot-a", "10.0.0.2", 2);
+    drop(disk);
+}
