@@ -47,6 +47,8 @@
 //! # interface = "eth1"
 //!
 //! metrics = "127.0.0.1:9343"          # status and Prometheus; "" disables
+//! state_dir = "/var/lib/lispwg/xtr"   # kept across restarts: relay grant,
+//!                                     # register nonce reservation
 //!
 //! [relay]                             # the campus relay (coturn), all optional
 //! enabled = true                      # ask the map-servers for relay credentials
@@ -90,6 +92,7 @@ struct Raw {
     metrics: Option<String>,
     #[serde(default)]
     relay: RawRelay,
+    state_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,7 +310,18 @@ pub struct XtrConfig {
     pub lan_interface: Option<String>,
     pub metrics: Option<SocketAddr>,
     pub relay: RelayConfig,
+    /// What the agent keeps across restarts (relay grant, register nonce
+    /// reservation).
+    pub state_dir: PathBuf,
     pub ignored_env: Vec<String>,
+}
+
+impl XtrConfig {
+    /// The end of the register nonces reserved by the last run.
+    pub fn register_nonce_file(&self) -> PathBuf {
+        self.state_dir
+            .join(format!("{}-register-nonce", self.wireguard.interface))
+    }
 }
 
 impl XtrConfig {
@@ -324,6 +338,7 @@ impl XtrConfig {
             "lan",
             "metrics",
             "relay",
+            "state_dir",
         ];
         let (raw, ignored_env) = load_raw::<Raw>(file, ENV_PREFIX, &known)?;
         let c = checker(file);
@@ -520,13 +535,15 @@ impl XtrConfig {
         if rr.only && !rr.enabled {
             return Err(c.err("relay.only", "needs relay.enabled = true"));
         }
+        let state_dir = match raw.state_dir.as_deref() {
+            Some("") => return Err(c.err("state_dir", "give a path, or leave it out")),
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from("/var/lib/lispwg/xtr"),
+        };
         let grant_file = match rr.grant_file.as_deref() {
             Some("") => return Err(c.err("relay.grant_file", "give a path, or leave it out")),
             Some(p) => PathBuf::from(p),
-            None => PathBuf::from(format!(
-                "/var/lib/lispwg/xtr/{}-relay.json",
-                wireguard.interface
-            )),
+            None => state_dir.join(format!("{}-relay.json", wireguard.interface)),
         };
         let relay = RelayConfig {
             enabled: rr.enabled,
@@ -548,6 +565,7 @@ impl XtrConfig {
             lan_interface,
             metrics,
             relay,
+            state_dir,
             ignored_env,
         })
     }

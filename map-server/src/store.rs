@@ -36,6 +36,9 @@ const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints"
 /// Join-token redemptions, by token id: the encoded list of every
 /// redemption of that token (see `crate::join`).
 const REDEMPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("redemptions");
+/// Control peer name -> the highest Map-Register nonce accepted from it, so
+/// that a replay is refused across restarts.
+const REGISTER_NONCES: TableDefinition<&str, u64> = TableDefinition::new("register_nonces");
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
@@ -53,7 +56,7 @@ pub enum StoreError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("cannot open {path}: {error}")]
+    #[error("cannot open {path}: {error}. If the file is damaged, move it aside and start again: nodes re-register within their refresh interval")]
     Open {
         path: PathBuf,
         error: Box<redb::DatabaseError>,
@@ -64,7 +67,11 @@ pub enum StoreError {
         context: &'static str,
         error: Box<redb::Error>,
     },
-    #[error("{path}: redb panicked while {context} (is the file damaged?): {message}")]
+    #[error("{path} is empty (0 bytes), not a store: it was truncated or made by hand. Move it aside to start with no registrations (nodes re-register within their refresh interval), or restore it from a backup")]
+    EmptyFile { path: PathBuf },
+    #[error("{path}: closed after a failed commit, and not reopened yet")]
+    Closed { path: PathBuf },
+    #[error("{path}: redb panicked while {context}, so the file is damaged: {message}. Move it aside and start again: nodes re-register within their refresh interval")]
     Panicked {
         path: PathBuf,
         context: &'static str,
@@ -151,8 +158,16 @@ impl Clock {
 
 /// The registration database of one map-server.
 pub struct Store {
-    db: redb::Database,
+    /// `None` only between a failed commit's close and a reopen that
+    /// failed too (the disk is still full, say).
+    db: Option<redb::Database>,
     path: PathBuf,
+    cache_bytes: usize,
+    /// The last commit failed: after an I/O error redb refuses every later
+    /// transaction until the database is opened again, so the next commit
+    /// reopens it first. This is how a full disk that gets space back is
+    /// written to again without a restart.
+    failed: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,7 +197,47 @@ fn guarded<T>(
     })
 }
 
+/// Runs `f` (at start-up, before the event loop) without the panic hook's
+/// backtrace: a damaged file makes redb panic, and [`guarded`] turns that
+/// into an error that says what to do; a backtrace would bury it.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = f();
+    std::panic::set_hook(hook);
+    out
+}
+
+fn open_db(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    quietly(|| {
+        guarded(path, "opening the database", || {
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(|error| StoreError::Open {
+                    path: path.to_path_buf(),
+                    error: Box::new(error),
+                })
+        })
+    })
+}
+
 impl Store {
+    fn db(&self) -> Result<&redb::Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Closed {
+            path: self.path.clone(),
+        })
+    }
+
+    /// Closes and opens the database again, after a failed commit.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        self.db = None;
+        self.db = Some(open_db(&self.path, self.cache_bytes)?);
+        self.failed = false;
+        tracing::info!(path = %self.path.display(), "store reopened after a failed commit");
+        Ok(())
+    }
+
     /// Opens (creating if needed) `<state_dir>/registrations.redb`. After an
     /// unclean stop redb recovers the last committed transaction here.
     pub fn open(state_dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
@@ -198,19 +253,21 @@ impl Store {
                 })?;
         }
         let path = state_dir.join(FILE_NAME);
-        let db = guarded(&path, "opening the database", || {
-            redb::Builder::new()
-                .set_cache_size(cache_bytes)
-                .create(&path)
-                .map_err(|error| StoreError::Open {
-                    path: path.clone(),
-                    error: Box::new(error),
-                })
-        })?;
-        let store = Store { db, path };
+        // redb would take an empty file for a new store: silently, every
+        // registration would be gone.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::EmptyFile { path });
+        }
+        let db = open_db(&path, cache_bytes)?;
+        let store = Store {
+            db: Some(db),
+            path,
+            cache_bytes,
+            failed: false,
+        };
         // Create the table once, so that loading an empty store is not a
         // special case.
-        store.write(|_, _| Ok(()))?;
+        store.write(|_, _, _| Ok(()))?;
         Ok(store)
     }
 
@@ -237,7 +294,7 @@ impl Store {
     ) -> Result<LoadReport, StoreError> {
         guarded(&self.path, "loading registrations", || {
             let err = self.db_err("load");
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let table = txn.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
             let mut report = LoadReport::default();
             for entry in table.iter().map_err(|e| err(e.into()))? {
@@ -261,11 +318,20 @@ impl Store {
 
     /// Applies `ops` in one durable transaction: when this returns Ok, they
     /// survive a crash.
-    pub fn apply(&self, ops: &[StoreOp], clock: Clock) -> Result<(), StoreError> {
+    pub fn apply(&mut self, ops: &[StoreOp], clock: Clock) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
-        self.write(|table, endpoints| {
+        if self.failed {
+            self.reopen()?;
+        }
+        let result = self.apply_ops(ops, clock);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn apply_ops(&self, ops: &[StoreOp], clock: Clock) -> Result<(), StoreError> {
+        self.write(|table, endpoints, nonces| {
             for op in ops {
                 match op {
                     StoreOp::Put {
@@ -282,6 +348,9 @@ impl Store {
                     StoreOp::Endpoint { peer, endpoint } => {
                         endpoints.insert(peer.as_str(), encode_endpoint(*endpoint).as_slice())?;
                     }
+                    StoreOp::RegisterNonce { peer, nonce } => {
+                        nonces.insert(peer.as_str(), *nonce)?;
+                    }
                 }
             }
             Ok(())
@@ -295,11 +364,12 @@ impl Store {
         f: impl FnOnce(
             &mut redb::Table<&[u8], &[u8]>,
             &mut redb::Table<&str, &[u8]>,
+            &mut redb::Table<&str, u64>,
         ) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
         guarded(&self.path, "writing registrations", || {
             let err = self.db_err("write");
-            let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+            let mut txn = self.db()?.begin_write().map_err(|e| err(e.into()))?;
             txn.set_durability(redb::Durability::Immediate)
                 .map_err(|e| err(e.into()))?;
             // Saves the allocator state with each commit, so that opening after
@@ -309,9 +379,25 @@ impl Store {
             {
                 let mut table = txn.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
                 let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
-                f(&mut table, &mut endpoints).map_err(|e| err(e.into()))?;
+                let mut nonces = txn.open_table(REGISTER_NONCES).map_err(|e| err(e.into()))?;
+                f(&mut table, &mut endpoints, &mut nonces).map_err(|e| err(e.into()))?;
             }
             txn.commit().map_err(|e| err(e.into()))
+        })
+    }
+
+    /// The highest register nonce accepted from each control peer, by name.
+    pub fn load_register_nonces(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        guarded(&self.path, "loading register nonces", || {
+            let err = self.db_err("load register nonces");
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
+            let table = txn.open_table(REGISTER_NONCES).map_err(|e| err(e.into()))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| err(e.into()))? {
+                let (k, v) = entry.map_err(|e| err(e.into()))?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
         })
     }
 
@@ -320,7 +406,7 @@ impl Store {
     pub fn load_endpoints(&self) -> Result<Vec<(String, SocketAddr)>, StoreError> {
         guarded(&self.path, "loading endpoints", || {
             let err = self.db_err("load endpoints");
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let table = txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
             let mut out = Vec::new();
             for entry in table.iter().map_err(|e| err(e.into()))? {
@@ -340,7 +426,7 @@ impl Store {
     pub fn redemptions(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         guarded(&self.path, "loading redemptions", || {
             let err = self.db_err("load redemptions");
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let table = match txn.open_table(REDEMPTIONS) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -356,7 +442,7 @@ impl Store {
     pub fn record_redemptions(&self, id: &str, value: &[u8]) -> Result<(), StoreError> {
         guarded(&self.path, "writing redemptions", || {
             let err = self.db_err("write redemptions");
-            let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+            let mut txn = self.db()?.begin_write().map_err(|e| err(e.into()))?;
             txn.set_durability(redb::Durability::Immediate)
                 .map_err(|e| err(e.into()))?;
             {
@@ -371,7 +457,7 @@ impl Store {
     pub fn len(&self) -> Result<u64, StoreError> {
         guarded(&self.path, "counting registrations", || {
             let err = self.db_err("count");
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let table = txn.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
             table.len().map_err(|e| err(e.into()))
         })
@@ -625,6 +711,41 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_empty_or_damaged_file_is_a_clear_error_never_a_silent_empty_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"").unwrap();
+        let Err(e) = Store::open(dir.path(), DEFAULT_CACHE_BYTES) else {
+            panic!("refused")
+        };
+        let shown = e.to_string();
+        assert!(
+            shown.contains("is empty") && shown.contains(&path.display().to_string()),
+            "{shown}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+        // Garbage where the store should be.
+        let junk: Vec<u8> = (0..64 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, &junk).unwrap();
+        let Err(e) = Store::open(dir.path(), DEFAULT_CACHE_BYTES) else {
+            panic!("refused")
+        };
+        let shown = e.to_string();
+        assert!(
+            shown.contains(&path.display().to_string()) && shown.contains("move it aside"),
+            "{shown}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            junk,
+            "a damaged file is never overwritten"
+        );
+    }
+
     fn mapping(clock: &Clock) -> Mapping {
         Mapping {
             rlocs: vec![
@@ -677,7 +798,7 @@ mod tests {
     #[test]
     fn observed_endpoints_persist_and_bad_ones_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mut store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         let a: SocketAddr = "198.51.100.7:40001".parse().unwrap();
         let b: SocketAddr = "[2001:db8::7]:51820".parse().unwrap();
         for ep in [a, b] {
@@ -776,7 +897,7 @@ mod tests {
         let a = EidPrefix::host(0, "10.0.0.1".parse().unwrap());
         let b = EidPrefix::host(0, "10.0.0.2".parse().unwrap());
         {
-            let store = Store::open(&state, DEFAULT_CACHE_BYTES).unwrap();
+            let mut store = Store::open(&state, DEFAULT_CACHE_BYTES).unwrap();
             let put = |prefix| StoreOp::Put {
                 prefix,
                 mapping: mapping(&clock),
@@ -786,7 +907,7 @@ mod tests {
             store.apply(&[StoreOp::Delete(b)], clock).unwrap();
             // A record from some future format, and a damaged key.
             store
-                .write(|t, _| {
+                .write(|t, _, _| {
                     t.insert(encode_key(&b).as_slice(), [9u8, 1, 2].as_slice())?;
                     t.insert([1u8, 2, 3].as_slice(), [1u8].as_slice())?;
                     Ok(())

@@ -66,7 +66,7 @@ pub fn key_hint(key: &[u8; 32]) -> String {
 impl MapServer {
     /// Rebuilds the lookup tables from the peer slots (revoked slots are
     /// in none of them).
-    pub(crate) fn index_peers(&mut self) {
+    pub(crate) fn index_peers(&mut self, now: Instant) {
         self.tunnel_peers.clear();
         self.plain_peers.clear();
         self.peers_by_name.clear();
@@ -84,6 +84,12 @@ impl MapServer {
         self.observed.resize(n, None);
         self.key_ids.resize(n, KeyId::HmacSha256);
         self.nonces.resize_with(n, Default::default);
+        self.register_floor.resize(n, 0);
+        let limits = self.policy.limits;
+        self.request_budget
+            .resize_with(n, || limits::TokenBucket::new(limits.requests, now));
+        self.register_budget
+            .resize_with(n, || limits::TokenBucket::new(limits.registers, now));
     }
 
     /// Takes a new configuration while running. Peers that did not change
@@ -180,6 +186,10 @@ impl MapServer {
                     self.nonces[i] = Default::default();
                     self.observed[i] = None;
                     self.key_ids[i] = KeyId::HmacSha256;
+                    self.register_floor[i] = 0;
+                    let limits = self.policy.limits;
+                    self.request_budget[i] = limits::TokenBucket::new(limits.requests, now);
+                    self.register_budget[i] = limits::TokenBucket::new(limits.registers, now);
                     if let Some(c) = self.counters.per_peer.get_mut(i) {
                         *c = Default::default();
                     }
@@ -192,7 +202,7 @@ impl MapServer {
         self.replace_statics(&new);
         let peers = std::mem::take(&mut self.policy.peers);
         self.policy = Policy { peers, ..new };
-        self.index_peers();
+        self.index_peers(now);
         if self.polling.due.is_none() && !self.peers_by_key.is_empty() {
             self.polling.due = Some(now);
         }
@@ -286,7 +296,7 @@ impl MapServer {
         slot.site_key.clear();
         slot.expires = None;
         self.observed[idx as usize] = None;
-        self.index_peers();
+        self.index_peers(now);
         self.counters.entries = self.registry.len() as u64;
         self.counters.peers_revoked += 1;
         warn!(peer = %peer.name, reason = why, withdrawn = w.prefixes.len(), correspondents_told = w.pushed, "peer revoked");

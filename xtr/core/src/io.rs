@@ -38,6 +38,9 @@ pub enum Output {
     /// credentials over the control tunnel, and report the answer with
     /// [`crate::Xtr::handle_relay_grant`].
     FetchRelayGrant { map_server: usize },
+    /// Save `until` (replacing what was saved): register nonces below it
+    /// may be in use. The next run starts its nonces at or above it.
+    ReserveRegisterNonces { until: u64 },
 }
 
 /// What the shell does with the relay: its allocation, the local proxy
