@@ -68,7 +68,8 @@ pub enum RefusalKind {
     Revoked,
 }
 
-/// What to do with a request whose secret was right.
+/// What to do with a request whose secret was right, with the text the
+/// robot is told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// A new redemption.
@@ -81,46 +82,72 @@ pub enum Decision {
     },
 }
 
-/// Decides a redemption of `token` by the robot with key `robot_key`.
-pub fn decide(token: &JoinToken, past: &[Redemption], robot_key: &str, now_unix: u64) -> Decision {
-    if let Some(r) = past.iter().find(|r| r.robot_key == robot_key) {
-        return Decision::Again(Box::new(r.joined.clone()));
-    }
-    if token.revoked {
-        return Decision::Refuse {
-            kind: RefusalKind::Revoked,
-            reason: format!("join token {} was revoked", token.id),
-        };
-    }
-    if let Some(e) = token.expires_unix.filter(|&e| now_unix >= e) {
-        return Decision::Refuse {
-            kind: RefusalKind::Expired,
-            reason: format!("join token {} expired at {}", token.id, rfc3339(e)),
-        };
-    }
-    if past.len() as u64 >= u64::from(token.max_uses) {
-        let reason = match past.first() {
-            Some(first) if token.max_uses == 1 => format!(
-                "join bundle {} was already redeemed at {} from {} (by {})",
-                token.id,
-                rfc3339(first.at_unix),
-                first.from,
-                first.joined.name
+/// Decides a redemption of `token` by the robot with key `robot_key`
+/// (the core decides: [`map_server_core::enrolment::decide`]; this says it).
+pub fn decide(
+    token: &JoinToken,
+    past: &[Redemption],
+    robot_key: &str,
+    now_unix: u64,
+    still_enrolled: impl Fn(&Joined, &str) -> bool,
+) -> Decision {
+    use map_server_core::enrolment::{self, Past, Redeem, Token};
+    let facts = Token {
+        revoked: token.revoked,
+        expires_unix: token.expires_unix,
+        max_uses: token.max_uses,
+    };
+    let seen: Vec<Past<'_>> = past
+        .iter()
+        .map(|r| Past {
+            at_unix: r.at_unix,
+            robot_key: &r.robot_key,
+        })
+        .collect();
+    let refuse = |kind, reason| Decision::Refuse { kind, reason };
+    match enrolment::decide(&facts, &seen, robot_key, now_unix, |i| {
+        still_enrolled(&past[i].joined, &past[i].robot_key)
+    }) {
+        Redeem::Admit => Decision::Admit,
+        Redeem::Again { index } => Decision::Again(Box::new(past[index].joined.clone())),
+        Redeem::RevokedSinceJoined { index } => refuse(
+            RefusalKind::Revoked,
+            format!(
+                "{} joined with this token and has been revoked since; enrol it again",
+                past[index].joined.name
             ),
-            _ => format!(
-                "join key {} is used up ({} of {} uses; the last at {})",
+        ),
+        Redeem::Revoked => refuse(
+            RefusalKind::Revoked,
+            format!("join token {} was revoked", token.id),
+        ),
+        Redeem::Expired { at_unix } => refuse(
+            RefusalKind::Expired,
+            format!("join token {} expired at {}", token.id, rfc3339(at_unix)),
+        ),
+        Redeem::Redeemed { first } => {
+            let r = &past[first];
+            refuse(
+                RefusalKind::Reused,
+                format!(
+                    "join bundle {} was already redeemed at {} from {} (by {})",
+                    token.id,
+                    rfc3339(r.at_unix),
+                    r.from,
+                    r.joined.name
+                ),
+            )
+        }
+        Redeem::UsedUp { uses, last } => refuse(
+            RefusalKind::Reused,
+            format!(
+                "join key {} is used up ({uses} of {} uses; the last at {})",
                 token.id,
-                past.len(),
                 token.max_uses,
-                past.last().map_or("-".into(), |r| rfc3339(r.at_unix))
+                rfc3339(past[last].at_unix)
             ),
-        };
-        return Decision::Refuse {
-            kind: RefusalKind::Reused,
-            reason,
-        };
+        ),
     }
-    Decision::Admit
 }
 
 /// `unix` seconds as RFC 3339 (UTC).
@@ -129,47 +156,13 @@ pub fn rfc3339(unix: u64) -> String {
         .to_string()
 }
 
-/// The name a team-key robot gets: the one it asked for, else its
-/// hostname; letters, digits and `-` only.
+/// The name a team-key robot gets (see
+/// [`map_server_core::enrolment::robot_name`]).
 pub fn robot_name(req: &JoinRequest) -> Result<String, String> {
-    let name = req.name.clone().unwrap_or_else(|| req.hostname.clone());
-    let name = name.trim().to_ascii_lowercase();
-    if name.is_empty()
-        || name.len() > 63
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        || name.starts_with('-')
-    {
-        return Err(format!(
-            "`{name}` is not a usable name (letters, digits and -, at most 63): give one with --name"
-        ));
-    }
-    Ok(name)
+    map_server_core::enrolment::robot_name(req.name.as_deref(), &req.hostname)
 }
 
-/// The first host address of `pool` that is not `used`, skipping the
-/// network and (IPv4) broadcast addresses.
-pub fn next_free(pool: &EidPrefix, used: &HashSet<IpAddr>) -> Option<IpAddr> {
-    let len = pool.prefix_len();
-    match pool.addr() {
-        IpAddr::V4(a) => {
-            let base = u32::from(a);
-            let size = 1u64 << (32 - u32::from(len));
-            let (first, last) = if size <= 2 { (0, size) } else { (1, size - 1) };
-            (first..last)
-                .map(|i| IpAddr::V4((base + i as u32).into()))
-                .find(|ip| !used.contains(ip))
-        }
-        IpAddr::V6(a) => {
-            let base = u128::from(a);
-            let bits = 128 - u32::from(len);
-            let size: u128 = if bits >= 64 { 1 << 64 } else { 1 << bits };
-            // Bounded: a pool is searched up to 65 536 addresses.
-            (1..size.min(65_536))
-                .map(|i| IpAddr::V6((base + i).into()))
-                .find(|ip| !used.contains(ip))
-        }
-    }
-}
+pub use map_server_core::enrolment::next_free;
 
 pub fn tokens_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(TOKENS_DIR)
@@ -390,11 +383,13 @@ mod tests {
     #[test]
     fn a_bundle_is_single_use_and_the_second_redemption_names_the_first() {
         let t = token(1, None);
-        assert_eq!(decide(&t, &[], "k1", 2000), Decision::Admit);
+        assert_eq!(decide(&t, &[], "k1", 2000, |_, _| true), Decision::Admit);
         let past = [redeemed("k1", 2000)];
         // The same robot again (its answer was lost): the same answer.
-        assert!(matches!(decide(&t, &past, "k1", 2001), Decision::Again(j) if j.name == "r1"));
-        match decide(&t, &past, "k2", 2002) {
+        assert!(
+            matches!(decide(&t, &past, "k1", 2001, |_, _| true), Decision::Again(j) if j.name == "r1")
+        );
+        match decide(&t, &past, "k2", 2002, |_, _| true) {
             Decision::Refuse {
                 kind: RefusalKind::Reused,
                 reason,
@@ -413,44 +408,27 @@ mod tests {
     fn expired_revoked_and_used_up_tokens_are_refused() {
         let t = token(3, Some(5000));
         assert!(matches!(
-            decide(&t, &[], "k", 5000),
+            decide(&t, &[], "k", 5000, |_, _| true),
             Decision::Refuse { kind: RefusalKind::Expired, reason } if reason.contains("expired at")
         ));
         let mut r = token(3, None);
         r.revoked = true;
         assert!(matches!(
-            decide(&r, &[], "k", 1),
+            decide(&r, &[], "k", 1, |_, _| true),
             Decision::Refuse {
                 kind: RefusalKind::Revoked,
                 ..
             }
         ));
         let past: Vec<_> = (0..3).map(|i| redeemed(&format!("k{i}"), 10 + i)).collect();
-        assert_eq!(decide(&t, &past[..2], "new", 20), Decision::Admit);
+        assert_eq!(
+            decide(&t, &past[..2], "new", 20, |_, _| true),
+            Decision::Admit
+        );
         assert!(matches!(
-            decide(&t, &past, "new", 20),
+            decide(&t, &past, "new", 20, |_, _| true),
             Decision::Refuse { kind: RefusalKind::Reused, reason } if reason.contains("3 of 3")
         ));
-    }
-
-    #[test]
-    fn pools_hand_out_the_next_free_host() {
-        let pool = EidPrefix::new(0, "10.0.0.0".parse().unwrap(), 30).unwrap();
-        let mut used = HashSet::new();
-        assert_eq!(next_free(&pool, &used), Some("10.0.0.1".parse().unwrap()));
-        used.insert("10.0.0.1".parse().unwrap());
-        assert_eq!(next_free(&pool, &used), Some("10.0.0.2".parse().unwrap()));
-        used.insert("10.0.0.2".parse().unwrap());
-        assert_eq!(
-            next_free(&pool, &used),
-            None,
-            "network and broadcast are skipped"
-        );
-        let host = EidPrefix::new(0, "10.0.0.7".parse().unwrap(), 32).unwrap();
-        assert_eq!(
-            next_free(&host, &HashSet::new()),
-            Some("10.0.0.7".parse().unwrap())
-        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod candidates;
 pub mod commits;
 pub mod counters;
 pub mod endpoints;
+pub mod enrolment;
 pub mod fleet;
 pub mod io;
 pub mod notify;

@@ -79,26 +79,20 @@ impl Shell {
                 return None;
             }
         };
-        let answer = match join::decide(&token, &past, &robot, join::now_unix()) {
+        let policy = self.core.policy();
+        let still = |j: &Joined, key: &str| {
+            policy.live_peers().any(|(_, p)| {
+                p.name == j.name
+                    && p.wg_key
+                        .map(|k| wgctl::keys::PublicKey::from_bytes(k).to_base64())
+                        == Some(key.to_string())
+            })
+        };
+        let decision = join::decide(&token, &past, &robot, join::now_unix(), still);
+        let answer = match decision {
             Decision::Again(j) => {
-                let still = self
-                    .core
-                    .policy()
-                    .live_peers()
-                    .any(|(_, p)| p.name == j.name && p.wg_key == Some(robot_key));
-                if still {
-                    debug!(%from, name = %j.name, "join answer repeated for the same robot");
-                    JoinAnswer::Joined(j)
-                } else {
-                    // It joined, and was revoked (or removed) since.
-                    self.join_stats.revoked += 1;
-                    let reason = format!(
-                        "{} joined with this token and has been revoked since; enrol it again",
-                        j.name
-                    );
-                    warn!(%from, token = %id, reason = %reason, "join refused");
-                    JoinAnswer::Refused { reason }
-                }
+                debug!(%from, name = %j.name, "join answer repeated for the same robot");
+                JoinAnswer::Joined(j)
             }
             Decision::Refuse { kind, reason } => {
                 let n = match kind {
