@@ -102,12 +102,21 @@ impl MapServer {
     pub fn handle_config(
         &mut self,
         now: Instant,
-        new: Policy,
+        mut new: Policy,
     ) -> Result<ConfigChange, ConfigRefused> {
         if let Err(e) = check_peers(&new.peers) {
             self.counters.reloads_refused += 1;
             return Err(e);
         }
+        // A peer whose enrolment is over is not taken (its file may stay):
+        // one still running is revoked below as removed.
+        new.peers.retain(|p| {
+            let over = p.expires.is_some_and(|e| e <= now);
+            if over {
+                tracing::debug!(peer = %p.name, "enrolment over; not taken");
+            }
+            !over
+        });
         let old_slots: HashMap<String, u16> = self
             .policy
             .live_peers()

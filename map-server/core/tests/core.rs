@@ -1864,6 +1864,21 @@ fn an_expired_enrolment_is_revoked_on_time() {
     );
     let out = drain(&mut ms);
     assert!(out.iter().any(|t| t.dst == SocketAddr::new(b.ctl, 4342)));
+    // A reload of a file that still names it does not bring it back.
+    let mut still = peer_policy("robot-a", &a);
+    still.expires = Some(now + Duration::from_secs(30));
+    let change = ms
+        .handle_config(end, fleet_policy(vec![still, peer_policy("robot-b", &b)]))
+        .unwrap();
+    assert!(change.added.is_empty(), "{change:?}");
+    assert!(actions(&mut ms).is_empty());
+    ms.handle_datagram(
+        end,
+        from(&a),
+        Via::Tunnel,
+        &register_bytes(&a, 9, vec![record(a.eid, a.key, a.rloc)]),
+    );
+    assert!(ms.registry().get(&a.eid).is_none());
 }
 
 #[test]
