@@ -251,6 +251,12 @@ impl Xtr {
         }
         s.next_renew = Some(now + s.renew_wait);
         s.renew_wait = (s.renew_wait * 2).min(RENEW_MAX);
+        // A map-server that lost our session may have lost our registration
+        // too (restarted without its store): register on the fresh session
+        // at once rather than at the next refresh, up to a minute away.
+        if s.outstanding.is_none() {
+            s.next_register = now;
+        }
         self.counters.control_renewals += 1;
         self.dataplane.want_control_peer_renewed(i);
     }
