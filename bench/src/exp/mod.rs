@@ -9,6 +9,7 @@ pub mod ms_scale;
 pub mod nat;
 pub mod register;
 pub mod relay;
+pub mod restart;
 pub mod throughput;
 
 use crate::report::{utc, ExperimentResult, Figure, Machine, Series};
@@ -104,6 +105,15 @@ pub const EXPERIMENTS: &[Experiment] = &[
                 change. Targets: first reply p50 ≤ 1.5 s, 0 lost; relay ≥ 70 % of direct; added \
                 round trip ≤ 1 ms; 0 lost moving to direct.",
         run: relay::run,
+    },
+    Experiment {
+        name: "restart",
+        about:
+            "Served again after a restart: robot-b's agent killed and restarted under robot-a's \
+                pings (time from ready to the next reply), and the map-server killed and \
+                restarted from its store and from nothing (time from ready to robot-a's next \
+                fresh lookup). Targets: node p50 ≤ 1 s, max ≤ 2 s; map-server ≤ 1 s.",
+        run: restart::run,
     },
     Experiment {
         name: "agent",
