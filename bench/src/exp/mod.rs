@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cache_add;
 pub mod first_packet;
+pub mod flood;
 pub mod handover;
 pub mod ms_scale;
 pub mod nat;
@@ -105,6 +106,15 @@ pub const EXPERIMENTS: &[Experiment] = &[
                 change. Targets: first reply p50 ≤ 1.5 s, 0 lost; relay ≥ 70 % of direct; added \
                 round trip ≤ 1 ms; 0 lost moving to direct.",
         run: relay::run,
+    },
+    Experiment {
+        name: "flood",
+        about: "One robot floods the map-server through its control tunnel with Map-Requests, \
+                then with junk: the other robot's lookups (first-attempt p99 and share \
+                answered) beside the same without the flood, the map-server's log growth and its \
+                RSS. Targets: p99 ≤ 2 × without, ≥ 99 % answered, log ≤ 1 MB per minute, RSS back \
+                within 10 %.",
+        run: flood::run,
     },
     Experiment {
         name: "restart",
