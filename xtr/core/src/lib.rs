@@ -370,6 +370,9 @@ impl Xtr {
     ) {
         self.dataplane
             .handle_result(now, id, result, &mut self.counters);
+        for i in std::mem::take(&mut self.dataplane.control_renewed) {
+            self.on_control_session_renewed(now, i);
+        }
         self.flush_dataplane(now);
     }
 
