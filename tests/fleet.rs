@@ -673,8 +673,137 @@ fn a_robot_enrolled_at_one_map_server_is_known_to_the_other() {
         "robot-a registered at ms2 {} ms after its agent started",
         t0.elapsed().as_millis()
     );
+    // A key rotation at ms reaches ms2 through the shared directory: it
+    // follows (no revocation), and has the new key's registration.
+    lab.ping_ok("robot-b", "10.0.0.1", 2);
+    let out = lab.exec(
+        "robot-a",
+        &[
+            binary("xtr").to_str().unwrap(),
+            "rotate-key",
+            "-c",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), lab.logs());
+    let key_file = cfg
+        .parent()
+        .unwrap()
+        .join(format!("{}-a.key", lab.prefix()));
+    let new = testbed::files::public_key_of(&key_file).unwrap();
+    let ms2_has_new = |lab: &Lab| -> bool {
+        let doc: serde_json::Value =
+            serde_json::from_str(&lab.fetch("map-server2", "/status?format=json").unwrap())
+                .unwrap();
+        doc["peers"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["name"] == "robot-a" && p["key"] == new.as_str() && p["state"] == "registered"
+            })
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || ms2_has_new(&lab)),
+        "ms2 did not follow the rotation\n{}",
+        lab.logs()
+    );
+    let ms2_metrics = lab.fetch("map-server2", "/metrics").unwrap();
+    assert!(
+        ms2_metrics.contains("lispwg_map_server_peers_revoked_total 0"),
+        "{ms2_metrics}"
+    );
+    lab.ping_ok("robot-b", "10.0.0.1", 2);
     // With ms gone, robot-a still resolves (through ms2) and talks.
     lab.stop(MS).unwrap();
     lab.ping_ok("robot-a", "10.1.0.10", 3);
     lab.ping_ok("robot-b", "10.0.0.1", 3);
+}
+
+#[test]
+fn key_rotation_under_a_10_ms_ping_loses_nothing() {
+    let lab = Lab::for_test(LabSpec::campus().tag("fo"));
+    peers_to_dir(&lab, |_, _| {}, "");
+    assert!(wait_metric(&lab, "config_reloads_applied_total", 1));
+    lab.ping_ok("robot-b", "10.0.0.1", 2);
+    let old = lab.public_key("robot-a").unwrap();
+    let log = lab.dir().join("rotate-ping.log");
+    let mut ping = lab
+        .ns("robot-b")
+        .spawn(
+            "ping",
+            "ping",
+            &["-D", "-i", "0.01", "-W", "1", "-c", "300", "10.0.0.1"],
+            &log,
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let config = lab.config_path("robot-a").display().to_string();
+    let t0 = Instant::now();
+    let out = lab.exec(
+        "robot-a",
+        &[binary("xtr").to_str().unwrap(), "rotate-key", "-c", &config],
+    );
+    let took = t0.elapsed();
+    assert!(out.status.success(), "{}\n{}", text(&out), lab.logs());
+    eprintln!(
+        "rotate-key: {} ({} ms)",
+        text(&out).trim(),
+        took.as_millis()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !ping.is_running()),
+        "ping did not finish"
+    );
+    let times = reply_times(&ping.log());
+    let mut gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort_by(|a, b| b.total_cmp(a));
+    eprintln!(
+        "rotation: {} of 300 replies; largest gap {:.0} ms",
+        times.len(),
+        gaps.first().copied().unwrap_or(0.0) * 1000.0
+    );
+    assert_eq!(
+        times.len(),
+        300,
+        "replies lost:\n{}\n{}",
+        ping.log(),
+        lab.logs()
+    );
+    // No outage either: the held packets come within a few tens of ms.
+    assert!(
+        gaps[0] < 0.3,
+        "a {:.0} ms gap at the rotation\n{}",
+        gaps[0] * 1000.0,
+        lab.logs()
+    );
+    // The new key everywhere: the robot's file, robot-b's peer, the
+    // map-server's peer list, and its file in peers.d.
+    let new = lab.public_key("robot-a").unwrap();
+    assert_ne!(new, old);
+    assert!(
+        has_peer(&lab, "robot-b", &new),
+        "robot-b follows the new key"
+    );
+    assert!(!has_peer(&lab, "robot-b", &old), "and forgets the old one");
+    let listed = wait_until(Duration::from_secs(3), || {
+        status(&lab)["peers"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["name"] == "robot-a" && p["key"] == new.as_str() && p["state"] == "registered"
+            })
+        })
+    });
+    assert!(listed, "{:#}\n{}", status(&lab)["peers"], lab.logs());
+    let file = std::fs::read_to_string(lab.dir().join("peers.d/robot-a.toml")).unwrap();
+    assert!(file.contains(&new), "{file}");
+    assert!(wait_until(Duration::from_secs(3), || has_peer(
+        &lab, "ms", &new
+    ) && !has_peer(
+        &lab, "ms", &old
+    )));
+    assert_eq!(metric(&lab, "key_rotations_total"), 1);
+    assert_eq!(
+        metric(&lab, "peers_revoked_total"),
+        0,
+        "a rotation is no revocation"
+    );
+    lab.ping_ok("robot-a", "10.1.0.10", 2);
 }

@@ -256,6 +256,8 @@ struct RawPeer {
     team: Option<String>,
     /// RFC 3339, e.g. "2027-01-31T00:00:00Z": the peer is revoked then.
     expires: Option<String>,
+    /// Written by a key rotation: the key `public_key` replaced.
+    rotated_from: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -336,6 +338,8 @@ pub struct ControlPeer {
     /// The file of the peers directory it came from; `None` for a
     /// `[[peers]]` entry of the main file.
     pub source: Option<PathBuf>,
+    /// The key this one replaced by a rotation (see `xtr rotate-key`).
+    pub rotated_from: Option<PublicKey>,
 }
 
 /// What a team may resolve besides its own EIDs: the core's own type.
@@ -606,6 +610,11 @@ impl MapServerConfig {
                 team,
                 expires,
                 source,
+                rotated_from: rp
+                    .rotated_from
+                    .as_deref()
+                    .map(|k| c.public_key(&field("rotated_from"), k))
+                    .transpose()?,
             });
         }
         let mut teams = Vec::with_capacity(raw.teams.len());

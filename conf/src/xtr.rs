@@ -248,6 +248,8 @@ pub enum Mode {
 pub struct WireguardConfig {
     pub interface: String,
     pub private_key: PrivateKey,
+    /// Where the key is: `xtr rotate-key` puts the next one beside it.
+    pub private_key_file: PathBuf,
     pub listen_port: u16,
     pub backend: BackendKind,
 }
@@ -318,6 +320,13 @@ pub struct XtrConfig {
 
 impl XtrConfig {
     /// The end of the register nonces reserved by the last run.
+    /// Where `xtr rotate-key` leaves the next key for the running agent.
+    pub fn next_key_file(&self) -> PathBuf {
+        let mut p = self.wireguard.private_key_file.clone().into_os_string();
+        p.push(".next");
+        PathBuf::from(p)
+    }
+
     pub fn register_nonce_file(&self) -> PathBuf {
         self.state_dir
             .join(format!("{}-register-nonce", self.wireguard.interface))
@@ -359,6 +368,7 @@ impl XtrConfig {
                 "wireguard.private_key_file",
                 &raw.wireguard.private_key_file,
             )?,
+            private_key_file: c.path(&raw.wireguard.private_key_file),
             listen_port: raw.wireguard.listen_port,
             backend: backend(&c, "wireguard.backend", &raw.wireguard.backend)?,
         };

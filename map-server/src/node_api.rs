@@ -30,8 +30,20 @@ fn keyed_peers(cfg: &MapServerConfig) -> HashMap<IpAddr, String> {
         .collect()
 }
 
+/// A node's request to move to a new WireGuard key, for the event loop.
+pub struct RotateRequest {
+    /// Its control address: the old key vouches for the request.
+    pub from: IpAddr,
+    pub new_key: [u8; 32],
+    /// `Ok` once correspondents have the new key: switch now.
+    pub reply: tokio::sync::oneshot::Sender<Result<(), (StatusCode, String)>>,
+}
+
 /// What the node API serves, from the configuration.
 pub struct NodeApi {
+    /// Rotation requests, to the event loop.
+    rotate: tokio::sync::mpsc::Sender<RotateRequest>,
+    rotate_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<RotateRequest>>>,
     /// Keyed peers by control address (replaced at each reload).
     peers: std::sync::RwLock<HashMap<IpAddr, String>>,
     relay: Option<RelayConfig>,
@@ -41,12 +53,23 @@ pub struct NodeApi {
 
 impl NodeApi {
     pub fn new(cfg: &MapServerConfig) -> NodeApi {
+        let (rotate, rx) = tokio::sync::mpsc::channel(16);
         NodeApi {
+            rotate,
+            rotate_rx: std::sync::Mutex::new(Some(rx)),
             peers: std::sync::RwLock::new(keyed_peers(cfg)),
             relay: cfg.relay.clone(),
             grants: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
+    }
+
+    /// The event loop's end of the rotation requests (once).
+    pub fn take_rotations(&self) -> Option<tokio::sync::mpsc::Receiver<RotateRequest>> {
+        self.rotate_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The peers of a configuration taken live.
@@ -117,6 +140,41 @@ async fn relay_grant(
     }
 }
 
+/// `POST /v1/rotate` with the node's new public key (base64) as the body:
+/// answered 200 once the map-server and the node's correspondents have the
+/// new key (the node switches then), or with why not.
+async fn rotate(
+    State(api): State<Arc<NodeApi>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    body: String,
+) -> Response {
+    let Ok(key) = wgctl::keys::PublicKey::from_base64(body.trim()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "the body is not a WireGuard public key\n",
+        )
+            .into_response();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let req = RotateRequest {
+        from: from.ip(),
+        new_key: *key.as_bytes(),
+        reply,
+    };
+    if api.rotate.send(req).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(5), answer).await {
+        Ok(Ok(Ok(()))) => (StatusCode::OK, "rotated\n").into_response(),
+        Ok(Ok(Err((code, why)))) => (code, why).into_response(),
+        _ => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "no answer from the map-server\n",
+        )
+            .into_response(),
+    }
+}
+
 /// Serves the node API on `addr`, bound to interface `device`.
 pub async fn serve(addr: SocketAddr, device: &str, api: Arc<NodeApi>) -> std::io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -134,6 +192,7 @@ pub async fn serve(addr: SocketAddr, device: &str, api: Arc<NodeApi>) -> std::io
     info!(%addr, ifname = device, "node API inside the control tunnel");
     let app = Router::new()
         .route("/v1/relay", get(relay_grant))
+        .route("/v1/rotate", axum::routing::post(rotate))
         .with_state(api);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(

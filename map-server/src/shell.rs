@@ -28,6 +28,7 @@ use map_server_core::{
     StoreFault, Transmit, Via, MAX_PEERS,
 };
 use socket2::{Domain, Protocol, Socket, Type};
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,6 +112,7 @@ fn policy_at(
                 .expires
                 .map(|e| now + e.duration_since(wall).unwrap_or_default()),
             revoked: false,
+            rotated_from: p.rotated_from.map(|k| *k.as_bytes()),
         })
         .collect();
     let static_mappings = cfg
@@ -219,7 +221,9 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         join: None,
         join_stats: JoinStats::default(),
         peers_seen: peers_fingerprint(&cfg.peers_dir),
+        rotations: HashMap::new(),
     };
+    let mut rotate_rx = shell.node_api.take_rotations();
     // Drop what no longer passes the policy before anything else happens.
     shell.flush().await;
 
@@ -270,7 +274,7 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
         );
         conf::service::ready("serving");
         let why = shell
-            .event_loop(&mut sigterm, &mut sigint, &mut sighup)
+            .event_loop(&mut sigterm, &mut sigint, &mut sighup, &mut rotate_rx)
             .await;
         info!(signal = %why, "stopping");
         conf::service::stopping();
@@ -289,6 +293,9 @@ pub async fn run(cfg: MapServerConfig) -> Result<(), ShellError> {
     info!("map-server stopped");
     result
 }
+
+/// Where the answer to a node's rotation request goes.
+type RotationReply = tokio::sync::oneshot::Sender<Result<(), (axum::http::StatusCode, String)>>;
 
 /// A peer file's name and (inode, size, mtime, ctime).
 type PeerFileStamp = (std::ffi::OsString, [u64; 6]);
@@ -555,6 +562,7 @@ enum Event {
     Reload,
     Join,
     PeersTick,
+    Rotate(crate::node_api::RotateRequest),
     Stop(&'static str),
 }
 
@@ -585,6 +593,17 @@ struct Shell {
     /// reloaded without a SIGHUP, so map-servers sharing the directory (or a
     /// synced copy) take enrolments made at another.
     peers_seen: Vec<PeerFileStamp>,
+    /// Key rotations under way: who to answer once the core is ready.
+    rotations: HashMap<map_server_core::RotationId, RotationReply>,
+}
+
+async fn next_rotation(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<crate::node_api::RotateRequest>>,
+) -> Option<crate::node_api::RotateRequest> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn readable(sock: Option<&UdpSocket>) -> io::Result<()> {
@@ -608,6 +627,7 @@ impl Shell {
         sigterm: &mut Signal,
         sigint: &mut Signal,
         sighup: &mut Signal,
+        rotate_rx: &mut Option<tokio::sync::mpsc::Receiver<crate::node_api::RotateRequest>>,
     ) -> &'static str {
         // One timer, moved when the core's next deadline moves (a fresh one
         // per iteration would be set and cancelled for every datagram).
@@ -634,6 +654,7 @@ impl Shell {
                 _ = sighup.recv() => Event::Reload,
                 Ok(()) = readable(self.join.as_ref()) => Event::Join,
                 _ = peers_tick.tick() => Event::PeersTick,
+                Some(req) = next_rotation(rotate_rx) => Event::Rotate(req),
             };
             match event {
                 Event::Readable(_, Ok(())) => self.serve().await,
@@ -645,6 +666,7 @@ impl Shell {
                 Event::Page(req) => self.answer_page(req),
                 Event::Reload => self.reload(),
                 Event::Join => self.serve_join(),
+                Event::Rotate(req) => self.start_rotation(req),
                 Event::PeersTick => {
                     if peers_fingerprint(&self.cfg.peers_dir) != self.peers_seen {
                         info!(dir = %self.cfg.peers_dir.display(), "peers directory changed; reloading");
@@ -748,6 +770,90 @@ impl Shell {
         self.cfg = cfg;
     }
 
+    /// A node asks to move to a new key: its peer file gets the new key
+    /// (so a reload keeps it), then the core starts the rotation; the node
+    /// is answered once the core says its correspondents have the key.
+    fn start_rotation(&mut self, req: crate::node_api::RotateRequest) {
+        use axum::http::StatusCode;
+        let refuse = |reply: tokio::sync::oneshot::Sender<_>, code, why: String| {
+            warn!(reason = %why, "key rotation refused");
+            let _ = reply.send(Err((code, format!("{why}\n"))));
+        };
+        let Some(peer) = self.core.tunnel_peer_at(req.from) else {
+            return refuse(
+                req.reply,
+                StatusCode::FORBIDDEN,
+                format!("{} is no keyed peer", req.from),
+            );
+        };
+        let Some(p) = self.core.policy().peers.get(peer as usize).cloned() else {
+            return refuse(req.reply, StatusCode::FORBIDDEN, "no such peer".into());
+        };
+        let source = self
+            .cfg
+            .peers
+            .iter()
+            .find(|c| c.name == p.name)
+            .and_then(|c| c.source.clone());
+        let Some(file) = source else {
+            return refuse(
+                req.reply,
+                StatusCode::CONFLICT,
+                format!(
+                    "{} is a [[peers]] entry of {}: its key is changed there, by hand",
+                    p.name,
+                    self.cfg.file.display()
+                ),
+            );
+        };
+        let old = p
+            .wg_key
+            .map(|k| wgctl::keys::PublicKey::from_bytes(k).to_base64());
+        let new = wgctl::keys::PublicKey::from_bytes(req.new_key).to_base64();
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                return refuse(
+                    req.reply,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{}: {e}", file.display()),
+                )
+            }
+        };
+        let Some(old) = old.filter(|o| text.matches(o.as_str()).count() == 1) else {
+            return refuse(
+                req.reply,
+                StatusCode::CONFLICT,
+                format!("{} does not name {}'s key once", file.display(), p.name),
+            );
+        };
+        // The new key, and which one it replaced: map-servers sharing the
+        // directory follow the rotation instead of revoking the peer.
+        let mut rewritten: String = text
+            .replace(&old, &new)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("rotated_from"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        rewritten += &format!("rotated_from = \"{old}\"\n");
+        if let Err(e) = crate::join::write_private(&file, rewritten.as_bytes()) {
+            return refuse(
+                req.reply,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e:#}"),
+            );
+        }
+        match self.core.handle_rotation(Instant::now(), peer, req.new_key) {
+            Ok(id) => {
+                self.rotations.insert(id, req.reply);
+            }
+            Err(e) => {
+                let _ = crate::join::write_private(&file, text.as_bytes());
+                refuse(req.reply, StatusCode::CONFLICT, e.to_string());
+            }
+        }
+    }
+
     fn reload_failed(&mut self, error: String) {
         self.reloads.failed += 1;
         error!(error = %error, "configuration reload refused; the running configuration stays");
@@ -775,6 +881,13 @@ impl Shell {
             }
             let result = self.carry_out(&action).await;
             self.core.handle_action_result(Instant::now(), id, result);
+        }
+        // Correspondents have the new key: the node may switch.
+        while let Some(id) = self.core.poll_rotation_ready(Instant::now()) {
+            if let Some(reply) = self.rotations.remove(&id) {
+                let _ = reply.send(Ok(()));
+            }
+            self.core.rotation_answered(Instant::now(), id);
         }
         self.send_released().await;
     }
@@ -842,6 +955,17 @@ impl Shell {
             ControlAction::RemoveControlPeer { key } => {
                 let key = wgctl::keys::PublicKey::from_bytes(*key);
                 wg.remove_peer(&key).await.map_err(fault)
+            }
+            ControlAction::StageControlPeer { key } => {
+                let key = wgctl::keys::PublicKey::from_bytes(*key);
+                wg.upsert_peer(PeerConfig {
+                    public_key: key,
+                    endpoint: None,
+                    allowed_ips: Vec::new(),
+                    persistent_keepalive: None,
+                })
+                .await
+                .map_err(fault)
             }
         }
     }

@@ -253,6 +253,45 @@ impl WgInterface {
         Ok(())
     }
 
+    /// Replaces the interface's private key (a key rotation). WireGuard
+    /// expires every session with the old key; a handshake with the new one
+    /// is started at once with every peer WireGuard knows an endpoint of
+    /// (configured, or learnt from the peer: a responder's), by a keepalive
+    /// switched on and back off, so that neither side waits for the other's
+    /// next packet (a correspondent that waits as responder would only take
+    /// over after seconds). Peers and the port stay.
+    pub async fn set_private_key(&self, key: PrivateKey) -> Result<()> {
+        let seen = self.read().await?;
+        let _serialised = self.inner.config_lock.lock().await;
+        let update = DeviceUpdate::new().set_private_key(Key(*key.expose_bytes()));
+        self.apply("set private key", update).await?;
+        tracing::info!(ifname = %self.inner.name, public_key = %key.public_key(), "private key replaced");
+        self.desired().private_key = key;
+        let peers: Vec<(PeerConfig, SocketAddr)> = {
+            let desired = self.desired();
+            seen.peers
+                .iter()
+                .filter_map(|p| {
+                    let endpoint = p.endpoint?;
+                    Some((desired.peers.get(&p.public_key)?.clone(), endpoint))
+                })
+                .collect()
+        };
+        for (p, endpoint) in peers {
+            let kick = PeerConfig {
+                endpoint: Some(endpoint),
+                persistent_keepalive: Some(1),
+                ..p.clone()
+            };
+            let on = DeviceUpdate::new().add_peer(peer_builder(&kick));
+            self.apply("start a handshake", on).await?;
+            // Back as configured (an endpoint left out stays as learnt).
+            let back = DeviceUpdate::new().add_peer(peer_builder(&p));
+            self.apply("start a handshake", back).await?;
+        }
+        Ok(())
+    }
+
     /// Removes the peer; removing an absent peer is not an error.
     pub async fn remove_peer(&self, public_key: &PublicKey) -> Result<()> {
         let _serialised = self.inner.config_lock.lock().await;

@@ -8,6 +8,7 @@
 
 pub mod join;
 pub mod relay;
+pub mod rotate;
 pub mod shell;
 pub mod status;
 pub mod status_json;

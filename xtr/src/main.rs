@@ -58,6 +58,19 @@ enum Command {
     /// Read a private key on standard input and print its public key (as
     /// `wg pubkey`).
     Pubkey,
+    /// Move the running agent to a new WireGuard key, with no outage.
+    ///
+    /// Makes the key, leaves it beside the current one (<key>.next, 0600)
+    /// and signals the agent running with --config. The agent asks its
+    /// map-server over the control tunnel; the map-server pushes the new key
+    /// to every correspondent and answers once they have it; then the agent
+    /// switches and replaces the key file. Waits for the outcome. The peer
+    /// must come from the map-server's peers directory (enrolled, or a file
+    /// there).
+    RotateKey {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Enrol this robot with a map-server and write its configuration.
     ///
     /// From a join bundle (`map-server enroll` writes one; single use) or a
@@ -126,10 +139,7 @@ fn dispatch(command: Command) -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
-                conf::service::ignore_sighup().context("installing the SIGHUP handler")?;
-                Ok(xtr::shell::run(cfg).await?)
-            })
+            rt.block_on(async { Ok(xtr::shell::run(cfg).await?) })
         }
         Command::Status { config, json } => {
             let cfg = XtrConfig::load(&config)?;
@@ -207,6 +217,7 @@ fn dispatch(command: Command) -> Result<()> {
             backend,
             force,
         }),
+        Command::RotateKey { config } => xtr::rotate::rotate_key(&config),
         Command::Pubkey => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;

@@ -92,6 +92,12 @@ struct Agent {
     relay: Option<Relay>,
     /// Answers of relay grant fetches.
     grants: (GrantSender, mpsc::UnboundedReceiver<GrantResult>),
+    /// Answers of the map-server to a key rotation (`xtr rotate-key`).
+    rotations: (
+        mpsc::UnboundedSender<RotationResult>,
+        mpsc::UnboundedReceiver<RotationResult>,
+    ),
+    rotating: bool,
     netlink: wgctl::Netlink,
     started: SystemTime,
     output_errors: u64,
@@ -99,6 +105,7 @@ struct Agent {
 }
 
 type GrantResult = std::result::Result<(relay::Grant, Duration), String>;
+type RotationResult = (wgctl::keys::PrivateKey, std::result::Result<(), String>);
 type GrantSender = mpsc::UnboundedSender<GrantResult>;
 
 fn prefix(p: &EidPrefix) -> Result<IpPrefix> {
@@ -107,18 +114,25 @@ fn prefix(p: &EidPrefix) -> Result<IpPrefix> {
 
 /// Runs the agent until SIGINT or SIGTERM, then removes everything it made.
 pub async fn run(cfg: XtrConfig) -> Result<()> {
+    // First: SIGHUP would end the agent otherwise. The units' ExecReload,
+    // and `xtr rotate-key`.
+    let mut sighup = signal(SignalKind::hangup()).ctx("installing the SIGHUP handler")?;
     for v in &cfg.ignored_env {
         warn!(variable = %v, "ignoring environment variable: it names no xtr setting");
     }
     let host = Host::open().await.ctx("opening netlink")?;
-    let result = run_with(&host, cfg).await;
+    let result = run_with(&host, cfg, &mut sighup).await;
     if let Err(e) = host.shutdown().await {
         error!(error = %e, "cleanup after shutdown failed");
     }
     result
 }
 
-async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
+async fn run_with(
+    host: &Host,
+    cfg: XtrConfig,
+    sighup: &mut tokio::signal::unix::Signal,
+) -> Result<()> {
     let netlink = host.netlink();
     let wg_if = cfg.wireguard.interface.clone();
     let wg = host
@@ -235,6 +249,8 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         control,
         relay,
         grants: mpsc::unbounded_channel(),
+        rotations: mpsc::unbounded_channel(),
+        rotating: false,
         netlink,
         started: SystemTime::now(),
         output_errors: 0,
@@ -277,6 +293,8 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
             Some(ev) = next_relay_event(&mut agent.relay) => agent.core.handle_relay_event(Instant::now(), ev),
             Some(g) = agent.grants.1.recv() => agent.on_grant(g),
+            _ = sighup.recv() => agent.on_sighup(),
+            Some((key, result)) = agent.rotations.1.recv() => agent.on_rotated(key, result).await,
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); conf::service::stopping(); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); conf::service::stopping(); break; }
         }
@@ -300,6 +318,110 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+impl Agent {
+    /// SIGHUP: a key rotation when `xtr rotate-key` left the next key;
+    /// otherwise nothing (the agent does not reload its configuration).
+    fn on_sighup(&mut self) {
+        let next = self.cfg.next_key_file();
+        if !next.exists() {
+            warn!("SIGHUP: reload not supported yet; ignored");
+            return;
+        }
+        if self.rotating {
+            info!("SIGHUP: a key rotation is under way already");
+            return;
+        }
+        let key = match std::fs::read_to_string(&next)
+            .map_err(|e| e.to_string())
+            .and_then(|t| wgctl::keys::PrivateKey::from_base64(t.trim()).map_err(|e| e.to_string()))
+        {
+            Ok(k) => k,
+            Err(e) => {
+                error!(file = %next.display(), error = %e, "the next key does not read; no rotation");
+                fail_rotation(&next);
+                return;
+            }
+        };
+        let Some(ms) = self.cfg.map_servers.first() else {
+            return;
+        };
+        let (addr, name) = (ms.control_address, ms.name.clone());
+        let public = key.public_key().to_base64();
+        let tx = self.rotations.0.clone();
+        self.rotating = true;
+        info!(map_server = %name, new_key = %public, "key rotation: asking the map-server");
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send((key, ask_rotation(addr, &name, &public)));
+        });
+    }
+
+    /// The map-server's answer: on yes, switch the interface's key, tell the
+    /// core (it registers the new key), and keep the key.
+    async fn on_rotated(
+        &mut self,
+        key: wgctl::keys::PrivateKey,
+        result: std::result::Result<(), String>,
+    ) {
+        self.rotating = false;
+        let next = self.cfg.next_key_file();
+        if let Err(e) = result {
+            error!(error = %e, "key rotation refused; the old key stays");
+            fail_rotation(&next);
+            return;
+        }
+        let public = *key.public_key().as_bytes();
+        if let Err(e) = self.wg.set_private_key(key).await {
+            error!(error = %e, "cannot switch the interface to the new key");
+            fail_rotation(&next);
+            return;
+        }
+        self.core.set_own_key(Instant::now(), public);
+        let file = &self.cfg.wireguard.private_key_file;
+        match std::fs::rename(&next, file) {
+            Ok(()) => info!(file = %file.display(), "key rotation done; the new key is kept"),
+            Err(e) => {
+                error!(file = %file.display(), error = %e, "the new key runs but could not replace the key file; move it by hand")
+            }
+        }
+    }
+}
+
+/// A rotation that did not happen: its key file is set aside, so that
+/// `xtr rotate-key` can tell.
+fn fail_rotation(next: &std::path::Path) {
+    let mut failed = next.as_os_str().to_owned();
+    failed.push(".failed");
+    let _ = std::fs::rename(next, failed);
+}
+
+/// Asks map-server `name` to move us to `public` (run off the event loop):
+/// it answers once our correspondents have the new key.
+fn ask_rotation(
+    control_address: IpAddr,
+    name: &str,
+    public: &str,
+) -> std::result::Result<(), String> {
+    let url = format!(
+        "http://{}/v1/rotate",
+        SocketAddr::new(control_address, conf::NODE_API_PORT)
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(8)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&url)
+        .send(public)
+        .map_err(|e| format!("{name}: {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    match status {
+        200 => Ok(()),
+        s => Err(format!("{name}: HTTP {s}: {}", body.trim())),
+    }
 }
 
 /// Asks map-server `ms` for a relay grant, over the control tunnel (run

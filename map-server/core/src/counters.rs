@@ -61,6 +61,8 @@ pub struct Counters {
     pub withdrawals: u64,
     /// Lookups refused by the team policy (answered negatively).
     pub team_refusals: u64,
+    /// Key rotations started.
+    pub rotations: u64,
     /// Messages dropped because their control peer spent its budget.
     pub rate_limited: u64,
     /// Messages refused for asking or holding more than a cap allows.
@@ -267,6 +269,12 @@ impl Counters {
                 "withdrawn mappings pushed to correspondents",
                 "counter",
                 self.withdrawals,
+            ),
+            (
+                "key_rotations_total",
+                "key rotations started by nodes",
+                "counter",
+                self.rotations,
             ),
             (
                 "team_refusals_total",

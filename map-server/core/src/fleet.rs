@@ -154,6 +154,19 @@ impl MapServer {
                     if old == *p {
                         continue;
                     }
+                    if old.wg_key != p.wg_key
+                        && old.wg_key.is_some()
+                        && p.wg_key.is_some()
+                        && p.rotated_from == old.wg_key
+                    {
+                        // A rotation made at another map-server (the file
+                        // says which key it replaced): follow it, as the
+                        // node has switched already.
+                        self.follow_rotation(now, idx, p.clone());
+                        self.counters.peers_changed += 1;
+                        change.changed.push(p.name.clone());
+                        continue;
+                    }
                     if old.wg_key != p.wg_key {
                         // The old key is no longer trusted: what it
                         // registered goes, and correspondents drop it.

@@ -121,6 +121,10 @@ pub enum ControlAction {
     /// Remove the WireGuard peer of a control peer that was revoked, expired,
     /// or moved to another key: nothing it sends reaches the map-server.
     RemoveControlPeer { key: [u8; 32] },
+    /// Add a control peer for a node's next key, with no allowed IP yet: its
+    /// first handshake with the new key is accepted; its control address
+    /// moves to it (an `AddControlPeer`) once the rotation is answered.
+    StageControlPeer { key: [u8; 32] },
 }
 
 impl std::fmt::Display for ControlAction {
@@ -140,6 +144,9 @@ impl std::fmt::Display for ControlAction {
             ),
             ControlAction::RemoveControlPeer { key } => {
                 write!(f, "remove control peer {}", crate::fleet::key_hint(key))
+            }
+            ControlAction::StageControlPeer { key } => {
+                write!(f, "stage control peer {}", crate::fleet::key_hint(key))
             }
         }
     }

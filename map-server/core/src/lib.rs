@@ -31,6 +31,7 @@ pub mod policy;
 pub mod registration;
 pub mod registry;
 pub mod resolution;
+pub mod rotation;
 
 pub use candidates::{behind_nat, candidates, Candidate};
 pub use commits::FaultStatus;
@@ -47,6 +48,7 @@ pub use policy::{
 };
 pub use registry::{Mapping, Origin, Registry, Rloc};
 pub use resolution::mapping_record;
+pub use rotation::{RotationId, RotationRefused};
 
 use commits::{CommitOutcome, Commits};
 use lisp_wire::{EidPrefix, KeyId, Message, ParseErrorKind, TYPE_ECM, TYPE_MAP_REQUEST};
@@ -109,6 +111,9 @@ pub struct MapServer {
     register_budget: Vec<limits::TokenBucket>,
     /// Log lines about refused messages, per source address.
     refusal_log: limits::LogBudget<IpAddr>,
+    /// Key rotations under way.
+    rotations: Vec<rotation::Rotation>,
+    next_rotation: u64,
 }
 
 impl MapServer {
@@ -184,6 +189,8 @@ impl MapServer {
             next_sweep: now + registration::SWEEP_INTERVAL,
             nonce_gen: lisp_wire::Nonces::new(seed),
             counters,
+            rotations: Vec::new(),
+            next_rotation: 0,
         };
         ms.index_peers(now);
         ms
@@ -351,6 +358,7 @@ impl MapServer {
             .chain(self.endpoints_timeout())
             .chain(self.commits.poll_timeout())
             .chain(self.next_peer_expiry())
+            .chain(self.rotation_timeout())
             .chain(std::iter::once(self.next_sweep))
             .min()
     }
@@ -361,6 +369,7 @@ impl MapServer {
         self.retransmit_notifies(now);
         self.retry_actions(now);
         self.expire_peers(now);
+        self.finish_rotations(now);
         self.poll_actions_due(now);
         if now >= self.next_sweep {
             self.next_sweep = now + registration::SWEEP_INTERVAL;

@@ -109,6 +109,10 @@ pub struct PeerPolicy {
     /// expired): it is heard from no more and holds nothing. Slots are kept
     /// so that peer indices stay stable; a later new peer may reuse one.
     pub revoked: bool,
+    /// The key this one replaced by a rotation (at another map-server that
+    /// shares the peers directory): a reload that finds the key changed
+    /// from this one follows the rotation instead of revoking.
+    pub rotated_from: Option<[u8; 32]>,
 }
 
 /// The team every peer without one belongs to.

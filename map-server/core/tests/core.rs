@@ -63,6 +63,7 @@ fn peer_policy(name: &str, n: &Node) -> PeerPolicy {
         team: DEFAULT_TEAM.into(),
         expires: None,
         revoked: false,
+        rotated_from: None,
     }
 }
 
@@ -595,6 +596,7 @@ fn keyless_lisp_peers_register_and_resolve_on_the_plain_listener() {
         team: DEFAULT_TEAM.into(),
         expires: None,
         revoked: false,
+        rotated_from: None,
     };
     let mut ms: Ms = MapServer::new(
         Policy {
@@ -1163,6 +1165,7 @@ fn oor_policy() -> PeerPolicy {
         team: DEFAULT_TEAM.into(),
         expires: None,
         revoked: false,
+        rotated_from: None,
     }
 }
 
@@ -2166,4 +2169,72 @@ fn a_replayed_register_is_refused_however_old_and_across_restarts() {
         1,
         "a newer nonce is accepted"
     );
+}
+
+#[test]
+fn a_key_rotation_pushes_the_new_key_and_is_ready_once_correspondents_ack() {
+    let now = Instant::now();
+    let (a, b) = (node_a(), node_b());
+    let mut ms = server(now);
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    resolve_and_ack(&mut ms, now, &b, &a, 10);
+    drain_store(&mut ms);
+    actions(&mut ms);
+    let new_key = key_of(0xa2);
+    let peer = ms.tunnel_peer_at(a.ctl).unwrap();
+    assert_eq!(
+        ms.handle_rotation(now, peer, a.key),
+        Err(RotationRefused::SameKey)
+    );
+    assert_eq!(
+        ms.handle_rotation(now, peer, b.key),
+        Err(RotationRefused::KeyInUse)
+    );
+    let id = ms.handle_rotation(now, peer, new_key).unwrap();
+    // A control peer for the new key, with no address yet.
+    assert_eq!(
+        actions(&mut ms),
+        vec![ControlAction::StageControlPeer { key: new_key }]
+    );
+    // B, which talks to A, is pushed A's mapping with the new key.
+    let out = drain(&mut ms);
+    let push = out
+        .iter()
+        .find(|t| t.dst == SocketAddr::new(b.ctl, 4342))
+        .expect("a push to B");
+    let n = parse_notify(push, &b.site_key);
+    assert_eq!(n.records[0].wg_key(), Some(new_key));
+    assert_eq!(ms.registry().get(&a.eid).unwrap().wg_key, Some(new_key));
+    // Not ready before B has it.
+    assert_eq!(ms.poll_rotation_ready(now), None);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &n));
+    assert_eq!(ms.poll_rotation_ready(now), Some(id));
+    assert_eq!(ms.poll_rotation_ready(now), None, "once");
+    ms.rotation_answered(now, id);
+    ms.handle_timeout(now + Duration::from_millis(10));
+    assert!(actions(&mut ms).is_empty(), "the answer leaves first");
+    ms.handle_timeout(now + Duration::from_millis(60));
+    assert_eq!(
+        actions(&mut ms),
+        vec![
+            ControlAction::AddControlPeer {
+                key: new_key,
+                control_address: a.ctl
+            },
+            ControlAction::RemoveControlPeer { key: a.key }
+        ]
+    );
+    // Registrations carry the new key now; the old one is refused.
+    let later = now + Duration::from_millis(70);
+    let rotated = Node {
+        key: new_key,
+        ..node_a()
+    };
+    assert_eq!(register(&mut ms, later, &rotated, 3).len(), 1);
+    let before = ms.counters().unauthorised;
+    register(&mut ms, later, &a, 4);
+    assert_eq!(ms.counters().unauthorised, before + 1);
+    assert_eq!(ms.counters().rotations, 1);
+    assert_eq!(ms.counters().peers_revoked, 0);
 }

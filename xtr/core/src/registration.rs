@@ -276,6 +276,18 @@ impl Xtr {
         }
     }
 
+    /// Our WireGuard key changed (a rotation the map-server agreed to):
+    /// registrations carry the new one from now on, starting at once.
+    pub fn set_own_key(&mut self, now: Instant, key: [u8; 32]) {
+        if self.policy.wg_public_key == key {
+            return;
+        }
+        self.policy.wg_public_key = key;
+        info!("WireGuard key rotated; registering the new key");
+        self.reregister_now(now);
+        self.flush_dataplane(now);
+    }
+
     /// Registers with every map-server now (our endpoint may have changed
     /// behind our NAT).
     pub(crate) fn reregister_now(&mut self, now: Instant) {

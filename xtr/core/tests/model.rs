@@ -239,6 +239,7 @@ fn peer_policies() -> Vec<PeerPolicy> {
             team: map_server_core::DEFAULT_TEAM.into(),
             expires: None,
             revoked: false,
+            rotated_from: None,
         })
         .collect()
 }
