@@ -15,6 +15,7 @@
 //! # plain_listen = "192.0.2.1:4342"  # keyless LISP peers and benchmarks
 //! # plain_allowed = ["192.0.2.0/24"]  # besides the keyless peers, whom the
 //! #                                   # plain listener answers (e.g. lig)
+//! domain = "lispwg.internal"         # node names: NAME.DOMAIN (the default)
 //!
 //! [[peers]]
 //! name = "robot-a"
@@ -118,6 +119,12 @@ struct RawServer {
     plain_allowed: Vec<String>,
     #[serde(default = "yes")]
     push_moves: bool,
+    #[serde(default = "default_domain")]
+    domain: String,
+}
+
+fn default_domain() -> String {
+    crate::DEFAULT_DOMAIN.into()
 }
 
 impl Default for RawServer {
@@ -130,6 +137,7 @@ impl Default for RawServer {
             plain_listen: None,
             plain_allowed: Vec::new(),
             push_moves: true,
+            domain: default_domain(),
         }
     }
 }
@@ -267,6 +275,9 @@ pub struct MapServerConfig {
     pub static_mappings: Vec<StaticMapping>,
     /// Push moved mappings to resolvers (off only for baseline benchmarks).
     pub push_moves: bool,
+    /// The DNS domain of node names (lower case): a name lookup for
+    /// `NAME.DOMAIN` is answered like one for `NAME`.
+    pub domain: String,
     /// The campus relay whose credentials nodes are handed.
     pub relay: Option<RelayConfig>,
     /// Environment variables with our prefix that matched no setting.
@@ -345,6 +356,8 @@ impl MapServerConfig {
                 "must be at least 10 seconds",
             ));
         }
+        let domain =
+            crate::dns_domain(&raw.server.domain).map_err(|e| c.err("server.domain", e))?;
         if raw.server.negative_ttl_minutes == 0 {
             return Err(c.err("server.negative_ttl_minutes", "must be at least 1 minute"));
         }
@@ -475,6 +488,7 @@ impl MapServerConfig {
             control,
             plain_listen,
             plain_allowed,
+            domain,
             registration_lifetime: Duration::from_secs(raw.server.registration_lifetime_secs),
             negative_ttl_minutes: raw.server.negative_ttl_minutes,
             state_dir: c.path(&raw.server.state_dir),

@@ -126,6 +126,7 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
         push_moves: cfg.push_moves,
         control_address: cfg.control.as_ref().map(|c| c.address),
         plain_allowed: cfg.plain_allowed.clone(),
+        domain: cfg.domain.clone(),
         ..Policy::default()
     })
 }

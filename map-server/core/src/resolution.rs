@@ -54,6 +54,21 @@ impl MapServer {
         let mut notify_targets = Vec::new();
         let mut result = Ok(());
         for r in req.records() {
+            if let Some((iid, name)) = r.eid.distinguished_name() {
+                let answered = self.answer_name(
+                    now,
+                    (iid, name, r.eid_mask_len),
+                    requester,
+                    &mut records,
+                    &mut bounds,
+                    &mut notify_targets,
+                );
+                if let Err(e) = answered {
+                    result = Err(e);
+                    break;
+                }
+                continue;
+            }
             let asked = match r.prefix() {
                 Ok(p) => p,
                 Err(e) => {
@@ -88,6 +103,9 @@ impl MapServer {
         let mut held = Some(reply);
         if let Some(req_peer) = requester {
             let ttl_of = |p: &EidPrefix, reg: &Registry| reg.get(p).map_or(1, |m| m.ttl_minutes);
+            // One notify per owner: a name's answer (or a request for
+            // several of its prefixes) names the same owner more than once.
+            let mut told = Vec::new();
             for (dest_prefix, owner) in notify_targets {
                 // The requester now resolves dest_prefix: remember it, so a
                 // move of the destination is pushed to it.
@@ -97,6 +115,10 @@ impl MapServer {
                     // The destination learns the requester: it resolves it too.
                     let ttl = ttl_of(&src_prefix, &self.registry);
                     self.subscribe(src_prefix, owner, now, ttl);
+                    if told.contains(&owner) {
+                        continue;
+                    }
+                    told.push(owner);
                     if let Some(crossing) = self.notify_about(req_peer, dest_prefix) {
                         // The destination is resolving the requester at this
                         // very moment, and the requester is being told about
@@ -148,6 +170,85 @@ impl MapServer {
             .encode_into(out)
             .map_err(encoding);
         };
+        self.write_record(prefix, m, requester, out, notify_targets)
+    }
+
+    /// Appends the records answering a name lookup: one per live EID prefix
+    /// the named node registered in that instance, as a lookup of the EID
+    /// itself would get them (its owner is told about the requester the
+    /// same way); or one negative record for the name.
+    fn answer_name(
+        &mut self,
+        now: Instant,
+        (iid, name, mask_len): (u32, &str, u8),
+        requester: Option<u16>,
+        out: &mut Vec<u8>,
+        bounds: &mut Vec<(usize, usize)>,
+        notify_targets: &mut Vec<(EidPrefix, u16)>,
+    ) -> Result<(), Refusal> {
+        self.counters.name_lookups += 1;
+        let mut prefixes: Vec<EidPrefix> = match self.policy.peer_named(name) {
+            Some(peer) => self
+                .registry
+                .prefixes_of(peer)
+                .filter(|p| p.iid == iid)
+                .filter(|p| self.registry.get(p).is_some_and(|m| m.is_live(now)))
+                .collect(),
+            None => Vec::new(),
+        };
+        prefixes.sort();
+        if prefixes.is_empty() {
+            self.counters.unknown_names += 1;
+            self.counters.negative_replies += 1;
+            debug!(%name, iid, "negative Map-Reply for a name");
+            let dn = Address::DistinguishedName(name.into());
+            let eid = if iid == 0 {
+                dn
+            } else {
+                Address::InstanceId {
+                    iid,
+                    iid_mask_len: 0,
+                    address: Box::new(dn),
+                }
+            };
+            let start = out.len();
+            EidRecord {
+                eid,
+                eid_mask_len: mask_len,
+                ..EidRecord::negative(
+                    EidPrefix::host(iid, std::net::Ipv4Addr::UNSPECIFIED.into()),
+                    self.policy.negative_ttl_minutes,
+                    Action::NativelyForward,
+                )
+            }
+            .encode_into(out)
+            .map_err(|e| Refusal::Malformed(format!("cannot encode reply: {e}")))?;
+            bounds.push((start, out.len()));
+            return Ok(());
+        }
+        for prefix in prefixes {
+            let Some(m) = self.registry.get(&prefix) else {
+                continue;
+            };
+            let start = out.len();
+            self.write_record(prefix, m, requester, out, notify_targets)?;
+            bounds.push((start, out.len()));
+        }
+        Ok(())
+    }
+
+    /// Appends the EID-record of mapping `m` for `prefix` as `requester`
+    /// gets it, and notes the owner to tell about the requester, if any.
+    fn write_record(
+        &self,
+        prefix: EidPrefix,
+        m: &Mapping,
+        requester: Option<u16>,
+        out: &mut Vec<u8>,
+        notify_targets: &mut Vec<(EidPrefix, u16)>,
+    ) -> Result<(), Refusal> {
+        let encoding =
+            |e: lisp_wire::EncodeError| Refusal::Malformed(format!("cannot encode reply: {e}"));
         if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
             // A Map-Notify tells the owner about the requester so that it
             // programs the requester's WireGuard peer first: only between

@@ -1580,3 +1580,98 @@ fn a_reply_is_the_codecs_encoding_and_follows_every_change_of_a_mapping() {
     };
     assert!(r.records[0].rlocs.is_empty(), "{r:?}");
 }
+
+fn name_request(n: &Node, nonce: u64, name: &str) -> Vec<u8> {
+    MapRequest {
+        records: vec![RequestRecord {
+            eid_mask_len: (name.len() * 8).min(255) as u8,
+            eid: Address::DistinguishedName(name.into()),
+        }],
+        ..MapRequest::for_eid(nonce, n.eid.to_address(), n.ctl, n.eid)
+    }
+    .encapsulated(n.ctl, 61000, ip(MS))
+    .encode()
+    .unwrap()
+}
+
+fn reply_in(t: &Transmit) -> MapReply {
+    match parse(&t.payload).unwrap() {
+        Message::MapReply(r) => r,
+        other => panic!("expected Map-Reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_name_lookup_is_answered_with_the_nodes_records_after_it_learns_the_requester() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    drain_store(&mut ms);
+
+    // A asks for "robot-b": B is told about A first, as for an EID lookup.
+    let src = SocketAddr::new(a.ctl, 61000);
+    ms.handle_datagram(now, src, Via::Tunnel, &name_request(&a, 7, "robot-b"));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "only the notify before B acks: {out:?}");
+    let notify = parse_notify(&out[0], &b.site_key);
+    assert_eq!(EidPrefix::of_record(&notify.records[0]).unwrap(), a.eid);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, src);
+    let reply = reply_in(&out[0]);
+    assert_eq!(reply.nonce, 7);
+    assert_eq!(reply.records.len(), 1);
+    assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
+    let (_, info) = reply.records[0].best_locator().unwrap();
+    assert_eq!((info.rloc, info.wg_key), (b.rloc.ip(), Some(b.key)));
+    assert_eq!(ms.subscribers(&b.eid), 1, "a move of B is pushed to A");
+
+    // The full DNS name, in any case, is the same name; B asking for A.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(b.ctl, 61000),
+        Via::Tunnel,
+        &name_request(&b, 8, "Robot-A.lispwg.internal."),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "A is told about B first: {out:?}");
+    let notify = parse_notify(&out[0], &a.site_key);
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &ack_bytes(&a, &notify));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    let reply = reply_in(&out[0]);
+    assert_eq!(reply.nonce, 8);
+    assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), a.eid);
+    assert_eq!(ms.counters().name_lookups, 2);
+    assert_eq!(ms.counters().unknown_names, 0);
+}
+
+#[test]
+fn an_unknown_or_unregistered_name_gets_a_negative_record_for_the_name() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    register(&mut ms, now, &a, 1);
+    drain_store(&mut ms);
+    let src = SocketAddr::new(a.ctl, 61000);
+    // robot-c is nobody; robot-b is configured but not registered; a name
+    // in another domain is not ours.
+    for (nonce, name) in [(1, "robot-c"), (2, "robot-b"), (3, "robot-b.example.org")] {
+        ms.handle_datagram(now, src, Via::Tunnel, &name_request(&a, nonce, name));
+        let out = drain(&mut ms);
+        assert_eq!(out.len(), 1, "{name}: {out:?}");
+        let reply = reply_in(&out[0]);
+        assert_eq!(reply.nonce, nonce);
+        assert_eq!(reply.records.len(), 1);
+        let r = &reply.records[0];
+        assert!(r.rlocs.is_empty());
+        assert_eq!(r.action, Action::NativelyForward);
+        assert_eq!(r.eid, Address::DistinguishedName(name.into()));
+        assert_eq!(r.ttl, 1);
+    }
+    assert_eq!(ms.counters().unknown_names, 3);
+    assert_eq!(ms.subscribers(&a.eid), 0, "nobody was told about A");
+}
