@@ -52,6 +52,8 @@ struct Dataplane {
     crossed: u32,
     /// Every output in order, for ordering checks.
     log: Vec<String>,
+    /// Name answers, in order, with the instant each was given.
+    names: Vec<(NameQuery, NameAnswer, Instant)>,
 }
 
 impl Dataplane {
@@ -518,6 +520,7 @@ impl Sim {
             Output::Punch { .. } => "punch".into(),
             Output::Relay(op) => format!("relay {op:?}"),
             Output::FetchRelayGrant { .. } => "fetch-relay-grant".into(),
+            Output::NameAnswer { .. } => "name-answer".into(),
         });
         match out {
             Output::Transmit { dst, payload } => {
@@ -629,6 +632,7 @@ impl Sim {
                 let stats = node.dp.stats(now);
                 node.xtr.handle_peer_stats(now, &stats);
             }
+            Output::NameAnswer { query, answer } => node.dp.names.push((query, answer, now)),
         }
     }
 
@@ -2451,4 +2455,139 @@ fn a_slow_map_server_does_not_have_its_control_session_torn_down_at_every_retran
         a.dp.renewed_control_peers.len()
     );
     assert!(sim.established("A", "B"), "resolved in the end");
+}
+
+impl Sim {
+    /// A name question at `from`'s agent, the network settled after it.
+    fn ask_name(&mut self, from: &str, query: u64, name: &str) {
+        let now = self.now;
+        self.node(from)
+            .xtr
+            .handle_name_query(now, NameQuery(query), name);
+        self.settle();
+    }
+
+    fn name_answer(&mut self, from: &str, query: u64) -> Option<(NameAnswer, Instant)> {
+        self.node(from)
+            .dp
+            .names
+            .iter()
+            .find(|(q, _, _)| *q == NameQuery(query))
+            .map(|(_, a, t)| (a.clone(), *t))
+    }
+}
+
+#[test]
+fn a_name_lookup_answers_the_eid_and_programs_both_ends_before_any_packet() {
+    let mut sim = Sim::new(1);
+    let (a_key, b_key) = (sim.node("A").key, sim.node("B").key);
+    let start = sim.now;
+    sim.ask_name("A", 1, "b.lispwg.internal");
+    let (answer, at) = sim.name_answer("A", 1).expect("answered");
+    let NameAnswer::Addresses { addrs, ttl } = answer else {
+        panic!("not addresses: {answer:?}")
+    };
+    assert_eq!(addrs, vec![ip("10.0.0.2")]);
+    assert_eq!(ttl, Duration::from_secs(600), "the mapping's TTL (10 min)");
+    assert_eq!(at, start, "no timer needed: the reply came at once");
+    // No packet was sent, and both ends have their peer already; A's
+    // handshake went out to B, which knew A: the tunnel is up.
+    assert!(sim.node("A").dp.reinjected.is_empty());
+    assert!(sim.node("A").dp.peers.contains_key(&b_key));
+    assert!(sim.node("B").dp.peers.contains_key(&a_key));
+    assert_eq!(sim.node("A").dp.initiations, 1);
+    assert!(sim.node("A").dp.peers[&b_key].handshake.is_some());
+
+    // The first packet finds the route: re-injected, no second lookup.
+    let requests = sim.node("A").xtr.counters().requests;
+    sim.miss("A", "10.0.0.2", 1);
+    let a = sim.node("A");
+    assert_eq!(a.xtr.counters().requests, requests);
+    assert_eq!(a.dp.reinjected.len(), 1);
+
+    // A second question is answered from the cache, with what is left of
+    // the TTL; after the TTL the name is looked up again.
+    sim.advance(Duration::from_secs(60));
+    sim.ask_name("A", 2, "B.lispwg.internal.");
+    let (answer, _) = sim.name_answer("A", 2).unwrap();
+    assert_eq!(
+        answer,
+        NameAnswer::Addresses {
+            addrs: vec![ip("10.0.0.2")],
+            ttl: Duration::from_secs(540)
+        }
+    );
+    let c = sim.node("A").xtr.counters().clone();
+    assert_eq!((c.name_requests, c.names_from_cache), (1, 1));
+    sim.advance(Duration::from_secs(541));
+    sim.ask_name("A", 3, "b.lispwg.internal");
+    assert!(matches!(
+        sim.name_answer("A", 3),
+        Some((NameAnswer::Addresses { .. }, _))
+    ));
+    assert_eq!(sim.node("A").xtr.counters().name_requests, 2);
+}
+
+#[test]
+fn unknown_names_are_no_such_name_and_other_domains_are_not_ours() {
+    let mut sim = Sim::new(1);
+    sim.ask_name("A", 1, "nobody.lispwg.internal");
+    sim.ask_name("A", 2, "example.org");
+    sim.ask_name("A", 3, "x.b.lispwg.internal");
+    let neg = sim.name_answer("A", 1).unwrap().0;
+    assert_eq!(
+        neg,
+        NameAnswer::NoSuchName {
+            ttl: Duration::from_secs(10)
+        },
+        "the map-server's 1-minute negative TTL, capped"
+    );
+    assert_eq!(sim.name_answer("A", 2).unwrap().0, NameAnswer::NotOurs);
+    assert!(matches!(
+        sim.name_answer("A", 3).unwrap().0,
+        NameAnswer::NoSuchName { .. }
+    ));
+    let c = sim.node("A").xtr.counters().clone();
+    assert_eq!(c.name_requests, 1, "only the first asked the map-server");
+    assert_eq!((c.names_unknown, c.names_not_ours), (2, 1));
+    assert!(sim.node("A").dp.peers.is_empty());
+    // The negative answer is cached for its TTL, then asked again.
+    sim.ask_name("A", 4, "nobody.lispwg.internal");
+    assert_eq!(sim.node("A").xtr.counters().name_requests, 1);
+    sim.advance(Duration::from_secs(11));
+    sim.ask_name("A", 5, "nobody.lispwg.internal");
+    assert_eq!(sim.node("A").xtr.counters().name_requests, 2);
+}
+
+#[test]
+fn a_name_lookup_no_map_server_answers_is_unavailable_after_the_bounded_wait() {
+    let mut sim = Sim::new(1);
+    sim.servers[0].alive = false;
+    let start = sim.now;
+    sim.ask_name("A", 1, "b.lispwg.internal");
+    sim.ask_name("A", 2, "b.lispwg.internal");
+    assert!(
+        sim.name_answer("A", 1).is_none(),
+        "waits for the map-server"
+    );
+    sim.advance(Duration::from_secs(5));
+    let wait = sim.node("A").xtr.policy().names.wait;
+    for q in [1, 2] {
+        let (answer, at) = sim.name_answer("A", q).expect("answered in the end");
+        assert_eq!(answer, NameAnswer::Unavailable);
+        assert_eq!(at - start, wait, "after exactly the bounded wait");
+    }
+    let c = sim.node("A").xtr.counters().clone();
+    assert_eq!(c.name_timeouts, 1, "one lookup for both questions");
+    assert!(c.name_requests >= 3, "retransmitted: {}", c.name_requests);
+    assert_eq!(sim.node("A").xtr.names_pending(), 0);
+    // Not cached: once the map-server is back, the name resolves.
+    sim.servers[0].alive = true;
+    sim.advance(Duration::from_secs(2));
+    sim.ask_name("A", 3, "b.lispwg.internal");
+    sim.advance(Duration::from_secs(3));
+    assert!(matches!(
+        sim.name_answer("A", 3),
+        Some((NameAnswer::Addresses { .. }, _))
+    ));
 }
