@@ -55,6 +55,14 @@
 //!                                     # credentials kept across restarts; put
 //!                                     # one there (map-server relay-grant) for a
 //!                                     # node that must reach the relay first
+//!
+//! [dns]                               # node names, all optional
+//! enabled = true                      # answer DNS on the control address
+//! domain = "lispwg.internal"          # NAME.DOMAIN is node NAME's EIDs
+//! port = 53
+//! # upstream = ["192.0.2.53"]         # everything else goes here; default:
+//!                                     # the nameservers of /etc/resolv.conf
+//! resolved = true                     # register with systemd-resolved if it runs
 //! ```
 
 use crate::{
@@ -90,6 +98,57 @@ struct Raw {
     metrics: Option<String>,
     #[serde(default)]
     relay: RawRelay,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_domain")]
+    domain: String,
+    #[serde(default = "default_dns_port")]
+    port: u16,
+    upstream: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    resolved: bool,
+}
+
+fn default_domain() -> String {
+    crate::DEFAULT_DOMAIN.into()
+}
+
+fn default_dns_port() -> u16 {
+    53
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            enabled: true,
+            domain: default_domain(),
+            port: default_dns_port(),
+            upstream: None,
+            resolved: true,
+        }
+    }
+}
+
+/// The agent's DNS listener for node names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub enabled: bool,
+    /// Lower case, no trailing dot.
+    pub domain: String,
+    /// The control address and `port`.
+    pub listen: SocketAddr,
+    /// Where names outside the domain go; `None`: the nameservers of
+    /// /etc/resolv.conf at start (ourselves left out).
+    pub upstream: Option<Vec<SocketAddr>>,
+    /// Register with systemd-resolved for `~DOMAIN` when it runs.
+    pub resolved: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,6 +366,7 @@ pub struct XtrConfig {
     pub lan_interface: Option<String>,
     pub metrics: Option<SocketAddr>,
     pub relay: RelayConfig,
+    pub dns: DnsConfig,
     pub ignored_env: Vec<String>,
 }
 
@@ -324,6 +384,7 @@ impl XtrConfig {
             "lan",
             "metrics",
             "relay",
+            "dns",
         ];
         let (raw, ignored_env) = load_raw::<Raw>(file, ENV_PREFIX, &known)?;
         let c = checker(file);
@@ -533,6 +594,33 @@ impl XtrConfig {
             only: rr.only,
             grant_file,
         };
+        let rd = &raw.dns;
+        let domain = crate::dns_domain(&rd.domain).map_err(|e| c.err("dns.domain", e))?;
+        if rd.port == 0 {
+            return Err(c.err("dns.port", "must be a port number, 1 to 65535"));
+        }
+        let upstream = match &rd.upstream {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        let field = format!("dns.upstream[{i}]");
+                        match u.parse::<IpAddr>() {
+                            Ok(ip) => Ok(SocketAddr::new(ip, 53)),
+                            Err(_) => c.socket(&field, u),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let dns = DnsConfig {
+            enabled: rd.enabled,
+            domain,
+            listen: SocketAddr::new(control_address, rd.port),
+            upstream,
+            resolved: rd.resolved,
+        };
         Ok(XtrConfig {
             file: file.to_path_buf(),
             mode,
@@ -548,6 +636,7 @@ impl XtrConfig {
             lan_interface,
             metrics,
             relay,
+            dns,
             ignored_env,
         })
     }

@@ -6,7 +6,9 @@
 //! is re-injected. The protocol logic is the sans-IO [`xtr_core::Xtr`]; this
 //! crate is its tokio [`shell`] and the [`status`] page.
 
+pub mod dns;
 pub mod relay;
+pub mod resolved;
 pub mod shell;
 pub mod status;
 pub mod status_json;

@@ -4,7 +4,9 @@
 //! outcome of each data-plane operation and statistics read back to it. It
 //! decides nothing.
 
+use crate::dns::Dns;
 use crate::relay::Relay;
+use crate::resolved::{Registration, SystemResolvectl};
 use conf::telemetry::{self, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
@@ -96,6 +98,10 @@ struct Agent {
     started: SystemTime,
     output_errors: u64,
     cache_add: CacheAddHistogram,
+    /// The DNS listener for node names, when on.
+    dns: Option<Dns>,
+    /// Our registration with systemd-resolved, reverted at shutdown.
+    resolved: Option<Registration>,
 }
 
 type GrantResult = std::result::Result<(relay::Grant, Duration), String>;
@@ -208,6 +214,10 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         }
     }
 
+    let dns = match cfg.dns.enabled {
+        true => Some(dns_listener(&cfg)?),
+        false => None,
+    };
     let policy = policy_of(&cfg);
     let seed = rand::random::<u64>();
     let now = Instant::now();
@@ -224,7 +234,10 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         started: SystemTime::now(),
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
+        dns,
+        resolved: None,
     };
+    agent.register_with_resolved();
     // The grant first: our first registration waits (briefly) for the
     // relayed address it allows.
     agent.load_grant(now);
@@ -238,6 +251,7 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).ctx("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).ctx("installing the SIGINT handler")?;
     let mut buf = vec![0u8; 65_535];
+    let mut dns_buf = vec![0u8; 65_535];
     info!(eids = %agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","), "xtr running");
     conf::service::ready("serving");
     loop {
@@ -262,6 +276,10 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
             Some(req) = next_request(&mut telemetry) => agent.answer(req).await,
             Some(ev) = next_relay_event(&mut agent.relay) => agent.core.handle_relay_event(Instant::now(), ev),
             Some(g) = agent.grants.1.recv() => agent.on_grant(g),
+            Some(r) = next_dns(&agent.dns, &mut dns_buf) => match r {
+                Ok((n, from)) => agent.on_dns(&dns_buf[..n], from),
+                Err(e) => warn!(error = %e, "DNS socket receive failed"),
+            },
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); conf::service::stopping(); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); conf::service::stopping(); break; }
         }
@@ -271,7 +289,46 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     if let Some(r) = agent.relay.take() {
         r.shutdown().await;
     }
+    agent.revert_resolved();
     Ok(())
+}
+
+/// The DNS listener on the control address: upstream servers as
+/// configured, or those of /etc/resolv.conf (ourselves left out).
+fn dns_listener(cfg: &XtrConfig) -> Result<Dns> {
+    let listen = cfg.dns.listen;
+    let upstream = match &cfg.dns.upstream {
+        Some(u) => u.clone(),
+        None => match std::fs::read_to_string("/etc/resolv.conf") {
+            Ok(text) => crate::dns::nameservers(&text, listen),
+            Err(e) => {
+                warn!(error = %e, "cannot read /etc/resolv.conf: names outside the domain will fail");
+                Vec::new()
+            }
+        },
+    };
+    let mut allowed = vec![cfg.control_address];
+    allowed.extend(cfg.eids.iter().filter(|e| e.is_host()).map(|e| e.addr()));
+    let dns = Dns::bind(listen, upstream, allowed).ctx(format!(
+        "binding the DNS listener {listen} (dns.enabled = false turns it off)"
+    ))?;
+    info!(
+        %listen,
+        domain = %cfg.dns.domain,
+        upstream = %dns.upstream.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(","),
+        "answering DNS for node names"
+    );
+    Ok(dns)
+}
+
+async fn next_dns(
+    dns: &Option<Dns>,
+    buf: &mut [u8],
+) -> Option<std::io::Result<(usize, SocketAddr)>> {
+    match dns {
+        Some(d) => Some(d.recv(buf).await),
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_relay_event(r: &mut Option<Relay>) -> Option<xtr_core::RelayEvent> {
@@ -394,6 +451,7 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
         enabled: cfg.relay.enabled,
         only: cfg.relay.only,
     };
+    p.names.domain = cfg.dns.domain.clone();
     p
 }
 
@@ -562,6 +620,43 @@ impl Agent {
         }
     }
 
+    /// A DNS datagram: its name question, if any, for the core.
+    fn on_dns(&mut self, bytes: &[u8], from: SocketAddr) {
+        let Some(dns) = &mut self.dns else { return };
+        if let Some((query, name)) = dns.on_datagram(bytes, from) {
+            self.core.handle_name_query(Instant::now(), query, &name);
+        }
+    }
+
+    /// Where systemd-resolved runs, become the DNS server of our interface
+    /// for `~DOMAIN`; elsewhere say once how to point resolv.conf at us.
+    fn register_with_resolved(&mut self) {
+        let Some(dns) = &self.dns else { return };
+        if !self.cfg.dns.resolved {
+            return;
+        }
+        let (ifname, domain) = (&self.cfg.wireguard.interface, &self.cfg.dns.domain);
+        match crate::resolved::register(&mut SystemResolvectl, ifname, dns.listen, domain) {
+            Ok(Some(reg)) => {
+                info!(interface = %ifname, %domain, "registered with systemd-resolved for ~{domain}");
+                self.resolved = Some(reg);
+            }
+            Ok(None) => crate::dns::log_resolv_conf_hint(dns.listen, domain),
+            Err(e) => warn!(error = %e, "could not register with systemd-resolved"),
+        }
+    }
+
+    fn revert_resolved(&mut self) {
+        if let Some(reg) = self.resolved.take() {
+            match crate::resolved::revert(&mut SystemResolvectl, &reg) {
+                Ok(()) => {
+                    info!(interface = %reg.interface, "systemd-resolved registration reverted")
+                }
+                Err(e) => warn!(error = %e, "could not revert the systemd-resolved registration"),
+            }
+        }
+    }
+
     /// Carries out the core's outputs in order, reporting each data-plane
     /// outcome back (which may queue more outputs).
     async fn flush(&mut self) {
@@ -613,6 +708,11 @@ impl Agent {
                                 .0
                                 .send(Err(format!("no map-server {map_server}")));
                         }
+                    }
+                }
+                Output::NameAnswer { query, answer } => {
+                    if let Some(dns) = &mut self.dns {
+                        dns.answer(query, answer);
                     }
                 }
                 Output::Punch { to } => {
