@@ -214,8 +214,16 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         }
     }
 
+    // Names are a convenience: an agent whose DNS port is taken (another
+    // resolver on the same address) still builds tunnels.
     let dns = match cfg.dns.enabled {
-        true => Some(dns_listener(&cfg)?),
+        true => match dns_listener(&cfg) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                error!(error = %e, "no DNS for node names; tunnels work as before");
+                None
+            }
+        },
         false => None,
     };
     let policy = policy_of(&cfg);
