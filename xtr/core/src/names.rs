@@ -351,7 +351,8 @@ impl Xtr {
                 };
                 self.names.by_nonce.remove(&p.nonce);
                 self.counters.name_timeouts += 1;
-                warn!(name = %node, "no map-server answered a name lookup");
+                // Counted; the silent map-server itself is logged by registration.
+                debug!(name = %node, "no map-server answered a name lookup");
                 for q in p.waiters {
                     self.answer_name(q, NameAnswer::Unavailable);
                 }
@@ -369,6 +370,13 @@ impl Xtr {
         }
     }
 
+    /// Drops the cached names whose addresses lie in `prefix`.
+    pub(crate) fn forget_names_in(&mut self, prefix: &EidPrefix) {
+        self.names
+            .cache
+            .retain(|_, c| !c.addrs.iter().any(|a| prefix.contains_addr(prefix.iid, *a)));
+    }
+
     /// Names cached now (answers and negative answers, live or not).
     pub fn names_cached(&self) -> usize {
         self.names.cache.len()
@@ -382,7 +390,41 @@ impl Xtr {
 
 #[cfg(test)]
 mod tests {
-    use super::node_name;
+    use super::*;
+    use crate::XtrPolicy;
+
+    #[test]
+    fn a_prefix_nobody_has_any_more_takes_its_names_along() {
+        let now = Instant::now();
+        let eid = EidPrefix::host(0, "10.0.0.1".parse().unwrap());
+        let policy = XtrPolicy::new(
+            "100.64.0.2".parse().unwrap(),
+            [1; 32],
+            51820,
+            vec![eid],
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut x = Xtr::new(policy, now, 7);
+        let later = now + Duration::from_secs(600);
+        for (name, addr) in [("b", "10.0.0.2"), ("c", "10.0.0.3")] {
+            let entry = CachedName {
+                addrs: vec![addr.parse().unwrap()],
+                expires: later,
+            };
+            x.cache_name(now, name.into(), entry);
+        }
+        x.remove_prefix(now, &EidPrefix::host(0, "10.0.0.2".parse().unwrap()));
+        assert_eq!(x.names_cached(), 1);
+        x.handle_name_query(now, NameQuery(1), "c.lispwg.internal");
+        assert!(matches!(
+            x.poll_output(),
+            Some(Output::NameAnswer {
+                answer: NameAnswer::Addresses { .. },
+                ..
+            })
+        ));
+    }
 
     #[test]
     fn node_names_in_and_out_of_the_domain() {
