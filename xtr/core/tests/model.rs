@@ -1652,6 +1652,8 @@ mod scenarios {
         WithRelay(usize),
         /// coturn restarts: every allocation is gone.
         RelayRestart,
+        /// A asks B's name (or, for 3, a name nobody has).
+        Name(usize, usize),
         Advance(u64),
     }
 
@@ -1670,6 +1672,7 @@ mod scenarios {
             2 => (0..3usize, any::<bool>()).prop_map(|(n, on)| Step::Natted(n, on)),
             1 => (0..3usize).prop_map(Step::WithRelay),
             1 => Just(Step::RelayRestart),
+            2 => (0..3usize, 0..4usize).prop_map(|(a, b)| Step::Name(a, b)),
             3 => (1..3000u64).prop_map(Step::Advance),
         ]
     }
@@ -1691,8 +1694,26 @@ mod scenarios {
         #[test]
         fn failures_in_any_order_never_break_the_promises(steps in prop::collection::vec(step(), 1..30)) {
             let mut sim = Sim::new(1);
+            // Name questions per node since its last start: each must get
+            // exactly one answer, whatever happens.
+            let mut asked: [Vec<u64>; 3] = Default::default();
+            let mut next_query = 0;
             for s in steps {
                 match s {
+                    Step::Name(a, b) => {
+                        let name = match sim.nodes.get(b) {
+                            Some(n) => format!("{}.lispwg.internal", n.name),
+                            None => "nobody.lispwg.internal".into(),
+                        };
+                        next_query += 1;
+                        asked[a].push(next_query);
+                        let from = sim.nodes[a].name;
+                        sim.ask_name(from, next_query, &name);
+                    }
+                    Step::RestartNode(n) => {
+                        asked[n].clear();
+                        sim.restart_node(n);
+                    }
                     Step::Miss(a, b) => {
                         let to = sim.nodes[b].eid.addr().to_string();
                         let from = sim.nodes[a].name;
@@ -1711,7 +1732,6 @@ mod scenarios {
                     }
                     Step::FailCommits(k) => sim.servers[0].fail_commits = k,
                     Step::RestartMs(wiped) => sim.restart_ms(0, wiped),
-                    Step::RestartNode(n) => sim.restart_node(n),
                     Step::Natted(n, true) => {
                         let name = sim.nodes[n].name;
                         let private = format!("10.{}.1.5", 20 + n);
@@ -1723,7 +1743,11 @@ mod scenarios {
                         sim.nodes[n].nat = None;
                         sim.set_addresses(name, &[("eth0", &format!("192.0.2.{}", 40 + n))]);
                     }
-                    Step::WithRelay(n) => sim.with_relay(n, false),
+                    Step::WithRelay(n) => {
+                        // A restart too: questions die with the process.
+                        asked[n].clear();
+                        sim.with_relay(n, false);
+                    }
                     Step::RelayRestart => sim.relay.allocs.clear(),
                     Step::Advance(ms) => sim.advance(Duration::from_millis(ms)),
                 }
@@ -1737,6 +1761,15 @@ mod scenarios {
             // A map-server restarted without its store learns each node again
             // at the node's next refresh (60 s ± 10 %).
             sim.advance(Duration::from_secs(70));
+            for (n, qs) in sim.nodes.iter().zip(&asked) {
+                let mut answered: Vec<u64> = n.dp.names.iter().map(|(q, _, _)| q.0).collect();
+                answered.sort();
+                prop_assert_eq!(&answered, qs, "{}: every name question answered once", n.name);
+                prop_assert!(
+                    n.dp.names.iter().all(|(_, a, _)| *a != NameAnswer::NotOurs),
+                    "{}: a name in the domain was not ours", n.name
+                );
+            }
             for n in &sim.nodes {
                 prop_assert!(n.xtr.dataplane_settled(), "{}: data plane never caught up", n.name);
                 prop_assert!(n.xtr.map_servers()[0].up, "{}: not registered", n.name);
@@ -1754,6 +1787,22 @@ mod scenarios {
                     prop_assert_eq!(
                         sim.nodes[a].dp.reinjected.len(), before + 1,
                         "{} -> {}: the packet was not delivered", from, to
+                    );
+                }
+            }
+            // And every node resolves every other's name to its EID.
+            for a in 0..3 {
+                for b in 0..3 {
+                    next_query += 1;
+                    let from = sim.nodes[a].name;
+                    let name = format!("{}.lispwg.internal", sim.nodes[b].name);
+                    sim.ask_name(from, next_query, &name);
+                    sim.advance(Duration::from_millis(50));
+                    let got = sim.name_answer(from, next_query).map(|(a, _)| a);
+                    let want = sim.nodes[b].eid.addr();
+                    prop_assert!(
+                        matches!(&got, Some(NameAnswer::Addresses { addrs, .. }) if addrs == &vec![want]),
+                        "{} asked {}: {:?}", from, name, got
                     );
                 }
             }
