@@ -228,6 +228,7 @@ fn write_config(dir: &Path, ifname: &str, clients: &[&Client]) -> PathBuf {
         peers,
         static_mappings: Vec::new(),
         relay: None,
+        limits: None,
     };
     let path = dir.join("ms.toml");
     config::write_toml(&path, &config).unwrap();

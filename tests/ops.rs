@@ -255,3 +255,24 @@ fn a_lab_run_logs_values_once_and_shuts_down_quietly() {
         assert_eq!(hups, want, "{d}: SIGHUP lines:\n{log}");
     }
 }
+
+/// `xtr genkey | true`, `map-server status | head`: a reader that goes away
+/// ends the tool quietly (by SIGPIPE, or status 0), never with a panic.
+#[test]
+fn a_closed_stdout_ends_the_command_line_tools_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (bin, args) = ("xtr", ["genkey"]);
+    let mut child = Command::new(binary(bin))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the tool writes.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{bin} {args:?}: {stderr}");
+    let quiet = out.status.signal() == Some(libc::SIGPIPE) || out.status.code().is_some();
+    assert!(quiet, "{bin} {args:?}: {:?} {stderr}", out.status);
+}

@@ -206,3 +206,69 @@ fn a_data_plane_that_refuses_the_first_peer_still_brings_the_tunnel_up_with_the_
     let failures = testbed::metric(&m, "lispwg_xtr_dataplane_failures_total").unwrap_or(0.0);
     assert!(failures >= 1.0, "the refusal was seen and counted");
 }
+
+/// TCP from a host behind the edge xTR: its SYN leaves the tunnel with an MSS
+/// that fits the tunnel (1420 - 40), whether it was held at the miss TUN and
+/// re-injected or forwarded through a programmed peer; a robot's own miss
+/// TUN has the tunnel's MTU. The clamp's table goes when the agent stops.
+#[test]
+fn syns_into_the_tunnel_carry_an_mss_that_fits_it() {
+    let mut lab = Lab::for_test(LabSpec::campus().tag("xm"));
+    for node in ["robot-a", "edge"] {
+        let miss = text(&lab.exec(node, &["ip", "-o", "link", "show", &lab.miss_if(node)]));
+        let wg = text(&lab.exec(node, &["ip", "-o", "link", "show", &lab.wg_if(node)]));
+        assert!(wg.contains("mtu 1420"), "{wg}");
+        assert!(
+            miss.contains("mtu 1420"),
+            "the miss TUN takes the tunnel's MTU: {miss}"
+        );
+    }
+    let table = format!("lispwg_{}", lab.wg_if("edge").replace('-', "_"));
+    let listed = text(&lab.exec("edge", &["nft", "list", "table", "inet", &table]));
+    assert!(listed.contains("maxseg size set rt mtu"), "{listed}");
+
+    let pcap = lab.dir().join("syn.pcap");
+    let wg_a = lab.wg_if("robot-a");
+    let mut capture = Capture::start(
+        lab.ns("robot-a"),
+        &wg_a,
+        &["tcp[tcpflags] & tcp-syn != 0"],
+        &pcap,
+    )
+    .unwrap();
+    // Port 9 on robot-a: nothing listens, a RST answers; only the SYN matters.
+    // The first SYN is held at the edge's miss TUN, the second forwarded.
+    for _ in 0..2 {
+        lab.exec(
+            "host",
+            &["timeout", "3", "bash", "-c", "exec 3<>/dev/tcp/10.0.0.1/9"],
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let frames = capture.frames(&["tcp.options.mss_val", "tcp.flags.ack"]);
+    let mss: Vec<u32> = frames
+        .iter()
+        .filter(|f| {
+            f.all("tcp.flags.ack")
+                .first()
+                .is_some_and(|a| *a == "0" || *a == "False")
+        })
+        .filter_map(|f| {
+            f.all("tcp.options.mss_val")
+                .first()
+                .and_then(|v| v.parse().ok())
+        })
+        .collect();
+    assert!(mss.len() >= 2, "both SYNs reached robot-a: {mss:?}");
+    assert!(
+        mss.iter().all(|&m| m <= 1380),
+        "MSS fits the tunnel: {mss:?}"
+    );
+
+    lab.stop("edge").unwrap();
+    let tables = text(&lab.exec("edge", &["nft", "list", "tables"]));
+    assert!(
+        !tables.contains(&table),
+        "the clamp is removed at shutdown: {tables}"
+    );
+}

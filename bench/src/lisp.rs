@@ -762,7 +762,12 @@ pub struct RegisterLoad {
 
 impl RegisterLoad {
     pub fn new(sock: UdpSocket, site_key: &[u8], timeout: Duration) -> Result<RegisterLoad> {
-        let rloc = sock.local_addr()?.ip();
+        // The socket may be on loopback, which the map-server refuses as a
+        // locator: register a documentation address (nobody sends to it).
+        let rloc = match sock.local_addr()?.ip() {
+            ip if ip.is_loopback() => IpAddr::from([192, 0, 2, 77]),
+            ip => ip,
+        };
         sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         Ok(RegisterLoad {
             sock,

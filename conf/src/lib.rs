@@ -297,7 +297,33 @@ pub(crate) fn load_raw<T: serde::de::DeserializeOwned>(
             None => c.err("-", text),
         }
     })?;
+    strict_types::<T>(&c, file)?;
     Ok((raw, ignored))
+}
+
+/// The config crate turns `"51820"` into a number and `"yes"` into a bool
+/// when it builds the settings. The file itself is first held to TOML's own
+/// types: a string where a number or a boolean belongs is refused, with its
+/// line. (Environment overrides are strings by nature and stay lenient.)
+fn strict_types<T: serde::de::DeserializeOwned>(
+    c: &Checker,
+    file: &Path,
+) -> Result<(), ConfigError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| c.err("-", format!("cannot read: {e}")))?;
+    let Err(e) = toml::from_str::<T>(&text) else {
+        return Ok(());
+    };
+    // Missing fields may come from the environment: the full load below
+    // reports those.
+    if !e.message().starts_with("invalid type") {
+        return Ok(());
+    }
+    let line = e
+        .span()
+        .map(|s| 1 + text[..s.start.min(text.len())].matches('\n').count());
+    let field = line.map_or("-".to_string(), |l| format!("line {l}"));
+    Err(c.err(field, e.message().trim().to_string()))
 }
 
 /// `peers[0]eids[0]iid` (as config prints it) → `peers[0].eids[0].iid`.

@@ -68,6 +68,34 @@ struct Raw {
     #[serde(default)]
     static_mappings: Vec<RawStatic>,
     relay: Option<RawRelay>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// What one control peer may ask; 0 as a rate means no limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    requests_per_second: f64,
+    request_burst: f64,
+    registers_per_second: f64,
+    register_burst: f64,
+    max_records_per_request: usize,
+    max_registrations_per_peer: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let d = Limits::default();
+        RawLimits {
+            requests_per_second: d.requests.per_second,
+            request_burst: d.requests.burst,
+            registers_per_second: d.registers.per_second,
+            register_burst: d.registers.burst,
+            max_records_per_request: d.max_records_per_request,
+            max_registrations_per_peer: d.max_registrations_per_peer,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +147,10 @@ struct RawServer {
     plain_allowed: Vec<String>,
     #[serde(default = "yes")]
     push_moves: bool,
+    /// Lets two peers be allowed overlapping EID prefixes (one registers
+    /// a covering prefix, the other a more specific one).
+    #[serde(default)]
+    allow_overlapping_eids: bool,
     #[serde(default = "default_domain")]
     domain: String,
 }
@@ -137,6 +169,7 @@ impl Default for RawServer {
             plain_listen: None,
             plain_allowed: Vec::new(),
             push_moves: true,
+            allow_overlapping_eids: false,
             domain: default_domain(),
         }
     }
@@ -223,6 +256,7 @@ pub struct ControlInterface {
     pub backend: BackendKind,
 }
 
+pub use map_server_core::policy::{Limits, Rate};
 /// An EID prefix a peer may register: the core's own type, so the
 /// configuration compiles straight into its policy.
 pub use map_server_core::AllowedEid;
@@ -280,6 +314,7 @@ pub struct MapServerConfig {
     pub domain: String,
     /// The campus relay whose credentials nodes are handed.
     pub relay: Option<RelayConfig>,
+    pub limits: Limits,
     /// Environment variables with our prefix that matched no setting.
     pub ignored_env: Vec<String>,
 }
@@ -300,7 +335,14 @@ impl MapServerConfig {
         let (raw, ignored_env) = load_raw::<Raw>(
             file,
             ENV_PREFIX,
-            &["control", "server", "peers", "static_mappings", "relay"],
+            &[
+                "control",
+                "server",
+                "peers",
+                "static_mappings",
+                "relay",
+                "limits",
+            ],
         )?;
         let c = checker(file);
 
@@ -435,6 +477,13 @@ impl MapServerConfig {
             });
         }
 
+        check_peers_apart(
+            &c,
+            &peers,
+            control.as_ref(),
+            raw.server.allow_overlapping_eids,
+        )?;
+
         let static_mappings = raw
             .static_mappings
             .iter()
@@ -497,9 +546,112 @@ impl MapServerConfig {
             static_mappings,
             push_moves: raw.server.push_moves,
             relay,
+            limits: limits(&c, &raw.limits)?,
             ignored_env,
         })
     }
+}
+
+/// Refuses, naming both entries, what would make one peer silently lose
+/// its tunnel or its EIDs to another: a shared WireGuard key, the
+/// map-server's own key, EID ranges that overlap (unless allowed).
+fn check_peers_apart(
+    c: &crate::Checker,
+    peers: &[ControlPeer],
+    control: Option<&ControlInterface>,
+    allow_overlap: bool,
+) -> Result<(), ConfigError> {
+    let own = control.map(|ctl| ctl.private_key.public_key());
+    let mut keys: std::collections::HashMap<[u8; 32], usize> = Default::default();
+    for (i, p) in peers.iter().enumerate() {
+        let Some(key) = p.public_key else { continue };
+        if own.is_some_and(|o| o.as_bytes() == key.as_bytes()) {
+            return Err(c.err(
+                format!("peers[{i}].public_key"),
+                format!(
+                    "peer `{}` holds the map-server's own key (control.private_key_file)",
+                    p.name
+                ),
+            ));
+        }
+        if let Some(&j) = keys.get(key.as_bytes()) {
+            return Err(c.err(
+                format!("peers[{i}].public_key"),
+                format!(
+                    "peers `{}` (peers[{j}]) and `{}` (peers[{i}]) share one WireGuard key: one of them would lose its control tunnel",
+                    peers[j].name, p.name
+                ),
+            ));
+        }
+        keys.insert(*key.as_bytes(), i);
+    }
+    if allow_overlap {
+        return Ok(());
+    }
+    // Overlap means one range contains the other: any of their
+    // registrations could then be the other's.
+    let range = |a: &AllowedEid| a.prefix;
+    for (i, p) in peers.iter().enumerate() {
+        for (q_idx, q) in peers.iter().enumerate().skip(i + 1) {
+            for a in &p.eids {
+                for b in &q.eids {
+                    let (x, y) = (range(a), range(b));
+                    let overlap = (a.more_specifics && x.contains(&y))
+                        || (b.more_specifics && y.contains(&x))
+                        || x == y;
+                    if overlap {
+                        return Err(c.err(
+                            format!("peers[{q_idx}].eids"),
+                            format!(
+                                "`{}` may register {y} and `{}` (peers[{i}]) {x}: they overlap (set server.allow_overlapping_eids = true if that is meant)",
+                                q.name, p.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn limits(c: &crate::Checker, raw: &RawLimits) -> Result<Limits, ConfigError> {
+    let rate = |field: &str, per_second: f64, burst: f64| {
+        if !(per_second >= 0.0 && per_second.is_finite()) {
+            return Err(c.err(
+                format!("limits.{field}"),
+                "must be a number ≥ 0 (0: no limit)",
+            ));
+        }
+        if per_second == 0.0 {
+            return Ok(Rate::UNLIMITED);
+        }
+        if !(burst >= 1.0 && burst.is_finite()) {
+            return Err(c.err(format!("limits.{field}"), "its burst must be at least 1"));
+        }
+        Ok(Rate::new(per_second, burst))
+    };
+    if raw.max_records_per_request == 0 || raw.max_registrations_per_peer == 0 {
+        return Err(c.err(
+            "limits",
+            "max_records_per_request and max_registrations_per_peer must be at least 1",
+        ));
+    }
+    Ok(Limits {
+        requests: rate(
+            "requests_per_second",
+            raw.requests_per_second,
+            raw.request_burst,
+        )?,
+        registers: rate(
+            "registers_per_second",
+            raw.registers_per_second,
+            raw.register_burst,
+        )?,
+        max_records_per_request: raw.max_records_per_request,
+        max_registrations_per_peer: raw.max_registrations_per_peer,
+        ..Limits::default()
+    })
 }
 
 fn relay_config(c: &crate::Checker, r: &RawRelay) -> Result<RelayConfig, ConfigError> {

@@ -47,6 +47,18 @@ pub fn ignore_sighup() -> std::io::Result<()> {
     Ok(())
 }
 
+/// For the command-line tools (not the daemons): writing to a closed pipe
+/// (`map-server status | head`) ends the process quietly, by SIGPIPE (exit
+/// status 141 in a shell), as other Unix tools do. Rust ignores SIGPIPE by
+/// default, which turns the write into an error and `println!` into a panic.
+pub fn restore_default_sigpipe() {
+    // SAFETY: changes one signal's disposition, at start-up, before any
+    // other thread exists; SIG_DFL is always a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixDatagram;

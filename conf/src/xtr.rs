@@ -47,6 +47,8 @@
 //! # interface = "eth1"
 //!
 //! metrics = "127.0.0.1:9343"          # status and Prometheus; "" disables
+//! state_dir = "/var/lib/lispwg/xtr"   # kept across restarts: relay grant,
+//!                                     # register nonce reservation
 //!
 //! [relay]                             # the campus relay (coturn), all optional
 //! enabled = true                      # ask the map-servers for relay credentials
@@ -98,6 +100,7 @@ struct Raw {
     metrics: Option<String>,
     #[serde(default)]
     relay: RawRelay,
+    state_dir: Option<String>,
     #[serde(default)]
     dns: RawDns,
 }
@@ -366,8 +369,19 @@ pub struct XtrConfig {
     pub lan_interface: Option<String>,
     pub metrics: Option<SocketAddr>,
     pub relay: RelayConfig,
+    /// What the agent keeps across restarts (relay grant, register nonce
+    /// reservation).
+    pub state_dir: PathBuf,
     pub dns: DnsConfig,
     pub ignored_env: Vec<String>,
+}
+
+impl XtrConfig {
+    /// The end of the register nonces reserved by the last run.
+    pub fn register_nonce_file(&self) -> PathBuf {
+        self.state_dir
+            .join(format!("{}-register-nonce", self.wireguard.interface))
+    }
 }
 
 impl XtrConfig {
@@ -384,6 +398,7 @@ impl XtrConfig {
             "lan",
             "metrics",
             "relay",
+            "state_dir",
             "dns",
         ];
         let (raw, ignored_env) = load_raw::<Raw>(file, ENV_PREFIX, &known)?;
@@ -581,13 +596,15 @@ impl XtrConfig {
         if rr.only && !rr.enabled {
             return Err(c.err("relay.only", "needs relay.enabled = true"));
         }
+        let state_dir = match raw.state_dir.as_deref() {
+            Some("") => return Err(c.err("state_dir", "give a path, or leave it out")),
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from("/var/lib/lispwg/xtr"),
+        };
         let grant_file = match rr.grant_file.as_deref() {
             Some("") => return Err(c.err("relay.grant_file", "give a path, or leave it out")),
             Some(p) => PathBuf::from(p),
-            None => PathBuf::from(format!(
-                "/var/lib/lispwg/xtr/{}-relay.json",
-                wireguard.interface
-            )),
+            None => state_dir.join(format!("{}-relay.json", wireguard.interface)),
         };
         let relay = RelayConfig {
             enabled: rr.enabled,
@@ -636,6 +653,7 @@ impl XtrConfig {
             lan_interface,
             metrics,
             relay,
+            state_dir,
             dns,
             ignored_env,
         })

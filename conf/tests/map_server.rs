@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 const PUB_A: &str = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=";
-const PRIV_MS: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+const PRIV_MS: &str = "oJ6xNrlfnmydcY1tSJhHTSUGE5VMRkkuWZdY0cpj4Vc=";
 
 struct Dir(tempfile::TempDir);
 
@@ -63,7 +63,7 @@ fn a_good_file_loads_with_defaults() {
     );
     assert_eq!(
         ctl.private_key.public_key().to_base64(),
-        "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+        "px9yFaNcbUK2mHMkVTKYTiPntif7mmtVf998ak5qvjc="
     );
     assert_eq!(
         cfg.registration_lifetime.as_secs(),
@@ -238,4 +238,62 @@ fn the_plain_listener_answers_the_sources_allowed_and_nobody_else_by_default() {
     ));
     assert_eq!(f, "server.plain_allowed");
     assert!(p.contains("plain_listen"), "{p}");
+}
+
+fn second_peer(key: &str, eid: &str) -> String {
+    format!(
+        "[[peers]]\nname = \"robot-b\"\npublic_key = \"{key}\"\ncontrol_address = \"100.64.0.3\"\nsite_key_file = \"a.site\"\neids = [{{ prefix = \"{eid}\" }}]\n"
+    )
+}
+
+#[test]
+fn peers_that_would_take_each_others_tunnel_or_eids_are_refused_naming_both() {
+    // Two peers with one WireGuard key.
+    let (f, p, _) = error_of(&good(&second_peer(PUB_A, "10.1.0.2/32")));
+    assert_eq!(f, "peers[1].public_key");
+    assert!(p.contains("robot-a") && p.contains("robot-b"), "{p}");
+    // A peer with the map-server's own key.
+    let own = wgctl::keys::PrivateKey::from_base64(PRIV_MS)
+        .unwrap()
+        .public_key()
+        .to_base64();
+    let text = good("").replace(PUB_A, &own);
+    let (f, p, _) = error_of(&text);
+    assert_eq!(f, "peers[0].public_key");
+    assert!(p.contains("own key"), "{p}");
+    // Overlapping EIDs: robot-a may register anything in 10.7.0.0/16 (iid 7).
+    let other = "aANHLyhks4tKhTT3JWdFBj1suhhI4vqrxa/p9XHrhjY=";
+    let overlapping = second_peer(other, "10.1.0.1/32");
+    let (f, p, _) = error_of(&good(&overlapping));
+    assert_eq!(f, "peers[1].eids");
+    assert!(p.contains("robot-a") && p.contains("overlap"), "{p}");
+    // ... unless the file says it is meant.
+    let allowed =
+        good(&overlapping).replace("[server]\n", "[server]\nallow_overlapping_eids = true\n");
+    let d = Dir::new();
+    MapServerConfig::load(&d.config(&allowed)).expect("overlap allowed explicitly");
+}
+
+#[test]
+fn a_string_where_a_number_or_a_boolean_belongs_is_refused() {
+    let text = good("").replace("listen_port = 4340", "listen_port = \"4340\"");
+    let (f, p, _) = error_of(&text);
+    assert!(f.starts_with("line "), "{f}");
+    assert!(p.contains("invalid type"), "{p}");
+    let text = good("").replace("[server]\n", "[server]\npush_moves = \"yes\"\n");
+    let (_, p, _) = error_of(&text);
+    assert!(p.contains("invalid type"), "{p}");
+}
+
+#[test]
+fn limits_load_with_defaults_and_zero_means_unlimited() {
+    let d = Dir::new();
+    let cfg = MapServerConfig::load(&d.config(&good(""))).unwrap();
+    assert_eq!(cfg.limits.max_records_per_request, 32);
+    let text = good("[limits]\nrequests_per_second = 0\nmax_registrations_per_peer = 8\n");
+    let cfg = MapServerConfig::load(&d.config(&text)).unwrap();
+    assert!(cfg.limits.requests.per_second.is_infinite());
+    assert_eq!(cfg.limits.max_registrations_per_peer, 8);
+    let (f, _, _) = error_of(&good("[limits]\nrequests_per_second = -3\n"));
+    assert_eq!(f, "limits.requests_per_second");
 }

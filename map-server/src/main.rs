@@ -90,6 +90,9 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        conf::service::restore_default_sigpipe();
+    }
     let result = match cli.command {
         Command::Run(a) => run(a),
         Command::CheckConfig(a) => check_config(a),

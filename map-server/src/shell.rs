@@ -126,9 +126,35 @@ pub fn policy_from_config(cfg: &MapServerConfig) -> Result<Policy, ShellError> {
         push_moves: cfg.push_moves,
         control_address: cfg.control.as_ref().map(|c| c.address),
         plain_allowed: cfg.plain_allowed.clone(),
+        limits: cfg.limits,
+        own_addresses: host_addresses(),
         domain: cfg.domain.clone(),
         ..Policy::default()
     })
+}
+
+/// The addresses of this host's interfaces (in the map-server's network
+/// namespace): a node may not register one as its locator.
+fn host_addresses() -> Vec<std::net::IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        warn!(
+            "cannot list this host's addresses; nodes registering them as locators are not refused"
+        );
+        return Vec::new();
+    };
+    let mut out: Vec<std::net::IpAddr> = addrs
+        .filter_map(|a| {
+            let sa = a.address?;
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(std::net::IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Runs the map-server until SIGINT or SIGTERM, then removes the control
@@ -238,6 +264,9 @@ fn restore(store: &Store, core: &mut MapServer) -> Result<usize, ShellError> {
             dropped += 1;
         }
     })?;
+    for (peer, nonce) in store.load_register_nonces()? {
+        core.restore_register_nonce(&peer, nonce);
+    }
     let endpoints = store.load_endpoints()?;
     let known = endpoints
         .into_iter()

@@ -33,6 +33,9 @@ const REGISTRATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("regis
 /// Control peer name -> the endpoint it was last seen at (family byte,
 /// address, port), for waking it through its NAT after a restart.
 const ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("endpoints");
+/// Control peer name -> the highest Map-Register nonce accepted from it, so
+/// that a replay is refused across restarts.
+const REGISTER_NONCES: TableDefinition<&str, u64> = TableDefinition::new("register_nonces");
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
@@ -207,7 +210,7 @@ impl Store {
         let store = Store { db, path };
         // Create the table once, so that loading an empty store is not a
         // special case.
-        store.write(|_, _| Ok(()))?;
+        store.write(|_, _, _| Ok(()))?;
         Ok(store)
     }
 
@@ -262,7 +265,7 @@ impl Store {
         if ops.is_empty() {
             return Ok(());
         }
-        self.write(|table, endpoints| {
+        self.write(|table, endpoints, nonces| {
             for op in ops {
                 match op {
                     StoreOp::Put {
@@ -279,6 +282,9 @@ impl Store {
                     StoreOp::Endpoint { peer, endpoint } => {
                         endpoints.insert(peer.as_str(), encode_endpoint(*endpoint).as_slice())?;
                     }
+                    StoreOp::RegisterNonce { peer, nonce } => {
+                        nonces.insert(peer.as_str(), *nonce)?;
+                    }
                 }
             }
             Ok(())
@@ -292,6 +298,7 @@ impl Store {
         f: impl FnOnce(
             &mut redb::Table<&[u8], &[u8]>,
             &mut redb::Table<&str, &[u8]>,
+            &mut redb::Table<&str, u64>,
         ) -> Result<(), redb::StorageError>,
     ) -> Result<(), StoreError> {
         guarded(&self.path, "writing registrations", || {
@@ -306,9 +313,25 @@ impl Store {
             {
                 let mut table = txn.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
                 let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
-                f(&mut table, &mut endpoints).map_err(|e| err(e.into()))?;
+                let mut nonces = txn.open_table(REGISTER_NONCES).map_err(|e| err(e.into()))?;
+                f(&mut table, &mut endpoints, &mut nonces).map_err(|e| err(e.into()))?;
             }
             txn.commit().map_err(|e| err(e.into()))
+        })
+    }
+
+    /// The highest register nonce accepted from each control peer, by name.
+    pub fn load_register_nonces(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        guarded(&self.path, "loading register nonces", || {
+            let err = self.db_err("load register nonces");
+            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let table = txn.open_table(REGISTER_NONCES).map_err(|e| err(e.into()))?;
+            let mut out = Vec::new();
+            for entry in table.iter().map_err(|e| err(e.into()))? {
+                let (k, v) = entry.map_err(|e| err(e.into()))?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            Ok(out)
         })
     }
 
@@ -752,7 +775,7 @@ mod tests {
             store.apply(&[StoreOp::Delete(b)], clock).unwrap();
             // A record from some future format, and a damaged key.
             store
-                .write(|t, _| {
+                .write(|t, _, _| {
                     t.insert(encode_key(&b).as_slice(), [9u8, 1, 2].as_slice())?;
                     t.insert([1u8, 2, 3].as_slice(), [1u8].as_slice())?;
                     Ok(())

@@ -25,6 +25,33 @@ pub struct MapServerConfig {
     pub static_mappings: Vec<StaticMapping>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay: Option<MsRelay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<MsLimits>,
+}
+
+/// Per-peer budgets; `None` fields keep the map-server's defaults.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct MsLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_burst: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registers_per_second: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_registrations_per_peer: Option<u64>,
+}
+
+impl MsLimits {
+    /// No budgets: for load generators that are one peer on purpose.
+    pub fn unlimited() -> Self {
+        MsLimits {
+            requests_per_second: Some(0.0),
+            registers_per_second: Some(0.0),
+            max_registrations_per_peer: Some(1 << 40),
+            ..Default::default()
+        }
+    }
 }
 
 /// The relay the map-server hands its nodes.
@@ -138,6 +165,8 @@ pub struct XtrConfig {
     /// `mobile-node` or `xtr`.
     pub mode: String,
     pub metrics: String,
+    /// The lab's folder: never the default under /var/lib.
+    pub state_dir: String,
     pub wireguard: XtrWireguard,
     pub control: XtrControl,
     pub map_servers: Vec<XtrMapServer>,

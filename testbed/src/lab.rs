@@ -519,6 +519,7 @@ impl Lab {
             peers,
             static_mappings: self.spec.static_mappings.clone(),
             relay: self.ms_relay()?,
+            limits: self.spec.ms_limits.clone(),
         };
         write_toml(&self.config_path(&daemon), &config)
     }
@@ -582,6 +583,7 @@ impl Lab {
         XtrConfig {
             mode: if edge { "xtr" } else { "mobile-node" }.into(),
             metrics: XTR_METRICS.into(),
+            state_dir: self.dir.display().to_string(),
             wireguard: XtrWireguard {
                 interface: self.wg_if(&n.name),
                 private_key_file: format!("{}.key", n.name),

@@ -229,6 +229,9 @@ pub struct LabSpec {
     pub static_mappings: Vec<StaticMapping>,
     /// coturn on the first map-server's host.
     pub coturn: bool,
+    /// The map-servers' per-peer budgets (their defaults when `None`).
+    #[serde(default)]
+    pub ms_limits: Option<crate::config::MsLimits>,
     pub nodes: Vec<Node>,
 }
 
@@ -265,6 +268,7 @@ impl LabSpec {
             push_moves: true,
             static_mappings: Vec::new(),
             coturn: false,
+            ms_limits: None,
             nodes: Vec::new(),
         }
     }
@@ -323,6 +327,12 @@ impl LabSpec {
     }
 
     /// A tag (up to 2 characters) in the default prefix.
+    /// The map-servers' per-peer budgets.
+    pub fn ms_limits(mut self, limits: crate::config::MsLimits) -> LabSpec {
+        self.ms_limits = Some(limits);
+        self
+    }
+
     pub fn tag(mut self, tag: &str) -> LabSpec {
         assert!(tag.len() <= 2, "lab tag {tag:?}: at most 2 characters");
         self.tag = tag.into();

@@ -214,7 +214,7 @@ impl Host {
 
     /// Creates the miss TUN and sets it up. Route the overlay EID space to it
     /// (with [`Netlink::add_route`]) to capture packets that have no peer yet.
-    pub async fn create_miss_tun(&self, name: &str) -> Result<MissTun> {
+    pub async fn create_miss_tun(&self, name: &str, mtu: u16) -> Result<MissTun> {
         crate::validate_ifname(name)?;
         self.registry.check_open()?;
         if self.rtnl.link_exists(name).await? {
@@ -222,6 +222,7 @@ impl Host {
         }
         let device = tun_rs::DeviceBuilder::new()
             .name(name)
+            .mtu(mtu)
             .enable(false)
             .build_async()
             .map_err(|e| Error::io(format!("create TUN {name}"), e))?;
@@ -246,6 +247,22 @@ impl Host {
         self.registry.note_link_state(name, true);
         tracing::info!(ifname = %name, "miss TUN created");
         Ok(tun)
+    }
+
+    /// Clamps the MSS of TCP SYNs leaving through `wg_if` to its route MTU
+    /// (an xTR: hosts behind it advertise their LAN's MSS). The nftables
+    /// table goes at shutdown.
+    pub fn clamp_mss(&self, wg_if: &str) -> Result<()> {
+        crate::validate_ifname(wg_if)?;
+        self.registry.check_open()?;
+        let table = crate::nft::table_name(wg_if);
+        crate::nft::run(&crate::nft::clamp_script(&table, wg_if))?;
+        if let Err(table) = self.registry.record_nft_table(table) {
+            let _ = crate::nft::delete_table(&table);
+            return Err(Error::ShutDown);
+        }
+        tracing::info!(ifname = %wg_if, "TCP MSS clamped to the tunnel's MTU");
+        Ok(())
     }
 
     /// Removes everything this host created: routes, addresses, interfaces
@@ -424,6 +441,12 @@ async fn cleanup(rtnl: &Rtnl, records: Records) -> Vec<Error> {
                 tracing::error!(%ifname, %address, %e, "cannot remove address");
                 errors.push(e);
             }
+        }
+    }
+    for table in records.nft_tables.iter().rev() {
+        if let Err(e) = crate::nft::delete_table(table) {
+            tracing::error!(%table, %e, "cannot remove nftables table");
+            errors.push(e);
         }
     }
     for record in records.interfaces.into_iter().rev() {

@@ -20,11 +20,16 @@ pub(crate) struct Records {
     pub(crate) interfaces: Vec<InterfaceRecord>,
     pub(crate) addresses: Vec<(String, IpPrefix)>,
     pub(crate) routes: Vec<RouteSpec>,
+    /// nftables tables (family inet) created, by name.
+    pub(crate) nft_tables: Vec<String>,
 }
 
 impl Records {
     pub(crate) fn is_empty(&self) -> bool {
-        self.interfaces.is_empty() && self.addresses.is_empty() && self.routes.is_empty()
+        self.interfaces.is_empty()
+            && self.addresses.is_empty()
+            && self.routes.is_empty()
+            && self.nft_tables.is_empty()
     }
 }
 
@@ -68,6 +73,16 @@ impl Registry {
             return Err(record);
         }
         records.interfaces.push(record);
+        Ok(())
+    }
+
+    /// Notes an nftables table to delete at shutdown; refused once closed.
+    pub(crate) fn record_nft_table(&self, table: String) -> Result<(), String> {
+        let mut records = self.lock();
+        if records.closed {
+            return Err(table);
+        }
+        records.nft_tables.push(table);
         Ok(())
     }
 
@@ -144,6 +159,7 @@ impl Registry {
             interfaces: std::mem::take(&mut records.interfaces),
             addresses: std::mem::take(&mut records.addresses),
             routes: std::mem::take(&mut records.routes),
+            nft_tables: std::mem::take(&mut records.nft_tables),
         }
     }
 }

@@ -24,6 +24,7 @@ mod ledger;
 mod miss;
 mod netlink;
 mod netns;
+mod nft;
 mod prefix;
 mod route;
 mod userspace;

@@ -110,6 +110,27 @@ impl Rtnl {
         }
     }
 
+    /// The link's MTU.
+    pub(crate) async fn link_mtu(&self, ifname: &str) -> Result<u32> {
+        crate::validate_ifname(ifname)?;
+        let link = self
+            .get_link(ifname)
+            .await?
+            .ok_or_else(|| Error::UnknownInterface(ifname.to_owned()))?;
+        link.attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Error::io(
+                    format!("read MTU of {ifname}"),
+                    std::io::Error::other("no MTU attribute"),
+                )
+            })
+    }
+
     pub(crate) async fn link_exists(&self, ifname: &str) -> Result<bool> {
         crate::validate_ifname(ifname)?;
         Ok(self.get_link(ifname).await?.is_some())
@@ -332,6 +353,11 @@ impl Netlink {
     /// The interface index of `ifname`, or [`Error::UnknownInterface`].
     pub async fn link_index(&self, ifname: &str) -> Result<u32> {
         self.rtnl.link_index(ifname).await
+    }
+
+    /// The link's MTU.
+    pub async fn link_mtu(&self, ifname: &str) -> Result<u32> {
+        self.rtnl.link_mtu(ifname).await
     }
 
     /// Sets the link administratively up.

@@ -46,7 +46,7 @@ async fn missed_packet_is_captured_then_reinjected_and_answered() {
         a.rt.run({
             let tun_name = tun_name.clone();
             move || async move {
-                let tun = host_a.create_miss_tun(&tun_name).await?;
+                let tun = host_a.create_miss_tun(&tun_name, 1420).await?;
                 host_a
                     .netlink()
                     .add_route(

@@ -250,7 +250,7 @@ async fn dropping_the_host_removes_everything_it_created() {
                 let net = host.netlink();
                 net.add_address(&wg_name, "10.7.0.1/24".parse()?).await?;
                 net.link_up(&wg_name).await?;
-                let tun = host.create_miss_tun(&tun_name).await?;
+                let tun = host.create_miss_tun(&tun_name, 1420).await?;
                 net.add_route(
                     &RouteSpec::via_interface("10.0.0.0/8".parse()?, &tun_name).with_metric(1000),
                 )

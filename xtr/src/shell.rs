@@ -163,8 +163,14 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     }
 
     let miss_if = &cfg.miss_interface;
+    // The miss TUN takes the tunnel's MTU: a TCP connection whose first
+    // packet is held there advertises the MSS the tunnel can carry.
+    let mtu = netlink
+        .link_mtu(&wg_if)
+        .await
+        .ctx(format!("reading the MTU of {wg_if}"))?;
     let miss = host
-        .create_miss_tun(miss_if)
+        .create_miss_tun(miss_if, u16::try_from(mtu).unwrap_or(u16::MAX))
         .await
         .ctx(format!("creating miss TUN {miss_if}"))?;
     netlink
@@ -186,6 +192,13 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         Mode::Xtr => Some(Forwarding::enable()?),
         Mode::MobileNode => None,
     };
+    if cfg.mode == Mode::Xtr {
+        // Hosts behind us advertise their LAN's MSS; without the clamp their
+        // TCP relies on path-MTU discovery. Degraded, not fatal, without it.
+        if let Err(e) = host.clamp_mss(&wg_if) {
+            error!(ifname = %wg_if, error = %e, "cannot clamp TCP MSS to the tunnel (is nftables installed?); hosts behind this xTR depend on path-MTU discovery");
+        }
+    }
 
     let control = control_socket(&cfg)?;
     let reinjector = Arc::new(Reinjector::new().ctx("opening the re-injection socket")?);
@@ -229,8 +242,10 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
     let policy = policy_of(&cfg);
     let seed = rand::random::<u64>();
     let now = Instant::now();
+    let mut core = Xtr::new(policy, now, seed);
+    core.set_register_nonce_floor(register_nonce_floor(&cfg.register_nonce_file()));
     let mut agent = Agent {
-        core: Xtr::new(policy, now, seed),
+        core,
         cfg,
         wg,
         miss,
@@ -466,6 +481,39 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
 /// Writes the grant atomically (a temporary file renamed over it), 0600:
 /// it holds credentials.
 fn save_grant(path: &std::path::Path, grant: &relay::Grant) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(grant).map_err(std::io::Error::other)?;
+    write_private_file(path, text.as_bytes())
+}
+
+/// The floor of this run's register nonces: the wall clock in microseconds,
+/// or the end of the last run's reservation if the clock is behind it.
+fn register_nonce_floor(path: &std::path::Path) -> u64 {
+    let clock = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let saved = match std::fs::read_to_string(path) {
+        Ok(t) => match t.trim().parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => {
+                warn!(file = %path.display(), "the register nonce reservation does not parse; using the clock");
+                0
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot read the register nonce reservation; using the clock");
+            0
+        }
+    };
+    if saved > clock {
+        info!(file = %path.display(), "the clock is behind the last run's register nonces: continuing after them");
+    }
+    clock.max(saved)
+}
+
+/// Writes `bytes` to `path` (mode 0600) so that a crash leaves the old file
+/// or the new one, never a torn one.
+fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     if let Some(dir) = path.parent() {
@@ -478,11 +526,7 @@ fn save_grant(path: &std::path::Path, grant: &relay::Grant) -> std::io::Result<(
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(
-        serde_json::to_string_pretty(grant)
-            .map_err(std::io::Error::other)?
-            .as_bytes(),
-    )?;
+    f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
@@ -701,6 +745,15 @@ impl Agent {
                     Some(r) => r.apply(op),
                     None => debug!("relay operation with the relay off"),
                 },
+                Output::ReserveRegisterNonces { until } => {
+                    let path = self.cfg.register_nonce_file();
+                    if let Err(e) = write_private_file(&path, format!("{until}\n").as_bytes()) {
+                        // This run's nonces are still above the last one's;
+                        // only a clock that goes back before the next start
+                        // could make them repeat.
+                        warn!(file = %path.display(), error = %e, "cannot save the register nonce reservation");
+                    }
+                }
                 Output::FetchRelayGrant { map_server } => {
                     match self.cfg.map_servers.get(map_server) {
                         Some(ms) => {

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 use testbed::config::{
-    write_toml, AllowedEid, MapServerConfig, MsPeer, MsServer, StaticMapping, StaticRloc,
+    write_toml, AllowedEid, MapServerConfig, MsLimits, MsPeer, MsServer, StaticMapping, StaticRloc,
 };
 use testbed::topology::NOWHERE;
 use testbed::{Bins, Lab, LabSpec};
@@ -219,6 +219,8 @@ pub fn plain_ms_config(
         }],
         static_mappings: Vec::new(),
         relay: None,
+        // One peer generating the whole load, on purpose.
+        limits: Some(MsLimits::unlimited()),
     };
     let path = dir.join("map-server.toml");
     write_toml(&path, &config)?;

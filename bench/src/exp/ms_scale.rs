@@ -20,7 +20,7 @@ use serde_json::json;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use testbed::config::{AllowedEid, MapServerConfig, MsControl, MsPeer, MsServer};
+use testbed::config::{AllowedEid, MapServerConfig, MsControl, MsLimits, MsPeer, MsServer};
 use testbed::{Daemon, Netns, WgNode};
 
 const NAME: &str = "ms-scale";
@@ -487,6 +487,8 @@ fn tunnel(ctx: &Ctx, dir: &Path, pin: bool, plan: Plan) -> Result<Tunnel> {
         }],
         static_mappings: Vec::new(),
         relay: None,
+        // One peer generating the whole load, on purpose.
+        limits: Some(MsLimits::unlimited()),
     };
     let cfg = tdir.join("map-server.toml");
     testbed::config::write_toml(&cfg, &config)?;

@@ -51,6 +51,15 @@ pub struct Counters {
     /// Encapsulated Map-Requests whose inner IPv4 header checksum was zero
     /// (stock `lig` sends them so): accepted, and counted here.
     pub zero_checksum_requests: u64,
+    /// Messages dropped because their control peer spent its budget.
+    pub rate_limited: u64,
+    /// Messages refused for asking or holding more than a cap allows.
+    pub over_limit: u64,
+    /// Registered locators dropped as unusable (unspecified, loopback,
+    /// multicast, link-local, the map-server's own address).
+    pub bad_locators: u64,
+    /// Log lines about refused messages held back by the log budget.
+    pub suppressed_log_lines: u64,
     /// Per configured control peer, by its index in the policy (grown on
     /// first use, so bounded by the configuration).
     pub per_peer: Vec<PeerCounters>,
@@ -95,6 +104,8 @@ impl Counters {
             Refusal::Unauthorised(_) => &mut self.unauthorised,
             Refusal::Unexpected(_) => &mut self.unexpected,
             Refusal::NotAllowed => &mut self.plain_refused,
+            Refusal::RateLimited(_) => &mut self.rate_limited,
+            Refusal::OverLimit(_) => &mut self.over_limit,
         };
         *c += 1;
     }
@@ -270,6 +281,30 @@ impl Counters {
                 "encapsulated Map-Requests with a zero inner IPv4 header checksum (lig)",
                 "counter",
                 self.zero_checksum_requests,
+            ),
+            (
+                "rate_limited_total",
+                "messages dropped because their control peer spent its budget",
+                "counter",
+                self.rate_limited,
+            ),
+            (
+                "over_limit_total",
+                "messages refused for asking or holding more than a cap allows",
+                "counter",
+                self.over_limit,
+            ),
+            (
+                "bad_locators_total",
+                "registered locators dropped as unusable (loopback, link-local, the map-server's own...)",
+                "counter",
+                self.bad_locators,
+            ),
+            (
+                "suppressed_log_lines_total",
+                "log lines about refused messages held back by the per-source log budget",
+                "counter",
+                self.suppressed_log_lines,
             ),
         ]
     }

@@ -51,6 +51,12 @@ pub enum StoreOp {
         peer: String,
         endpoint: SocketAddr,
     },
+    /// The highest Map-Register nonce accepted from a WireGuard peer: a
+    /// restarted map-server still refuses older ones (replays).
+    RegisterNonce {
+        peer: String,
+        nonce: u64,
+    },
 }
 
 /// What a store operation is about: the last operation per key is all a
@@ -59,6 +65,7 @@ pub enum StoreOp {
 pub enum StoreKey {
     Prefix(EidPrefix),
     Peer(String),
+    RegisterNonce(String),
 }
 
 impl StoreOp {
@@ -66,6 +73,7 @@ impl StoreOp {
         match self {
             StoreOp::Put { prefix, .. } | StoreOp::Delete(prefix) => StoreKey::Prefix(*prefix),
             StoreOp::Endpoint { peer, .. } => StoreKey::Peer(peer.clone()),
+            StoreOp::RegisterNonce { peer, .. } => StoreKey::RegisterNonce(peer.clone()),
         }
     }
 }
@@ -143,4 +151,10 @@ pub enum Refusal {
     /// keyless peer nor on its allowed list.
     #[error("source not allowed on the plain listener")]
     NotAllowed,
+    /// The control peer spent its budget of this kind of message.
+    #[error("over its {0} budget")]
+    RateLimited(&'static str),
+    /// A cap on what one message or one peer may hold.
+    #[error("{0}")]
+    OverLimit(String),
 }

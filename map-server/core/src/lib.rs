@@ -38,7 +38,7 @@ pub use io::{
     StoreOp, Transmit, Via,
 };
 pub use lisp_wire::DEFAULT_WG_PORT;
-pub use policy::{AllowedEid, NotifyTiming, PeerPolicy, Policy, SourcePrefix};
+pub use policy::{AllowedEid, Limits, NotifyTiming, PeerPolicy, Policy, Rate, SourcePrefix};
 pub use registry::{Mapping, Origin, Registry, Rloc};
 pub use resolution::mapping_record;
 
@@ -80,6 +80,8 @@ pub struct MapServer {
     polling: endpoints::Polling,
     registry: Registry,
     nonces: Vec<NonceWindow>,
+    /// Per WireGuard peer: the highest register nonce accepted (persisted).
+    register_floor: Vec<u64>,
     subscriptions: HashMap<EidPrefix, Vec<Subscriber>>,
     pending: HashMap<u64, PendingNotify>,
     /// Smoothed Map-Notify → Ack round trip per peer: sizes its notify
@@ -95,6 +97,12 @@ pub struct MapServer {
     next_sweep: Instant,
     nonce_gen: lisp_wire::Nonces,
     counters: Counters,
+    /// Per control peer (by index): Map-Requests it may still send.
+    request_budget: Vec<limits::TokenBucket>,
+    /// Per control peer: Map-Registers and Map-Notify-Acks.
+    register_budget: Vec<limits::TokenBucket>,
+    /// Log lines about refused messages, per source address.
+    refusal_log: limits::LogBudget<IpAddr>,
 }
 
 impl MapServer {
@@ -149,7 +157,19 @@ impl MapServer {
             due: (!peers_by_key.is_empty()).then_some(now),
             ..Default::default()
         };
+        let limits = policy.limits;
+        let buckets = |rate| {
+            (0..policy.peers.len())
+                .map(|_| limits::TokenBucket::new(rate, now))
+                .collect()
+        };
         MapServer {
+            request_budget: buckets(limits.requests),
+            register_budget: buckets(limits.registers),
+            // Sources beyond this many share one budget: spoofed sources
+            // on the plain listener cannot grow the map.
+            refusal_log: limits::LogBudget::new(limits.log_lines, limits.log_interval, 4096, now),
+            register_floor: vec![0; policy.peers.len()],
             observed: vec![None; policy.peers.len()],
             key_ids: vec![KeyId::HmacSha256; policy.peers.len()],
             reply_records: Vec::new(),
@@ -357,23 +377,64 @@ impl MapServer {
     /// never changes state.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, via: Via, bytes: &[u8]) {
         let requests_before = self.counters.requests;
-        let result = self.dispatch(now, from, via, bytes);
-        if let Ok(peer) = self.identify(from, via) {
+        let peer = self.identify(from, via).ok();
+        // The budget is checked before anything is parsed: a flood costs
+        // one lookup and one bucket per datagram.
+        let result = match peer.map(|p| self.spend_budget(p, bytes, now)) {
+            Some(Err(limited)) => Err(limited),
+            _ => self.dispatch(now, from, via, bytes),
+        };
+        if let Some(peer) = peer {
             let requests = self.counters.requests - requests_before;
             self.counters.count_peer(peer, requests, result.is_err());
         }
         if let Err(refusal) = result {
             self.counters.count_refusal(&refusal);
-            match refusal {
-                // Anyone can send these; a line each at warn would let them
-                // flood the log.
-                Refusal::NotAllowed => {
-                    tracing::debug!(%from, via = via.name(), reason = %refusal, "refused control message")
-                }
-                _ => warn!(%from, via = via.name(), reason = %refusal, "refused control message"),
-            }
+            self.log_refusal(now, from, via, &refusal);
         }
         self.poll_actions_due(now);
+    }
+
+    /// Takes a token from the peer's budget for this kind of message.
+    fn spend_budget(&mut self, peer: u16, bytes: &[u8], now: Instant) -> Result<(), Refusal> {
+        let (bucket, kind) = match bytes.first().map(|b| b >> 4) {
+            Some(TYPE_MAP_REQUEST | TYPE_ECM) => (&mut self.request_budget, "Map-Request"),
+            _ => (&mut self.register_budget, "Map-Register"),
+        };
+        match bucket.get_mut(peer as usize).map(|b| b.take(now)) {
+            Some(false) => Err(Refusal::RateLimited(kind)),
+            _ => Ok(()),
+        }
+    }
+
+    /// One line per refusal, within the source's log budget; the rest are
+    /// counted and summarised at the next sweep.
+    fn log_refusal(&mut self, now: Instant, from: SocketAddr, via: Via, refusal: &Refusal) {
+        if self.refusal_log.check(&from.ip(), now) == limits::Verdict::Suppress {
+            self.counters.suppressed_log_lines += 1;
+            return;
+        }
+        match refusal {
+            // Anyone can send these: debug only.
+            Refusal::NotAllowed => {
+                tracing::debug!(%from, via = via.name(), reason = %refusal, "refused control message")
+            }
+            _ => warn!(%from, via = via.name(), reason = %refusal, "refused control message"),
+        }
+    }
+
+    /// The "suppressed N" summary of each source whose log budget ran out.
+    pub(crate) fn summarise_suppressed_logs(&mut self, now: Instant) {
+        for (source, suppressed) in self.refusal_log.drain(now) {
+            match source {
+                Some(source) => {
+                    warn!(%source, suppressed, "more refused control messages from this source; their lines were suppressed")
+                }
+                None => {
+                    warn!(suppressed, "more refused control messages from many sources; their lines were suppressed")
+                }
+            }
+        }
     }
 
     fn dispatch(

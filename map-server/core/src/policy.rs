@@ -2,6 +2,7 @@
 //! peers exist, what each may register, and the protocol timings.
 
 use crate::registry::{Mapping, Origin};
+pub use limits::Rate;
 use lisp_wire::EidPrefix;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -132,6 +133,44 @@ impl Default for NotifyTiming {
     }
 }
 
+/// What one control peer may ask of the map-server, so that a flooding or
+/// broken peer is slowed and counted while everyone else is served as if it
+/// were not there.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Map-Requests per control peer.
+    pub requests: Rate,
+    /// Map-Registers (and Map-Notify-Acks) per control peer.
+    pub registers: Rate,
+    /// EID-records one Map-Request may ask about; beyond, it is refused
+    /// (a request for 255 records would otherwise cost 255 notifies and a
+    /// 24 KB reply).
+    pub max_records_per_request: usize,
+    /// Live registrations one peer may hold (`more_specifics` lets a peer
+    /// register any prefix inside its range).
+    pub max_registrations_per_peer: usize,
+    /// Log lines about refused messages per source address per
+    /// [`Limits::log_interval`]; the rest are counted and summarised once.
+    pub log_lines: u32,
+    pub log_interval: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // A robot sends a few requests a second at most; 500/s with a
+            // burst of 1000 leaves room for an edge xTR serving a subnet.
+            requests: Rate::new(500.0, 1000.0),
+            // One register a minute per map-server is the rule.
+            registers: Rate::new(10.0, 20.0),
+            max_records_per_request: 32,
+            max_registrations_per_peer: 1024,
+            log_lines: 5,
+            log_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Everything the protocol core needs to decide.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -159,6 +198,11 @@ pub struct Policy {
     /// heard there is refused, counted and logged at debug level: the plain
     /// listener hands out every node's address, port and key.
     pub plain_allowed: Vec<SourcePrefix>,
+    pub limits: Limits,
+    /// The map-server host's own addresses: a node registering one of them
+    /// as its locator (other than as its relay's) would point its
+    /// correspondents at the map-server.
+    pub own_addresses: Vec<IpAddr>,
     /// The DNS domain of node names: a name lookup for `NAME.DOMAIN` is
     /// answered like one for `NAME` (see `lisp_wire::mapping`, "Names").
     pub domain: String,
@@ -180,6 +224,8 @@ impl Default for Policy {
             endpoint_poll: Duration::from_secs(1),
             control_address: None,
             plain_allowed: Vec::new(),
+            limits: Limits::default(),
+            own_addresses: Vec::new(),
             domain: DEFAULT_DOMAIN.into(),
         }
     }

@@ -126,7 +126,17 @@ impl MapServer {
         let peer = &self.policy.peers[peer_idx as usize];
         auth::verify(bytes, &peer.site_key).map_err(Refusal::Auth)?;
         let lifetime = self.policy.registration_lifetime;
-        if self.nonces[peer_idx as usize].check(reg.nonce, now, lifetime) {
+        // lispwg nodes count their register nonces up, across their own
+        // restarts, and the highest accepted is persisted: any replay is
+        // refused, however old. Standard LISP peers use random nonces: a
+        // window of recent ones is all that can be checked for them.
+        let monotonic = peer.wg_key.is_some();
+        let replayed = if monotonic {
+            reg.nonce <= self.register_floor[peer_idx as usize]
+        } else {
+            self.nonces[peer_idx as usize].check(reg.nonce, now, lifetime)
+        };
+        if replayed {
             return Err(Refusal::Replay(reg.nonce));
         }
 
@@ -160,11 +170,18 @@ impl MapServer {
                 accepted.push((prefix, None));
                 continue;
             }
+            let own = &self.policy.own_addresses;
+            let mut unusable = 0u64;
             let rlocs: Box<[Rloc]> = rec
                 .rlocs
                 .iter()
                 .filter_map(|r| {
                     let info = r.info()?;
+                    // A relay may well run on the map-server's host.
+                    if !usable_locator(info.rloc, !info.relayed, own) {
+                        unusable += 1;
+                        return None;
+                    }
                     Some(Rloc {
                         addr: info.rloc,
                         port: info.port,
@@ -174,6 +191,10 @@ impl MapServer {
                     })
                 })
                 .collect();
+            if unusable > 0 {
+                self.counters.bad_locators += unusable;
+                debug!(%prefix, peer = %peer.name, unusable, "dropped unusable locators (unspecified, loopback, multicast, link-local or the map-server's own)");
+            }
             if rlocs.is_empty() {
                 return Err(Refusal::Malformed(format!(
                     "record for {prefix} has no usable locator"
@@ -190,7 +211,29 @@ impl MapServer {
             accepted.push((prefix, Some(mapping)));
         }
 
-        self.nonces[peer_idx as usize].remember(reg.nonce, now);
+        let cap = self.policy.limits.max_registrations_per_peer;
+        let added = accepted
+            .iter()
+            .filter(|(p, m)| m.is_some() && !self.registry.is_registered_by(peer_idx, p))
+            .count();
+        let held = self.registry.count_of(peer_idx);
+        if held + added > cap {
+            return Err(Refusal::OverLimit(format!(
+                "peer {} would hold {} registrations, more than {cap}",
+                peer.name,
+                held + added
+            )));
+        }
+
+        if monotonic {
+            self.register_floor[peer_idx as usize] = reg.nonce;
+            self.commits.push(StoreOp::RegisterNonce {
+                peer: peer.name.clone(),
+                nonce: reg.nonce,
+            });
+        } else {
+            self.nonces[peer_idx as usize].remember(reg.nonce, now);
+        }
         // The notifies we start to this peer are signed as it signs.
         if reg.auth.key_id != lisp_wire::KeyId::None {
             self.key_ids[peer_idx as usize] = reg.auth.key_id;
@@ -270,8 +313,20 @@ impl MapServer {
         Ok(())
     }
 
+    /// The highest register nonce accepted from `peer_name` before a
+    /// restart, from the store.
+    pub fn restore_register_nonce(&mut self, peer_name: &str, nonce: u64) -> bool {
+        let Some(&idx) = self.peers_by_name.get(peer_name) else {
+            return false;
+        };
+        let floor = &mut self.register_floor[idx as usize];
+        *floor = (*floor).max(nonce);
+        true
+    }
+
     /// Removes expired registrations and subscriptions.
     pub(crate) fn sweep(&mut self, now: Instant) {
+        self.summarise_suppressed_logs(now);
         for prefix in self.registry.sweep(now) {
             info!(eid = %prefix, "registration expired");
             self.counters.expired += 1;
@@ -283,4 +338,37 @@ impl MapServer {
         });
         self.counters.entries = self.registry.len() as u64;
     }
+}
+
+/// Whether a registered locator can be handed to correspondents: not
+/// unspecified, loopback, multicast, broadcast or link-local, and, when
+/// `check_own` (not for a relay's address), not one of the map-server's own
+/// addresses.
+pub(crate) fn usable_locator(
+    addr: std::net::IpAddr,
+    check_own: bool,
+    own: &[std::net::IpAddr],
+) -> bool {
+    use std::net::IpAddr;
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    let special = match addr {
+        IpAddr::V4(a) => {
+            a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.is_link_local()
+        }
+        IpAddr::V6(a) => {
+            a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+        }
+    };
+    let own_address = check_own && own.contains(&addr);
+    !(special || own_address)
 }

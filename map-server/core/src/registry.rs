@@ -121,6 +121,16 @@ impl Registry {
         self.by_peer.get(&peer).into_iter().flatten().copied()
     }
 
+    /// Whether control peer `peer` registered exactly `prefix`.
+    pub fn is_registered_by(&self, peer: u16, prefix: &EidPrefix) -> bool {
+        self.by_peer.get(&peer).is_some_and(|s| s.contains(prefix))
+    }
+
+    /// How many prefixes control peer `peer` registered.
+    pub fn count_of(&self, peer: u16) -> usize {
+        self.by_peer.get(&peer).map_or(0, BTreeSet::len)
+    }
+
     /// The mapping registered for exactly this prefix, live or not.
     pub fn get(&self, prefix: &EidPrefix) -> Option<&Mapping> {
         self.table.get(prefix)

@@ -39,8 +39,15 @@ impl MapServer {
             Via::Tunnel => Some(self.identify(from, via)?),
             Via::Plain => self.plain_peers.get(&from.ip()).copied(),
         };
-        if req.records().len() == 0 {
+        let asked_count = req.records().len();
+        if asked_count == 0 {
             return Err(Refusal::Malformed("Map-Request without records".into()));
+        }
+        if asked_count > self.policy.limits.max_records_per_request {
+            return Err(Refusal::OverLimit(format!(
+                "Map-Request asks about {asked_count} EIDs, more than {}",
+                self.policy.limits.max_records_per_request
+            )));
         }
         // The reply goes to the source, never elsewhere (to the inner
         // source port of an ECM, where an ITR listens for it).
@@ -52,6 +59,7 @@ impl MapServer {
         records.clear();
         bounds.clear();
         let mut notify_targets = Vec::new();
+        let mut asked_before: Vec<EidPrefix> = Vec::with_capacity(asked_count);
         let mut result = Ok(());
         for r in req.records() {
             if let Some((iid, name)) = r.eid.distinguished_name() {
@@ -76,6 +84,11 @@ impl MapServer {
                     break;
                 }
             };
+            // The same EID asked twice is answered once.
+            if asked_before.contains(&asked) {
+                continue;
+            }
+            asked_before.push(asked);
             let start = records.len();
             if let Err(e) =
                 self.answer_record(now, asked, requester, &mut records, &mut notify_targets)
@@ -254,7 +267,13 @@ impl MapServer {
             // programs the requester's WireGuard peer first: only between
             // WireGuard peers. A keyless LISP peer (OOR) has none to program
             // and drops an unsolicited notify.
-            if owner != req_peer && self.is_keyed(owner) && self.is_keyed(req_peer) {
+            // One notify per destination, however many of its prefixes
+            // the request names.
+            if owner != req_peer
+                && self.is_keyed(owner)
+                && self.is_keyed(req_peer)
+                && !notify_targets.iter().any(|&(_, o)| o == owner)
+            {
                 notify_targets.push((prefix, owner));
             }
         }

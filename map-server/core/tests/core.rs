@@ -218,8 +218,17 @@ fn register_is_stored_persisted_and_answered_with_a_signed_notify() {
     assert_eq!(m.wg_key, Some(a.key));
     assert_eq!(m.rlocs[0].addr, a.rloc.ip());
     assert_eq!(m.rlocs[0].port, Some(a.rloc.port()));
+    let stored = drain_store(&mut ms);
+    assert_eq!(stored.len(), 2, "{stored:?}");
     assert!(
-        matches!(drain_store(&mut ms).as_slice(), [StoreOp::Put { prefix, peer, .. }] if *prefix == a.eid && peer == "robot-a")
+        stored.iter().any(|op| matches!(op, StoreOp::Put { prefix, peer, .. } if *prefix == a.eid && peer == "robot-a")),
+        "{stored:?}"
+    );
+    assert!(
+        stored
+            .iter()
+            .any(|op| matches!(op, StoreOp::RegisterNonce { peer, nonce: 7 } if peer == "robot-a")),
+        "the nonce that registered it is persisted with the mapping: {stored:?}"
     );
     assert_eq!(ms.counters().registrations, 1);
 }
@@ -834,7 +843,11 @@ fn a_failed_commit_withholds_only_the_confirmation_and_is_retried() {
     assert!(ms.poll_commit(t).is_none());
     let retry_at = ms.poll_timeout().unwrap();
     let retry = ms.poll_commit(retry_at).expect("retried");
-    assert!(matches!(&retry.ops[..], [StoreOp::Put { prefix, .. }] if *prefix == b.eid));
+    assert_eq!(retry.ops.len(), 2, "{:?}", retry.ops);
+    assert!(retry
+        .ops
+        .iter()
+        .any(|op| matches!(op, StoreOp::Put { prefix, .. } if *prefix == b.eid)));
     ms.handle_commit_result(retry_at, retry.id, Ok(()));
     assert!(ms.store_fault().is_none());
     // B re-registers (it got no notify) and is confirmed at once.
@@ -1579,6 +1592,239 @@ fn a_reply_is_the_codecs_encoding_and_follows_every_change_of_a_mapping() {
         panic!()
     };
     assert!(r.records[0].rlocs.is_empty(), "{r:?}");
+}
+
+// ---- abuse: budgets, caps, locators, replays --------------------------------
+
+fn server_with(now: Instant, limits: Limits, own: Vec<IpAddr>) -> Ms {
+    let policy = Policy {
+        peers: vec![
+            peer_policy("robot-a", &node_a()),
+            peer_policy("robot-b", &node_b()),
+        ],
+        limits,
+        own_addresses: own,
+        ..Policy::default()
+    };
+    MapServer::new(policy, now, 42).into()
+}
+
+fn request_many(n: &Node, nonce: u64, targets: &[EidPrefix]) -> Vec<u8> {
+    let mut req = MapRequest::for_eid(nonce, n.eid.to_address(), n.ctl, targets[0]);
+    req.records = targets
+        .iter()
+        .map(|t| MapRequest::for_eid(nonce, n.eid.to_address(), n.ctl, *t).records[0].clone())
+        .collect();
+    req.encapsulated(n.ctl, 61000, ip(MS)).encode().unwrap()
+}
+
+#[test]
+fn a_flooding_peer_is_slowed_and_counted_while_another_is_served() {
+    let now = Instant::now();
+    let limits = Limits {
+        requests: Rate::new(100.0, 10.0),
+        ..Default::default()
+    };
+    let mut ms = server_with(now, limits, vec![]);
+    let (a, b) = (node_a(), node_b());
+    // A floods with requests for an unregistered EID (negative replies, no
+    // notifies): 1000 at one instant.
+    let unknown = host("10.9.9.9");
+    for i in 0..1000 {
+        ms.handle_datagram(
+            now,
+            SocketAddr::new(a.ctl, 61000),
+            Via::Tunnel,
+            &ecm_request(&a, i, unknown),
+        );
+    }
+    let answered_a = drain(&mut ms).len();
+    assert_eq!(answered_a, 10, "A gets its burst, no more");
+    assert_eq!(ms.counters().rate_limited, 990);
+    // Refusals are logged within a budget, the rest counted.
+    assert!(
+        ms.counters().suppressed_log_lines >= 980,
+        "{:?}",
+        ms.counters()
+    );
+    // B, at the same instant, is served as if A were not there.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(b.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&b, 5000, unknown),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, SocketAddr::new(b.ctl, 61000));
+    // A's budget refills with time.
+    let later = now + Duration::from_millis(100);
+    ms.handle_datagram(
+        later,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &ecm_request(&a, 6000, unknown),
+    );
+    assert_eq!(drain(&mut ms).len(), 1);
+}
+
+#[test]
+fn one_request_naming_an_eid_many_times_costs_one_record_and_one_notify() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    drain_store(&mut ms);
+    let bytes = request_many(&a, 77, &[b.eid; 20]);
+    ms.handle_datagram(now, SocketAddr::new(a.ctl, 61000), Via::Tunnel, &bytes);
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "one notify to B, the reply held: {out:?}");
+    let notify = parse_notify(&out[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    let Message::MapReply(reply) = parse(&out[0].payload).unwrap() else {
+        panic!("not a reply")
+    };
+    assert_eq!(reply.records.len(), 1, "the same EID is answered once");
+
+    // Beyond the cap on records per request, the request is refused.
+    let many: Vec<EidPrefix> = (1..=40u8).map(|i| host(&format!("10.0.1.{i}"))).collect();
+    let bytes = request_many(&a, 78, &many);
+    assert_refused(
+        &mut ms,
+        now,
+        SocketAddr::new(a.ctl, 61000),
+        Via::Tunnel,
+        &bytes,
+    );
+    assert_eq!(ms.counters().over_limit, 1);
+}
+
+#[test]
+fn unusable_locators_are_dropped_and_a_record_left_with_none_is_refused() {
+    let now = Instant::now();
+    let own = ip("192.0.2.1");
+    let mut ms = server_with(now, Default::default(), vec![own]);
+    let a = node_a();
+    for (i, bad) in [
+        "127.0.0.1:51820",
+        "0.0.0.0:51820",
+        "224.0.0.5:51820",
+        "169.254.1.1:51820",
+        "192.0.2.1:51820",
+        "[fe80::1]:51820",
+        "[::1]:51820",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let bytes = register_bytes(
+            &a,
+            10 + i as u64,
+            vec![record(a.eid, a.key, bad.parse().unwrap())],
+        );
+        assert_refused(&mut ms, now, from(&a), Via::Tunnel, &bytes);
+    }
+    assert_eq!(ms.counters().bad_locators, 7);
+    // A good locator beside a loopback one: only the good one is kept.
+    let rec = EidRecord::new(
+        a.eid,
+        10,
+        vec![
+            RlocRecord::new(
+                1,
+                100,
+                wireguard_locator("127.0.0.1:51820".parse().unwrap(), a.key),
+            ),
+            RlocRecord::new(1, 100, wireguard_locator(a.rloc, a.key)),
+        ],
+    );
+    ms.handle_datagram(
+        now,
+        from(&a),
+        Via::Tunnel,
+        &register_bytes(&a, 30, vec![rec]),
+    );
+    drain(&mut ms);
+    let (_, m) = ms.registry().lookup(0, a.eid.addr(), now).unwrap();
+    assert_eq!(m.rlocs.len(), 1);
+    assert_eq!(m.rlocs[0].addr, a.rloc.ip());
+}
+
+#[test]
+fn registrations_per_peer_are_capped() {
+    let now = Instant::now();
+    let a = node_a();
+    let mut pa = peer_policy("robot-a", &a);
+    pa.allowed.push(AllowedEid {
+        prefix: EidPrefix::new(0, ip("10.7.0.0"), 16).unwrap(),
+        more_specifics: true,
+    });
+    let policy = Policy {
+        peers: vec![pa],
+        limits: Limits {
+            max_registrations_per_peer: 4,
+            ..Default::default()
+        },
+        ..Policy::default()
+    };
+    let mut ms: Ms = MapServer::new(policy, now, 1).into();
+    for i in 1..=4u64 {
+        let eid = host(&format!("10.7.0.{i}"));
+        ms.handle_datagram(
+            now,
+            from(&a),
+            Via::Tunnel,
+            &register_bytes(&a, i, vec![record(eid, a.key, a.rloc)]),
+        );
+    }
+    drain(&mut ms);
+    assert_eq!(ms.registry().len(), 4);
+    // Refreshing one it holds is fine; a fifth is refused.
+    ms.handle_datagram(
+        now,
+        from(&a),
+        Via::Tunnel,
+        &register_bytes(&a, 5, vec![record(host("10.7.0.1"), a.key, a.rloc)]),
+    );
+    assert_eq!(drain(&mut ms).len(), 1);
+    drain_store(&mut ms);
+    let fifth = register_bytes(&a, 6, vec![record(host("10.7.0.5"), a.key, a.rloc)]);
+    assert_refused(&mut ms, now, from(&a), Via::Tunnel, &fifth);
+    assert_eq!(ms.counters().over_limit, 1);
+}
+
+#[test]
+fn a_replayed_register_is_refused_however_old_and_across_restarts() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    let old = register_bytes(
+        &a,
+        100,
+        vec![record(a.eid, a.key, "203.0.113.9:51820".parse().unwrap())],
+    );
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &old);
+    register(&mut ms, now, &a, 101);
+    // Much later (past any window), the old register comes back.
+    let later = now + Duration::from_secs(3600);
+    register(&mut ms, later, &a, 5000);
+    drain_store(&mut ms);
+    assert_refused(&mut ms, later, from(&a), Via::Tunnel, &old);
+
+    // A restarted map-server, its floor restored from the store.
+    let mut ms2 = server(later);
+    assert!(ms2.restore_register_nonce("robot-a", 5000));
+    assert_refused(&mut ms2, later, from(&a), Via::Tunnel, &old);
+    let again = register_bytes(&a, 5000, vec![record(a.eid, a.key, a.rloc)]);
+    assert_refused(&mut ms2, later, from(&a), Via::Tunnel, &again);
+    assert_eq!(
+        register(&mut ms2, later, &a, 5001).len(),
+        1,
+        "a newer nonce is accepted"
+    );
 }
 
 fn name_request(n: &Node, nonce: u64, name: &str) -> Vec<u8> {

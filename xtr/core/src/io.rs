@@ -43,6 +43,9 @@ pub enum Output {
         query: crate::NameQuery,
         answer: crate::NameAnswer,
     },
+    /// Save `until` (replacing what was saved): register nonces below it
+    /// may be in use. The next run starts its nonces at or above it.
+    ReserveRegisterNonces { until: u64 },
 }
 
 /// What the shell does with the relay: its allocation, the local proxy

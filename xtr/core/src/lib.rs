@@ -144,6 +144,11 @@ pub struct Xtr {
     pending: HashMap<IpAddr, Pending>,
     by_nonce: HashMap<u64, IpAddr>,
     outputs: VecDeque<Output>,
+    /// The next Map-Register nonce (they count up; see
+    /// [`Xtr::set_register_nonce_floor`]).
+    register_nonce: u64,
+    /// Nonces below this are covered by a saved reservation.
+    nonces_reserved: u64,
     next_housekeeping: Instant,
     next_stats: Instant,
     /// A statistics read asked for and not yet answered, since when.
@@ -213,6 +218,8 @@ impl Xtr {
             pending: HashMap::new(),
             by_nonce: HashMap::new(),
             outputs: VecDeque::new(),
+            register_nonce: 1,
+            nonces_reserved: 1,
             next_housekeeping: now + HOUSEKEEPING,
             stats_asked: None,
             last_stats: None,

@@ -127,7 +127,35 @@ fn usable_rloc(addr: IpAddr, tentative: bool) -> bool {
     }
 }
 
+/// Register nonces reserved at a time: the reservation is saved once per
+/// this many registers (about once in two years at one a minute).
+const NONCE_RESERVATION: u64 = 1_000_000;
+
 impl Xtr {
+    /// Where register nonces start: the shell passes the wall clock in
+    /// microseconds, or the end of the reservation saved by an earlier run
+    /// if that is later (a robot whose clock went back). Map-servers refuse
+    /// a register whose nonce is not above the last one they accepted, so
+    /// that a replay is refused however old it is.
+    pub fn set_register_nonce_floor(&mut self, floor: u64) {
+        self.register_nonce = self.register_nonce.max(floor);
+        self.nonces_reserved = self.register_nonce;
+    }
+
+    /// The next register nonce: counting up, reserving (asking the shell to
+    /// save) a block ahead whenever the reservation is used up.
+    fn next_register_nonce(&mut self) -> u64 {
+        if self.register_nonce >= self.nonces_reserved {
+            self.nonces_reserved = self.register_nonce.saturating_add(NONCE_RESERVATION);
+            self.outputs.push_back(Output::ReserveRegisterNonces {
+                until: self.nonces_reserved,
+            });
+        }
+        let nonce = self.register_nonce;
+        self.register_nonce = self.register_nonce.saturating_add(1);
+        nonce
+    }
+
     /// Changes of the host's links and addresses. The first batch is the
     /// state at start-up; a later change of our RLOCs is a move: we
     /// re-register with every map-server at once.
@@ -314,7 +342,7 @@ impl Xtr {
             if self.servers[i].next_register > now {
                 continue;
             }
-            let nonce = self.nonces.next_nonce();
+            let nonce = self.next_register_nonce();
             let s = &mut self.servers[i];
             if s.outstanding.is_some() {
                 s.misses += 1;

@@ -154,6 +154,8 @@ struct Node {
     seen_at: Option<SocketAddr>,
     /// Nonces of the Map-Registers it sent.
     register_nonces: BTreeSet<u64>,
+    /// The register nonce reservation its shell saved (survives restarts).
+    nonce_reserved: u64,
     /// The shell's relay proxy sockets: remote behind the relay → local.
     proxies: BTreeMap<SocketAddr, SocketAddr>,
     /// A probe under way: copies of what goes to this remote's proxy go
@@ -316,6 +318,7 @@ impl Sim {
                     nat: None,
                     seen_at: None,
                     register_nonces: BTreeSet::new(),
+                    nonce_reserved: 0,
                     proxies: BTreeMap::new(),
                     mirror: None,
                     udp_blocked: false,
@@ -441,7 +444,7 @@ impl Sim {
                         peer,
                     } => ms.disk.insert(prefix, (mapping, peer)),
                     StoreOp::Delete(prefix) => ms.disk.remove(&prefix),
-                    StoreOp::Endpoint { .. } => None,
+                    StoreOp::Endpoint { .. } | StoreOp::RegisterNonce { .. } => None,
                 };
             }
             ms.core.handle_commit_result(now, c.id, Ok(()));
@@ -467,7 +470,7 @@ impl Sim {
     fn restart_node(&mut self, i: usize) {
         let now = self.now;
         let node = &mut self.nodes[i];
-        node.xtr = Xtr::new(node.xtr.policy().clone(), now, 1000 + i as u64);
+        node.xtr = restarted(node, node.xtr.policy().clone(), now, 1000 + i as u64);
         node.dp = Dataplane::default();
         let events: Vec<LinkEvent> = node
             .addrs
@@ -521,8 +524,14 @@ impl Sim {
             Output::Relay(op) => format!("relay {op:?}"),
             Output::FetchRelayGrant { .. } => "fetch-relay-grant".into(),
             Output::NameAnswer { .. } => "name-answer".into(),
+            // What the shell saves is not the data plane's business.
+            Output::ReserveRegisterNonces { until } => {
+                node.nonce_reserved = *until;
+                return;
+            }
         });
         match out {
+            Output::ReserveRegisterNonces { .. } => {}
             Output::Transmit { dst, payload } => {
                 if let Ok(Message::MapRegister(r)) = lisp_wire::parse(&payload) {
                     node.register_nonces.insert(r.nonce);
@@ -965,7 +974,7 @@ impl Sim {
             only,
         };
         let node = &mut self.nodes[i];
-        node.xtr = Xtr::new(policy, now, 500 + i as u64);
+        node.xtr = restarted(node, policy, now, 500 + i as u64);
         node.dp = Dataplane::default();
         node.proxies.clear();
         let events: Vec<LinkEvent> = node
@@ -1069,8 +1078,9 @@ fn registration_retries_fast_until_the_first_notify() {
     let ms = sim.servers[0].ctl;
     // A fresh node whose first two registers are lost.
     sim.servers[0].alive = true;
+    let now = sim.now;
     let a = sim.node("A");
-    let mut fresh = Xtr::new(a.xtr.policy().clone(), sim.now, 99);
+    let mut fresh = restarted(a, a.xtr.policy().clone(), now, 99);
     sim.drop_to.insert(ms, 2);
     fresh.handle_link_events(sim.now, &[address("eth0", ip("192.0.2.10"), true)]);
     sim.nodes[0].xtr = fresh;
@@ -2087,7 +2097,7 @@ fn a_map_server_configured_for_sha1_gets_sha1_registers_and_is_resolved_through(
     let mut policy = sim.nodes[1].xtr.policy().clone();
     policy.map_servers[0].key_id = KeyId::HmacSha1;
     let now = sim.now;
-    sim.nodes[1].xtr = Xtr::new(policy, now, 555);
+    sim.nodes[1].xtr = restarted(&sim.nodes[1], policy, now, 555);
     sim.nodes[1].dp = Dataplane::default();
     sim.nodes[1]
         .xtr
@@ -2639,4 +2649,12 @@ fn a_name_lookup_no_map_server_answers_is_unavailable_after_the_bounded_wait() {
         sim.name_answer("A", 3),
         Some((NameAnswer::Addresses { .. }, _))
     ));
+}
+
+/// A node's agent after a restart: its shell starts the register nonces
+/// after the reservation the last run saved, as the real one does.
+fn restarted(node: &Node, policy: XtrPolicy, now: Instant, seed: u64) -> Xtr {
+    let mut xtr = Xtr::new(policy, now, seed);
+    xtr.set_register_nonce_floor(node.nonce_reserved);
+    xtr
 }
