@@ -60,15 +60,24 @@ impl MapServer {
         bounds.clear();
         let mut notify_targets = Vec::new();
         let mut asked_before: Vec<EidPrefix> = Vec::with_capacity(asked_count);
+        let mut names_before: Vec<(u32, &str)> = Vec::new();
         let mut result = Ok(());
         for r in req.records() {
             if let Some((iid, name)) = r.eid.distinguished_name() {
+                // The same name asked twice is answered once.
+                if names_before
+                    .iter()
+                    .any(|&(i, n)| i == iid && n.eq_ignore_ascii_case(name))
+                {
+                    continue;
+                }
+                names_before.push((iid, name));
                 let answered = self.answer_name(
                     now,
                     (iid, name, r.eid_mask_len),
                     requester,
-                    &mut records,
-                    &mut bounds,
+                    (&mut records, &mut bounds),
+                    &mut asked_before,
                     &mut notify_targets,
                 );
                 if let Err(e) = answered {
@@ -190,13 +199,15 @@ impl MapServer {
     /// the named node registered in that instance, as a lookup of the EID
     /// itself would get them (its owner is told about the requester the
     /// same way); or one negative record for the name.
+    /// `asked_before`: the prefixes this reply holds already (asked by EID,
+    /// or another name of the request): not written twice.
     fn answer_name(
         &mut self,
         now: Instant,
         (iid, name, mask_len): (u32, &str, u8),
         requester: Option<u16>,
-        out: &mut Vec<u8>,
-        bounds: &mut Vec<(usize, usize)>,
+        (out, bounds): (&mut Vec<u8>, &mut Vec<(usize, usize)>),
+        asked_before: &mut Vec<EidPrefix>,
         notify_targets: &mut Vec<(EidPrefix, u16)>,
     ) -> Result<(), Refusal> {
         self.counters.name_lookups += 1;
@@ -240,6 +251,10 @@ impl MapServer {
             return Ok(());
         }
         for prefix in prefixes {
+            if asked_before.contains(&prefix) {
+                continue;
+            }
+            asked_before.push(prefix);
             let Some(m) = self.registry.get(&prefix) else {
                 continue;
             };

@@ -1921,3 +1921,45 @@ fn an_unknown_or_unregistered_name_gets_a_negative_record_for_the_name() {
     assert_eq!(ms.counters().unknown_names, 3);
     assert_eq!(ms.subscribers(&a.eid), 0, "nobody was told about A");
 }
+
+#[test]
+fn a_name_asked_many_times_in_one_request_costs_one_record_and_one_notify() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    drain_store(&mut ms);
+    let dn = |n: &str| RequestRecord {
+        eid_mask_len: (n.len() * 8) as u8,
+        eid: Address::DistinguishedName(n.into()),
+    };
+    let bytes = MapRequest {
+        records: vec![
+            dn("robot-b"),
+            dn("ROBOT-B"),
+            RequestRecord {
+                eid_mask_len: 32,
+                eid: b.eid.to_address(),
+            },
+            dn("robot-b.lispwg.internal"),
+        ],
+        ..MapRequest::for_eid(9, a.eid.to_address(), a.ctl, a.eid)
+    }
+    .encapsulated(a.ctl, 61000, ip(MS))
+    .encode()
+    .unwrap();
+    ms.handle_datagram(now, SocketAddr::new(a.ctl, 61000), Via::Tunnel, &bytes);
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "one notify to B, the reply held: {out:?}");
+    let notify = parse_notify(&out[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    let reply = reply_in(&out[0]);
+    // "robot-b.lispwg.internal" is another spelling of the same node: its
+    // prefix is in the reply already.
+    assert_eq!(reply.records.len(), 1, "{reply:?}");
+    assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
+    assert_eq!(ms.counters().name_lookups, 2);
+}
