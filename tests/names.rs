@@ -32,7 +32,9 @@ impl NetnsResolvConf {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("resolv.conf"),
-            format!("nameserver {nameserver}\noptions timeout:3 attempts:1\n"),
+            format!(
+                "nameserver {nameserver}\nsearch lispwg.internal\noptions timeout:3 attempts:1\n"
+            ),
         )
         .unwrap();
         NetnsResolvConf(dir, made_parent)
@@ -186,6 +188,10 @@ fn three_robots_talk_by_name_and_other_names_are_forwarded() {
         first.contains("icmp_seq=1 "),
         "the first ping is answered:\n{first}"
     );
+
+    // A bare name, as ROS_HOSTNAME has it, through the search domain.
+    let out = lab.exec("robot-a", &["getent", "hosts", "robot-b"]);
+    assert!(text(&out).starts_with("10.0.0.2 "), "{}", text(&out));
 
     // The third robot, both ways.
     let out = lab.exec("robot-a", &["getent", "hosts", "robot-c.lispwg.internal"]);

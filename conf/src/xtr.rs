@@ -65,6 +65,7 @@
 //! # upstream = ["192.0.2.53"]         # everything else goes here; default:
 //!                                     # the nameservers of /etc/resolv.conf
 //! resolved = true                     # register with systemd-resolved if it runs
+//! search = true                       # with resolved: bare NAME resolves too
 //! ```
 
 use crate::{
@@ -117,6 +118,8 @@ struct RawDns {
     upstream: Option<Vec<String>>,
     #[serde(default = "yes")]
     resolved: bool,
+    #[serde(default = "yes")]
+    search: bool,
 }
 
 fn default_domain() -> String {
@@ -135,6 +138,7 @@ impl Default for RawDns {
             port: default_dns_port(),
             upstream: None,
             resolved: true,
+            search: true,
         }
     }
 }
@@ -152,6 +156,9 @@ pub struct DnsConfig {
     pub upstream: Option<Vec<SocketAddr>>,
     /// Register with systemd-resolved for `~DOMAIN` when it runs.
     pub resolved: bool,
+    /// Register DOMAIN as a search domain too, so that a bare node name
+    /// (`robot-b`, as ROS_HOSTNAME uses it) resolves, as MagicDNS does.
+    pub search: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -637,6 +644,7 @@ impl XtrConfig {
             listen: SocketAddr::new(control_address, rd.port),
             upstream,
             resolved: rd.resolved,
+            search: rd.search,
         };
         Ok(XtrConfig {
             file: file.to_path_buf(),

@@ -322,10 +322,15 @@ fn response(request: &Message, code: ResponseCode, answers: Vec<Record>) -> Mess
 }
 
 /// How to point a host without systemd-resolved at the agent, logged once.
-pub fn log_resolv_conf_hint(listen: SocketAddr, domain: &str) {
+pub fn log_resolv_conf_hint(listen: SocketAddr, domain: &str, search: bool) {
+    let search = if search {
+        format!(" and `search {domain}` (for bare names)")
+    } else {
+        String::new()
+    };
     info!(
         listen = %listen,
-        "systemd-resolved is not running: to resolve NAME.{domain}, put `nameserver {}` first in /etc/resolv.conf (other names are forwarded to the upstream servers)",
+        "systemd-resolved is not running: to resolve NAME.{domain}, put `nameserver {}` first in /etc/resolv.conf{search} (other names are forwarded to the upstream servers)",
         listen.ip()
     );
 }

@@ -58,13 +58,16 @@ pub struct Registration {
     pub interface: String,
 }
 
-/// Registers `listen` as the DNS server of `interface` for `~domain`.
+/// Registers `listen` as the DNS server of `interface` for `~domain` (a
+/// routing-only domain), or with `search` for `domain` (routing and
+/// search: a bare `robot-b` is tried as `robot-b.domain`).
 /// `Ok(None)`: resolved does not run here (`resolvectl status` fails).
 pub fn register(
     r: &mut impl Resolvectl,
     interface: &str,
     listen: SocketAddr,
     domain: &str,
+    search: bool,
 ) -> Result<Option<Registration>, String> {
     if r.run(&["status".into()]).is_err() {
         return Ok(None);
@@ -79,7 +82,12 @@ pub fn register(
     let registration = Registration {
         interface: interface.into(),
     };
-    if let Err(e) = r.run(&["domain".into(), interface.into(), format!("~{domain}")]) {
+    let routing = if search {
+        domain.to_string()
+    } else {
+        format!("~{domain}")
+    };
+    if let Err(e) = r.run(&["domain".into(), interface.into(), routing]) {
         // Half a registration would send nothing our way: undo it.
         let _ = revert(r, &registration);
         return Err(e);
@@ -117,7 +125,7 @@ mod tests {
     fn registers_the_interface_for_the_routing_domain_and_reverts() {
         let mut r = Fake::default();
         let listen = "100.64.0.2:53".parse().unwrap();
-        let reg = register(&mut r, "lwrobota", listen, "lispwg.internal")
+        let reg = register(&mut r, "lwrobota", listen, "lispwg.internal", false)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -130,6 +138,10 @@ mod tests {
         );
         revert(&mut r, &reg).unwrap();
         assert_eq!(r.calls.last().unwrap(), "revert lwrobota");
+        // As a search domain too: no tilde.
+        let mut r = Fake::default();
+        register(&mut r, "lwrobota", listen, "lispwg.internal", true).unwrap();
+        assert_eq!(r.calls.last().unwrap(), "domain lwrobota lispwg.internal");
     }
 
     #[test]
@@ -139,7 +151,7 @@ mod tests {
             ..Fake::default()
         };
         let listen = "[fd00::2]:5353".parse().unwrap();
-        assert!(register(&mut r, "wg0", listen, "fleet.example").is_err());
+        assert!(register(&mut r, "wg0", listen, "fleet.example", false).is_err());
         assert_eq!(
             r.calls,
             [
@@ -158,7 +170,10 @@ mod tests {
             ..Fake::default()
         };
         let listen = "100.64.0.2:53".parse().unwrap();
-        assert_eq!(register(&mut r, "wg0", listen, "lispwg.internal"), Ok(None));
+        assert_eq!(
+            register(&mut r, "wg0", listen, "lispwg.internal", true),
+            Ok(None)
+        );
         assert_eq!(r.calls, ["status"]);
     }
 }

@@ -688,12 +688,13 @@ impl Agent {
             return;
         }
         let (ifname, domain) = (&self.cfg.wireguard.interface, &self.cfg.dns.domain);
-        match crate::resolved::register(&mut SystemResolvectl, ifname, dns.listen, domain) {
+        let search = self.cfg.dns.search;
+        match crate::resolved::register(&mut SystemResolvectl, ifname, dns.listen, domain, search) {
             Ok(Some(reg)) => {
-                info!(interface = %ifname, %domain, "registered with systemd-resolved for ~{domain}");
+                info!(interface = %ifname, %domain, search, "registered with systemd-resolved");
                 self.resolved = Some(reg);
             }
-            Ok(None) => crate::dns::log_resolv_conf_hint(dns.listen, domain),
+            Ok(None) => crate::dns::log_resolv_conf_hint(dns.listen, domain, search),
             Err(e) => warn!(error = %e, "could not register with systemd-resolved"),
         }
     }
