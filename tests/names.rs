@@ -264,6 +264,32 @@ fn three_robots_talk_by_name_and_other_names_are_forwarded() {
         "{status}"
     );
 
+    // The map-server gone: a name not cached is SERVFAIL after the bounded
+    // wait (2 s), not silence; a cached one still answers.
+    lab.stop("map-server").unwrap();
+    let t0 = std::time::Instant::now();
+    let m = ask(
+        &lab,
+        "robot-a",
+        ROBOT_A_CTL,
+        "robot-q.lispwg.internal.",
+        RecordType::A,
+    );
+    let waited = t0.elapsed();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(
+        (Duration::from_millis(1800)..Duration::from_secs(4)).contains(&waited),
+        "SERVFAIL after {waited:?}"
+    );
+    let m = ask(
+        &lab,
+        "robot-a",
+        ROBOT_A_CTL,
+        "robot-b.lispwg.internal.",
+        RecordType::A,
+    );
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+
     lab.stop("robot-a").unwrap();
     stop.store(true, Ordering::Relaxed);
     let asked = upstream.join().unwrap().unwrap();

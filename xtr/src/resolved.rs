@@ -1,9 +1,10 @@
 //! systemd-resolved: where it runs, the agent becomes the DNS server of its
-//! WireGuard interface for `~DOMAIN` (a routing-only domain: names under
-//! it, and only those, are sent to us), and reverts that on a clean
-//! shutdown. Done with `resolvectl` (its `dns`, `domain`, `revert` verbs
-//! are D-Bus SetLinkDNS, SetLinkDomains, RevertLink underneath), behind
-//! [`Resolvectl`] so that the calls can be checked without resolved.
+//! WireGuard interface for DOMAIN (names under it, and only those, are
+//! sent to us: the link is never resolved's default route), and reverts
+//! that on a clean shutdown. Done with `resolvectl` (its `dns`, `domain`,
+//! `default-route`, `revert` verbs are D-Bus SetLinkDNS, SetLinkDomains,
+//! SetLinkDefaultRoute, RevertLink underneath), behind [`Resolvectl`] so
+//! that the calls can be checked without resolved.
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -87,10 +88,19 @@ pub fn register(
     } else {
         format!("~{domain}")
     };
-    if let Err(e) = r.run(&["domain".into(), interface.into(), routing]) {
-        // Half a registration would send nothing our way: undo it.
-        let _ = revert(r, &registration);
-        return Err(e);
+    // Never the default route: without a routing-only (~) domain resolved
+    // would send every name our way, and we forward what is not ours to
+    // the host's resolver, resolved itself: a loop.
+    let steps = [
+        vec!["domain".into(), interface.into(), routing],
+        vec!["default-route".into(), interface.into(), "false".into()],
+    ];
+    for step in steps {
+        if let Err(e) = r.run(&step) {
+            // Half a registration is worse than none: undo it.
+            let _ = revert(r, &registration);
+            return Err(e);
+        }
     }
     Ok(Some(registration))
 }
@@ -133,7 +143,8 @@ mod tests {
             [
                 "status",
                 "dns lwrobota 100.64.0.2",
-                "domain lwrobota ~lispwg.internal"
+                "domain lwrobota ~lispwg.internal",
+                "default-route lwrobota false"
             ]
         );
         revert(&mut r, &reg).unwrap();
@@ -141,7 +152,8 @@ mod tests {
         // As a search domain too: no tilde.
         let mut r = Fake::default();
         register(&mut r, "lwrobota", listen, "lispwg.internal", true).unwrap();
-        assert_eq!(r.calls.last().unwrap(), "domain lwrobota lispwg.internal");
+        assert_eq!(r.calls[2], "domain lwrobota lispwg.internal");
+        assert_eq!(r.calls[3], "default-route lwrobota false");
     }
 
     #[test]
@@ -161,6 +173,14 @@ mod tests {
                 "revert wg0"
             ]
         );
+        // A resolved too old for default-route: undone as well, rather
+        // than risk becoming its default route.
+        let mut r = Fake {
+            failing: vec!["default-route"],
+            ..Fake::default()
+        };
+        assert!(register(&mut r, "wg0", listen, "fleet.example", true).is_err());
+        assert_eq!(r.calls.last().unwrap(), "revert wg0");
     }
 
     #[test]
