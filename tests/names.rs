@@ -75,6 +75,28 @@ fn ask(lab: &Lab, node: &str, server: &str, name: &str, t: RecordType) -> Messag
         .unwrap()
 }
 
+/// One question over TCP (RFC 7766 framing), from inside `node`.
+fn ask_tcp(lab: &Lab, node: &str, server: &str, name: &str) -> Message {
+    use std::io::{Read, Write};
+    let server: SocketAddr = format!("{server}:53").parse().unwrap();
+    let q = question(name, RecordType::A, 0x4321);
+    lab.ns(node)
+        .run(move || {
+            let mut c =
+                std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&q);
+            c.write_all(&framed).unwrap();
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len).unwrap();
+            let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+            c.read_exact(&mut msg).unwrap();
+            Message::from_vec(&msg).unwrap()
+        })
+        .unwrap()
+}
+
 /// A DNS server that answers every A question with UPSTREAM_ANSWER (and
 /// others with no record), until `stop` is set or 60 s passed; returns the
 /// names it was asked.
@@ -218,6 +240,10 @@ fn three_robots_talk_by_name_and_other_names_are_forwarded() {
         "{}",
         m.answers[0].ttl
     );
+    // The same over TCP, as a stub resolver asks after a truncated answer.
+    let m = ask_tcp(&lab, "robot-a", ROBOT_A_CTL, "robot-b.lispwg.internal.");
+    assert_eq!(m.metadata.id, 0x4321);
+    assert_eq!(m.answers[0].data, RData::A(A(Ipv4Addr::new(10, 0, 0, 2))));
     // No IPv6 EID: the name exists, with no AAAA record.
     let m = ask(
         &lab,

@@ -9,9 +9,9 @@
 //!
 //! Only the node itself is answered (sources: loopback, the control
 //! address, our EIDs): anyone else able to reach the control address must
-//! not get an open resolver. UDP only: answers for node names are small,
-//! and a truncated upstream answer is relayed as such (the client retries
-//! over TCP elsewhere, or lives with it).
+//! not get an open resolver. UDP and TCP (RFC 7766): a stub resolver
+//! without EDNS gets an upstream answer over 512 bytes truncated, and asks
+//! again over TCP; a question that came over TCP is forwarded over TCP.
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
@@ -21,7 +21,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 use xtr_core::{NameAnswer, NameQuery};
 
@@ -46,9 +48,24 @@ pub struct DnsCounters {
     pub send_failures: AtomicU64,
 }
 
+/// Where an answer goes: back over UDP, or to the TCP connection it came
+/// on (its task writes it).
+enum ReplyTo {
+    Udp(SocketAddr),
+    Stream(oneshot::Sender<Vec<u8>>),
+}
+
+/// A question read from a TCP connection, for the event loop.
+pub struct StreamQuestion {
+    pub bytes: Vec<u8>,
+    pub from: SocketAddr,
+    reply: oneshot::Sender<Vec<u8>>,
+}
+
 /// A question handed to the core, waiting for its answer.
 struct Asked {
     from: SocketAddr,
+    reply: ReplyTo,
     request: Message,
     raw: Vec<u8>,
 }
@@ -128,6 +145,20 @@ impl Dns {
     /// A datagram on the listener: the name question for the core, if it
     /// is one; anything else is answered (or dropped) here.
     pub fn on_datagram(&mut self, bytes: &[u8], from: SocketAddr) -> Option<(NameQuery, String)> {
+        self.on_message(bytes, from, ReplyTo::Udp(from))
+    }
+
+    /// A message read from a TCP connection, likewise.
+    pub fn on_stream(&mut self, q: StreamQuestion) -> Option<(NameQuery, String)> {
+        self.on_message(&q.bytes, q.from, ReplyTo::Stream(q.reply))
+    }
+
+    fn on_message(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        reply_to: ReplyTo,
+    ) -> Option<(NameQuery, String)> {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let ip = from.ip();
         if !(ip.is_loopback() || self.allowed.contains(&ip)) {
@@ -163,12 +194,12 @@ impl Dns {
         };
         if let Some(reply) = reply {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            self.send(&reply, from);
+            self.send(&reply, reply_to, from);
             return None;
         }
         if self.asked.len() >= MAX_ASKED {
             let reply = response(&request, ResponseCode::ServFail, Vec::new());
-            self.send(&reply, from);
+            self.send(&reply, reply_to, from);
             return None;
         }
         let name = request.queries[0].name().to_ascii();
@@ -178,6 +209,7 @@ impl Dns {
             query.0,
             Asked {
                 from,
+                reply: reply_to,
                 request,
                 raw: bytes.to_vec(),
             },
@@ -217,14 +249,20 @@ impl Dns {
             NameAnswer::NotOurs => return self.forward(asked),
         };
         self.counters.answered.fetch_add(1, Ordering::Relaxed);
-        self.send(&reply, asked.from);
+        self.send(&reply, asked.reply, asked.from);
     }
 
-    fn send(&mut self, message: &Message, to: SocketAddr) {
-        let sent = message
-            .to_vec()
+    fn send(&mut self, message: &Message, reply_to: ReplyTo, to: SocketAddr) {
+        let sent = message.to_vec().map_err(|e| e.to_string()).and_then(|b| {
+            match reply_to {
+                ReplyTo::Udp(to) => self.sender.send_to(&b, to).map(drop),
+                // The connection's task writes it; gone means it closed.
+                ReplyTo::Stream(tx) => tx
+                    .send(b)
+                    .map_err(|_| std::io::ErrorKind::BrokenPipe.into()),
+            }
             .map_err(|e| e.to_string())
-            .and_then(|b| self.sender.send_to(&b, to).map_err(|e| e.to_string()));
+        });
         if let Err(e) = sent {
             self.counters.send_failures.fetch_add(1, Ordering::Relaxed);
             self.warn_limited("DNS answer could not be sent", to, &e);
@@ -240,7 +278,7 @@ impl Dns {
                 .forward_failures
                 .fetch_add(1, Ordering::Relaxed);
             let reply = response(&asked.request, ResponseCode::ServFail, Vec::new());
-            self.send(&reply, asked.from);
+            self.send(&reply, asked.reply, asked.from);
             return;
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -249,7 +287,11 @@ impl Dns {
         let counters = self.counters.clone();
         let in_flight = self.in_flight.clone();
         tokio::spawn(async move {
-            let answer = ask_upstream(&upstream, &asked.raw, asked.request.metadata.id).await;
+            let id = asked.request.metadata.id;
+            let answer = match asked.reply {
+                ReplyTo::Udp(_) => ask_upstream(&upstream, &asked.raw, id).await,
+                ReplyTo::Stream(_) => ask_upstream_tcp(&upstream, &asked.raw, id).await,
+            };
             let bytes = match answer {
                 Some(bytes) => {
                     counters.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -263,7 +305,11 @@ impl Dns {
                 }
             };
             if let Some(b) = bytes {
-                if socket.send_to(&b, asked.from).await.is_err() {
+                let sent = match asked.reply {
+                    ReplyTo::Udp(to) => socket.send_to(&b, to).await.is_ok(),
+                    ReplyTo::Stream(tx) => tx.send(b).is_ok(),
+                };
+                if !sent {
                     counters.send_failures.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -305,6 +351,101 @@ async fn ask_upstream(upstream: &[SocketAddr], raw: &[u8], id: u16) -> Option<Ve
         }
     }
     None
+}
+
+/// Each upstream in turn over TCP, [`FORWARD_WAIT`] each: the answer
+/// carrying our id.
+async fn ask_upstream_tcp(upstream: &[SocketAddr], raw: &[u8], id: u16) -> Option<Vec<u8>> {
+    let len = u16::try_from(raw.len()).ok()?;
+    for &server in upstream {
+        let exchange = async {
+            let mut conn = TcpStream::connect(server).await?;
+            let mut framed = len.to_be_bytes().to_vec();
+            framed.extend_from_slice(raw);
+            conn.write_all(&framed).await?;
+            read_framed(&mut conn).await
+        };
+        if let Ok(Ok(answer)) = tokio::time::timeout(FORWARD_WAIT, exchange).await {
+            if answer.len() >= 2 && answer[..2] == id.to_be_bytes() {
+                return Some(answer);
+            }
+        }
+    }
+    None
+}
+
+/// One DNS message of a TCP stream: a 2-byte length, then the message.
+async fn read_framed(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let len = conn.read_u16().await? as usize;
+    let mut msg = vec![0u8; len];
+    conn.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+/// TCP connections served at once at most; more are closed at once.
+const MAX_STREAMS: usize = 32;
+/// Questions on one connection at most, and how long it may sit idle.
+const STREAM_QUESTIONS: usize = 16;
+const STREAM_IDLE: Duration = Duration::from_secs(10);
+
+/// The TCP listener beside the UDP one: each connection's questions go to
+/// the event loop (`questions`), one at a time, and their answers back.
+pub fn serve_tcp(
+    std: std::net::TcpListener,
+    allowed: Vec<IpAddr>,
+    counters: Arc<DnsCounters>,
+    questions: mpsc::Sender<StreamQuestion>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    std.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(std)?;
+    let open = Arc::new(AtomicUsize::new(0));
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, from)) = listener.accept().await else {
+                // Out of descriptors, say: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let ip = from.ip();
+            if !(ip.is_loopback() || allowed.contains(&ip)) {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if open.load(Ordering::Relaxed) >= MAX_STREAMS {
+                counters.refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            open.fetch_add(1, Ordering::Relaxed);
+            let (questions, open) = (questions.clone(), open.clone());
+            tokio::spawn(async move {
+                for _ in 0..STREAM_QUESTIONS {
+                    let Ok(Ok(bytes)) =
+                        tokio::time::timeout(STREAM_IDLE, read_framed(&mut conn)).await
+                    else {
+                        break;
+                    };
+                    let (reply, answer) = oneshot::channel();
+                    let q = StreamQuestion { bytes, from, reply };
+                    if questions.send(q).await.is_err() {
+                        break;
+                    }
+                    // Unanswered (dropped as malformed): close.
+                    let Ok(Ok(answer)) = tokio::time::timeout(STREAM_IDLE, answer).await else {
+                        break;
+                    };
+                    let Ok(len) = u16::try_from(answer.len()) else {
+                        break;
+                    };
+                    let mut framed = len.to_be_bytes().to_vec();
+                    framed.extend_from_slice(&answer);
+                    if conn.write_all(&framed).await.is_err() {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }))
 }
 
 /// A response to `request` with `code` and `answers`, the question echoed.
@@ -427,6 +568,73 @@ mod tests {
         let reply = Message::from_vec(&buf[..n]).unwrap();
         assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
         assert_eq!(dns.counters.forward_failures.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn over_tcp_questions_are_answered_and_forwarded_over_tcp() {
+        // An upstream that speaks TCP only, with an answer too big for UDP.
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_addr = upstream.local_addr().unwrap();
+        let up = tokio::spawn(async move {
+            let (mut conn, _) = upstream.accept().await.unwrap();
+            let raw = read_framed(&mut conn).await.unwrap();
+            let request = Message::from_vec(&raw).unwrap();
+            let mut answer = response(&request, ResponseCode::NoError, Vec::new());
+            for i in 0..60u8 {
+                answer.add_answer(Record::from_rdata(
+                    request.queries[0].name().clone(),
+                    60,
+                    RData::A(A(Ipv4Addr::new(192, 0, 2, i))),
+                ));
+            }
+            let bytes = answer.to_vec().unwrap();
+            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            conn.write_all(&framed).await.unwrap();
+        });
+        let mut dns = Dns::bind("127.0.0.1:0".parse().unwrap(), vec![up_addr], Vec::new()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let server = serve_tcp(listener, Vec::new(), dns.counters.clone(), tx).unwrap();
+
+        let mut client = TcpStream::connect(at).await.unwrap();
+        for (id, name) in [(1u16, "robot-b.lispwg.internal."), (2, "big.example.org.")] {
+            let mut m = Message::query();
+            m.metadata.id = id;
+            m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+            let bytes = m.to_vec().unwrap();
+            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            client.write_all(&framed).await.unwrap();
+            // The event loop's part: the question to the core, its answer.
+            let q = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            let (query, asked) = dns.on_stream(q).unwrap();
+            assert_eq!(asked, name);
+            let answer = if id == 1 {
+                NameAnswer::Addresses {
+                    addrs: vec!["10.0.0.2".parse().unwrap()],
+                    ttl: Duration::from_secs(60),
+                }
+            } else {
+                NameAnswer::NotOurs
+            };
+            dns.answer(query, answer);
+            let reply = tokio::time::timeout(Duration::from_secs(3), read_framed(&mut client))
+                .await
+                .unwrap()
+                .unwrap();
+            let reply = Message::from_vec(&reply).unwrap();
+            assert_eq!(reply.metadata.id, id);
+            let want = if id == 1 { 1 } else { 60 };
+            assert_eq!(reply.answers.len(), want, "over TCP, whole");
+        }
+        up.await.unwrap();
+        assert_eq!(dns.counters.forwarded.load(Ordering::Relaxed), 1);
+        server.abort();
     }
 
     #[tokio::test]

@@ -98,8 +98,10 @@ struct Agent {
     started: SystemTime,
     output_errors: u64,
     cache_add: CacheAddHistogram,
-    /// The DNS listener for node names, when on.
+    /// The DNS listener for node names, when on, and the questions its
+    /// TCP connections read.
     dns: Option<Dns>,
+    dns_streams: Option<mpsc::Receiver<crate::dns::StreamQuestion>>,
     /// Our registration with systemd-resolved, reverted at shutdown.
     resolved: Option<Registration>,
 }
@@ -229,15 +231,15 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
 
     // Names are a convenience: an agent whose DNS port is taken (another
     // resolver on the same address) still builds tunnels.
-    let dns = match cfg.dns.enabled {
+    let (dns, dns_streams, dns_tcp) = match cfg.dns.enabled {
         true => match dns_listener(&cfg) {
-            Ok(d) => Some(d),
+            Ok((d, streams, tcp)) => (Some(d), Some(streams), Some(tcp)),
             Err(e) => {
                 error!(error = %e, "no DNS for node names; tunnels work as before");
-                None
+                (None, None, None)
             }
         },
-        false => None,
+        false => (None, None, None),
     };
     let policy = policy_of(&cfg);
     let seed = rand::random::<u64>();
@@ -258,6 +260,7 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
         dns,
+        dns_streams,
         resolved: None,
     };
     agent.register_with_resolved();
@@ -303,6 +306,7 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
                 Ok((n, from)) => agent.on_dns(&dns_buf[..n], from),
                 Err(e) => warn!(error = %e, "DNS socket receive failed"),
             },
+            Some(q) = next_dns_stream(&mut agent.dns_streams) => agent.on_dns_stream(q),
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); conf::service::stopping(); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); conf::service::stopping(); break; }
         }
@@ -313,12 +317,21 @@ async fn run_with(host: &Host, cfg: XtrConfig) -> Result<()> {
         r.shutdown().await;
     }
     agent.revert_resolved();
+    if let Some(t) = dns_tcp {
+        t.abort();
+    }
     Ok(())
 }
 
-/// The DNS listener on the control address: upstream servers as
-/// configured, or those of /etc/resolv.conf (ourselves left out).
-fn dns_listener(cfg: &XtrConfig) -> Result<Dns> {
+type DnsTcp = (
+    Dns,
+    mpsc::Receiver<crate::dns::StreamQuestion>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// The DNS listener on the control address, UDP and TCP: upstream servers
+/// as configured, or those of /etc/resolv.conf (ourselves left out).
+fn dns_listener(cfg: &XtrConfig) -> Result<DnsTcp> {
     let listen = cfg.dns.listen;
     let upstream = match &cfg.dns.upstream {
         Some(u) => u.clone(),
@@ -332,16 +345,30 @@ fn dns_listener(cfg: &XtrConfig) -> Result<Dns> {
     };
     let mut allowed = vec![cfg.control_address];
     allowed.extend(cfg.eids.iter().filter(|e| e.is_host()).map(|e| e.addr()));
-    let dns = Dns::bind(listen, upstream, allowed).ctx(format!(
+    let dns = Dns::bind(listen, upstream, allowed.clone()).ctx(format!(
         "binding the DNS listener {listen} (dns.enabled = false turns it off)"
     ))?;
+    let (tx, rx) = mpsc::channel(256);
+    let what = format!("binding the DNS listener {listen}/tcp");
+    let tcp = std::net::TcpListener::bind(listen)
+        .and_then(|l| crate::dns::serve_tcp(l, allowed, dns.counters.clone(), tx))
+        .ctx(what)?;
     info!(
         %listen,
         domain = %cfg.dns.domain,
         upstream = %dns.upstream.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(","),
         "answering DNS for node names"
     );
-    Ok(dns)
+    Ok((dns, rx, tcp))
+}
+
+async fn next_dns_stream(
+    rx: &mut Option<mpsc::Receiver<crate::dns::StreamQuestion>>,
+) -> Option<crate::dns::StreamQuestion> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_dns(
@@ -676,6 +703,14 @@ impl Agent {
     fn on_dns(&mut self, bytes: &[u8], from: SocketAddr) {
         let Some(dns) = &mut self.dns else { return };
         if let Some((query, name)) = dns.on_datagram(bytes, from) {
+            self.core.handle_name_query(Instant::now(), query, &name);
+        }
+    }
+
+    /// A question read from a DNS TCP connection.
+    fn on_dns_stream(&mut self, q: crate::dns::StreamQuestion) {
+        let Some(dns) = &mut self.dns else { return };
+        if let Some((query, name)) = dns.on_stream(q) {
             self.core.handle_name_query(Instant::now(), query, &name);
         }
     }
