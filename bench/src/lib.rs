@@ -7,6 +7,7 @@
 //! beside the thesis's and the targets). The `bench` binary is a thin CLI
 //! over [`exp`].
 
+pub mod control;
 pub mod exp;
 pub mod icmp;
 pub mod lisp;

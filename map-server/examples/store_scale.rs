@@ -51,7 +51,7 @@ fn ops_for(i: u32, clock: &Clock) -> StoreOp {
 }
 
 fn fill(state: &Path, n: u32) {
-    let store = Store::open(state, DEFAULT_CACHE_BYTES).expect("open store");
+    let mut store = Store::open(state, DEFAULT_CACHE_BYTES).expect("open store");
     let t0 = Instant::now();
     let clock = Clock::now();
     let mut ops = Vec::with_capacity(BATCH);

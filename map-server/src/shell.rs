@@ -323,6 +323,7 @@ async fn bring_up_control(
         .await
         .map_err(err("add address"))?;
     net.link_up(&ctl.interface).await.map_err(err("link up"))?;
+    limit_floods_in_kernel(host, ctl, &cfg.limits);
     for peer in &cfg.peers {
         let Some(key) = peer.public_key else { continue };
         wg.upsert_peer(control_peer(key, peer.control_address, None, None))
@@ -333,6 +334,44 @@ async fn bring_up_control(
     // wgctl logged the interface itself (backend, port, key).
     info!(ifname = %ctl.interface, address = %address, peers = cfg.peers.len(), "control tunnel up");
     Ok(wg)
+}
+
+/// Past twice its budget, what a source sends is dropped by the kernel
+/// before it reaches a socket: the control messages inside the tunnel (per
+/// control address), and the WireGuard datagrams that carry them (per
+/// underlay address and port: robots behind one NAT have their own ports).
+/// The WireGuard port carries only the control tunnel, so its budget is the
+/// control budget plus handshakes. One flooding robot then cannot fill the
+/// sockets' queues (WireGuard's first) and crowd the others out, which the
+/// core's budget alone cannot prevent: it only sees what the queues kept.
+/// Without nftables this protection is lost, not the service.
+fn limit_floods_in_kernel(host: &Host, ctl: &ControlInterface, limits: &map_server_core::Limits) {
+    let (req, reg) = (limits.requests, limits.registers);
+    if !(req.per_second.is_finite() && reg.per_second.is_finite()) {
+        return;
+    }
+    let clamp = |v: f64| v.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+    let per_second = clamp(2.0 * (req.per_second + reg.per_second));
+    let burst = clamp(2.0 * (req.burst + reg.burst));
+    let rules = [
+        wgctl::SourceLimit {
+            ifname: Some(&ctl.interface),
+            port: lisp_wire::LISP_CONTROL_PORT,
+            per_source_port: false,
+            per_second,
+            burst,
+        },
+        wgctl::SourceLimit {
+            ifname: None,
+            port: ctl.listen_port,
+            per_source_port: true,
+            per_second: per_second.saturating_add(50),
+            burst: burst.saturating_add(50),
+        },
+    ];
+    if let Err(e) = host.limit_udp_per_source(&ctl.interface, &rules) {
+        warn!(ifname = %ctl.interface, error = %e, "cannot install the per-source flood limits (is nftables installed?); one flooding peer can crowd out others");
+    }
 }
 
 /// The WireGuard peer of a control peer.

@@ -53,7 +53,7 @@ pub enum StoreError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("cannot open {path}: {error}")]
+    #[error("cannot open {path}: {error}. If the file is damaged, move it aside and start again: nodes re-register within their refresh interval")]
     Open {
         path: PathBuf,
         error: Box<redb::DatabaseError>,
@@ -64,7 +64,11 @@ pub enum StoreError {
         context: &'static str,
         error: Box<redb::Error>,
     },
-    #[error("{path}: redb panicked while {context} (is the file damaged?): {message}")]
+    #[error("{path} is empty (0 bytes), not a store: it was truncated or made by hand. Move it aside to start with no registrations (nodes re-register within their refresh interval), or restore it from a backup")]
+    EmptyFile { path: PathBuf },
+    #[error("{path}: closed after a failed commit, and not reopened yet")]
+    Closed { path: PathBuf },
+    #[error("{path}: redb panicked while {context}, so the file is damaged: {message}. Move it aside and start again: nodes re-register within their refresh interval")]
     Panicked {
         path: PathBuf,
         context: &'static str,
@@ -151,8 +155,16 @@ impl Clock {
 
 /// The registration database of one map-server.
 pub struct Store {
-    db: redb::Database,
+    /// `None` only between a failed commit's close and a reopen that
+    /// failed too (the disk is still full, say).
+    db: Option<redb::Database>,
     path: PathBuf,
+    cache_bytes: usize,
+    /// The last commit failed: after an I/O error redb refuses every later
+    /// transaction until the database is opened again, so the next commit
+    /// reopens it first. This is how a full disk that gets space back is
+    /// written to again without a restart.
+    failed: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,7 +194,47 @@ fn guarded<T>(
     })
 }
 
+/// Runs `f` (at start-up, before the event loop) without the panic hook's
+/// backtrace: a damaged file makes redb panic, and [`guarded`] turns that
+/// into an error that says what to do; a backtrace would bury it.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = f();
+    std::panic::set_hook(hook);
+    out
+}
+
+fn open_db(path: &Path, cache_bytes: usize) -> Result<redb::Database, StoreError> {
+    quietly(|| {
+        guarded(path, "opening the database", || {
+            redb::Builder::new()
+                .set_cache_size(cache_bytes)
+                .create(path)
+                .map_err(|error| StoreError::Open {
+                    path: path.to_path_buf(),
+                    error: Box::new(error),
+                })
+        })
+    })
+}
+
 impl Store {
+    fn db(&self) -> Result<&redb::Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Closed {
+            path: self.path.clone(),
+        })
+    }
+
+    /// Closes and opens the database again, after a failed commit.
+    fn reopen(&mut self) -> Result<(), StoreError> {
+        self.db = None;
+        self.db = Some(open_db(&self.path, self.cache_bytes)?);
+        self.failed = false;
+        tracing::info!(path = %self.path.display(), "store reopened after a failed commit");
+        Ok(())
+    }
+
     /// Opens (creating if needed) `<state_dir>/registrations.redb`. After an
     /// unclean stop redb recovers the last committed transaction here.
     pub fn open(state_dir: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
@@ -198,16 +250,18 @@ impl Store {
                 })?;
         }
         let path = state_dir.join(FILE_NAME);
-        let db = guarded(&path, "opening the database", || {
-            redb::Builder::new()
-                .set_cache_size(cache_bytes)
-                .create(&path)
-                .map_err(|error| StoreError::Open {
-                    path: path.clone(),
-                    error: Box::new(error),
-                })
-        })?;
-        let store = Store { db, path };
+        // redb would take an empty file for a new store: silently, every
+        // registration would be gone.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::EmptyFile { path });
+        }
+        let db = open_db(&path, cache_bytes)?;
+        let store = Store {
+            db: Some(db),
+            path,
+            cache_bytes,
+            failed: false,
+        };
         // Create the table once, so that loading an empty store is not a
         // special case.
         store.write(|_, _, _| Ok(()))?;
@@ -237,7 +291,7 @@ impl Store {
     ) -> Result<LoadReport, StoreError> {
         guarded(&self.path, "loading registrations", || {
             let err = self.db_err("load");
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let table = txn.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
             let mut report = LoadReport::default();
             for entry in table.iter().map_err(|e| err(e.into()))? {
@@ -261,10 +315,19 @@ impl Store {
 
     /// Applies `ops` in one durable transaction: when this returns Ok, they
     /// survive a crash.
-    pub fn apply(&self, ops: &[StoreOp], clock: Clock) -> Result<(), StoreError> {
+    pub fn apply(&mut self, ops: &[StoreOp], clock: Clock) -> Result<(), StoreError> {
         if ops.is_empty() {
             return Ok(());
         }
+        if self.failed {
+            self.reopen()?;
+        }
+        let result = self.apply_ops(ops, clock);
+        self.failed = result.is_err();
+        result
+    }
+
+    fn apply_ops(&self, ops: &[StoreOp], clock: Clock) -> Result<(), StoreError> {
         self.write(|table, endpoints, nonces| {
             for op in ops {
                 match op {
@@ -303,7 +366,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         guarded(&self.path, "writing registrations", || {
             let err = self.db_err("write");
-            let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+            let mut txn = self.db()?.begin_write().map_err(|e| err(e.into()))?;
             txn.set_durability(redb::Durability::Immediate)
                 .map_err(|e| err(e.into()))?;
             // Saves the allocator state with each commit, so that opening after
@@ -324,7 +387,7 @@ impl Store {
     pub fn load_register_nonces(&self) -> Result<Vec<(String, u64)>, StoreError> {
         guarded(&self.path, "loading register nonces", || {
             let err = self.db_err("load register nonces");
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let table = txn.open_table(REGISTER_NONCES).map_err(|e| err(e.into()))?;
             let mut out = Vec::new();
             for entry in table.iter().map_err(|e| err(e.into()))? {
@@ -340,7 +403,7 @@ impl Store {
     pub fn load_endpoints(&self) -> Result<Vec<(String, SocketAddr)>, StoreError> {
         guarded(&self.path, "loading endpoints", || {
             let err = self.db_err("load endpoints");
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let table = txn.open_table(ENDPOINTS).map_err(|e| err(e.into()))?;
             let mut out = Vec::new();
             for entry in table.iter().map_err(|e| err(e.into()))? {
@@ -360,7 +423,7 @@ impl Store {
     pub fn len(&self) -> Result<u64, StoreError> {
         guarded(&self.path, "counting registrations", || {
             let err = self.db_err("count");
-            let txn = self.db.begin_read().map_err(|e| err(e.into()))?;
+            let txn = self.db()?.begin_read().map_err(|e| err(e.into()))?;
             let table = txn.open_table(REGISTRATIONS).map_err(|e| err(e.into()))?;
             table.len().map_err(|e| err(e.into()))
         })
@@ -614,6 +677,41 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_empty_or_damaged_file_is_a_clear_error_never_a_silent_empty_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"").unwrap();
+        let Err(e) = Store::open(dir.path(), DEFAULT_CACHE_BYTES) else {
+            panic!("refused")
+        };
+        let shown = e.to_string();
+        assert!(
+            shown.contains("is empty") && shown.contains(&path.display().to_string()),
+            "{shown}"
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "left as it was");
+
+        // Garbage where the store should be.
+        let junk: Vec<u8> = (0..64 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, &junk).unwrap();
+        let Err(e) = Store::open(dir.path(), DEFAULT_CACHE_BYTES) else {
+            panic!("refused")
+        };
+        let shown = e.to_string();
+        assert!(
+            shown.contains(&path.display().to_string()) && shown.contains("move it aside"),
+            "{shown}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            junk,
+            "a damaged file is never overwritten"
+        );
+    }
+
     fn mapping(clock: &Clock) -> Mapping {
         Mapping {
             rlocs: vec![
@@ -666,7 +764,7 @@ mod tests {
     #[test]
     fn observed_endpoints_persist_and_bad_ones_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let mut store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
         let a: SocketAddr = "198.51.100.7:40001".parse().unwrap();
         let b: SocketAddr = "[2001:db8::7]:51820".parse().unwrap();
         for ep in [a, b] {
@@ -765,7 +863,7 @@ mod tests {
         let a = EidPrefix::host(0, "10.0.0.1".parse().unwrap());
         let b = EidPrefix::host(0, "10.0.0.2".parse().unwrap());
         {
-            let store = Store::open(&state, DEFAULT_CACHE_BYTES).unwrap();
+            let mut store = Store::open(&state, DEFAULT_CACHE_BYTES).unwrap();
             let put = |prefix| StoreOp::Put {
                 prefix,
                 mapping: mapping(&clock),

@@ -328,6 +328,34 @@ impl LabSpec {
 
     /// A tag (up to 2 characters) in the default prefix.
     /// The map-servers' per-peer budgets.
+    /// The map-server and `n` robots `r1` … `rn` (1 ≤ n ≤ 200), on subnets
+    /// A and B in turn, with EIDs 10.2.0.1 … and control addresses
+    /// 100.64.0.11 …: for fleet-scale runs.
+    pub fn fleet(n: u8) -> LabSpec {
+        use Segment::*;
+        assert!((1..=200).contains(&n), "a fleet of 1 to 200 robots");
+        let mut spec = LabSpec::bare();
+        spec.nodes.push(node(
+            "ms",
+            "ms",
+            Role::MapServer { control: ctl(1) },
+            vec![uplink("eth0", Attach::Segment(Public), 10)],
+        ));
+        for i in 1..=n {
+            let on = if i % 2 == 1 { SubnetA } else { SubnetB };
+            spec.nodes.push(node(
+                &format!("r{i}"),
+                &format!("r{i}"),
+                Role::Robot {
+                    eid: Ipv4Addr::new(10, 2, 0, i),
+                    control: ctl(10 + i),
+                },
+                vec![uplink("eth0", Attach::Segment(on), 40 + i.div_ceil(2))],
+            ));
+        }
+        spec
+    }
+
     pub fn ms_limits(mut self, limits: crate::config::MsLimits) -> LabSpec {
         self.ms_limits = Some(limits);
         self

@@ -265,6 +265,35 @@ impl Host {
         Ok(())
     }
 
+    /// Drops, in the kernel, what any one source sends beyond its limit
+    /// (see [`crate::SourceLimit`]), so that one flooding source cannot fill
+    /// a socket's queue for everyone. The nftables table, named for
+    /// `ifname`, goes at shutdown.
+    pub fn limit_udp_per_source(
+        &self,
+        ifname: &str,
+        limits: &[crate::SourceLimit<'_>],
+    ) -> Result<()> {
+        crate::validate_ifname(ifname)?;
+        self.registry.check_open()?;
+        let table = format!("{}_in", crate::nft::table_name(ifname));
+        crate::nft::run(&crate::nft::source_limit_script(&table, limits))?;
+        if let Err(table) = self.registry.record_nft_table(table) {
+            let _ = crate::nft::delete_table(&table);
+            return Err(Error::ShutDown);
+        }
+        for l in limits {
+            tracing::info!(
+                ifname = l.ifname.unwrap_or("any"),
+                port = l.port,
+                per_second = l.per_second,
+                burst = l.burst,
+                "per-source UDP limit in the kernel"
+            );
+        }
+        Ok(())
+    }
+
     /// Removes everything this host created: routes, addresses, interfaces
     /// and wireguard-go processes. Reports the first failure, after trying
     /// everything.

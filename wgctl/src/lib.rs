@@ -35,6 +35,7 @@ pub use error::{Error, Result};
 pub use host::Host;
 pub use miss::{packet_destination, MissTun, Reinjector};
 pub use netlink::{NetEvent, NetEvents, Netlink};
+pub use nft::SourceLimit;
 pub use prefix::IpPrefix;
 pub use route::RouteSpec;
 

@@ -30,6 +30,52 @@ pub(crate) fn clamp_script(table: &str, wg_if: &str) -> String {
     )
 }
 
+/// One per-source limit: UDP to `port` (arriving on `ifname`, or on any
+/// interface), per source address (or per address and port: robots behind
+/// one NAT share its address, not its ports), beyond `per_second` (burst
+/// `burst`) is dropped in the kernel, before it reaches any socket.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLimit<'a> {
+    pub ifname: Option<&'a str>,
+    pub port: u16,
+    pub per_source_port: bool,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// A flooding source then cannot fill a socket's queue, so the others'
+/// datagrams still get in; what gets through is budgeted exactly by the
+/// protocol core.
+pub(crate) fn source_limit_script(table: &str, limits: &[SourceLimit<'_>]) -> String {
+    let mut sets = String::new();
+    let mut rules = String::new();
+    for (i, l) in limits.iter().enumerate() {
+        for (family, addr, ty) in [("4", "ip", "ipv4_addr"), ("6", "ip6", "ipv6_addr")] {
+            let (ty, key) = if l.per_source_port {
+                (
+                    format!("{ty} . inet_service"),
+                    format!("{addr} saddr . udp sport"),
+                )
+            } else {
+                (ty.to_string(), format!("{addr} saddr"))
+            };
+            sets.push_str(&format!(
+                "\tset flood{i}_{family} {{ type {ty}; flags dynamic; timeout 10s; size 65536; }}\n"
+            ));
+            let iif = l
+                .ifname
+                .map_or(String::new(), |i| format!("iifname \"{i}\" "));
+            rules.push_str(&format!(
+                "\t\t{iif}meta nfproto ipv{family} udp dport {} update @flood{i}_{family} {{ {key} limit rate over {}/second burst {} packets }} counter drop\n",
+                l.port, l.per_second, l.burst
+            ));
+        }
+    }
+    format!(
+        "table inet {table} {{\n{sets}\tchain input {{ type filter hook input priority filter; policy accept;\n{rules}\t}}\n}}\n"
+    )
+}
+
 /// Runs `nft -f -` with `script`.
 pub(crate) fn run(script: &str) -> Result<()> {
     let io = |e| Error::io("run nft (Debian package nftables)".to_string(), e);
@@ -73,5 +119,32 @@ mod tests {
         assert!(s.starts_with("table inet lispwg_lw_e0 {"));
         assert_eq!(s.matches("oifname \"lw-e0\" tcp flags syn").count(), 2);
         assert!(s.contains("hook forward") && s.contains("hook output"));
+    }
+
+    #[test]
+    fn source_limits_drop_beyond_the_rate_per_source_on_their_port() {
+        let s = source_limit_script(
+            "lispwg_ms_in",
+            &[
+                SourceLimit {
+                    ifname: Some("ms"),
+                    port: 4342,
+                    per_source_port: false,
+                    per_second: 2000,
+                    burst: 4000,
+                },
+                SourceLimit {
+                    ifname: None,
+                    port: 4340,
+                    per_source_port: true,
+                    per_second: 2100,
+                    burst: 4100,
+                },
+            ],
+        );
+        assert_eq!(s.matches("iifname \"ms\" meta nfproto").count(), 2, "{s}");
+        assert!(s.contains("udp dport 4342 update @flood0_4 { ip saddr limit rate over 2000/second burst 4000 packets }"), "{s}");
+        assert!(s.contains("type ipv4_addr . inet_service"), "{s}");
+        assert!(s.contains("udp dport 4340 update @flood1_6 { ip6 saddr . udp sport limit rate over 2100/second"), "{s}");
     }
 }

@@ -49,7 +49,7 @@ fn fill(
     mapping: impl Fn(u32, Instant) -> Mapping,
 ) -> Result<Duration> {
     let t0 = Instant::now();
-    let store = Store::open(state, DEFAULT_CACHE_BYTES)?;
+    let mut store = Store::open(state, DEFAULT_CACHE_BYTES)?;
     let clock = Clock::now();
     // Far in the future: nothing expires during the run.
     let expires = clock.now + Duration::from_secs(7 * 86_400);

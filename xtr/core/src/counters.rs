@@ -64,6 +64,9 @@ pub struct Counters {
     /// Direct probes of relayed paths, and those that found no path.
     pub relay_probes: u64,
     pub relay_probe_failures: u64,
+    /// Log lines about refused control messages held back by the
+    /// per-source log budget.
+    pub suppressed_log_lines: u64,
     /// Name questions asked of the core (DNS A/AAAA questions).
     pub name_queries: u64,
     /// Of those: answered with addresses, with "no such name", with
@@ -365,6 +368,12 @@ impl Counters {
                 "WireGuard statistics reads that failed",
                 "counter",
                 self.stats_failures,
+            ),
+            (
+                "suppressed_log_lines_total",
+                "log lines about refused control messages held back by the per-source log budget",
+                "counter",
+                self.suppressed_log_lines,
             ),
         ]
     }

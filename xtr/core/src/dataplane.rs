@@ -149,6 +149,9 @@ pub(crate) struct Dataplane {
     /// Peers whose wanted state was just confirmed: a handshake attempt
     /// starts when its peer is really in place.
     pub(crate) confirmed: Vec<[u8; 32]>,
+    /// Map-servers whose control peer was just (re)programmed: what went
+    /// out on the old session since it died is sent again on the new one.
+    pub(crate) control_renewed: Vec<usize>,
 }
 
 impl Dataplane {
@@ -190,6 +193,7 @@ impl Dataplane {
             programmed: VecDeque::new(),
             reinjected: Vec::new(),
             confirmed: Vec::new(),
+            control_renewed: Vec::new(),
         }
     }
 
@@ -546,8 +550,12 @@ impl Dataplane {
                 "listen port",
             ),
             Target::ControlPeer(i) => {
+                let ok = result.is_ok();
                 if let Some(slot) = self.control_peers.get_mut(i) {
                     settle(slot, id, result, now, backoff, c, "control peer");
+                    if ok && slot.settled() {
+                        self.control_renewed.push(i);
+                    }
                 }
             }
             Target::ControlEndpoint(i) => {

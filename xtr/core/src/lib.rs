@@ -144,6 +144,8 @@ pub struct Xtr {
     pending: HashMap<IpAddr, Pending>,
     by_nonce: HashMap<u64, IpAddr>,
     outputs: VecDeque<Output>,
+    /// Log lines about refused control messages, per source address.
+    refusal_log: limits::LogBudget<std::net::IpAddr>,
     /// The next Map-Register nonce (they count up; see
     /// [`Xtr::set_register_nonce_floor`]).
     register_nonce: u64,
@@ -218,6 +220,7 @@ impl Xtr {
             pending: HashMap::new(),
             by_nonce: HashMap::new(),
             outputs: VecDeque::new(),
+            refusal_log: limits::LogBudget::new(5, Duration::from_secs(10), 1024, now),
             register_nonce: 1,
             nonces_reserved: 1,
             next_housekeeping: now + HOUSEKEEPING,
@@ -372,6 +375,9 @@ impl Xtr {
     ) {
         self.dataplane
             .handle_result(now, id, result, &mut self.counters);
+        for i in std::mem::take(&mut self.dataplane.control_renewed) {
+            self.on_control_session_renewed(now, i);
+        }
         self.flush_dataplane(now);
     }
 
@@ -426,6 +432,13 @@ impl Xtr {
     pub fn handle_control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
         if let Err(r) = self.dispatch_control(now, from, bytes) {
             self.counters.count_refusal(&r);
+            // A data peer can send us anything through its tunnel: a few
+            // lines per source, then one summary (see `housekeeping`).
+            if self.refusal_log.check(&from.ip(), now) == limits::Verdict::Suppress {
+                self.counters.suppressed_log_lines += 1;
+                self.flush_dataplane(now);
+                return;
+            }
             match r {
                 // The second map-server's answer, or a late one: normal.
                 Refusal::UnknownNonce(_) => debug!(%from, reason = %r, "control message ignored"),
@@ -570,6 +583,10 @@ impl Xtr {
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.expire_cache(now);
+            for (source, suppressed) in self.refusal_log.drain(now) {
+                let source = source.map_or("many sources".to_string(), |s| s.to_string());
+                warn!(%source, suppressed, "more refused control messages; their lines were suppressed");
+            }
         }
         self.punch(now);
         self.relay_timeout(now);

@@ -243,16 +243,37 @@ impl Xtr {
 
     /// Renews map-server `i`'s control peer when it has answered nothing for
     /// the current wait (or is down), at most once per wait, doubling it.
-    pub(crate) fn renew_control_if_silent(&mut self, now: Instant, i: usize, down: bool) {
+    /// Whether it renewed.
+    pub(crate) fn renew_control_if_silent(&mut self, now: Instant, i: usize, down: bool) -> bool {
         let s = &mut self.servers[i];
         let silent = down || s.unanswered_since.is_some_and(|t| now >= t + s.renew_wait);
         if !silent || s.next_renew.is_some_and(|t| now < t) {
-            return;
+            return false;
         }
         s.next_renew = Some(now + s.renew_wait);
         s.renew_wait = (s.renew_wait * 2).min(RENEW_MAX);
+        // A map-server that lost our session may have lost our registration
+        // too (restarted without its store): register on the fresh session
+        // at once rather than at the next refresh, up to a minute away.
+        if s.outstanding.is_none() {
+            s.next_register = now;
+        }
         self.counters.control_renewals += 1;
         self.dataplane.want_control_peer_renewed(i);
+        true
+    }
+
+    /// A register still unanswered when map-server `i`'s session was
+    /// renewed went out on the dead one: send a fresh one now (not counted
+    /// as a miss: the old session lost it, not the map-server).
+    pub(crate) fn reregister_on_fresh_session(&mut self, now: Instant, i: usize) {
+        let Some(s) = self.servers.get_mut(i) else {
+            return;
+        };
+        if s.outstanding.take().is_some() {
+            s.next_register = now;
+            self.send_registers(now);
+        }
     }
 
     /// Registers with every map-server now (our endpoint may have changed
@@ -354,7 +375,7 @@ impl Xtr {
             if !s.up && s.misses >= DOWN_AFTER_MISSES {
                 // A map-server that is down may have restarted: its old
                 // WireGuard session is dead. Retry on a fresh one (backing off).
-                self.renew_control_if_silent(now, i, true);
+                let _ = self.renew_control_if_silent(now, i, true);
             }
             let s = &mut self.servers[i];
             s.outstanding = Some(nonce);

@@ -151,9 +151,24 @@ impl Xtr {
     /// Sends an ECM Map-Request to every map-server; the first valid reply
     /// wins.
     fn send_request(&mut self, now: Instant, dst: IpAddr, nonce: u64, source: EidPrefix) {
+        self.send_request_to(now, dst, nonce, source, |_| true);
+    }
+
+    /// Sends the request to the map-servers `to` picks (by index).
+    fn send_request_to(
+        &mut self,
+        now: Instant,
+        dst: IpAddr,
+        nonce: u64,
+        source: EidPrefix,
+        to: impl Fn(usize) -> bool,
+    ) {
         let target = EidPrefix::host(self.policy.iid(), dst);
         let ctl = self.policy.control_address;
         for (i, ms) in self.policy.map_servers.iter().enumerate() {
+            if !to(i) {
+                continue;
+            }
             let s = &mut self.servers[i];
             s.unanswered_since = s.unanswered_since.or(Some(now));
             let ecm = MapRequest::for_eid(nonce, source.to_address(), ctl, target).encapsulated(
@@ -244,6 +259,22 @@ impl Xtr {
         }
     }
 
+    /// Map-server `i`'s control peer was just programmed again (renewed
+    /// after a silence): the requests and the register sent on the dead
+    /// session are lost, so they go again now on the fresh one instead of
+    /// at their next retransmit, seconds away.
+    pub(crate) fn on_control_session_renewed(&mut self, now: Instant, i: usize) {
+        let pending: Vec<_> = self
+            .pending
+            .iter()
+            .map(|(d, p)| (*d, p.nonce, p.source))
+            .collect();
+        for (dst, nonce, source) in pending {
+            self.send_request_to(now, dst, nonce, source, |j| j == i);
+        }
+        self.reregister_on_fresh_session(now, i);
+    }
+
     pub(crate) fn retransmit_requests(&mut self, now: Instant) {
         let due: Vec<IpAddr> = self
             .pending
@@ -275,10 +306,12 @@ impl Xtr {
             // behind a dead WireGuard session (it restarted): retransmit on
             // a fresh one, but not on every retransmit (see
             // renew_control_if_silent).
-            for i in 0..self.servers.len() {
-                self.renew_control_if_silent(now, i, false);
-            }
-            self.send_request(now, dst, nonce, source);
+            // A renewed one gets this retransmission once its fresh
+            // session is in place (on_control_session_renewed).
+            let renewed: Vec<bool> = (0..self.servers.len())
+                .map(|i| self.renew_control_if_silent(now, i, false))
+                .collect();
+            self.send_request_to(now, dst, nonce, source, |i| !renewed[i]);
         }
     }
 }
