@@ -192,13 +192,46 @@ impl MapServer {
             .encode_into(out)
             .map_err(encoding);
         };
-        self.write_record(prefix, m, requester, out, notify_targets)
+        if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
+            // A Map-Notify tells the owner about the requester so that it
+            // programs the requester's WireGuard peer first: only between
+            // WireGuard peers. A keyless LISP peer (OOR) has none to program
+            // and drops an unsolicited notify.
+            // One notify per destination, however many of its prefixes
+            // the request names.
+            if owner != req_peer
+                && self.is_keyed(owner)
+                && self.is_keyed(req_peer)
+                && !notify_targets.iter().any(|&(_, o)| o == owner)
+            {
+                notify_targets.push((prefix, owner));
+            }
+        }
+        match self.keyed_candidates(m, requester) {
+            // Written straight into the reply: the very bytes `record_for`
+            // would encode, without building them first.
+            Some((key, cands)) => {
+                let count = u8::try_from(cands.len()).map_err(|_| {
+                    Refusal::Malformed(format!("{prefix} has {} candidates", cands.len()))
+                })?;
+                EidRecord::encode_header_into(prefix, m.ttl_minutes, m.map_version, count, out)
+                    .map_err(encoding)?;
+                for c in cands {
+                    wg_locator(&c, key)
+                        .encode_rloc_record_into(c.priority, c.weight, out)
+                        .map_err(encoding)?;
+                }
+                Ok(())
+            }
+            None => mapping_record(prefix, m).encode_into(out).map_err(encoding),
+        }
     }
 
     /// Appends the records answering a name lookup: one per live EID prefix
-    /// the named node registered in that instance, as a lookup of the EID
-    /// itself would get them (its owner is told about the requester the
-    /// same way); or one negative record for the name.
+    /// the named node registered in that instance, exactly as a lookup of
+    /// the EID itself gets it ([`Self::answer_record`]: its owner is told
+    /// about the requester the same way, and whatever that path refuses is
+    /// refused here too); or one negative record for the name.
     /// `asked_before`: the prefixes this reply holds already (asked by EID,
     /// or another name of the request): not written twice.
     fn answer_name(
@@ -255,61 +288,18 @@ impl MapServer {
                 continue;
             }
             asked_before.push(prefix);
-            let Some(m) = self.registry.get(&prefix) else {
+            // Through the path of an EID lookup, with all it checks; the
+            // base address of a prefix a more specific one shadows would
+            // be answered with the other, so it is left out.
+            let exact = self.registry.lookup(prefix.iid, prefix.addr(), now);
+            if exact.is_none_or(|(p, _)| p != prefix) {
                 continue;
-            };
+            }
             let start = out.len();
-            self.write_record(prefix, m, requester, out, notify_targets)?;
+            self.answer_record(now, prefix, requester, out, notify_targets)?;
             bounds.push((start, out.len()));
         }
         Ok(())
-    }
-
-    /// Appends the EID-record of mapping `m` for `prefix` as `requester`
-    /// gets it, and notes the owner to tell about the requester, if any.
-    fn write_record(
-        &self,
-        prefix: EidPrefix,
-        m: &Mapping,
-        requester: Option<u16>,
-        out: &mut Vec<u8>,
-        notify_targets: &mut Vec<(EidPrefix, u16)>,
-    ) -> Result<(), Refusal> {
-        let encoding =
-            |e: lisp_wire::EncodeError| Refusal::Malformed(format!("cannot encode reply: {e}"));
-        if let (Some(req_peer), Origin::Peer(owner)) = (requester, m.origin) {
-            // A Map-Notify tells the owner about the requester so that it
-            // programs the requester's WireGuard peer first: only between
-            // WireGuard peers. A keyless LISP peer (OOR) has none to program
-            // and drops an unsolicited notify.
-            // One notify per destination, however many of its prefixes
-            // the request names.
-            if owner != req_peer
-                && self.is_keyed(owner)
-                && self.is_keyed(req_peer)
-                && !notify_targets.iter().any(|&(_, o)| o == owner)
-            {
-                notify_targets.push((prefix, owner));
-            }
-        }
-        match self.keyed_candidates(m, requester) {
-            // Written straight into the reply: the very bytes `record_for`
-            // would encode, without building them first.
-            Some((key, cands)) => {
-                let count = u8::try_from(cands.len()).map_err(|_| {
-                    Refusal::Malformed(format!("{prefix} has {} candidates", cands.len()))
-                })?;
-                EidRecord::encode_header_into(prefix, m.ttl_minutes, m.map_version, count, out)
-                    .map_err(encoding)?;
-                for c in cands {
-                    wg_locator(&c, key)
-                        .encode_rloc_record_into(c.priority, c.weight, out)
-                        .map_err(encoding)?;
-                }
-                Ok(())
-            }
-            None => mapping_record(prefix, m).encode_into(out).map_err(encoding),
-        }
     }
 
     fn is_keyed(&self, peer: u16) -> bool {
