@@ -28,6 +28,14 @@
 //! prefix = "10.9.0.0/16"
 //! rlocs = [{ address = "203.0.113.5", priority = 1, weight = 100 }]
 //!
+//! [limits]                           # per control peer; 0 = no limit
+//! requests_per_second = 500
+//! request_burst = 1000
+//! registers_per_second = 10
+//! register_burst = 20
+//! max_records_per_request = 32
+//! max_registrations_per_peer = 1024
+//!
 //! [relay]                            # the campus relay (coturn); optional
 //! secret_file = "turn.secret"        # coturn's static-auth-secret, 0600
 //! credential_ttl_secs = 43200        # how long a node's credentials work

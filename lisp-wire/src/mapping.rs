@@ -157,6 +157,18 @@
 //! ([`EcmHeader::checksum_zero`](crate::EcmHeader::checksum_zero)), so that
 //! the daemon can count such requests; a wrong non-zero checksum is refused
 //! ([`ParseErrorKind::BadIpChecksum`](crate::ParseErrorKind::BadIpChecksum)).
+//!
+//! ## Map-Register nonces
+//!
+//! RFC 9301 leaves a Map-Register's nonce to the sender. A lispwg node's
+//! count up, from the wall clock in microseconds (or past the block its last
+//! run reserved, if the clock is behind it), and a lispwg map-server accepts
+//! a register from a WireGuard peer only with a nonce above the last one it
+//! accepted from that peer, which it persists with the mapping. So a
+//! replayed register is refused however old it is, across restarts of
+//! either side. Map-Notifies echo the register's nonce as the RFC says.
+//! Keyless (standard LISP) peers keep random nonces; for them the map-server
+//! checks a window of recent ones.
 
 use crate::addr::{
     Address, AddressRef, Level, NatTraversal, SecurityKey, AFI_IPV4, AFI_IPV6, AFI_LCAF, AFI_NONE,

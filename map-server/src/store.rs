@@ -165,7 +165,14 @@ pub struct Store {
     /// reopens it first. This is how a full disk that gets space back is
     /// written to again without a restart.
     failed: bool,
+    /// Records deleted since the file was last compacted.
+    deleted: u64,
 }
+
+/// Deletions after which the file is compacted: redb reuses freed pages but
+/// never gives them back, so a fleet that once registered a million
+/// prefixes would keep a file that size for ever.
+const COMPACT_AFTER_DELETES: u64 = 10_000;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -261,6 +268,7 @@ impl Store {
             path,
             cache_bytes,
             failed: false,
+            deleted: 0,
         };
         // Create the table once, so that loading an empty store is not a
         // special case.
@@ -324,7 +332,34 @@ impl Store {
         }
         let result = self.apply_ops(ops, clock);
         self.failed = result.is_err();
+        if result.is_ok() {
+            self.deleted += ops
+                .iter()
+                .filter(|op| matches!(op, StoreOp::Delete(_)))
+                .count() as u64;
+            if self.deleted >= COMPACT_AFTER_DELETES {
+                self.compact();
+            }
+        }
         result
+    }
+
+    /// Gives freed pages back to the file system. A failure is only logged:
+    /// the file stays as it was, bigger than needed.
+    fn compact(&mut self) {
+        self.deleted = 0;
+        let Some(db) = self.db.as_mut() else { return };
+        let t0 = Instant::now();
+        let before = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        match db.compact() {
+            Ok(_) => {
+                let after = std::fs::metadata(&self.path).map_or(0, |m| m.len());
+                tracing::info!(path = %self.path.display(), before, after, elapsed_ms = t0.elapsed().as_millis() as u64, "store compacted");
+            }
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "store compaction failed; the file keeps its size")
+            }
+        }
     }
 
     fn apply_ops(&self, ops: &[StoreOp], clock: Clock) -> Result<(), StoreError> {
@@ -676,6 +711,36 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_shrinks_again_after_many_deletions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let clock = Clock::now();
+        let m = mapping(&clock);
+        let prefixes: Vec<EidPrefix> = (0..COMPACT_AFTER_DELETES as u32)
+            .map(|i| EidPrefix::host(0, std::net::Ipv4Addr::from(0x0a00_0000 + i).into()))
+            .collect();
+        for chunk in prefixes.chunks(1000) {
+            let ops: Vec<StoreOp> = chunk
+                .iter()
+                .map(|p| StoreOp::Put {
+                    prefix: *p,
+                    mapping: m.clone(),
+                    peer: "robot-a".into(),
+                })
+                .collect();
+            store.apply(&ops, clock).unwrap();
+        }
+        let full = std::fs::metadata(store.path()).unwrap().len();
+        for chunk in prefixes.chunks(1000) {
+            let ops: Vec<StoreOp> = chunk.iter().map(|p| StoreOp::Delete(*p)).collect();
+            store.apply(&ops, clock).unwrap();
+        }
+        let after = std::fs::metadata(store.path()).unwrap().len();
+        assert!(after < full / 2, "compacted: {full} -> {after} bytes");
+        assert_eq!(store.len().unwrap(), 0);
+    }
 
     #[test]
     fn an_empty_or_damaged_file_is_a_clear_error_never_a_silent_empty_start() {

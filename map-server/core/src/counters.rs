@@ -60,6 +60,9 @@ pub struct Counters {
     pub bad_locators: u64,
     /// Log lines about refused messages held back by the log budget.
     pub suppressed_log_lines: u64,
+    /// Map-Notify-Acks (authentic) for no notify pending: late duplicates
+    /// after a retransmission, or replayed by the peer.
+    pub unmatched_acks: u64,
     /// Per configured control peer, by its index in the policy (grown on
     /// first use, so bounded by the configuration).
     pub per_peer: Vec<PeerCounters>,
@@ -305,6 +308,12 @@ impl Counters {
                 "log lines about refused messages held back by the per-source log budget",
                 "counter",
                 self.suppressed_log_lines,
+            ),
+            (
+                "unmatched_acks_total",
+                "authentic Map-Notify-Acks for no pending notify (late duplicates, replays)",
+                "counter",
+                self.unmatched_acks,
             ),
         ]
     }

@@ -48,7 +48,10 @@ impl MapServer {
         match self.pending.get(&ack.nonce) {
             Some(p) if p.peer == peer_idx => {}
             _ => {
-                // A late duplicate Ack after a retransmission is normal.
+                // A late duplicate Ack after a retransmission is normal;
+                // counted, as is a forged one (which the HMAC lets through
+                // only from the peer itself).
+                self.counters.unmatched_acks += 1;
                 debug!(nonce = ack.nonce, peer = %peer.name, "Map-Notify-Ack for no pending notify");
                 return Ok(());
             }
