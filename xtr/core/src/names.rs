@@ -8,9 +8,10 @@
 //! `lisp_wire::mapping`, "Names") to every map-server, retransmitted like an
 //! EID lookup until [`NamePolicy::wait`] has passed ([`NameAnswer::Unavailable`]:
 //! SERVFAIL). The answer carries the node's EID-records; they are installed
-//! at once like a Map-Reply for a packet, so the WireGuard peer is being
-//! programmed (and the node has been told about us) before the application
-//! sends its first packet. Answers are cached for the mapping's TTL,
+//! at once like a Map-Reply for a packet, and the DNS answer waits until
+//! their WireGuard peers are in place (at most [`NamePolicy::program_wait`]),
+//! so the tunnel exists (and the node has been told about us) before the
+//! application sends its first packet. Answers are cached for the mapping's TTL,
 //! negative ones for at most [`NamePolicy::negative_ttl_max`]; concurrent
 //! questions for one name share one lookup.
 
@@ -44,6 +45,9 @@ pub struct NamePolicy {
     pub max_pending: usize,
     /// Questions waiting on one name at most.
     pub max_waiters: usize,
+    /// How long an answer waits for the WireGuard peers it set up to be in
+    /// place (it goes out then, in place or not).
+    pub program_wait: Duration,
 }
 
 impl Default for NamePolicy {
@@ -55,6 +59,7 @@ impl Default for NamePolicy {
             max_cached: 4096,
             max_pending: 256,
             max_waiters: 64,
+            program_wait: Duration::from_millis(500),
         }
     }
 }
@@ -194,13 +199,17 @@ impl Xtr {
     }
 
     fn answer_name(&mut self, query: NameQuery, answer: NameAnswer) {
-        match &answer {
+        self.count_name_answer(&answer);
+        self.outputs.push_back(Output::NameAnswer { query, answer });
+    }
+
+    fn count_name_answer(&mut self, answer: &NameAnswer) {
+        match answer {
             NameAnswer::Addresses { .. } => self.counters.name_answers += 1,
             NameAnswer::NoSuchName { .. } => self.counters.names_unknown += 1,
             NameAnswer::Unavailable => self.counters.names_unavailable += 1,
             NameAnswer::NotOurs => {}
         }
-        self.outputs.push_back(Output::NameAnswer { query, answer });
     }
 
     /// An ECM Map-Request for the Distinguished-Name EID `node`, in our
@@ -261,6 +270,7 @@ impl Xtr {
         self.counters.replies += 1;
         let iid = self.policy.iid();
         let mut addrs = Vec::new();
+        let mut installed = Vec::new();
         let mut ttl: Option<Duration> = None;
         for record in &reply.records {
             let rec_ttl = Duration::from_secs(60 * u64::from(record.ttl.max(1)));
@@ -283,7 +293,8 @@ impl Xtr {
             // Program the peer now: the application's first packet will
             // find it (the map-server told the node about us already).
             match self.install(now, record, Learned::Reply) {
-                Ok(_) => {}
+                Ok(Some((p, _))) => installed.push(p),
+                Ok(None) => {}
                 Err(why) => {
                     self.counters.unusable_mappings += 1;
                     warn!(name = %node, eid = %prefix, reason = %why, "named node's mapping cannot be used");
@@ -308,8 +319,17 @@ impl Xtr {
                 _ => Duration::ZERO,
             };
         self.cache_name(now, node, CachedName { addrs, expires });
+        // The answer waits (briefly) for the peers it set up: the
+        // application's first packet then finds its tunnel.
+        let deadline = now + self.policy.names.program_wait;
         for q in pending.waiters {
-            self.answer_name(q, answer.clone());
+            self.count_name_answer(&answer);
+            let out = Output::NameAnswer {
+                query: q,
+                answer: answer.clone(),
+            };
+            self.dataplane
+                .answer_when_ready(installed.clone(), out, deadline);
         }
         Some(Ok(()))
     }

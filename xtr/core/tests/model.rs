@@ -2551,6 +2551,13 @@ fn a_name_lookup_answers_the_eid_and_programs_both_ends_before_any_packet() {
     assert_eq!(addrs, vec![ip("10.0.0.2")]);
     assert_eq!(ttl, Duration::from_secs(600), "the mapping's TTL (10 min)");
     assert_eq!(at, start, "no timer needed: the reply came at once");
+    let log = &sim.node("A").dp.log;
+    let upsert = log.iter().position(|s| s == "upsert-peer");
+    let answered = log.iter().position(|s| s == "name-answer");
+    assert!(
+        upsert < answered,
+        "the peer is in place before the answer: {log:?}"
+    );
     // No packet was sent, and both ends have their peer already; A's
     // handshake went out to B, which knew A: the tunnel is up.
     assert!(sim.node("A").dp.reinjected.is_empty());
@@ -2587,6 +2594,35 @@ fn a_name_lookup_answers_the_eid_and_programs_both_ends_before_any_packet() {
         Some((NameAnswer::Addresses { .. }, _))
     ));
     assert_eq!(sim.node("A").xtr.counters().name_requests, 2);
+}
+
+#[test]
+fn a_name_answer_waits_for_its_peer_but_not_for_ever() {
+    let mut sim = Sim::new(1);
+    // The first two peer upserts fail: retried after 10 and 20 ms.
+    sim.node("A").dp.fail.insert("upsert-peer", 2);
+    let start = sim.now;
+    sim.ask_name("A", 1, "b.lispwg.internal");
+    assert!(
+        sim.name_answer("A", 1).is_none(),
+        "held while the peer fails"
+    );
+    sim.advance(Duration::from_millis(100));
+    let (_, at) = sim
+        .name_answer("A", 1)
+        .expect("answered once the peer is in");
+    let b_key = sim.node("B").key;
+    assert!(sim.node("A").dp.peers.contains_key(&b_key));
+    assert!(at - start >= Duration::from_millis(30) && at - start < Duration::from_millis(100));
+
+    // A data plane that keeps failing: answered at the bounded wait anyway.
+    sim.node("A").dp.fail.insert("upsert-peer", 1000);
+    let start = sim.now;
+    sim.ask_name("A", 2, "c.lispwg.internal");
+    sim.advance(Duration::from_secs(1));
+    let (answer, at) = sim.name_answer("A", 2).expect("answered");
+    assert!(matches!(answer, NameAnswer::Addresses { .. }));
+    assert_eq!(at - start, sim.node("A").xtr.policy().names.program_wait);
 }
 
 #[test]
