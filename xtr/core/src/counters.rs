@@ -78,6 +78,8 @@ pub struct Counters {
     pub names_not_ours: u64,
     /// Answers served from the name cache.
     pub names_from_cache: u64,
+    /// Stale answers given because no map-server answered (RFC 8767).
+    pub names_stale: u64,
     /// Map-Requests sent for names, and lookups no map-server answered.
     pub name_requests: u64,
     pub name_timeouts: u64,
@@ -122,6 +124,12 @@ impl Counters {
                 "name questions answered from the name cache",
                 "counter",
                 self.names_from_cache,
+            ),
+            (
+                "names_stale_total",
+                "name questions answered with a stale answer (no map-server answered)",
+                "counter",
+                self.names_stale,
             ),
             (
                 "name_requests_total",

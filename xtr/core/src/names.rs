@@ -13,7 +13,9 @@
 //! so the tunnel exists (and the node has been told about us) before the
 //! application sends its first packet. Answers are cached for the mapping's TTL,
 //! negative ones for at most [`NamePolicy::negative_ttl_max`]; concurrent
-//! questions for one name share one lookup.
+//! questions for one name share one lookup. When no map-server answers, a
+//! name answered before gets its last answer ([`STALE_TTL`], RFC 8767), up
+//! to [`NamePolicy::max_stale`] past its TTL.
 
 use crate::io::{Output, Refusal};
 use crate::peers::Learned;
@@ -26,6 +28,10 @@ use tracing::{debug, warn};
 
 /// The DNS domain of node names unless configured otherwise.
 pub const DEFAULT_DOMAIN: &str = "lispwg.internal";
+
+/// The TTL of a stale answer (RFC 8767 recommends 30 s): the client asks
+/// again soon, when the map-server may be back.
+pub const STALE_TTL: Duration = Duration::from_secs(30);
 
 /// How names are looked up and kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +54,9 @@ pub struct NamePolicy {
     /// How long an answer waits for the WireGuard peers it set up to be in
     /// place (it goes out then, in place or not).
     pub program_wait: Duration,
+    /// How long past its TTL an answer is still given when no map-server
+    /// answers (then with [`STALE_TTL`]).
+    pub max_stale: Duration,
 }
 
 impl Default for NamePolicy {
@@ -60,6 +69,7 @@ impl Default for NamePolicy {
             max_pending: 256,
             max_waiters: 64,
             program_wait: Duration::from_millis(500),
+            max_stale: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -166,7 +176,12 @@ impl Xtr {
                 self.counters.names_from_cache += 1;
                 return self.answer_name(query, answer);
             }
-            self.names.cache.remove(&node);
+            // Expired: asked again below. A positive answer is kept, for
+            // the case no map-server answers (RFC 8767's serve-stale).
+            let too_old = now.saturating_duration_since(c.expires) > self.policy.names.max_stale;
+            if c.addrs.is_empty() || too_old {
+                self.names.cache.remove(&node);
+            }
         }
         let limits = &self.policy.names;
         if let Some(p) = self.names.pending.get_mut(&node) {
@@ -337,7 +352,12 @@ impl Xtr {
     fn cache_name(&mut self, now: Instant, node: String, entry: CachedName) {
         let cache = &mut self.names.cache;
         if cache.len() >= self.policy.names.max_cached && !cache.contains_key(&node) {
-            cache.retain(|_, c| c.expires > now);
+            // Live answers, and positive ones still worth serving stale.
+            let stale = self.policy.names.max_stale;
+            cache.retain(|_, c| {
+                c.expires > now
+                    || !c.addrs.is_empty() && now.saturating_duration_since(c.expires) <= stale
+            });
             if cache.len() >= self.policy.names.max_cached {
                 let soonest = cache
                     .iter()
@@ -373,8 +393,24 @@ impl Xtr {
                 self.counters.name_timeouts += 1;
                 // Counted; the silent map-server itself is logged by registration.
                 debug!(name = %node, "no map-server answered a name lookup");
+                // What we knew, if anything, rather than SERVFAIL: the
+                // tunnels of a robot do not end with a map-server outage,
+                // its name should not either.
+                let stale = self
+                    .names
+                    .cache
+                    .get(&node)
+                    .filter(|c| !c.addrs.is_empty())
+                    .map(|c| NameAnswer::Addresses {
+                        addrs: c.addrs.clone(),
+                        ttl: STALE_TTL,
+                    });
+                if stale.is_some() {
+                    self.counters.names_stale += 1;
+                }
+                let answer = stale.unwrap_or(NameAnswer::Unavailable);
                 for q in p.waiters {
-                    self.answer_name(q, NameAnswer::Unavailable);
+                    self.answer_name(q, answer.clone());
                 }
                 continue;
             }

@@ -2626,6 +2626,35 @@ fn a_name_answer_waits_for_its_peer_but_not_for_ever() {
 }
 
 #[test]
+fn with_no_map_server_a_name_answered_before_gets_its_stale_answer() {
+    let mut sim = Sim::new(1);
+    sim.ask_name("A", 1, "b.lispwg.internal");
+    assert!(matches!(
+        sim.name_answer("A", 1),
+        Some((NameAnswer::Addresses { .. }, _))
+    ));
+    sim.servers[0].alive = false;
+    // Past the answer's 10-minute TTL.
+    sim.advance(Duration::from_secs(601));
+    let start = sim.now;
+    sim.ask_name("A", 2, "b.lispwg.internal");
+    sim.ask_name("A", 3, "c.lispwg.internal");
+    sim.advance(Duration::from_secs(3));
+    let (answer, at) = sim.name_answer("A", 2).expect("answered");
+    assert_eq!(
+        answer,
+        NameAnswer::Addresses {
+            addrs: vec![ip("10.0.0.2")],
+            ttl: xtr_core::names::STALE_TTL
+        },
+        "asked afresh first, then the last answer"
+    );
+    assert_eq!(at - start, sim.node("A").xtr.policy().names.wait);
+    assert_eq!(sim.name_answer("A", 3).unwrap().0, NameAnswer::Unavailable);
+    assert_eq!(sim.node("A").xtr.counters().names_stale, 1);
+}
+
+#[test]
 fn unknown_names_are_no_such_name_and_other_domains_are_not_ours() {
     let mut sim = Sim::new(1);
     sim.ask_name("A", 1, "nobody.lispwg.internal");
