@@ -16,6 +16,7 @@ use testbed::{metric, output_text as text, Lab, LabSpec, Segment};
 
 const ROBOT_A_CTL: &str = "100.64.0.2";
 const ROBOT_C_CTL: &str = "100.64.0.5";
+const EDGE_CTL: &str = "100.64.0.4";
 /// The fake upstream DNS server, inside robot-a's namespace.
 const UPSTREAM: &str = "127.0.0.1:5300";
 const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
@@ -152,7 +153,6 @@ fn peer_with(lab: &Lab, node: &str, key: &str) -> Option<String> {
 #[test]
 fn three_robots_talk_by_name_and_other_names_are_forwarded() {
     let spec = LabSpec::campus()
-        .without("edge")
         .robot(
             "robot-c",
             "c",
@@ -171,6 +171,8 @@ fn three_robots_talk_by_name_and_other_names_are_forwarded() {
     std::fs::write(&config, toml).unwrap();
     let _a_conf = NetnsResolvConf::point_at(lab.ns("robot-a").name(), ROBOT_A_CTL);
     let _c_conf = NetnsResolvConf::point_at(lab.ns("robot-c").name(), ROBOT_C_CTL);
+    // The host behind the edge xTR asks the edge's agent.
+    let _h_conf = NetnsResolvConf::point_at(lab.ns("host").name(), EDGE_CTL);
     let stop = Arc::new(AtomicBool::new(false));
     let upstream = fake_upstream(&lab, stop.clone());
     lab.start("robot-a").unwrap();
@@ -222,6 +224,16 @@ fn three_robots_talk_by_name_and_other_names_are_forwarded() {
     let out = lab.exec("robot-c", &["getent", "hosts", "Robot-A.lispwg.internal"]);
     assert!(text(&out).starts_with("10.0.0.1 "), "{}", text(&out));
     lab.ping_ok("robot-c", "robot-a.lispwg.internal", 3);
+
+    // A host behind the edge xTR, by name through the edge's agent.
+    let out = lab.exec("host", &["getent", "hosts", "robot-c.lispwg.internal"]);
+    assert!(
+        text(&out).starts_with("10.0.0.3 "),
+        "{}\n{}",
+        text(&out),
+        lab.logs()
+    );
+    lab.ping_ok("host", "robot-c.lispwg.internal", 2);
 
     // The answer itself: an authoritative A record with the mapping's TTL
     // (10 minutes, less the time since it was cached).

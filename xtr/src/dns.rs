@@ -62,6 +62,22 @@ pub struct StreamQuestion {
     reply: oneshot::Sender<Vec<u8>>,
 }
 
+/// Who may ask: the node itself (loopback, its control address, its EIDs)
+/// and, for an xTR, the hosts of the EID prefixes behind it.
+#[derive(Debug, Clone, Default)]
+pub struct Clients {
+    pub addrs: Vec<IpAddr>,
+    pub prefixes: Vec<lisp_wire::EidPrefix>,
+}
+
+impl Clients {
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        ip.is_loopback()
+            || self.addrs.contains(&ip)
+            || self.prefixes.iter().any(|p| p.contains_addr(p.iid, ip))
+    }
+}
+
 /// A question handed to the core, waiting for its answer.
 struct Asked {
     from: SocketAddr,
@@ -77,7 +93,7 @@ pub struct Dns {
     sender: std::net::UdpSocket,
     pub listen: SocketAddr,
     pub upstream: Arc<Vec<SocketAddr>>,
-    allowed: Vec<IpAddr>,
+    clients: Clients,
     asked: HashMap<u64, Asked>,
     next_query: u64,
     in_flight: Arc<AtomicUsize>,
@@ -103,12 +119,11 @@ pub fn nameservers(resolv_conf: &str, ours: SocketAddr) -> Vec<SocketAddr> {
 }
 
 impl Dns {
-    /// Binds the listener. `allowed`: the node's own addresses besides
-    /// loopback (control address, EIDs).
+    /// Binds the listener, answering `clients` only.
     pub fn bind(
         listen: SocketAddr,
         upstream: Vec<SocketAddr>,
-        allowed: Vec<IpAddr>,
+        clients: Clients,
     ) -> std::io::Result<Dns> {
         let std = std::net::UdpSocket::bind(listen)?;
         std.set_nonblocking(true)?;
@@ -118,7 +133,7 @@ impl Dns {
             socket: Arc::new(UdpSocket::from_std(std)?),
             listen,
             upstream: Arc::new(upstream),
-            allowed,
+            clients,
             asked: HashMap::new(),
             next_query: 0,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -161,7 +176,7 @@ impl Dns {
     ) -> Option<(NameQuery, String)> {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         let ip = from.ip();
-        if !(ip.is_loopback() || self.allowed.contains(&ip)) {
+        if !self.clients.admits(ip) {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             self.warn_limited(
                 "DNS question from outside this node refused",
@@ -392,7 +407,7 @@ const STREAM_IDLE: Duration = Duration::from_secs(10);
 /// the event loop (`questions`), one at a time, and their answers back.
 pub fn serve_tcp(
     std: std::net::TcpListener,
-    allowed: Vec<IpAddr>,
+    clients: Clients,
     counters: Arc<DnsCounters>,
     questions: mpsc::Sender<StreamQuestion>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
@@ -407,7 +422,7 @@ pub fn serve_tcp(
                 continue;
             };
             let ip = from.ip();
-            if !(ip.is_loopback() || allowed.contains(&ip)) {
+            if !clients.admits(ip) {
                 counters.refused.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -491,6 +506,20 @@ mod tests {
     }
 
     #[test]
+    fn the_node_and_the_hosts_behind_an_xtr_may_ask_nobody_else() {
+        let c = Clients {
+            addrs: vec!["100.64.0.4".parse().unwrap()],
+            prefixes: vec![lisp_wire::EidPrefix::new(0, "10.1.0.0".parse().unwrap(), 24).unwrap()],
+        };
+        for ok in ["127.0.0.1", "::1", "100.64.0.4", "10.1.0.10"] {
+            assert!(c.admits(ok.parse().unwrap()), "{ok}");
+        }
+        for no in ["100.64.0.2", "10.1.1.10", "192.0.2.9", "198.51.100.10"] {
+            assert!(!c.admits(no.parse().unwrap()), "{no}");
+        }
+    }
+
+    #[test]
     fn resolv_conf_nameservers_leave_us_out() {
         let conf = "# generated\nsearch example\nnameserver 100.64.0.2\nnameserver 192.0.2.53\n nameserver  2001:db8::53 \nnameserver fe80::1%eth0\noptions edns0\n";
         let ours: SocketAddr = "100.64.0.2:53".parse().unwrap();
@@ -505,7 +534,12 @@ mod tests {
 
     #[tokio::test]
     async fn questions_go_to_the_core_and_answers_are_dns() {
-        let mut dns = Dns::bind("127.0.0.1:0".parse().unwrap(), Vec::new(), Vec::new()).unwrap();
+        let mut dns = Dns::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Vec::new(),
+            Clients::default(),
+        )
+        .unwrap();
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(2)))
@@ -592,11 +626,16 @@ mod tests {
             framed.extend_from_slice(&bytes);
             conn.write_all(&framed).await.unwrap();
         });
-        let mut dns = Dns::bind("127.0.0.1:0".parse().unwrap(), vec![up_addr], Vec::new()).unwrap();
+        let mut dns = Dns::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![up_addr],
+            Clients::default(),
+        )
+        .unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let at = listener.local_addr().unwrap();
         let (tx, mut rx) = mpsc::channel(8);
-        let server = serve_tcp(listener, Vec::new(), dns.counters.clone(), tx).unwrap();
+        let server = serve_tcp(listener, Clients::default(), dns.counters.clone(), tx).unwrap();
 
         let mut client = TcpStream::connect(at).await.unwrap();
         for (id, name) in [(1u16, "robot-b.lispwg.internal."), (2, "big.example.org.")] {
@@ -641,7 +680,12 @@ mod tests {
     async fn names_that_are_not_ours_are_forwarded_and_the_answer_relayed() {
         let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let up_addr = upstream.local_addr().unwrap();
-        let mut dns = Dns::bind("127.0.0.1:0".parse().unwrap(), vec![up_addr], Vec::new()).unwrap();
+        let mut dns = Dns::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            vec![up_addr],
+            Clients::default(),
+        )
+        .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let from = client.local_addr().unwrap();
         let raw = question("example.org.", RecordType::A);

@@ -343,15 +343,18 @@ fn dns_listener(cfg: &XtrConfig) -> Result<DnsTcp> {
             }
         },
     };
-    let mut allowed = vec![cfg.control_address];
-    allowed.extend(cfg.eids.iter().filter(|e| e.is_host()).map(|e| e.addr()));
-    let dns = Dns::bind(listen, upstream, allowed.clone()).ctx(format!(
+    // The node itself, and in xTR mode the hosts behind it.
+    let clients = crate::dns::Clients {
+        addrs: vec![cfg.control_address],
+        prefixes: cfg.eids.clone(),
+    };
+    let dns = Dns::bind(listen, upstream, clients.clone()).ctx(format!(
         "binding the DNS listener {listen} (dns.enabled = false turns it off)"
     ))?;
     let (tx, rx) = mpsc::channel(256);
     let what = format!("binding the DNS listener {listen}/tcp");
     let tcp = std::net::TcpListener::bind(listen)
-        .and_then(|l| crate::dns::serve_tcp(l, allowed, dns.counters.clone(), tx))
+        .and_then(|l| crate::dns::serve_tcp(l, clients, dns.counters.clone(), tx))
         .ctx(what)?;
     info!(
         %listen,
