@@ -198,14 +198,15 @@ impl Dns {
             return None;
         }
         let refuse = |code| Some(response(&request, code, Vec::new()));
-        let reply = if request.metadata.op_code != OpCode::Query {
-            refuse(ResponseCode::NotImp)
-        } else if request.queries.len() != 1 {
-            refuse(ResponseCode::FormErr)
-        } else if request.queries[0].query_class() != DNSClass::IN {
-            refuse(ResponseCode::Refused)
-        } else {
-            None
+        let question = match request.queries.as_slice() {
+            [q] => Some(q),
+            _ => None,
+        };
+        let reply = match question {
+            _ if request.metadata.op_code != OpCode::Query => refuse(ResponseCode::NotImp),
+            None => refuse(ResponseCode::FormErr),
+            Some(q) if q.query_class() != DNSClass::IN => refuse(ResponseCode::Refused),
+            Some(_) => None,
         };
         if let Some(reply) = reply {
             self.counters.malformed.fetch_add(1, Ordering::Relaxed);
@@ -217,7 +218,7 @@ impl Dns {
             self.send(&reply, reply_to, from);
             return None;
         }
-        let name = request.queries[0].name().to_ascii();
+        let name = question?.name().to_ascii();
         let query = NameQuery(self.next_query);
         self.next_query += 1;
         self.asked.insert(
@@ -237,7 +238,10 @@ impl Dns {
         let Some(asked) = self.asked.remove(&query.0) else {
             return;
         };
-        let q = &asked.request.queries[0];
+        // One question, checked when it was read.
+        let Some(q) = asked.request.queries.first() else {
+            return;
+        };
         let reply = match answer {
             NameAnswer::Addresses { addrs, ttl } => {
                 let ttl = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX).max(1);
