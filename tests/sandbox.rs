@@ -3,7 +3,7 @@
 //!
 //! | unit setting | reproduced here by |
 //! |---|---|
-//! | `User=lispwg`, `AmbientCapabilities=`, `CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW` | `setpriv`: a uid and gid of no account, those two capabilities inherited, ambient and bounding, nothing else |
+//! | `User=lispwg`, `AmbientCapabilities=`, `CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW` (and `CAP_NET_BIND_SERVICE` for the agent's DNS listener) | `setpriv`: a uid and gid of no account, those capabilities inherited, ambient and bounding, nothing else |
 //! | `NoNewPrivileges=yes`, `SecureBits=noroot-locked` | `setpriv --no-new-privs --securebits +noroot,+noroot_locked` |
 //! | `ProtectSystem=strict` | read-only bind mounts of `/usr`, `/etc`, `/var`, `/opt`, `/srv`, `/boot` in a private mount namespace (`/` itself stays as it is) |
 //! | `ProtectHome=yes` | empty read-only tmpfs on `/home` and `/root` |
@@ -27,11 +27,14 @@ use testbed::{binary, require_root_and_tools, Daemon, Lab, LabSpec};
 
 /// A uid and gid with no account, as the daemons' `lispwg` user would be.
 const UID: u32 = 64_987;
-/// CAP_NET_ADMIN (12) and CAP_NET_RAW (13).
-const CAPS: &str = "0000000000003000";
+/// The map-server's: CAP_NET_ADMIN (12) and CAP_NET_RAW (13).
+const MS_CAPS: (&str, &str) = ("net_admin,+net_raw", "0000000000003000");
+/// The agent's: those and CAP_NET_BIND_SERVICE (10), for DNS on port 53.
+const XTR_CAPS: (&str, &str) = ("net_admin,+net_raw,+net_bind_service", "0000000000003400");
 
-/// The shell script that sets up the sandbox and execs `bin` in it.
-fn sandbox_script(lab_dir: &Path, config: &str, notify: &Path, bin: &Path) -> String {
+/// The shell script that sets up the sandbox and execs `bin` in it with
+/// capabilities `caps` (setpriv's list, after `+`).
+fn sandbox_script(lab_dir: &Path, config: &str, notify: &Path, bin: &Path, caps: &str) -> String {
     let lab = lab_dir.display();
     let notify = notify.display();
     let bin = bin.display();
@@ -61,8 +64,8 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -m 0750 /run/wireguard && chown {UID}:{UID} /run/wireguard
 export NOTIFY_SOCKET=/mnt/notify LISPWG_MS__SERVER__STATE_DIR=/mnt/state
 exec setpriv --reuid={UID} --regid={UID} --clear-groups \
-    --inh-caps=-all,+net_admin,+net_raw --ambient-caps=-all,+net_admin,+net_raw \
-    --bounding-set=-all,+net_admin,+net_raw --no-new-privs \
+    --inh-caps=-all,+{caps} --ambient-caps=-all,+{caps} \
+    --bounding-set=-all,+{caps} --no-new-privs \
     --securebits=+noroot,+noroot_locked \
     {bin} run -c /mnt/etc/{config}
 "#
@@ -73,6 +76,8 @@ exec setpriv --reuid={UID} --regid={UID} --clear-groups \
 struct Sandboxed {
     daemon: Daemon,
     notify: UnixDatagram,
+    /// Its capability set as /proc/PID/status shows it.
+    caps: &'static str,
 }
 
 fn start_sandboxed(lab: &Lab, daemon: &str, node: &str, bin: &str) -> Sandboxed {
@@ -83,7 +88,8 @@ fn start_sandboxed(lab: &Lab, daemon: &str, node: &str, bin: &str) -> Sandboxed 
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let config = lab.config_path(daemon);
     let config = config.file_name().unwrap().to_str().unwrap();
-    let script = sandbox_script(lab.dir(), config, &path, &binary(bin));
+    let (caps, caps_hex) = if bin == "xtr" { XTR_CAPS } else { MS_CAPS };
+    let script = sandbox_script(lab.dir(), config, &path, &binary(bin), caps);
     let log = lab.dir().join(format!("{daemon}-sandboxed.log"));
     let daemon = lab
         .ns(node)
@@ -102,7 +108,11 @@ fn start_sandboxed(lab: &Lab, daemon: &str, node: &str, bin: &str) -> Sandboxed 
             &log,
         )
         .unwrap();
-    Sandboxed { daemon, notify }
+    Sandboxed {
+        daemon,
+        notify,
+        caps: caps_hex,
+    }
 }
 
 impl Sandboxed {
@@ -151,7 +161,7 @@ impl Sandboxed {
             "{what}: Uid {uid}"
         );
         for f in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
-            assert_eq!(self.status(pid, f), CAPS, "{what}: {f}");
+            assert_eq!(self.status(pid, f), self.caps, "{what}: {f}");
         }
         assert_eq!(self.status(pid, "NoNewPrivs"), "1", "{what}: NoNewPrivs");
     }
@@ -215,6 +225,13 @@ fn both_daemons_serve_under_their_units_sandbox() {
     }
     lab.ping_ok("robot-a", "10.0.0.2", 3);
     lab.ping_ok("robot-b", "10.0.0.1", 2);
+    // CAP_NET_BIND_SERVICE let the agent bind its DNS listener on port 53.
+    let status = lab.fetch("robot-a", "/status").unwrap();
+    assert!(
+        status.contains("dns: 100.64.0.2:53 for *.lispwg.internal"),
+        "{status}\n{}",
+        a.daemon.log()
+    );
 
     // ExecReload's SIGHUP is survived; SIGTERM stops cleanly.
     for s in [&ms, &a] {

@@ -358,3 +358,55 @@ pub(crate) fn backend(c: &Checker, field: &str, value: &str) -> Result<BackendKi
 /// The map-server's node API (relay grants), on its control address inside
 /// the control tunnel: reachable only by nodes with a configured key.
 pub const NODE_API_PORT: u16 = 4343;
+
+/// The DNS domain of node names unless configured otherwise (`.internal` is
+/// reserved for private use, so it never clashes with a public name).
+pub const DEFAULT_DOMAIN: &str = "lispwg.internal";
+
+/// Checks a DNS domain for node names: dot-separated labels of letters,
+/// digits and hyphens (not at either end), 1 to 63 bytes each, at most 200
+/// bytes in all (room for a node name in front). Returns it in lower case,
+/// without a trailing dot.
+pub fn dns_domain(s: &str) -> Result<String, String> {
+    let d = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d.is_empty() || d.len() > 200 {
+        return Err(format!("`{s}`: a domain is 1 to 200 bytes"));
+    }
+    for label in d.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "`{s}`: label `{label}` is not 1 to 63 letters, digits or inner hyphens"
+            ));
+        }
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod domain_tests {
+    use super::dns_domain;
+
+    #[test]
+    fn domains() {
+        assert_eq!(dns_domain("Lispwg.Internal.").unwrap(), "lispwg.internal");
+        assert_eq!(dns_domain("fleet-1.example").unwrap(), "fleet-1.example");
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a_b.c",
+            "é.x",
+            &"a".repeat(64),
+        ] {
+            assert!(dns_domain(bad).is_err(), "{bad:?}");
+        }
+    }
+}

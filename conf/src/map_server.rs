@@ -18,6 +18,7 @@
 //! peers_dir = "peers.d"              # one *.toml per peer (fields as in
 //! #                                   # [[peers]]), beside this file; SIGHUP
 //! #                                   # re-reads it and this file
+//! domain = "lispwg.internal"         # node names: NAME.DOMAIN (the default)
 //!
 //! [[peers]]
 //! name = "robot-a"
@@ -219,6 +220,12 @@ struct RawServer {
     /// a covering prefix, the other a more specific one).
     #[serde(default)]
     allow_overlapping_eids: bool,
+    #[serde(default = "default_domain")]
+    domain: String,
+}
+
+fn default_domain() -> String {
+    crate::DEFAULT_DOMAIN.into()
 }
 
 impl Default for RawServer {
@@ -233,6 +240,7 @@ impl Default for RawServer {
             push_moves: true,
             peers_dir: None,
             allow_overlapping_eids: false,
+            domain: default_domain(),
         }
     }
 }
@@ -388,6 +396,9 @@ pub struct MapServerConfig {
     pub static_mappings: Vec<StaticMapping>,
     /// Push moved mappings to resolvers (off only for baseline benchmarks).
     pub push_moves: bool,
+    /// The DNS domain of node names (lower case): a name lookup for
+    /// `NAME.DOMAIN` is answered like one for `NAME`.
+    pub domain: String,
     /// The campus relay whose credentials nodes are handed.
     pub relay: Option<RelayConfig>,
     /// One TOML file per peer (`*.toml`), besides the `[[peers]]` of the
@@ -500,6 +511,8 @@ impl MapServerConfig {
                 "must be at least 10 seconds",
             ));
         }
+        let domain =
+            crate::dns_domain(&raw.server.domain).map_err(|e| c.err("server.domain", e))?;
         if raw.server.negative_ttl_minutes == 0 {
             return Err(c.err("server.negative_ttl_minutes", "must be at least 1 minute"));
         }
@@ -763,6 +776,7 @@ impl MapServerConfig {
             control,
             plain_listen,
             plain_allowed,
+            domain,
             registration_lifetime: Duration::from_secs(raw.server.registration_lifetime_secs),
             negative_ttl_minutes: raw.server.negative_ttl_minutes,
             state_dir: c.path(&raw.server.state_dir),

@@ -57,6 +57,15 @@
 //!                                     # credentials kept across restarts; put
 //!                                     # one there (map-server relay-grant) for a
 //!                                     # node that must reach the relay first
+//!
+//! [dns]                               # node names, all optional
+//! enabled = true                      # answer DNS on the control address
+//! domain = "lispwg.internal"          # NAME.DOMAIN is node NAME's EIDs
+//! port = 53
+//! # upstream = ["192.0.2.53"]         # everything else goes here; default:
+//!                                     # the nameservers of /etc/resolv.conf
+//! resolved = true                     # register with systemd-resolved if it runs
+//! search = true                       # with resolved: bare NAME resolves too
 //! ```
 
 use crate::{
@@ -93,6 +102,63 @@ struct Raw {
     #[serde(default)]
     relay: RawRelay,
     state_dir: Option<String>,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_domain")]
+    domain: String,
+    #[serde(default = "default_dns_port")]
+    port: u16,
+    upstream: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    resolved: bool,
+    #[serde(default = "yes")]
+    search: bool,
+}
+
+fn default_domain() -> String {
+    crate::DEFAULT_DOMAIN.into()
+}
+
+fn default_dns_port() -> u16 {
+    53
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            enabled: true,
+            domain: default_domain(),
+            port: default_dns_port(),
+            upstream: None,
+            resolved: true,
+            search: true,
+        }
+    }
+}
+
+/// The agent's DNS listener for node names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub enabled: bool,
+    /// Lower case, no trailing dot.
+    pub domain: String,
+    /// The control address and `port`.
+    pub listen: SocketAddr,
+    /// Where names outside the domain go; `None`: the nameservers of
+    /// /etc/resolv.conf at start (ourselves left out).
+    pub upstream: Option<Vec<SocketAddr>>,
+    /// Register with systemd-resolved for `~DOMAIN` when it runs.
+    pub resolved: bool,
+    /// Register DOMAIN as a search domain too, so that a bare node name
+    /// (`robot-b`, as ROS_HOSTNAME uses it) resolves, as MagicDNS does.
+    pub search: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +381,7 @@ pub struct XtrConfig {
     /// What the agent keeps across restarts (relay grant, register nonce
     /// reservation).
     pub state_dir: PathBuf,
+    pub dns: DnsConfig,
     pub ignored_env: Vec<String>,
 }
 
@@ -348,6 +415,7 @@ impl XtrConfig {
             "metrics",
             "relay",
             "state_dir",
+            "dns",
         ];
         let (raw, ignored_env) = load_raw::<Raw>(file, ENV_PREFIX, &known)?;
         let c = checker(file);
@@ -560,6 +628,34 @@ impl XtrConfig {
             only: rr.only,
             grant_file,
         };
+        let rd = &raw.dns;
+        let domain = crate::dns_domain(&rd.domain).map_err(|e| c.err("dns.domain", e))?;
+        if rd.port == 0 {
+            return Err(c.err("dns.port", "must be a port number, 1 to 65535"));
+        }
+        let upstream = match &rd.upstream {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        let field = format!("dns.upstream[{i}]");
+                        match u.parse::<IpAddr>() {
+                            Ok(ip) => Ok(SocketAddr::new(ip, 53)),
+                            Err(_) => c.socket(&field, u),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let dns = DnsConfig {
+            enabled: rd.enabled,
+            domain,
+            listen: SocketAddr::new(control_address, rd.port),
+            upstream,
+            resolved: rd.resolved,
+            search: rd.search,
+        };
         Ok(XtrConfig {
             file: file.to_path_buf(),
             mode,
@@ -576,6 +672,7 @@ impl XtrConfig {
             metrics,
             relay,
             state_dir,
+            dns,
             ignored_env,
         })
     }

@@ -297,3 +297,16 @@ fn limits_load_with_defaults_and_zero_means_unlimited() {
     let (f, _, _) = error_of(&good("[limits]\nrequests_per_second = -3\n"));
     assert_eq!(f, "limits.requests_per_second");
 }
+
+#[test]
+fn the_names_domain_defaults_and_is_checked() {
+    let d = Dir::new();
+    let cfg = MapServerConfig::load(&d.config(&good(""))).unwrap();
+    assert_eq!(cfg.domain, "lispwg.internal");
+    let text = good("").replace("[server]\n", "[server]\ndomain = \"Fleet.Example\"\n");
+    let cfg = MapServerConfig::load(&d.config(&text)).unwrap();
+    assert_eq!(cfg.domain, "fleet.example");
+    let text = good("").replace("[server]\n", "[server]\ndomain = \"-bad.example\"\n");
+    let e = MapServerConfig::load(&d.config(&text)).unwrap_err();
+    assert_eq!(e.field, "server.domain", "{e}");
+}

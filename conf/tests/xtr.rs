@@ -122,3 +122,37 @@ fn the_register_hmac_is_sha256_unless_a_map_server_asks_for_sha1() {
     assert_eq!(e.field, "map_servers[0].key_id");
     assert!(e.problem.contains("md5"), "{}", e.problem);
 }
+
+#[test]
+fn the_dns_listener_defaults_to_the_control_address_and_checks_its_fields() {
+    let cfg = load(&good()).unwrap();
+    assert!(cfg.dns.enabled && cfg.dns.resolved && cfg.dns.search);
+    assert_eq!(cfg.dns.domain, "lispwg.internal");
+    assert_eq!(cfg.dns.listen, "100.64.0.2:53".parse().unwrap());
+    assert_eq!(cfg.dns.upstream, None, "from /etc/resolv.conf at start");
+
+    let cfg = load(&format!(
+        "{}\n[dns]\ndomain = \"Fleet.Example.\"\nport = 5353\nupstream = [\"192.0.2.53\", \"[2001:db8::53]:5300\"]\nsearch = false\n",
+        good()
+    ))
+    .unwrap();
+    assert_eq!(cfg.dns.domain, "fleet.example");
+    assert_eq!(cfg.dns.listen, "100.64.0.2:5353".parse().unwrap());
+    assert_eq!(
+        cfg.dns.upstream,
+        Some(vec![
+            "192.0.2.53:53".parse().unwrap(),
+            "[2001:db8::53]:5300".parse().unwrap()
+        ])
+    );
+    assert!(!cfg.dns.search);
+
+    for (section, field) in [
+        ("domain = \"a..b\"", "dns.domain"),
+        ("port = 0", "dns.port"),
+        ("upstream = [\"resolver\"]", "dns.upstream[0]"),
+    ] {
+        let e = load(&format!("{}\n[dns]\n{section}\n", good())).expect_err(field);
+        assert_eq!(e.field, field, "{e}");
+    }
+}

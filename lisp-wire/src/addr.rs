@@ -17,6 +17,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const AFI_NONE: u16 = 0;
 pub const AFI_IPV4: u16 = 1;
 pub const AFI_IPV6: u16 = 2;
+/// Distinguished Name (RFC 8060 section 3): an ASCII string ended by a NUL.
+pub const AFI_DISTINGUISHED_NAME: u16 = 17;
 pub const AFI_LCAF: u16 = 16387;
 
 pub const LCAF_AFI_LIST: u8 = 1;
@@ -29,6 +31,11 @@ pub const LCAF_SECURITY_KEY: u8 = 11;
 pub const KEY_ALG_WIREGUARD: u8 = 6;
 /// A WireGuard (X25519) public key is 32 bytes.
 pub const WIREGUARD_KEY_LEN: usize = 32;
+
+/// Longest Distinguished Name accepted or produced, in bytes (the NUL not
+/// counted). RFC 8060 sets no limit; 255 bounds what a packet can make us
+/// hold and covers any DNS name (at most 253 characters).
+pub const MAX_DISTINGUISHED_NAME_LEN: usize = 255;
 
 /// Deepest LCAF nesting accepted or produced. Two levels are all lispwg
 /// needs (AFI-List → Security Key → IP); four leaves room for peers.
@@ -55,6 +62,25 @@ pub enum Address {
     /// AFI-List LCAF (type 1): several addresses (plain or LCAF) that
     /// together describe one thing, e.g. an RLOC, its key and its port.
     AfiList(Vec<Address>),
+    /// AFI 17 (RFC 8060): a name, printable ASCII, 1 to
+    /// [`MAX_DISTINGUISHED_NAME_LEN`] bytes. lispwg's node names are EIDs of
+    /// this kind (see [`crate::mapping`], "Names").
+    DistinguishedName(String),
+}
+
+/// Why a string cannot be a Distinguished Name: empty, too long, or a byte
+/// outside printable ASCII (a NUL would end it early).
+pub(crate) fn check_distinguished_name(name: &[u8]) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("empty name");
+    }
+    if name.len() > MAX_DISTINGUISHED_NAME_LEN {
+        return Err("longer than 255 bytes");
+    }
+    if !name.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return Err("not printable ASCII");
+    }
+    Ok(())
 }
 
 /// Body of the Security Key LCAF.
@@ -107,6 +133,7 @@ impl Address {
             Address::None => 0,
             Address::Ipv4(_) => 4,
             Address::Ipv6(_) => 16,
+            Address::DistinguishedName(n) => n.len() + 1,
             other => 6 + other.lcaf_body_len(),
         }
     }
@@ -132,6 +159,10 @@ impl Address {
     pub(crate) fn validate(&self, depth: usize) -> Result<(), EncodeError> {
         let nested: Vec<&Address> = match self {
             Address::None | Address::Ipv4(_) | Address::Ipv6(_) => return Ok(()),
+            Address::DistinguishedName(n) => {
+                return check_distinguished_name(n.as_bytes())
+                    .map_err(EncodeError::BadDistinguishedName)
+            }
             Address::InstanceId { address, .. } => vec![address],
             Address::SecurityKey(sk) => {
                 if sk.keys.is_empty() || sk.keys.len() > u8::MAX as usize {
@@ -176,6 +207,11 @@ impl Address {
             Address::Ipv6(a) => {
                 out.put_u16(AFI_IPV6);
                 out.put_slice(&a.octets());
+            }
+            Address::DistinguishedName(n) => {
+                out.put_u16(AFI_DISTINGUISHED_NAME);
+                out.put_slice(n.as_bytes());
+                out.put_u8(0);
             }
             Address::InstanceId {
                 iid,
@@ -235,7 +271,20 @@ impl Address {
             Address::SecurityKey(sk) => sk.address.innermost_ip(),
             Address::NatTraversal(n) => n.global_etr_rloc.innermost_ip(),
             Address::AfiList(items) => items.iter().find_map(Address::innermost_ip),
-            Address::None => None,
+            Address::None | Address::DistinguishedName(_) => None,
+        }
+    }
+
+    /// The name, if this is a Distinguished Name (looking through an
+    /// Instance-ID LCAF), with its instance.
+    pub fn distinguished_name(&self) -> Option<(u32, &str)> {
+        match self {
+            Address::DistinguishedName(n) => Some((0, n)),
+            Address::InstanceId { iid, address, .. } => match address.as_ref() {
+                Address::DistinguishedName(n) => Some((*iid, n)),
+                _ => None,
+            },
+            _ => None,
         }
     }
 }
@@ -258,6 +307,16 @@ pub(crate) fn parse_address_with<B: Build>(input: &[u8], depth: usize) -> Res<'_
         AFI_IPV6 => {
             let (input, o) = array::<16>(input)?;
             Ok((input, B::ipv6(o)))
+        }
+        AFI_DISTINGUISHED_NAME => {
+            let Some(end) = input.iter().position(|&b| b == 0) else {
+                return fail(start, ParseErrorKind::BadDistinguishedName("no NUL"));
+            };
+            let name = &input[..end];
+            if let Err(why) = check_distinguished_name(name) {
+                return fail(start, ParseErrorKind::BadDistinguishedName(why));
+            }
+            Ok((&input[end + 1..], B::distinguished_name(name)))
         }
         AFI_LCAF => parse_lcaf::<B>(input, start, depth),
         other => fail(start, ParseErrorKind::UnknownAfi(other)),
@@ -367,6 +426,8 @@ pub struct AddressRef<'a> {
 pub(crate) enum Level<'a> {
     None,
     Ip(IpAddr),
+    /// The name's bytes, the NUL not included.
+    DistinguishedName(&'a [u8]),
     InstanceId {
         iid: u32,
         address: AddressRef<'a>,
@@ -449,6 +510,7 @@ impl<'a> AddressRef<'a> {
             }
             Level::NatTraversal { mut addresses } => addresses.next()?.innermost_ip_at(depth + 1),
             Level::AfiList(mut items) => items.find_map(|a| a.innermost_ip_at(depth + 1)),
+            Level::DistinguishedName(_) => None,
         }
     }
 
@@ -462,11 +524,29 @@ impl<'a> AddressRef<'a> {
                 Level::None => return Some(0),
                 Level::Ip(IpAddr::V4(_)) => return Some(32),
                 Level::Ip(IpAddr::V6(_)) => return Some(128),
+                // RFC 8060: the mask length of a name is its length in
+                // bits; 255 for names of 32 bytes or more.
+                Level::DistinguishedName(n) => return Some((n.len() * 8).min(255) as u8),
                 Level::InstanceId { address, .. } | Level::SecurityKey { address } => address,
                 _ => return None,
             };
         }
         None
+    }
+
+    /// The name, if this is a Distinguished Name (looking through an
+    /// Instance-ID LCAF), with its instance.
+    pub fn distinguished_name(&self) -> Option<(u32, &'a str)> {
+        let (iid, name) = match self.level()? {
+            Level::DistinguishedName(n) => (0, n),
+            Level::InstanceId { iid, address } => match address.level()? {
+                Level::DistinguishedName(n) => (iid, n),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        // Checked as printable ASCII when the message was read.
+        Some((iid, std::str::from_utf8(name).ok()?))
     }
 
     /// The owned form of the address.
@@ -490,6 +570,11 @@ impl<'a> AddressRef<'a> {
             AFI_IPV6 => {
                 let o: [u8; 16] = b.get(2..18)?.try_into().ok()?;
                 Some(Level::Ip(IpAddr::V6(o.into())))
+            }
+            AFI_DISTINGUISHED_NAME => {
+                let body = b.get(2..)?;
+                let end = body.iter().position(|&c| c == 0)?;
+                Some(Level::DistinguishedName(&body[..end]))
             }
             AFI_LCAF => match *b.get(4)? {
                 LCAF_INSTANCE_ID => Some(Level::InstanceId {

@@ -48,6 +48,8 @@ pub enum ParseErrorKind {
     BadInnerHeader(&'static str),
     #[error("ECM inner IPv4 header checksum is wrong")]
     BadIpChecksum,
+    #[error("Distinguished Name: {0}")]
+    BadDistinguishedName(&'static str),
     #[error("ECM inner UDP checksum is wrong")]
     BadUdpChecksum,
     #[error("an ECM may not carry another ECM")]
@@ -95,6 +97,8 @@ pub enum EncodeError {
     BadAuthLength { key_id: u16, len: usize },
     #[error("security key LCAF: {0}")]
     BadSecurityKey(&'static str),
+    #[error("Distinguished Name: {0}")]
+    BadDistinguishedName(&'static str),
     #[error("ECM inner source and destination are of different IP families")]
     MixedFamilies,
     #[error("an ECM may not carry another ECM")]

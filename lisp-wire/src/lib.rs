@@ -3,8 +3,8 @@
 //! A pure codec, no I/O: typed messages in, exact bytes out, and the
 //! reverse. It covers what lispwg and standard LISP peers exchange (RFC 9301):
 //! Map-Request, Map-Reply, Map-Register, Map-Notify, Map-Notify-Ack and the
-//! Encapsulated Control Message, with EID- and RLOC-records, AFI 1/2 addresses
-//! and the AFI-List (1), Instance-ID (2), NAT-Traversal (7) and Security Key
+//! Encapsulated Control Message, with EID- and RLOC-records, AFI 1/2 addresses,
+//! Distinguished Names (AFI 17, node names) and the AFI-List (1), Instance-ID (2), NAT-Traversal (7) and Security Key
 //! (11) LCAFs.
 //!
 //! * [`parse`] never panics, on any byte string. Every defect is a typed

@@ -126,6 +126,30 @@
 //! IID 0 is sent as a plain AFI address; a non-zero IID uses the Instance-ID
 //! LCAF. Both forms are accepted for every IID.
 //!
+//! # Names
+//!
+//! Every node has a name (the `name` of its control peer on the
+//! map-server). A name is looked up with an ordinary (ECM) Map-Request whose
+//! one record is a **Distinguished Name EID** (RFC 8060, AFI 17: the
+//! printable ASCII bytes, then a NUL; at most 255 bytes), plain or inside an
+//! Instance-ID LCAF for a non-zero IID, with the EID mask length set to the
+//! name's length in bits (255 from 32 bytes on), as Wireshark shows it
+//! (`robot-b/56`). The agent sends the bare node name (`robot-b`); the
+//! map-server also accepts it followed by its DNS domain
+//! (`robot-b.lispwg.internal`), so a standard tool asking for the full name
+//! is answered too.
+//!
+//! The **answer** is a Map-Reply with the request's nonce whose EID-records
+//! are the named node's own registered mappings, one record per EID prefix,
+//! exactly the records a Map-Request for each of those EIDs would get (the
+//! WireGuard candidates above, TTL and map-version): so any decoder reads
+//! them as the mappings they are, and the agent programs the peer from them
+//! at once, before the first packet. No record names the DN: the nonce ties
+//! the reply to the question. A name nobody has, or whose node has no live
+//! registration, gets one **negative** record for the DN EID itself (no
+//! locators, action Natively-Forward, the negative TTL). DN EIDs are never
+//! registered and never appear in locators.
+//!
 //! # Encapsulated Map-Requests
 //!
 //! Stock `lig` sends its ECM with the inner IPv4 header checksum left at
@@ -408,7 +432,9 @@ impl Parts {
             return false;
         }
         match addr {
-            Address::None => true,
+            // A name beside an RLOC (lispers.net attaches one) says nothing
+            // about how to reach the node.
+            Address::None | Address::DistinguishedName(_) => true,
             Address::Ipv4(_) | Address::Ipv6(_) => addr.ip().is_some_and(|ip| self.set_rloc(ip)),
             Address::InstanceId { address, .. } => self.walk(address, depth + 1, rtr),
             Address::SecurityKey(sk) => {

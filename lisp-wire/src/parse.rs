@@ -96,6 +96,8 @@ pub(crate) trait Build {
     fn none() -> Self::Addr;
     fn ipv4(octets: [u8; 4]) -> Self::Addr;
     fn ipv6(octets: [u8; 16]) -> Self::Addr;
+    /// Bytes already checked as printable ASCII.
+    fn distinguished_name(name: &[u8]) -> Self::Addr;
     fn instance_id(iid: u32, iid_mask_len: u8, address: Self::Addr) -> Self::Addr;
     fn security_key(
         algorithm: u8,
@@ -164,6 +166,9 @@ impl Build for Owned {
     }
     fn ipv6(octets: [u8; 16]) -> Self::Addr {
         crate::Address::Ipv6(octets.into())
+    }
+    fn distinguished_name(name: &[u8]) -> Self::Addr {
+        crate::Address::DistinguishedName(String::from_utf8_lossy(name).into_owned())
     }
     fn instance_id(iid: u32, iid_mask_len: u8, address: Self::Addr) -> Self::Addr {
         crate::Address::InstanceId {
@@ -246,6 +251,7 @@ impl Build for Check {
     fn none() {}
     fn ipv4(_: [u8; 4]) {}
     fn ipv6(_: [u8; 16]) {}
+    fn distinguished_name(_: &[u8]) {}
     fn instance_id(_: u32, _: u8, _: ()) {}
     fn security_key(_: u8, _: bool, _: (), _: ()) {}
     fn nat_traversal(_: u16, _: u16, _: (), _: (), _: (), _: ()) {}

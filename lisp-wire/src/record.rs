@@ -83,6 +83,9 @@ pub(crate) fn max_mask_len(eid: &Address) -> Option<u8> {
         Address::None => Some(0),
         Address::InstanceId { address, .. } => max_mask_len(address),
         Address::SecurityKey(sk) => max_mask_len(&sk.address),
+        // RFC 8060: a name's mask length is its length in bits (255 for
+        // names of 32 bytes or more).
+        Address::DistinguishedName(n) => Some((n.len() * 8).min(255) as u8),
         _ => match eid.ip()? {
             IpAddr::V4(_) => Some(32),
             IpAddr::V6(_) => Some(128),

@@ -95,6 +95,9 @@ const RECORD_FIELDS: &[&str] = &[
     "lisp.lcaf.iid.afi",
     "lisp.lcaf.iid.ipv4",
     "lisp.lcaf.iid.ipv6",
+    "lisp.mapping.eid.dn",
+    "lisp.lcaf.iid.dn",
+    "lisp.lcaf.afi_list.dn",
     "lisp.lcaf.afi_list.afi",
     "lisp.lcaf.afi_list.ipv4",
     "lisp.lcaf.afi_list.ipv6",
@@ -129,6 +132,7 @@ fn afi_of(a: &Address) -> u16 {
         Address::None => 0,
         Address::Ipv4(_) => 1,
         Address::Ipv6(_) => 2,
+        Address::DistinguishedName(_) => 17,
         _ => 16387,
     }
 }
@@ -182,6 +186,16 @@ impl Shown {
             return;
         }
         if *a == Address::None {
+            return;
+        }
+        if let Address::DistinguishedName(n) = a {
+            let field = match place {
+                Place::Eid => "lisp.mapping.eid.dn",
+                Place::InstanceId => "lisp.lcaf.iid.dn",
+                Place::AfiList => "lisp.lcaf.afi_list.dn",
+                _ => panic!("Shown does not model a name in a locator or NAT-Traversal LCAF"),
+            };
+            self.push(field, n);
             return;
         }
         self.push("lisp.lcaf.type", lcaf_type(a));
@@ -893,9 +907,20 @@ fn map_notify_ack() {
 /// trying the lower one first, so a random low source port (e.g. 496) would
 /// be dissected as another protocol (PIM Auto-RP).
 fn as_lispwg_emits(m: Message) -> Message {
+    // Names are EIDs only (plain or in an Instance-ID LCAF): Wireshark 4.0
+    // mis-dissects one in a NAT-Traversal LCAF or after a Security Key, and
+    // lispwg never sends one there.
+    fn eid(a: &mut Address) {
+        match a {
+            Address::DistinguishedName(_) => {}
+            Address::InstanceId { address, .. } => eid(address),
+            other => addr(other),
+        }
+    }
     fn addr(a: &mut Address) {
         match a {
             Address::None | Address::Ipv4(_) | Address::Ipv6(_) => {}
+            Address::DistinguishedName(_) => *a = Address::Ipv4([192, 0, 2, 17].into()),
             Address::InstanceId { address, .. } => addr(address),
             Address::SecurityKey(sk) => addr(&mut sk.address),
             Address::NatTraversal(n) => {
@@ -917,14 +942,14 @@ fn as_lispwg_emits(m: Message) -> Message {
     }
     fn records(rs: &mut [EidRecord]) {
         for r in rs {
-            addr(&mut r.eid);
+            eid(&mut r.eid);
             r.rlocs.iter_mut().for_each(|l| addr(&mut l.locator));
         }
     }
     match m {
         Message::MapRequest(mut r) => {
             addr(&mut r.source_eid);
-            r.records.iter_mut().for_each(|q| addr(&mut q.eid));
+            r.records.iter_mut().for_each(|q| eid(&mut q.eid));
             records(r.map_reply_record.as_mut_slice());
             Message::MapRequest(r)
         }
@@ -1003,4 +1028,70 @@ fn random_messages_decode_cleanly() {
         msgs.len(),
         failures.join("\n\n")
     );
+}
+
+/// A name lookup as the agent sends it: a Map-Request for a Distinguished
+/// Name EID (RFC 8060, AFI 17), mask length = the name's length in bits, in
+/// an ECM; and the two answers: the node's EID-records, or a negative
+/// record for the name.
+#[test]
+fn distinguished_name_request_and_replies() {
+    let name = "robot-b";
+    let req = MapRequest {
+        records: vec![RequestRecord {
+            eid_mask_len: 56,
+            eid: Address::DistinguishedName(name.into()),
+        }],
+        ..request_plain()
+    };
+    let f = decode(&ecm("100.64.0.2", "100.64.0.1", req.clone()));
+    f.expect("lisp.type", &["8", "1"]);
+    f.expect("lisp.records", &["1"]);
+    f.expect("lisp.mreq.record.prefix.length", &["56"]);
+    f.expect("lisp.mreq.record.prefix.afi", &["17"]);
+    f.expect("lisp.mreq.record.prefix.dn", &[name]);
+    f.expect("lisp.mreq.record.prefix.ipv4", &[]);
+
+    // In an instance: the name inside an Instance-ID LCAF.
+    let iid_req = MapRequest {
+        records: vec![RequestRecord {
+            eid_mask_len: 56,
+            eid: Address::InstanceId {
+                iid: 7,
+                iid_mask_len: 0,
+                address: Box::new(Address::DistinguishedName(name.into())),
+            },
+        }],
+        ..request_plain()
+    };
+    let f = decode(&Message::MapRequest(iid_req));
+    f.expect("lisp.lcaf.iid", &["7"]);
+    f.expect("lisp.lcaf.iid.dn", &[name]);
+
+    // Negative: nobody has that name.
+    let negative = MapReply {
+        probe: false,
+        echo_nonce: false,
+        security: false,
+        nonce: req.nonce,
+        records: vec![EidRecord {
+            eid_mask_len: 56,
+            eid: Address::DistinguishedName(name.into()),
+            ..EidRecord::negative(pfx(0, "0.0.0.0", 0), 1, Action::NativelyForward)
+        }],
+    };
+    let f = decode(&Message::MapReply(negative.clone()));
+    Shown::records(&negative.records).check(&f);
+    f.expect("lisp.mapping.eid.dn", &[name]);
+    f.expect("lisp.mapping.eid.afi", &["17"]);
+    f.expect("lisp.mapping.act", &["1"]);
+
+    // Positive: the node's own EID-records, WireGuard candidates and all.
+    let positive = MapReply {
+        records: candidate_records(),
+        ..negative
+    };
+    let f = decode(&Message::MapReply(positive.clone()));
+    Shown::records(&positive.records).check(&f);
+    f.expect("lisp.mapping.eid.dn", &[]);
 }

@@ -746,3 +746,80 @@ fn map_notify_hmac_sha1_matches_openssl() {
     assert_eq!(parsed.auth.key_id, KeyId::HmacSha1);
     assert_eq!(parsed.records, n.records);
 }
+
+/// A Distinguished Name EID (RFC 8060, AFI 17): the ASCII bytes and a NUL,
+/// mask length up to the name's length in bits.
+#[test]
+fn distinguished_name_eid_bytes_and_errors() {
+    let req = MapRequest {
+        authoritative: false,
+        probe: false,
+        smr: false,
+        pitr: false,
+        smr_invoked: false,
+        local_xtr: false,
+        dont_map_reply: false,
+        nonce: 1,
+        source_eid: Address::None,
+        itr_rlocs: vec![Address::Ipv4([100, 64, 0, 2].into())],
+        records: vec![RequestRecord {
+            eid_mask_len: 24,
+            eid: Address::DistinguishedName("r-a".into()),
+        }],
+        map_reply_record: None,
+    };
+    let bytes = Message::MapRequest(req.clone()).encode().unwrap();
+    let record = &bytes[bytes.len() - 8..];
+    assert_eq!(record, &[0, 24, 0, 17, b'r', b'-', b'a', 0]);
+    assert_eq!(parse(&bytes), Ok(Message::MapRequest(req.clone())));
+    let view = parse_map_request(&bytes).unwrap();
+    let asked = view.records().next().unwrap();
+    assert_eq!(asked.eid.distinguished_name(), Some((0, "r-a")));
+    assert!(asked.prefix().is_err(), "a name is not an IP prefix");
+
+    let with = |tail: &[u8]| {
+        let mut b = bytes[..bytes.len() - 6].to_vec();
+        b.extend_from_slice(tail);
+        b
+    };
+    let kind = |b: &[u8]| parse(b).unwrap_err().kind;
+    // No NUL before the end of the message.
+    assert_eq!(
+        kind(&with(&[0, 17, b'r', b'-', b'a'])),
+        ParseErrorKind::BadDistinguishedName("no NUL")
+    );
+    // Empty, and a byte outside printable ASCII.
+    assert_eq!(
+        kind(&with(&[0, 17, 0])),
+        ParseErrorKind::BadDistinguishedName("empty name")
+    );
+    assert_eq!(
+        kind(&with(&[0, 17, b'r', 0xc3, 0])),
+        ParseErrorKind::BadDistinguishedName("not printable ASCII")
+    );
+    // A mask longer than the name.
+    let mut long_mask = bytes.clone();
+    let at = long_mask.len() - 7;
+    long_mask[at] = 25;
+    assert_eq!(
+        kind(&long_mask),
+        ParseErrorKind::BadMaskLen {
+            mask_len: 25,
+            max: 24
+        }
+    );
+
+    // Nothing unencodable is written.
+    for bad in ["", "a\0b", "é", &"x".repeat(256)] {
+        let mut r = req.clone();
+        r.records[0].eid = Address::DistinguishedName(bad.into());
+        r.records[0].eid_mask_len = 0;
+        assert!(
+            matches!(
+                Message::MapRequest(r).encode(),
+                Err(EncodeError::BadDistinguishedName(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}

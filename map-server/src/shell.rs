@@ -151,6 +151,7 @@ fn policy_at(
         teams: cfg.teams.clone(),
         limits: cfg.limits,
         own_addresses: host_addresses(),
+        domain: cfg.domain.clone(),
         ..Policy::default()
     })
 }

@@ -438,6 +438,35 @@ impl LabSpec {
         self
     }
 
+    /// One more robot `name` (`short`: at most 2 characters, for interface
+    /// names) with host EID `eid` and control address 100.64.0.`control`,
+    /// on segment `on` (at the next free host address there).
+    pub fn robot(
+        mut self,
+        name: &str,
+        short: &str,
+        eid: Ipv4Addr,
+        control: u8,
+        on: Segment,
+    ) -> LabSpec {
+        assert!(
+            short.len() <= 2,
+            "robot short name {short:?}: at most 2 characters"
+        );
+        let on = Attach::Segment(on);
+        let host = self.next_host(&on);
+        self.nodes.push(node(
+            name,
+            short,
+            Role::Robot {
+                eid,
+                control: ctl(control),
+            },
+            vec![uplink("eth0", on, host)],
+        ));
+        self
+    }
+
     /// A host without daemons (for raw sockets) on `on`.
     pub fn host(mut self, name: &str, on: Attach) -> LabSpec {
         assert!(name.len() <= 4, "host name {name:?}: at most 4 characters");

@@ -6,8 +6,10 @@
 //! is re-injected. The protocol logic is the sans-IO [`xtr_core::Xtr`]; this
 //! crate is its tokio [`shell`] and the [`status`] page.
 
+pub mod dns;
 pub mod join;
 pub mod relay;
+pub mod resolved;
 pub mod rotate;
 pub mod shell;
 pub mod status;

@@ -4,7 +4,9 @@
 //! outcome of each data-plane operation and statistics read back to it. It
 //! decides nothing.
 
+use crate::dns::Dns;
 use crate::relay::Relay;
+use crate::resolved::{Registration, SystemResolvectl};
 use conf::telemetry::{self, PageRequest};
 use conf::xtr::{Mode, XtrConfig};
 use lisp_wire::{EidPrefix, LISP_CONTROL_PORT};
@@ -102,6 +104,12 @@ struct Agent {
     started: SystemTime,
     output_errors: u64,
     cache_add: CacheAddHistogram,
+    /// The DNS listener for node names, when on, and the questions its
+    /// TCP connections read.
+    dns: Option<Dns>,
+    dns_streams: Option<mpsc::Receiver<crate::dns::StreamQuestion>>,
+    /// Our registration with systemd-resolved, reverted at shutdown.
+    resolved: Option<Registration>,
 }
 
 type GrantResult = std::result::Result<(relay::Grant, Duration), String>;
@@ -235,6 +243,18 @@ async fn run_with(
         }
     }
 
+    // Names are a convenience: an agent whose DNS port is taken (another
+    // resolver on the same address) still builds tunnels.
+    let (dns, dns_streams, dns_tcp) = match cfg.dns.enabled {
+        true => match dns_listener(&cfg) {
+            Ok((d, streams, tcp)) => (Some(d), Some(streams), Some(tcp)),
+            Err(e) => {
+                error!(error = %e, "no DNS for node names; tunnels work as before");
+                (None, None, None)
+            }
+        },
+        false => (None, None, None),
+    };
     let policy = policy_of(&cfg);
     let seed = rand::random::<u64>();
     let now = Instant::now();
@@ -255,7 +275,11 @@ async fn run_with(
         started: SystemTime::now(),
         output_errors: 0,
         cache_add: CacheAddHistogram::default(),
+        dns,
+        dns_streams,
+        resolved: None,
     };
+    agent.register_with_resolved();
     // The grant first: our first registration waits (briefly) for the
     // relayed address it allows.
     agent.load_grant(now);
@@ -269,6 +293,7 @@ async fn run_with(
     let mut sigterm = signal(SignalKind::terminate()).ctx("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).ctx("installing the SIGINT handler")?;
     let mut buf = vec![0u8; 65_535];
+    let mut dns_buf = vec![0u8; 65_535];
     info!(eids = %agent.cfg.eids.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(","), "xtr running");
     conf::service::ready("serving");
     loop {
@@ -295,6 +320,11 @@ async fn run_with(
             Some(g) = agent.grants.1.recv() => agent.on_grant(g),
             _ = sighup.recv() => agent.on_sighup(),
             Some((key, result)) = agent.rotations.1.recv() => agent.on_rotated(key, result).await,
+            Some(r) = next_dns(&agent.dns, &mut dns_buf) => match r {
+                Ok((n, from)) => agent.on_dns(&dns_buf[..n], from),
+                Err(e) => warn!(error = %e, "DNS socket receive failed"),
+            },
+            Some(q) = next_dns_stream(&mut agent.dns_streams) => agent.on_dns_stream(q),
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); conf::service::stopping(); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); conf::service::stopping(); break; }
         }
@@ -304,7 +334,72 @@ async fn run_with(
     if let Some(r) = agent.relay.take() {
         r.shutdown().await;
     }
+    agent.revert_resolved();
+    if let Some(t) = dns_tcp {
+        t.abort();
+    }
     Ok(())
+}
+
+type DnsTcp = (
+    Dns,
+    mpsc::Receiver<crate::dns::StreamQuestion>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// The DNS listener on the control address, UDP and TCP: upstream servers
+/// as configured, or those of /etc/resolv.conf (ourselves left out).
+fn dns_listener(cfg: &XtrConfig) -> Result<DnsTcp> {
+    let listen = cfg.dns.listen;
+    let upstream = match &cfg.dns.upstream {
+        Some(u) => u.clone(),
+        None => match std::fs::read_to_string("/etc/resolv.conf") {
+            Ok(text) => crate::dns::nameservers(&text, listen),
+            Err(e) => {
+                warn!(error = %e, "cannot read /etc/resolv.conf: names outside the domain will fail");
+                Vec::new()
+            }
+        },
+    };
+    // The node itself, and in xTR mode the hosts behind it.
+    let clients = crate::dns::Clients {
+        addrs: vec![cfg.control_address],
+        prefixes: cfg.eids.clone(),
+    };
+    let dns = Dns::bind(listen, upstream, clients.clone()).ctx(format!(
+        "binding the DNS listener {listen} (dns.enabled = false turns it off)"
+    ))?;
+    let (tx, rx) = mpsc::channel(256);
+    let what = format!("binding the DNS listener {listen}/tcp");
+    let tcp = std::net::TcpListener::bind(listen)
+        .and_then(|l| crate::dns::serve_tcp(l, clients, dns.counters.clone(), tx))
+        .ctx(what)?;
+    info!(
+        %listen,
+        domain = %cfg.dns.domain,
+        upstream = %dns.upstream.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(","),
+        "answering DNS for node names"
+    );
+    Ok((dns, rx, tcp))
+}
+
+async fn next_dns_stream(
+    rx: &mut Option<mpsc::Receiver<crate::dns::StreamQuestion>>,
+) -> Option<crate::dns::StreamQuestion> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_dns(
+    dns: &Option<Dns>,
+    buf: &mut [u8],
+) -> Option<std::io::Result<(usize, SocketAddr)>> {
+    match dns {
+        Some(d) => Some(d.recv(buf).await),
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_relay_event(r: &mut Option<Relay>) -> Option<xtr_core::RelayEvent> {
@@ -531,6 +626,7 @@ fn policy_of(cfg: &XtrConfig) -> XtrPolicy {
         enabled: cfg.relay.enabled,
         only: cfg.relay.only,
     };
+    p.names.domain = cfg.dns.domain.clone();
     p
 }
 
@@ -728,6 +824,52 @@ impl Agent {
         }
     }
 
+    /// A DNS datagram: its name question, if any, for the core.
+    fn on_dns(&mut self, bytes: &[u8], from: SocketAddr) {
+        let Some(dns) = &mut self.dns else { return };
+        if let Some((query, name)) = dns.on_datagram(bytes, from) {
+            self.core.handle_name_query(Instant::now(), query, &name);
+        }
+    }
+
+    /// A question read from a DNS TCP connection.
+    fn on_dns_stream(&mut self, q: crate::dns::StreamQuestion) {
+        let Some(dns) = &mut self.dns else { return };
+        if let Some((query, name)) = dns.on_stream(q) {
+            self.core.handle_name_query(Instant::now(), query, &name);
+        }
+    }
+
+    /// Where systemd-resolved runs, become the DNS server of our interface
+    /// for `~DOMAIN`; elsewhere say once how to point resolv.conf at us.
+    fn register_with_resolved(&mut self) {
+        let Some(dns) = &self.dns else { return };
+        if !self.cfg.dns.resolved {
+            return;
+        }
+        let (ifname, domain) = (&self.cfg.wireguard.interface, &self.cfg.dns.domain);
+        let search = self.cfg.dns.search;
+        match crate::resolved::register(&mut SystemResolvectl, ifname, dns.listen, domain, search) {
+            Ok(Some(reg)) => {
+                info!(interface = %ifname, %domain, search, "registered with systemd-resolved");
+                self.resolved = Some(reg);
+            }
+            Ok(None) => crate::dns::log_resolv_conf_hint(dns.listen, domain, search),
+            Err(e) => warn!(error = %e, "could not register with systemd-resolved"),
+        }
+    }
+
+    fn revert_resolved(&mut self) {
+        if let Some(reg) = self.resolved.take() {
+            match crate::resolved::revert(&mut SystemResolvectl, &reg) {
+                Ok(()) => {
+                    info!(interface = %reg.interface, "systemd-resolved registration reverted")
+                }
+                Err(e) => warn!(error = %e, "could not revert the systemd-resolved registration"),
+            }
+        }
+    }
+
     /// Carries out the core's outputs in order, reporting each data-plane
     /// outcome back (which may queue more outputs).
     async fn flush(&mut self) {
@@ -788,6 +930,11 @@ impl Agent {
                                 .0
                                 .send(Err(format!("no map-server {map_server}")));
                         }
+                    }
+                }
+                Output::NameAnswer { query, answer } => {
+                    if let Some(dns) = &mut self.dns {
+                        dns.answer(query, answer);
                     }
                 }
                 Output::Punch { to } => {

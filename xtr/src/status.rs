@@ -27,6 +27,18 @@ pub struct PeerRow {
     pub path: Option<PathStatus>,
 }
 
+/// The DNS listener, for `xtr status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DnsStatus {
+    pub listen: SocketAddr,
+    pub domain: String,
+    pub upstream: Vec<SocketAddr>,
+    /// Registered with systemd-resolved for `~domain`.
+    pub resolved: bool,
+    pub names_cached: usize,
+    pub lookups_pending: usize,
+}
+
 /// Everything `xtr status` shows (and, serialised, `/status?format=json`:
 /// see `docs/status-json.md`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -51,6 +63,8 @@ pub struct Snapshot {
     pub relay: Option<RelayStatus>,
     #[serde(rename = "map_cache", serialize_with = "crate::status_json::cache")]
     pub cache: Vec<CacheStatus>,
+    /// The DNS listener for node names; `None` when it is off.
+    pub dns: Option<DnsStatus>,
     /// `None` when WireGuard could not be read.
     pub peers: Option<Vec<PeerRow>>,
 }
@@ -110,6 +124,27 @@ impl Snapshot {
             if r.only {
                 let _ = writeln!(s, "  relay only: everything goes through the relay");
             }
+        }
+        if let Some(d) = &self.dns {
+            let upstream: Vec<String> = d.upstream.iter().map(|u| u.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "  dns: {} for *.{}, else upstream {}{}; {} names cached, {} being looked up",
+                d.listen,
+                d.domain,
+                if upstream.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    upstream.join(", ")
+                },
+                if d.resolved {
+                    "; registered with systemd-resolved"
+                } else {
+                    ""
+                },
+                d.names_cached,
+                d.lookups_pending
+            );
         }
         let _ = writeln!(s, "\nmap-cache:");
         if self.cache.is_empty() {

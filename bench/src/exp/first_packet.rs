@@ -50,14 +50,15 @@ pub(super) fn analyse(probes: &[Probe]) -> Option<Rep> {
     })
 }
 
-pub(super) fn fresh_pair(lab: &mut Lab) -> Result<()> {
-    for robot in ["robot-a", "robot-b"] {
+/// Restarts both agents of `pair`, so that neither knows the other.
+pub(super) fn fresh_pair(lab: &mut Lab, pair: [&str; 2]) -> Result<()> {
+    for robot in pair {
         lab.stop(robot)?;
     }
-    for robot in ["robot-a", "robot-b"] {
+    for robot in pair {
         lab.spawn(robot)?;
     }
-    for robot in ["robot-a", "robot-b"] {
+    for robot in pair {
         lab.wait_ready(robot)?;
     }
     Ok(())
@@ -76,7 +77,7 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
         testbed::interrupted()?;
         if rep > 0 {
             let t = Instant::now();
-            fresh_pair(&mut lab)?;
+            fresh_pair(&mut lab, ["robot-a", "robot-b"])?;
             restart_s.push(t.elapsed().as_secs_f64());
         }
         let probes = lab.ns("robot-a").run(|| -> Result<Vec<Probe>> {

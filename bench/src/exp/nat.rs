@@ -65,7 +65,7 @@ fn first_replies(
     for rep in 0..reps {
         testbed::interrupted()?;
         if rep > 0 {
-            super::first_packet::fresh_pair(lab)?;
+            super::first_packet::fresh_pair(lab, ["robot-a", "robot-b"])?;
         }
         let probes = lab.ns("robot-a").run(|| -> Result<Vec<Probe>> {
             let pinger = Pinger::new(ROBOT_B_EID)?;

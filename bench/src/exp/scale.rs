@@ -132,15 +132,7 @@ fn fleet(ctx: &Ctx, n: u8) -> Result<(Fleet, Lab)> {
 /// r1 and r2, both agents fresh, ping each other at the same moment: the
 /// slower of the two first replies, ms.
 fn simultaneous(lab: &mut Lab) -> Result<f64> {
-    for r in ["r1", "r2"] {
-        lab.stop(r)?;
-    }
-    for r in ["r1", "r2"] {
-        lab.spawn(r)?;
-    }
-    for r in ["r1", "r2"] {
-        lab.wait_ready(r)?;
-    }
+    super::first_packet::fresh_pair(lab, ["r1", "r2"])?;
     // Both registered (a fresh agent registers at once).
     testbed::sleep(Duration::from_millis(100))?;
     let start = Arc::new(Barrier::new(2));

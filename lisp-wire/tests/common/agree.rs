@@ -57,6 +57,8 @@ pub fn view_agrees_with_parse(bytes: &[u8]) -> bool {
         assert_eq!(v.eid_mask_len, r.eid_mask_len);
         assert_eq!(v.eid.to_address(), r.eid);
         assert_eq!(v.prefix(), EidPrefix::from_wire(&r.eid, r.eid_mask_len));
+        // The map-server reads a name lookup from the view.
+        assert_eq!(v.eid.distinguished_name(), r.eid.distinguished_name());
     }
     match (view.ecm(), inner) {
         (None, None) => {}

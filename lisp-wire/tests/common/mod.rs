@@ -15,8 +15,17 @@ pub fn ip() -> impl Strategy<Value = IpAddr> {
     ]
 }
 
+/// A Distinguished Name: 1 to 255 printable ASCII bytes.
+pub fn dist_name() -> impl Strategy<Value = Address> {
+    "[ -~]{1,255}".prop_map(Address::DistinguishedName)
+}
+
 pub fn plain() -> impl Strategy<Value = Address> {
-    prop_oneof![Just(Address::None), ip().prop_map(Address::from)]
+    prop_oneof![
+        Just(Address::None),
+        ip().prop_map(Address::from),
+        dist_name()
+    ]
 }
 
 /// Addresses with LCAF nesting up to three levels, every LCAF type.
@@ -74,8 +83,26 @@ pub fn address() -> impl Strategy<Value = Address> {
 
 /// An EID field and a mask length valid for it.
 pub fn eid() -> impl Strategy<Value = (Address, u8)> {
-    (ip(), any::<u32>(), 0u8..3, any::<u8>(), any::<[u8; 32]>()).prop_map(
+    (ip(), any::<u32>(), 0u8..5, any::<u8>(), any::<[u8; 32]>()).prop_map(
         |(ip, iid, form, m, key)| {
+            if form >= 3 {
+                // A node name, plain or in an instance: its mask length is
+                // at most its length in bits.
+                let name = format!("robot-{iid:x}.lispwg.internal");
+                let max = (name.len() * 8).min(255);
+                let mask = (m as usize % (max + 1)) as u8;
+                let dn = Address::DistinguishedName(name);
+                let a = if form == 3 {
+                    dn
+                } else {
+                    Address::InstanceId {
+                        iid,
+                        iid_mask_len: 0,
+                        address: Box::new(dn),
+                    }
+                };
+                return (a, mask);
+            }
             let max = if ip.is_ipv4() { 33 } else { 129 };
             let mask = m % max;
             let base = Address::from(ip);

@@ -15,6 +15,10 @@ pub struct Counters {
     pub requests: u64,
     pub replies: u64,
     pub negative_replies: u64,
+    /// Map-Request records asking for a node name (a Distinguished Name).
+    pub name_lookups: u64,
+    /// Of those, names no node has or whose node has no live registration.
+    pub unknown_names: u64,
     pub notifies: u64,
     pub notify_retransmits: u64,
     pub notify_acks: u64,
@@ -157,6 +161,18 @@ impl Counters {
                 "negative Map-Reply records sent",
                 "counter",
                 self.negative_replies,
+            ),
+            (
+                "name_lookups_total",
+                "Map-Request records for a node name (Distinguished Name EID)",
+                "counter",
+                self.name_lookups,
+            ),
+            (
+                "unknown_names_total",
+                "name lookups answered negatively (no such node, or not registered)",
+                "counter",
+                self.unknown_names,
             ),
             (
                 "map_notifies_total",

@@ -229,7 +229,13 @@ pub struct Policy {
     /// as its locator (other than as its relay's) would point its
     /// correspondents at the map-server.
     pub own_addresses: Vec<IpAddr>,
+    /// The DNS domain of node names: a name lookup for `NAME.DOMAIN` is
+    /// answered like one for `NAME` (see `lisp_wire::mapping`, "Names").
+    pub domain: String,
 }
+
+/// The DNS domain of node names unless configured otherwise.
+pub const DEFAULT_DOMAIN: &str = "lispwg.internal";
 
 impl Default for Policy {
     fn default() -> Self {
@@ -247,11 +253,31 @@ impl Default for Policy {
             teams: Vec::new(),
             limits: Limits::default(),
             own_addresses: Vec::new(),
+            domain: DEFAULT_DOMAIN.into(),
         }
     }
 }
 
 impl Policy {
+    /// The control peer a looked-up name stands for: its `name`, bare or
+    /// followed by `.DOMAIN` (a trailing dot allowed), compared without
+    /// regard to ASCII case as DNS names are.
+    pub fn peer_named(&self, name: &str) -> Option<u16> {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let bare = name
+            .len()
+            .checked_sub(self.domain.len() + 1)
+            .filter(|&at| {
+                name.as_bytes()[at] == b'.' && name[at + 1..].eq_ignore_ascii_case(&self.domain)
+            })
+            .map_or(name, |at| &name[..at]);
+        // A revoked slot keeps its old name: never a match.
+        self.peers
+            .iter()
+            .position(|p| !p.revoked && p.name.eq_ignore_ascii_case(bare))
+            .and_then(|i| u16::try_from(i).ok())
+    }
+
     pub fn peer(&self, origin: Origin) -> Option<&PeerPolicy> {
         match origin {
             Origin::Peer(i) => self.peers.get(i as usize).filter(|p| !p.revoked),

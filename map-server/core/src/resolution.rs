@@ -60,8 +60,32 @@ impl MapServer {
         bounds.clear();
         let mut notify_targets = Vec::new();
         let mut asked_before: Vec<EidPrefix> = Vec::with_capacity(asked_count);
+        let mut names_before: Vec<(u32, &str)> = Vec::new();
         let mut result = Ok(());
         for r in req.records() {
+            if let Some((iid, name)) = r.eid.distinguished_name() {
+                // The same name asked twice is answered once.
+                if names_before
+                    .iter()
+                    .any(|&(i, n)| i == iid && n.eq_ignore_ascii_case(name))
+                {
+                    continue;
+                }
+                names_before.push((iid, name));
+                let answered = self.answer_name(
+                    now,
+                    (iid, name, r.eid_mask_len),
+                    requester,
+                    (&mut records, &mut bounds),
+                    &mut asked_before,
+                    &mut notify_targets,
+                );
+                if let Err(e) = answered {
+                    result = Err(e);
+                    break;
+                }
+                continue;
+            }
             let asked = match r.prefix() {
                 Ok(p) => p,
                 Err(e) => {
@@ -101,6 +125,9 @@ impl MapServer {
         let mut held = Some(reply);
         if let Some(req_peer) = requester {
             let ttl_of = |p: &EidPrefix, reg: &Registry| reg.get(p).map_or(1, |m| m.ttl_minutes);
+            // One notify per owner: a name's answer (or a request for
+            // several of its prefixes) names the same owner more than once.
+            let mut told = Vec::new();
             for (dest_prefix, owner) in notify_targets {
                 // The requester now resolves dest_prefix: remember it, so a
                 // move of the destination is pushed to it.
@@ -110,6 +137,10 @@ impl MapServer {
                     // The destination learns the requester: it resolves it too.
                     let ttl = ttl_of(&src_prefix, &self.registry);
                     self.subscribe(src_prefix, owner, now, ttl);
+                    if told.contains(&owner) {
+                        continue;
+                    }
+                    told.push(owner);
                     if let Some(crossing) = self.notify_about(req_peer, dest_prefix) {
                         // The destination is resolving the requester at this
                         // very moment, and the requester is being told about
@@ -210,6 +241,81 @@ impl MapServer {
             }
             None => mapping_record(prefix, m).encode_into(out).map_err(encoding),
         }
+    }
+
+    /// Appends the records answering a name lookup: one per live EID prefix
+    /// the named node registered in that instance, exactly as a lookup of
+    /// the EID itself gets it ([`Self::answer_record`]: its owner is told
+    /// about the requester the same way, and whatever that path refuses is
+    /// refused here too); or one negative record for the name.
+    /// `asked_before`: the prefixes this reply holds already (asked by EID,
+    /// or another name of the request): not written twice.
+    fn answer_name(
+        &mut self,
+        now: Instant,
+        (iid, name, mask_len): (u32, &str, u8),
+        requester: Option<u16>,
+        (out, bounds): (&mut Vec<u8>, &mut Vec<(usize, usize)>),
+        asked_before: &mut Vec<EidPrefix>,
+        notify_targets: &mut Vec<(EidPrefix, u16)>,
+    ) -> Result<(), Refusal> {
+        self.counters.name_lookups += 1;
+        let mut prefixes: Vec<EidPrefix> = match self.policy.peer_named(name) {
+            Some(peer) => self
+                .registry
+                .prefixes_of(peer)
+                .filter(|p| p.iid == iid)
+                .filter(|p| self.registry.get(p).is_some_and(|m| m.is_live(now)))
+                .collect(),
+            None => Vec::new(),
+        };
+        prefixes.sort();
+        if prefixes.is_empty() {
+            self.counters.unknown_names += 1;
+            self.counters.negative_replies += 1;
+            debug!(%name, iid, "negative Map-Reply for a name");
+            let dn = Address::DistinguishedName(name.into());
+            let eid = if iid == 0 {
+                dn
+            } else {
+                Address::InstanceId {
+                    iid,
+                    iid_mask_len: 0,
+                    address: Box::new(dn),
+                }
+            };
+            let start = out.len();
+            EidRecord {
+                eid,
+                eid_mask_len: mask_len,
+                ..EidRecord::negative(
+                    EidPrefix::host(iid, std::net::Ipv4Addr::UNSPECIFIED.into()),
+                    self.policy.negative_ttl_minutes,
+                    Action::NativelyForward,
+                )
+            }
+            .encode_into(out)
+            .map_err(|e| Refusal::Malformed(format!("cannot encode reply: {e}")))?;
+            bounds.push((start, out.len()));
+            return Ok(());
+        }
+        for prefix in prefixes {
+            if asked_before.contains(&prefix) {
+                continue;
+            }
+            asked_before.push(prefix);
+            // Through the path of an EID lookup, with all it checks; the
+            // base address of a prefix a more specific one shadows would
+            // be answered with the other, so it is left out.
+            let exact = self.registry.lookup(prefix.iid, prefix.addr(), now);
+            if exact.is_none_or(|(p, _)| p != prefix) {
+                continue;
+            }
+            let start = out.len();
+            self.answer_record(now, prefix, requester, out, notify_targets)?;
+            bounds.push((start, out.len()));
+        }
+        Ok(())
     }
 
     fn is_keyed(&self, peer: u16) -> bool {

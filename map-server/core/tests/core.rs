@@ -2238,3 +2238,140 @@ fn a_key_rotation_pushes_the_new_key_and_is_ready_once_correspondents_ack() {
     assert_eq!(ms.counters().rotations, 1);
     assert_eq!(ms.counters().peers_revoked, 0);
 }
+
+fn name_request(n: &Node, nonce: u64, name: &str) -> Vec<u8> {
+    MapRequest {
+        records: vec![RequestRecord {
+            eid_mask_len: (name.len() * 8).min(255) as u8,
+            eid: Address::DistinguishedName(name.into()),
+        }],
+        ..MapRequest::for_eid(nonce, n.eid.to_address(), n.ctl, n.eid)
+    }
+    .encapsulated(n.ctl, 61000, ip(MS))
+    .encode()
+    .unwrap()
+}
+
+fn reply_in(t: &Transmit) -> MapReply {
+    match parse(&t.payload).unwrap() {
+        Message::MapReply(r) => r,
+        other => panic!("expected Map-Reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_name_lookup_is_answered_with_the_nodes_records_after_it_learns_the_requester() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    drain_store(&mut ms);
+
+    // A asks for "robot-b": B is told about A first, as for an EID lookup.
+    let src = SocketAddr::new(a.ctl, 61000);
+    ms.handle_datagram(now, src, Via::Tunnel, &name_request(&a, 7, "robot-b"));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "only the notify before B acks: {out:?}");
+    let notify = parse_notify(&out[0], &b.site_key);
+    assert_eq!(EidPrefix::of_record(&notify.records[0]).unwrap(), a.eid);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dst, src);
+    let reply = reply_in(&out[0]);
+    assert_eq!(reply.nonce, 7);
+    assert_eq!(reply.records.len(), 1);
+    assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
+    let (_, info) = reply.records[0].best_locator().unwrap();
+    assert_eq!((info.rloc, info.wg_key), (b.rloc.ip(), Some(b.key)));
+    assert_eq!(ms.subscribers(&b.eid), 1, "a move of B is pushed to A");
+
+    // The full DNS name, in any case, is the same name; B asking for A.
+    ms.handle_datagram(
+        now,
+        SocketAddr::new(b.ctl, 61000),
+        Via::Tunnel,
+        &name_request(&b, 8, "Robot-A.lispwg.internal."),
+    );
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "A is told about B first: {out:?}");
+    let notify = parse_notify(&out[0], &a.site_key);
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &ack_bytes(&a, &notify));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    let reply = reply_in(&out[0]);
+    assert_eq!(reply.nonce, 8);
+    assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), a.eid);
+    assert_eq!(ms.counters().name_lookups, 2);
+    assert_eq!(ms.counters().unknown_names, 0);
+}
+
+#[test]
+fn an_unknown_or_unregistered_name_gets_a_negative_record_for_the_name() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    register(&mut ms, now, &a, 1);
+    drain_store(&mut ms);
+    let src = SocketAddr::new(a.ctl, 61000);
+    // robot-c is nobody; robot-b is configured but not registered; a name
+    // in another domain is not ours.
+    for (nonce, name) in [(1, "robot-c"), (2, "robot-b"), (3, "robot-b.example.org")] {
+        ms.handle_datagram(now, src, Via::Tunnel, &name_request(&a, nonce, name));
+        let out = drain(&mut ms);
+        assert_eq!(out.len(), 1, "{name}: {out:?}");
+        let reply = reply_in(&out[0]);
+        assert_eq!(reply.nonce, nonce);
+        assert_eq!(reply.records.len(), 1);
+        let r = &reply.records[0];
+        assert!(r.rlocs.is_empty());
+        assert_eq!(r.action, Action::NativelyForward);
+        assert_eq!(r.eid, Address::DistinguishedName(name.into()));
+        assert_eq!(r.ttl, 1);
+    }
+    assert_eq!(ms.counters().unknown_names, 3);
+    assert_eq!(ms.subscribers(&a.eid), 0, "nobody was told about A");
+}
+
+#[test]
+fn a_name_asked_many_times_in_one_request_costs_one_record_and_one_notify() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let (a, b) = (node_a(), node_b());
+    register(&mut ms, now, &a, 1);
+    register(&mut ms, now, &b, 2);
+    drain_store(&mut ms);
+    let dn = |n: &str| RequestRecord {
+        eid_mask_len: (n.len() * 8) as u8,
+        eid: Address::DistinguishedName(n.into()),
+    };
+    let bytes = MapRequest {
+        records: vec![
+            dn("robot-b"),
+            dn("ROBOT-B"),
+            RequestRecord {
+                eid_mask_len: 32,
+                eid: b.eid.to_address(),
+            },
+            dn("robot-b.lispwg.internal"),
+        ],
+        ..MapRequest::for_eid(9, a.eid.to_address(), a.ctl, a.eid)
+    }
+    .encapsulated(a.ctl, 61000, ip(MS))
+    .encode()
+    .unwrap();
+    ms.handle_datagram(now, SocketAddr::new(a.ctl, 61000), Via::Tunnel, &bytes);
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1, "one notify to B, the reply held: {out:?}");
+    let notify = parse_notify(&out[0], &b.site_key);
+    ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
+    let out = drain(&mut ms);
+    assert_eq!(out.len(), 1);
+    let reply = reply_in(&out[0]);
+    // "robot-b.lispwg.internal" is another spelling of the same node: its
+    // prefix is in the reply already.
+    assert_eq!(reply.records.len(), 1, "{reply:?}");
+    assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
+    assert_eq!(ms.counters().name_lookups, 2);
+}

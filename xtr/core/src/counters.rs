@@ -67,12 +67,82 @@ pub struct Counters {
     /// Log lines about refused control messages held back by the
     /// per-source log budget.
     pub suppressed_log_lines: u64,
+    /// Name questions asked of the core (DNS A/AAAA questions).
+    pub name_queries: u64,
+    /// Of those: answered with addresses, with "no such name", with
+    /// "unavailable" (no map-server answered in time, or limits), and not
+    /// in our domain (forwarded by the shell).
+    pub name_answers: u64,
+    pub names_unknown: u64,
+    pub names_unavailable: u64,
+    pub names_not_ours: u64,
+    /// Answers served from the name cache.
+    pub names_from_cache: u64,
+    /// Stale answers given because no map-server answered (RFC 8767).
+    pub names_stale: u64,
+    /// Map-Requests sent for names, and lookups no map-server answered.
+    pub name_requests: u64,
+    pub name_timeouts: u64,
 }
 
 impl Counters {
     /// (name without [`METRICS_PREFIX`], help, kind, value) for every counter.
     pub fn metrics(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
         vec![
+            (
+                "name_queries_total",
+                "name questions (DNS A/AAAA) asked of the core",
+                "counter",
+                self.name_queries,
+            ),
+            (
+                "name_answers_total",
+                "name questions answered with the node's EIDs",
+                "counter",
+                self.name_answers,
+            ),
+            (
+                "names_unknown_total",
+                "name questions answered NXDOMAIN (no such node)",
+                "counter",
+                self.names_unknown,
+            ),
+            (
+                "names_unavailable_total",
+                "name questions answered SERVFAIL (no map-server answered in time)",
+                "counter",
+                self.names_unavailable,
+            ),
+            (
+                "names_not_ours_total",
+                "name questions outside the domain (forwarded upstream)",
+                "counter",
+                self.names_not_ours,
+            ),
+            (
+                "names_from_cache_total",
+                "name questions answered from the name cache",
+                "counter",
+                self.names_from_cache,
+            ),
+            (
+                "names_stale_total",
+                "name questions answered with a stale answer (no map-server answered)",
+                "counter",
+                self.names_stale,
+            ),
+            (
+                "name_requests_total",
+                "Map-Requests sent for names (to each map-server)",
+                "counter",
+                self.name_requests,
+            ),
+            (
+                "name_timeouts_total",
+                "name lookups no map-server answered",
+                "counter",
+                self.name_timeouts,
+            ),
             (
                 "misses_total",
                 "packets that started a resolution",

@@ -109,6 +109,16 @@ struct HeldAck {
     deadline: Instant,
 }
 
+/// A name answer waiting for the peers of the names' EIDs (so that the
+/// application's first packet finds them), but never longer than
+/// `deadline`: a DNS answer is not dropped.
+#[derive(Debug)]
+struct HeldAnswer {
+    prefixes: Vec<EidPrefix>,
+    answer: Output,
+    deadline: Instant,
+}
+
 /// Retry timing of failed operations.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Backoff {
@@ -141,6 +151,7 @@ pub(crate) struct Dataplane {
     patience: Duration,
     held: Vec<HeldForPrefix>,
     acks: Vec<HeldAck>,
+    answers: Vec<HeldAnswer>,
     /// Resolutions whose peer and route are confirmed: (prefix, miss time).
     pub(crate) programmed: VecDeque<(EidPrefix, Instant)>,
     /// Packets just re-injected, by prefix: kept by the caller as copies
@@ -190,6 +201,7 @@ impl Dataplane {
             patience,
             held: Vec::new(),
             acks: Vec::new(),
+            answers: Vec::new(),
             programmed: VecDeque::new(),
             reinjected: Vec::new(),
             confirmed: Vec::new(),
@@ -344,6 +356,21 @@ impl Dataplane {
         });
     }
 
+    /// Gives out `answer` once the peers of `prefixes` are in place, or at
+    /// `deadline` whatever their state.
+    pub(crate) fn answer_when_ready(
+        &mut self,
+        prefixes: Vec<EidPrefix>,
+        answer: Output,
+        deadline: Instant,
+    ) {
+        self.answers.push(HeldAnswer {
+            prefixes,
+            answer,
+            deadline,
+        });
+    }
+
     /// Releases what is ready and gives up on what waited too long.
     fn release(&mut self, now: Instant, out: &mut VecDeque<Output>, c: &mut Counters) {
         let held = std::mem::take(&mut self.held);
@@ -381,6 +408,14 @@ impl Dataplane {
                 );
             } else {
                 self.acks.push(a);
+            }
+        }
+        let answers = std::mem::take(&mut self.answers);
+        for a in answers {
+            if now >= a.deadline || a.prefixes.iter().all(|p| self.peer_ready(p)) {
+                out.push_back(a.answer);
+            } else {
+                self.answers.push(a);
             }
         }
     }
@@ -576,11 +611,13 @@ impl Dataplane {
             .chain(self.control_endpoints.iter().filter_map(Slot::retry_due));
         let held = self.held.iter().map(|h| h.deadline);
         let acks = self.acks.iter().map(|a| a.deadline);
+        let answers = self.answers.iter().map(|a| a.deadline);
         peers
             .chain(routes)
             .chain(ports)
             .chain(held)
             .chain(acks)
+            .chain(answers)
             .min()
     }
 }

@@ -38,6 +38,11 @@ pub enum Output {
     /// credentials over the control tunnel, and report the answer with
     /// [`crate::Xtr::handle_relay_grant`].
     FetchRelayGrant { map_server: usize },
+    /// The answer to a name question ([`crate::Xtr::handle_name_query`]).
+    NameAnswer {
+        query: crate::NameQuery,
+        answer: crate::NameAnswer,
+    },
     /// Save `until` (replacing what was saved): register nonces below it
     /// may be in use. The next run starts its nonces at or above it.
     ReserveRegisterNonces { until: u64 },

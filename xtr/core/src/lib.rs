@@ -25,6 +25,7 @@ pub mod counters;
 pub mod dataplane;
 mod fields;
 pub mod io;
+pub mod names;
 pub mod packet;
 pub mod paths;
 pub mod peers;
@@ -38,6 +39,7 @@ pub use io::{
     DataplaneFault, DataplaneOp, LinkEvent, OpId, Output, PeerStats, Refusal, RelayEvent, RelayOp,
     Unusable,
 };
+pub use names::{NameAnswer, NamePolicy, NameQuery};
 pub use policy::{LocalRloc, MapServerPeer, RlocInterface, XtrPolicy};
 pub use relaying::{RelayPolicy, RelayStatus};
 
@@ -177,6 +179,7 @@ pub struct Xtr {
     /// through a NAT (it tells us when that changes).
     seen_at: Option<(SocketAddr, bool)>,
     relay: relaying::Relay,
+    names: names::Names,
 }
 
 impl Xtr {
@@ -233,6 +236,7 @@ impl Xtr {
             resolve_after_register: Vec::new(),
             seen_at: None,
             relay: relaying::Relay::new(),
+            names: names::Names::default(),
         }
     }
 
@@ -332,6 +336,7 @@ impl Xtr {
             .chain(self.paths_timeout())
             .chain(stats)
             .chain(self.relay_poll_timeout())
+            .chain(self.names.timeout())
             .chain(std::iter::once(self.next_housekeeping))
             .min()
     }
@@ -574,6 +579,7 @@ impl Xtr {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.registration_timeout(now);
         self.retransmit_requests(now);
+        self.names_timeout(now);
         if now >= self.next_housekeeping {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.expire_cache(now);

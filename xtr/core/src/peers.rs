@@ -448,6 +448,9 @@ impl Xtr {
     }
 
     pub(crate) fn remove_prefix(&mut self, now: Instant, prefix: &EidPrefix) {
+        // Nobody has the prefix now (a negative answer, or a revocation
+        // pushed to us): names that gave its addresses are stale too.
+        self.forget_names_in(prefix);
         if let Some(CacheEntry {
             peer: Some(key), ..
         }) = self.cache.remove(prefix)

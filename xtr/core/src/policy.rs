@@ -83,6 +83,8 @@ pub struct XtrPolicy {
     pub dataplane_patience: Duration,
     /// The campus relay (see [`crate::relaying`]).
     pub relay: crate::relaying::RelayPolicy,
+    /// Node names (the DNS domain, waits and cache bounds).
+    pub names: crate::names::NamePolicy,
 }
 
 impl XtrPolicy {
@@ -117,6 +119,7 @@ impl XtrPolicy {
             dataplane_retry_max: Duration::from_secs(1),
             dataplane_patience: Duration::from_secs(3),
             relay: crate::relaying::RelayPolicy::default(),
+            names: crate::names::NamePolicy::default(),
         }
     }
 

@@ -201,6 +201,9 @@ impl Xtr {
         now: Instant,
         reply: MapReply,
     ) -> Result<(), Refusal> {
+        if let Some(done) = self.handle_name_reply(now, &reply) {
+            return done;
+        }
         let Some(dst) = self.by_nonce.remove(&reply.nonce) else {
             // The second map-server's answer, or a late one.
             return Err(Refusal::UnknownNonce(reply.nonce));

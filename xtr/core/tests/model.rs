@@ -52,6 +52,8 @@ struct Dataplane {
     crossed: u32,
     /// Every output in order, for ordering checks.
     log: Vec<String>,
+    /// Name answers, in order, with the instant each was given.
+    names: Vec<(NameQuery, NameAnswer, Instant)>,
 }
 
 impl Dataplane {
@@ -525,6 +527,7 @@ impl Sim {
             Output::Punch { .. } => "punch".into(),
             Output::Relay(op) => format!("relay {op:?}"),
             Output::FetchRelayGrant { .. } => "fetch-relay-grant".into(),
+            Output::NameAnswer { .. } => "name-answer".into(),
             // What the shell saves is not the data plane's business.
             Output::ReserveRegisterNonces { until } => {
                 node.nonce_reserved = *until;
@@ -642,6 +645,7 @@ impl Sim {
                 let stats = node.dp.stats(now);
                 node.xtr.handle_peer_stats(now, &stats);
             }
+            Output::NameAnswer { query, answer } => node.dp.names.push((query, answer, now)),
         }
     }
 
@@ -1664,6 +1668,8 @@ mod scenarios {
         WithRelay(usize),
         /// coturn restarts: every allocation is gone.
         RelayRestart,
+        /// A asks B's name (or, for 3, a name nobody has).
+        Name(usize, usize),
         Advance(u64),
     }
 
@@ -1682,6 +1688,7 @@ mod scenarios {
             2 => (0..3usize, any::<bool>()).prop_map(|(n, on)| Step::Natted(n, on)),
             1 => (0..3usize).prop_map(Step::WithRelay),
             1 => Just(Step::RelayRestart),
+            2 => (0..3usize, 0..4usize).prop_map(|(a, b)| Step::Name(a, b)),
             3 => (1..3000u64).prop_map(Step::Advance),
         ]
     }
@@ -1703,8 +1710,26 @@ mod scenarios {
         #[test]
         fn failures_in_any_order_never_break_the_promises(steps in prop::collection::vec(step(), 1..30)) {
             let mut sim = Sim::new(1);
+            // Name questions per node since its last start: each must get
+            // exactly one answer, whatever happens.
+            let mut asked: [Vec<u64>; 3] = Default::default();
+            let mut next_query = 0;
             for s in steps {
                 match s {
+                    Step::Name(a, b) => {
+                        let name = match sim.nodes.get(b) {
+                            Some(n) => format!("{}.lispwg.internal", n.name),
+                            None => "nobody.lispwg.internal".into(),
+                        };
+                        next_query += 1;
+                        asked[a].push(next_query);
+                        let from = sim.nodes[a].name;
+                        sim.ask_name(from, next_query, &name);
+                    }
+                    Step::RestartNode(n) => {
+                        asked[n].clear();
+                        sim.restart_node(n);
+                    }
                     Step::Miss(a, b) => {
                         let to = sim.nodes[b].eid.addr().to_string();
                         let from = sim.nodes[a].name;
@@ -1723,7 +1748,6 @@ mod scenarios {
                     }
                     Step::FailCommits(k) => sim.servers[0].fail_commits = k,
                     Step::RestartMs(wiped) => sim.restart_ms(0, wiped),
-                    Step::RestartNode(n) => sim.restart_node(n),
                     Step::Natted(n, true) => {
                         let name = sim.nodes[n].name;
                         let private = format!("10.{}.1.5", 20 + n);
@@ -1735,7 +1759,11 @@ mod scenarios {
                         sim.nodes[n].nat = None;
                         sim.set_addresses(name, &[("eth0", &format!("192.0.2.{}", 40 + n))]);
                     }
-                    Step::WithRelay(n) => sim.with_relay(n, false),
+                    Step::WithRelay(n) => {
+                        // A restart too: questions die with the process.
+                        asked[n].clear();
+                        sim.with_relay(n, false);
+                    }
                     Step::RelayRestart => sim.relay.allocs.clear(),
                     Step::Advance(ms) => sim.advance(Duration::from_millis(ms)),
                 }
@@ -1749,6 +1777,15 @@ mod scenarios {
             // A map-server restarted without its store learns each node again
             // at the node's next refresh (60 s ± 10 %).
             sim.advance(Duration::from_secs(70));
+            for (n, qs) in sim.nodes.iter().zip(&asked) {
+                let mut answered: Vec<u64> = n.dp.names.iter().map(|(q, _, _)| q.0).collect();
+                answered.sort();
+                prop_assert_eq!(&answered, qs, "{}: every name question answered once", n.name);
+                prop_assert!(
+                    n.dp.names.iter().all(|(_, a, _)| *a != NameAnswer::NotOurs),
+                    "{}: a name in the domain was not ours", n.name
+                );
+            }
             for n in &sim.nodes {
                 prop_assert!(n.xtr.dataplane_settled(), "{}: data plane never caught up", n.name);
                 prop_assert!(n.xtr.map_servers()[0].up, "{}: not registered", n.name);
@@ -1766,6 +1803,22 @@ mod scenarios {
                     prop_assert_eq!(
                         sim.nodes[a].dp.reinjected.len(), before + 1,
                         "{} -> {}: the packet was not delivered", from, to
+                    );
+                }
+            }
+            // And every node resolves every other's name to its EID.
+            for a in 0..3 {
+                for b in 0..3 {
+                    next_query += 1;
+                    let from = sim.nodes[a].name;
+                    let name = format!("{}.lispwg.internal", sim.nodes[b].name);
+                    sim.ask_name(from, next_query, &name);
+                    sim.advance(Duration::from_millis(50));
+                    let got = sim.name_answer(from, next_query).map(|(a, _)| a);
+                    let want = sim.nodes[b].eid.addr();
+                    prop_assert!(
+                        matches!(&got, Some(NameAnswer::Addresses { addrs, .. }) if addrs == &vec![want]),
+                        "{} asked {}: {:?}", from, name, got
                     );
                 }
             }
@@ -2510,6 +2563,206 @@ fn a_revoked_node_is_dropped_by_every_correspondent_at_once_by_push() {
     sim.miss("B", "10.0.0.3", 3);
     let c_key = sim.node("C").key;
     assert!(sim.node("B").dp.peers.contains_key(&c_key));
+}
+
+impl Sim {
+    /// A name question at `from`'s agent, the network settled after it.
+    fn ask_name(&mut self, from: &str, query: u64, name: &str) {
+        let now = self.now;
+        self.node(from)
+            .xtr
+            .handle_name_query(now, NameQuery(query), name);
+        self.settle();
+    }
+
+    fn name_answer(&mut self, from: &str, query: u64) -> Option<(NameAnswer, Instant)> {
+        self.node(from)
+            .dp
+            .names
+            .iter()
+            .find(|(q, _, _)| *q == NameQuery(query))
+            .map(|(_, a, t)| (a.clone(), *t))
+    }
+}
+
+#[test]
+fn a_name_lookup_answers_the_eid_and_programs_both_ends_before_any_packet() {
+    let mut sim = Sim::new(1);
+    let (a_key, b_key) = (sim.node("A").key, sim.node("B").key);
+    let start = sim.now;
+    sim.ask_name("A", 1, "b.lispwg.internal");
+    let (answer, at) = sim.name_answer("A", 1).expect("answered");
+    let NameAnswer::Addresses { addrs, ttl } = answer else {
+        panic!("not addresses: {answer:?}")
+    };
+    assert_eq!(addrs, vec![ip("10.0.0.2")]);
+    assert_eq!(ttl, Duration::from_secs(600), "the mapping's TTL (10 min)");
+    assert_eq!(at, start, "no timer needed: the reply came at once");
+    let log = &sim.node("A").dp.log;
+    let upsert = log.iter().position(|s| s == "upsert-peer");
+    let answered = log.iter().position(|s| s == "name-answer");
+    assert!(
+        upsert < answered,
+        "the peer is in place before the answer: {log:?}"
+    );
+    // No packet was sent, and both ends have their peer already; A's
+    // handshake went out to B, which knew A: the tunnel is up.
+    assert!(sim.node("A").dp.reinjected.is_empty());
+    assert!(sim.node("A").dp.peers.contains_key(&b_key));
+    assert!(sim.node("B").dp.peers.contains_key(&a_key));
+    assert_eq!(sim.node("A").dp.initiations, 1);
+    assert!(sim.node("A").dp.peers[&b_key].handshake.is_some());
+
+    // The first packet finds the route: re-injected, no second lookup.
+    let requests = sim.node("A").xtr.counters().requests;
+    sim.miss("A", "10.0.0.2", 1);
+    let a = sim.node("A");
+    assert_eq!(a.xtr.counters().requests, requests);
+    assert_eq!(a.dp.reinjected.len(), 1);
+
+    // A second question is answered from the cache, with what is left of
+    // the TTL; after the TTL the name is looked up again.
+    sim.advance(Duration::from_secs(60));
+    sim.ask_name("A", 2, "B.lispwg.internal.");
+    let (answer, _) = sim.name_answer("A", 2).unwrap();
+    assert_eq!(
+        answer,
+        NameAnswer::Addresses {
+            addrs: vec![ip("10.0.0.2")],
+            ttl: Duration::from_secs(540)
+        }
+    );
+    let c = sim.node("A").xtr.counters().clone();
+    assert_eq!((c.name_requests, c.names_from_cache), (1, 1));
+    sim.advance(Duration::from_secs(541));
+    sim.ask_name("A", 3, "b.lispwg.internal");
+    assert!(matches!(
+        sim.name_answer("A", 3),
+        Some((NameAnswer::Addresses { .. }, _))
+    ));
+    assert_eq!(sim.node("A").xtr.counters().name_requests, 2);
+}
+
+#[test]
+fn a_name_answer_waits_for_its_peer_but_not_for_ever() {
+    let mut sim = Sim::new(1);
+    // The first two peer upserts fail: retried after 10 and 20 ms.
+    sim.node("A").dp.fail.insert("upsert-peer", 2);
+    let start = sim.now;
+    sim.ask_name("A", 1, "b.lispwg.internal");
+    assert!(
+        sim.name_answer("A", 1).is_none(),
+        "held while the peer fails"
+    );
+    sim.advance(Duration::from_millis(100));
+    let (_, at) = sim
+        .name_answer("A", 1)
+        .expect("answered once the peer is in");
+    let b_key = sim.node("B").key;
+    assert!(sim.node("A").dp.peers.contains_key(&b_key));
+    assert!(at - start >= Duration::from_millis(30) && at - start < Duration::from_millis(100));
+
+    // A data plane that keeps failing: answered at the bounded wait anyway.
+    sim.node("A").dp.fail.insert("upsert-peer", 1000);
+    let start = sim.now;
+    sim.ask_name("A", 2, "c.lispwg.internal");
+    sim.advance(Duration::from_secs(1));
+    let (answer, at) = sim.name_answer("A", 2).expect("answered");
+    assert!(matches!(answer, NameAnswer::Addresses { .. }));
+    assert_eq!(at - start, sim.node("A").xtr.policy().names.program_wait);
+}
+
+#[test]
+fn with_no_map_server_a_name_answered_before_gets_its_stale_answer() {
+    let mut sim = Sim::new(1);
+    sim.ask_name("A", 1, "b.lispwg.internal");
+    assert!(matches!(
+        sim.name_answer("A", 1),
+        Some((NameAnswer::Addresses { .. }, _))
+    ));
+    sim.servers[0].alive = false;
+    // Past the answer's 10-minute TTL.
+    sim.advance(Duration::from_secs(601));
+    let start = sim.now;
+    sim.ask_name("A", 2, "b.lispwg.internal");
+    sim.ask_name("A", 3, "c.lispwg.internal");
+    sim.advance(Duration::from_secs(3));
+    let (answer, at) = sim.name_answer("A", 2).expect("answered");
+    assert_eq!(
+        answer,
+        NameAnswer::Addresses {
+            addrs: vec![ip("10.0.0.2")],
+            ttl: xtr_core::names::STALE_TTL
+        },
+        "asked afresh first, then the last answer"
+    );
+    assert_eq!(at - start, sim.node("A").xtr.policy().names.wait);
+    assert_eq!(sim.name_answer("A", 3).unwrap().0, NameAnswer::Unavailable);
+    assert_eq!(sim.node("A").xtr.counters().names_stale, 1);
+}
+
+#[test]
+fn unknown_names_are_no_such_name_and_other_domains_are_not_ours() {
+    let mut sim = Sim::new(1);
+    sim.ask_name("A", 1, "nobody.lispwg.internal");
+    sim.ask_name("A", 2, "example.org");
+    sim.ask_name("A", 3, "x.b.lispwg.internal");
+    let neg = sim.name_answer("A", 1).unwrap().0;
+    assert_eq!(
+        neg,
+        NameAnswer::NoSuchName {
+            ttl: Duration::from_secs(10)
+        },
+        "the map-server's 1-minute negative TTL, capped"
+    );
+    assert_eq!(sim.name_answer("A", 2).unwrap().0, NameAnswer::NotOurs);
+    assert!(matches!(
+        sim.name_answer("A", 3).unwrap().0,
+        NameAnswer::NoSuchName { .. }
+    ));
+    let c = sim.node("A").xtr.counters().clone();
+    assert_eq!(c.name_requests, 1, "only the first asked the map-server");
+    assert_eq!((c.names_unknown, c.names_not_ours), (2, 1));
+    assert!(sim.node("A").dp.peers.is_empty());
+    // The negative answer is cached for its TTL, then asked again.
+    sim.ask_name("A", 4, "nobody.lispwg.internal");
+    assert_eq!(sim.node("A").xtr.counters().name_requests, 1);
+    sim.advance(Duration::from_secs(11));
+    sim.ask_name("A", 5, "nobody.lispwg.internal");
+    assert_eq!(sim.node("A").xtr.counters().name_requests, 2);
+}
+
+#[test]
+fn a_name_lookup_no_map_server_answers_is_unavailable_after_the_bounded_wait() {
+    let mut sim = Sim::new(1);
+    sim.servers[0].alive = false;
+    let start = sim.now;
+    sim.ask_name("A", 1, "b.lispwg.internal");
+    sim.ask_name("A", 2, "b.lispwg.internal");
+    assert!(
+        sim.name_answer("A", 1).is_none(),
+        "waits for the map-server"
+    );
+    sim.advance(Duration::from_secs(5));
+    let wait = sim.node("A").xtr.policy().names.wait;
+    for q in [1, 2] {
+        let (answer, at) = sim.name_answer("A", q).expect("answered in the end");
+        assert_eq!(answer, NameAnswer::Unavailable);
+        assert_eq!(at - start, wait, "after exactly the bounded wait");
+    }
+    let c = sim.node("A").xtr.counters().clone();
+    assert_eq!(c.name_timeouts, 1, "one lookup for both questions");
+    assert!(c.name_requests >= 3, "retransmitted: {}", c.name_requests);
+    assert_eq!(sim.node("A").xtr.names_pending(), 0);
+    // Not cached: once the map-server is back, the name resolves.
+    sim.servers[0].alive = true;
+    sim.advance(Duration::from_secs(2));
+    sim.ask_name("A", 3, "b.lispwg.internal");
+    sim.advance(Duration::from_secs(3));
+    assert!(matches!(
+        sim.name_answer("A", 3),
+        Some((NameAnswer::Addresses { .. }, _))
+    ));
 }
 
 /// A node's agent after a restart: its shell starts the register nonces

@@ -3,7 +3,7 @@
 //! JSON, from one [`Snapshot`]) and `/healthz`.
 
 use super::Agent;
-use crate::status::{PeerRow, Snapshot};
+use crate::status::{DnsStatus, PeerRow, Snapshot};
 use conf::metrics::Metrics;
 use conf::telemetry::{Page, PageRequest};
 use conf::xtr::Mode;
@@ -142,6 +142,68 @@ impl Agent {
                         ("relay_proxies", "relay proxy sockets open", "gauge", r.proxies() as u64),
                     ]);
                 }
+                if let Some(d) = &self.dns {
+                    let c = &d.counters;
+                    let get = |a: &std::sync::atomic::AtomicU64| {
+                        a.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    page.add_list([
+                        (
+                            "dns_queries_total",
+                            "DNS datagrams received on the listener",
+                            "counter",
+                            get(&c.received),
+                        ),
+                        (
+                            "dns_answers_total",
+                            "DNS answers given for names in the domain (any code)",
+                            "counter",
+                            get(&c.answered),
+                        ),
+                        (
+                            "dns_forwarded_total",
+                            "DNS questions outside the domain answered by an upstream",
+                            "counter",
+                            get(&c.forwarded),
+                        ),
+                        (
+                            "dns_forward_failures_total",
+                            "DNS questions outside the domain no upstream answered (SERVFAIL)",
+                            "counter",
+                            get(&c.forward_failures),
+                        ),
+                        (
+                            "dns_refused_total",
+                            "DNS datagrams from outside this node, dropped",
+                            "counter",
+                            get(&c.refused),
+                        ),
+                        (
+                            "dns_malformed_total",
+                            "DNS datagrams that are no single IN question",
+                            "counter",
+                            get(&c.malformed),
+                        ),
+                        (
+                            "dns_send_failures_total",
+                            "DNS answers that could not be sent",
+                            "counter",
+                            get(&c.send_failures),
+                        ),
+                        (
+                            "dns_forwards_in_flight",
+                            "DNS questions waiting for an upstream",
+                            "gauge",
+                            d.forwards_in_flight() as u64,
+                        ),
+                        (
+                            "names_cached",
+                            "node names in the name cache",
+                            "gauge",
+                            self.core.names_cached() as u64,
+                        ),
+                    ]);
+                }
                 req.respond_metrics(page)
             }
             Page::Status(_) => req.respond_status(&self.snapshot().await),
@@ -192,6 +254,14 @@ impl Agent {
             map_servers: self.core.map_servers(),
             relay: self.cfg.relay.enabled.then(|| self.core.relay_status(now)),
             cache: self.core.cache_entries(now),
+            dns: self.dns.as_ref().map(|d| DnsStatus {
+                listen: d.listen,
+                domain: self.cfg.dns.domain.clone(),
+                upstream: d.upstream.to_vec(),
+                resolved: self.resolved.is_some(),
+                names_cached: self.core.names_cached(),
+                lookups_pending: self.core.names_pending(),
+            }),
             peers,
         }
     }
