@@ -371,6 +371,43 @@ fn xtr_join(lab: &Lab, node: &str, short: &str, args: &[&str]) -> (std::process:
     (lab.exec(node, &all), cfg)
 }
 
+/// `/etc/netns/NS/resolv.conf` pointing at the agent of a namespace this
+/// test made (`ip netns exec` bind-mounts it), removed with its folder (and
+/// /etc/netns if this made it and it is empty) when dropped.
+struct NetnsResolvConf(PathBuf, bool);
+
+impl NetnsResolvConf {
+    fn point_at(ns: &str, nameserver: &str) -> NetnsResolvConf {
+        let made_parent = !Path::new("/etc/netns").exists();
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("resolv.conf"),
+            format!(
+                "nameserver {nameserver}\nsearch lispwg.internal\noptions timeout:3 attempts:1\n"
+            ),
+        )
+        .unwrap();
+        NetnsResolvConf(dir, made_parent)
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if self.1 {
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
+    }
+}
+
+/// The control address a join wrote into `cfg`.
+fn joined_control_address(cfg: &Path) -> String {
+    let t: toml::Table = std::fs::read_to_string(cfg).unwrap().parse().unwrap();
+    let a = t["control"]["address"].as_str().unwrap();
+    a.split('/').next().unwrap().to_string()
+}
+
 /// Starts the agent a join configured, and waits until the map-server has
 /// its registration.
 fn run_joined(lab: &Lab, node: &str, name: &str, cfg: &Path) -> testbed::Daemon {
@@ -527,7 +564,7 @@ fn conf_secret() -> String {
 }
 
 #[test]
-fn three_robots_join_with_one_team_key_and_talk() {
+fn three_robots_join_with_one_team_key_and_talk_by_eid_and_by_name() {
     use testbed::{Attach, Segment};
     let spec = LabSpec::campus()
         .tag("fk")
@@ -571,6 +608,35 @@ fn three_robots_join_with_one_team_key_and_talk() {
     }
     for (from, to) in [("r1", "10.0.7.2"), ("r2", "10.0.7.3"), ("r3", "10.0.7.1")] {
         lab.ping_ok(from, to, 3);
+    }
+    // And by name, through each robot's own agent (its DNS on its control
+    // address), as ROS_HOSTNAME would use them.
+    let _confs: Vec<NetnsResolvConf> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| {
+            let cfg = lab.dir().join(format!("{n}-etc")).join("xtr.toml");
+            NetnsResolvConf::point_at(lab.ns(n).name(), &joined_control_address(&cfg))
+        })
+        .collect();
+    let out = lab.exec("r1", &["getent", "hosts", "robot-r2.lispwg.internal"]);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("10.0.7.2"),
+        "{t}\n{}",
+        lab.logs()
+    );
+    for (from, to) in [
+        ("r1", "robot-r3"),
+        ("r3", "robot-r2"),
+        ("r2", "robot-r1.lispwg.internal"),
+    ] {
+        let out = lab.exec(from, &["ping", "-c", "3", "-i", "0.2", "-W", "2", to]);
+        let t = text(&out);
+        assert!(
+            t.contains("3 packets transmitted, 3 received"),
+            "{from} -> {to}:\n{t}\n{}",
+            lab.logs()
+        );
     }
     // A fourth robot: the key is used up.
     let (out, _) = xtr_join(
