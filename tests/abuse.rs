@@ -343,9 +343,43 @@ fn a_full_disk_withholds_confirmations_and_once_space_returns_they_come_without_
         "store writable again {:?} after space came back",
         t0.elapsed()
     );
-    // robot-b's move was persisted: it survives a map-server restart.
+    // robot-b's move was persisted: the restarted map-server hands out
+    // robot-b where it is now.
     lab.stop("map-server").unwrap();
     lab.start("map-server").unwrap();
-    lab.ping_ok("robot-a", "10.0.0.2", 2);
+    let moved_to = lab.address("robot-b");
+    assert_eq!(locator_of(&lab, "robot-a", eid("10.0.0.2")), Some(moved_to));
     drop(disk);
+}
+
+/// The best locator the map-server hands `name` for `target` (asked from
+/// `name`'s control address, up to 3 times).
+fn locator_of(lab: &Lab, name: &str, target: EidPrefix) -> Option<std::net::IpAddr> {
+    let ctl = control(lab, name);
+    let ms = control(lab, "ms");
+    lab.ns(name)
+        .run(move || -> anyhow::Result<Option<std::net::IpAddr>> {
+            let sock = UdpSocket::bind((ctl, 0))?;
+            sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+            let port = sock.local_addr()?.port();
+            let mut buf = [0u8; 2048];
+            for attempt in 0..3u64 {
+                sock.send_to(
+                    &request(ctl, port, ms, 0x77_0000 + attempt, &[target]),
+                    (ms, LISP_PORT),
+                )?;
+                while let Ok((len, _)) = sock.recv_from(&mut buf) {
+                    if let Ok(lisp_wire::Message::MapReply(r)) = lisp_wire::parse(&buf[..len]) {
+                        return Ok(r
+                            .records
+                            .first()
+                            .and_then(|rec| rec.best_locator())
+                            .map(|(_, info)| info.rloc));
+                    }
+                }
+            }
+            Ok(None)
+        })
+        .unwrap()
+        .unwrap()
 }
