@@ -98,9 +98,11 @@ pub fn decide(
 }
 
 /// The name a team-key robot gets: the one it asked for, else its
-/// hostname, lower case; letters, digits and `-` only, at most 63.
+/// hostname's first label (`robot1` of `robot1.lab.example`), lower case;
+/// letters, digits and `-` only, at most 63: one DNS label.
 pub fn robot_name(asked: Option<&str>, hostname: &str) -> Result<String, String> {
-    let name = asked.unwrap_or(hostname).trim().to_ascii_lowercase();
+    let short = hostname.trim().split('.').next().unwrap_or("");
+    let name = asked.unwrap_or(short).trim().to_ascii_lowercase();
     if name.is_empty()
         || name.len() > 63
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -226,6 +228,7 @@ mod tests {
     fn names_come_from_the_request_or_the_hostname() {
         assert_eq!(robot_name(None, "Robot-7").unwrap(), "robot-7");
         assert_eq!(robot_name(Some("r2"), "x").unwrap(), "r2");
+        assert_eq!(robot_name(None, "robot1.lab.example").unwrap(), "robot1");
         assert!(robot_name(None, "bad name").is_err());
         assert!(robot_name(Some(""), "x").is_err());
         assert!(robot_name(Some("-x"), "x").is_err());
