@@ -1,8 +1,8 @@
 //! scale: fleets of N robots (one namespace, one wireguard-go and one agent
 //! each), routed on the campus: the time until all are registered; a burst
 //! in which every robot reaches 5 others at once (pairs answered within 2 s,
-//! control-session renewals); and, on the smallest fleet, pairs whose two
-//! robots reach each other at the same moment (both agents fresh).
+//! control-session renewals); and, in the largest fleet, pairs of robots
+//! that never met reaching each other at the same moment.
 
 use super::{ms, progress, Ctx, Outcome, Produced, Started};
 use crate::icmp::{Pinger, Probe};
@@ -129,17 +129,15 @@ fn fleet(ctx: &Ctx, n: u8) -> Result<(Fleet, Lab)> {
     ))
 }
 
-/// r1 and r2, both agents fresh, ping each other at the same moment: the
-/// slower of the two first replies, ms.
-fn simultaneous(lab: &mut Lab) -> Result<f64> {
-    super::first_packet::fresh_pair(lab, ["r1", "r2"])?;
-    // Both registered (a fresh agent registers at once).
-    testbed::sleep(Duration::from_millis(100))?;
+/// Robots `a` and `b`, which never reached each other, ping each other at
+/// the same moment: the slower of the two first replies, ms (5 000 when
+/// none came within 5 s).
+fn simultaneous(lab: &Lab, a: u8, b: u8) -> Result<f64> {
     let start = Arc::new(Barrier::new(2));
-    let a = probe_at(lab, 1, 2, start.clone())?;
-    let b = probe_at(lab, 2, 1, start)?;
+    let ab = probe_at(lab, a, b, start.clone())?;
+    let ba = probe_at(lab, b, a, start)?;
     let mut worst: f64 = 0.0;
-    for p in [a, b] {
+    for p in [ab, ba] {
         let t = p
             .join()
             .map_err(|_| anyhow::anyhow!("a prober panicked"))??
@@ -149,6 +147,18 @@ fn simultaneous(lab: &mut Lab) -> Result<f64> {
     Ok(worst)
 }
 
+/// Pairs of the fleet of `n` that the burst (each robot to the next
+/// [`PEERS_EACH`]) did not join, each robot in at most two: (i, i + n/5)
+/// for the first half, (i, i + 2n/5) for the second.
+fn fresh_pairs(n: u8, want: usize) -> Vec<(u8, u8)> {
+    let at = |i: u8, d: u8| (i, (i - 1 + d) % n + 1);
+    let (d1, d2) = (n / 5, 2 * n / 5);
+    let mut pairs: Vec<(u8, u8)> = (1..=n / 2).map(|i| at(i, d1)).collect();
+    pairs.extend((n / 2 + 1..=n).map(|i| at(i, d2)));
+    pairs.truncate(want);
+    pairs
+}
+
 pub fn run(ctx: &Ctx) -> Result<Produced> {
     let started = Started::now();
     let sizes: &[u8] = if ctx.quick { &[4, 8] } else { &[10, 50, 100] };
@@ -156,21 +166,22 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
     let mut fleets = Vec::new();
     let mut pair_ms = Vec::new();
     for (k, &n) in sizes.iter().enumerate() {
-        let (f, mut lab) = fleet(ctx, n)?;
-        if k == 0 {
-            for t in 0..trials {
+        let (f, lab) = fleet(ctx, n)?;
+        if k + 1 == sizes.len() {
+            // In the largest fleet, pairs that never reached each other.
+            let pairs = fresh_pairs(n, trials);
+            for (t, &(a, b)) in pairs.iter().enumerate() {
                 testbed::interrupted()?;
-                pair_ms.push(
-                    simultaneous(&mut lab)
-                        .with_context(|| format!("simultaneous pair {}", t + 1))?,
-                );
-                if (t + 1) % 10 == 0 || t + 1 == trials {
+                let ms = simultaneous(&lab, a, b)
+                    .with_context(|| format!("simultaneous pair r{a} r{b}"))?;
+                pair_ms.push(ms);
+                if (t + 1) % 10 == 0 || t + 1 == pairs.len() {
                     progress(
                         NAME,
                         format!(
-                            "simultaneous pairs {}/{trials}: last {:.1} ms",
+                            "simultaneous pairs {}/{}: last {ms:.1} ms",
                             t + 1,
-                            pair_ms[t]
+                            pairs.len()
                         ),
                     );
                 }
@@ -234,8 +245,9 @@ pub fn run(ctx: &Ctx) -> Result<Produced> {
              the start of the lab until the map-server holds every robot's registration; then a \
              burst in which every robot pings {PEERS_EACH} others at the same moment (one echo \
              request each; answered means a reply within 2 s), with the control-session \
-             renewals the agents made meanwhile; then, on the first fleet, {trials} times: r1 and \
-             r2 are restarted (fresh agents) and ping each other at the same moment."
+             renewals the agents made meanwhile; then, in the largest fleet, up to {trials} \
+             pairs of robots that never reached each other ping each other at the same moment \
+             (one echo request each way; the slower side's first reply counts)."
         ),
         parameters: json!({"sizes": sizes, "peers_each": PEERS_EACH, "simultaneous_trials": trials}),
         series: fleets
