@@ -2375,3 +2375,23 @@ fn a_name_asked_many_times_in_one_request_costs_one_record_and_one_notify() {
     assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
     assert_eq!(ms.counters().name_lookups, 2);
 }
+
+#[test]
+fn an_ack_for_no_pending_notify_is_counted_and_changes_nothing() {
+    let now = Instant::now();
+    let mut ms = server(now);
+    let a = node_a();
+    register(&mut ms, now, &a, 1);
+    drain_store(&mut ms);
+    let forged = MapNotify {
+        nonce: 0xdead_beef,
+        auth: Authentication::unsigned(KeyId::HmacSha256),
+        records: vec![record(a.eid, a.key, a.rloc)],
+        xtr_site: None,
+    };
+    let before = snapshot(&ms);
+    ms.handle_datagram(now, from(&a), Via::Tunnel, &ack_bytes(&a, &forged));
+    assert!(drain(&mut ms).is_empty());
+    assert_eq!(snapshot(&ms), before);
+    assert_eq!(ms.counters().unmatched_acks, 1);
+}
