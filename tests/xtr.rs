@@ -272,3 +272,34 @@ fn syns_into_the_tunnel_carry_an_mss_that_fits_it() {
         "the clamp is removed at shutdown: {tables}"
     );
 }
+
+/// A node killed and restarted while its correspondent still caches it
+/// (issue 11, row 4: it was unreachable for 9 min 51 s, until the cache
+/// TTL ran out): the correspondent reaches it again within 2 s of its start.
+#[test]
+fn a_restarted_node_is_reached_again_by_a_correspondent_that_caches_it() {
+    let mut lab = Lab::for_test(LabSpec::campus().tag("xk").without("edge"));
+    lab.ping_ok("robot-a", "10.0.0.2", 2);
+    lab.kill9("robot-b").unwrap();
+    lab.start("robot-b").unwrap();
+    let t0 = Instant::now();
+    let back = testbed::wait_until(Duration::from_secs(2), || {
+        lab.exec("robot-a", &["ping", "-c", "1", "-W", "1", "10.0.0.2"])
+            .status
+            .success()
+    });
+    assert!(
+        back,
+        "robot-a did not reach the restarted robot-b within 2 s:\n{}",
+        lab.logs()
+    );
+    eprintln!("reached again {:?} after robot-b was ready", t0.elapsed());
+    let smrs = testbed::metric(
+        &lab.fetch("map-server", "/metrics").unwrap(),
+        "lispwg_map_server_smrs_total",
+    );
+    assert!(
+        smrs.unwrap_or(0.0) >= 1.0,
+        "the map-server solicited robot-a: {smrs:?}"
+    );
+}
