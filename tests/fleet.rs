@@ -371,36 +371,6 @@ fn xtr_join(lab: &Lab, node: &str, short: &str, args: &[&str]) -> (std::process:
     (lab.exec(node, &all), cfg)
 }
 
-/// `/etc/netns/NS/resolv.conf` pointing at the agent of a namespace this
-/// test made (`ip netns exec` bind-mounts it), removed with its folder (and
-/// /etc/netns if this made it and it is empty) when dropped.
-struct NetnsResolvConf(PathBuf, bool);
-
-impl NetnsResolvConf {
-    fn point_at(ns: &str, nameserver: &str) -> NetnsResolvConf {
-        let made_parent = !Path::new("/etc/netns").exists();
-        let dir = PathBuf::from("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!(
-                "nameserver {nameserver}\nsearch lispwg.internal\noptions timeout:3 attempts:1\n"
-            ),
-        )
-        .unwrap();
-        NetnsResolvConf(dir, made_parent)
-    }
-}
-
-impl Drop for NetnsResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        if self.1 {
-            let _ = std::fs::remove_dir("/etc/netns");
-        }
-    }
-}
-
 /// The control address a join wrote into `cfg`.
 fn joined_control_address(cfg: &Path) -> String {
     let t: toml::Table = std::fs::read_to_string(cfg).unwrap().parse().unwrap();
@@ -611,11 +581,12 @@ fn three_robots_join_with_one_team_key_and_talk_by_eid_and_by_name() {
     }
     // And by name, through each robot's own agent (its DNS on its control
     // address), as ROS_HOSTNAME would use them.
-    let _confs: Vec<NetnsResolvConf> = ["r1", "r2", "r3"]
+    let _confs: Vec<testbed::NetnsResolvConf> = ["r1", "r2", "r3"]
         .iter()
         .map(|n| {
             let cfg = lab.dir().join(format!("{n}-etc")).join("xtr.toml");
-            NetnsResolvConf::point_at(lab.ns(n).name(), &joined_control_address(&cfg))
+            testbed::NetnsResolvConf::point_at(lab.ns(n).name(), &joined_control_address(&cfg))
+                .unwrap()
         })
         .collect();
     let out = lab.exec("r1", &["getent", "hosts", "robot-r2.lispwg.internal"]);

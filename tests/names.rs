@@ -8,7 +8,6 @@ use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,37 +19,6 @@ const EDGE_CTL: &str = "100.64.0.4";
 /// The fake upstream DNS server, inside robot-a's namespace.
 const UPSTREAM: &str = "127.0.0.1:5300";
 const UPSTREAM_ANSWER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
-
-/// `/etc/netns/NS/resolv.conf` for a namespace this test created, removed
-/// (with its folder, and /etc/netns if this made it and it is empty) when
-/// dropped.
-struct NetnsResolvConf(PathBuf, bool);
-
-impl NetnsResolvConf {
-    fn point_at(ns: &str, nameserver: &str) -> NetnsResolvConf {
-        let made_parent = !std::path::Path::new("/etc/netns").exists();
-        let dir = PathBuf::from("/etc/netns").join(ns);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("resolv.conf"),
-            format!(
-                "nameserver {nameserver}\nsearch lispwg.internal\noptions timeout:3 attempts:1\n"
-            ),
-        )
-        .unwrap();
-        NetnsResolvConf(dir, made_parent)
-    }
-}
-
-impl Drop for NetnsResolvConf {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-        if self.1 {
-            // Fails, and so keeps it, if anything else is in there now.
-            let _ = std::fs::remove_dir("/etc/netns");
-        }
-    }
-}
 
 fn question(name: &str, t: RecordType, id: u16) -> Vec<u8> {
     let mut m = Message::query();
@@ -169,10 +137,12 @@ fn three_robots_talk_by_name_and_other_names_are_forwarded() {
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml.push_str(&format!("\n[dns]\nupstream = [\"{UPSTREAM}\"]\n"));
     std::fs::write(&config, toml).unwrap();
-    let _a_conf = NetnsResolvConf::point_at(lab.ns("robot-a").name(), ROBOT_A_CTL);
-    let _c_conf = NetnsResolvConf::point_at(lab.ns("robot-c").name(), ROBOT_C_CTL);
+    let _a_conf =
+        testbed::NetnsResolvConf::point_at(lab.ns("robot-a").name(), ROBOT_A_CTL).unwrap();
+    let _c_conf =
+        testbed::NetnsResolvConf::point_at(lab.ns("robot-c").name(), ROBOT_C_CTL).unwrap();
     // The host behind the edge xTR asks the edge's agent.
-    let _h_conf = NetnsResolvConf::point_at(lab.ns("host").name(), EDGE_CTL);
+    let _h_conf = testbed::NetnsResolvConf::point_at(lab.ns("host").name(), EDGE_CTL).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let upstream = fake_upstream(&lab, stop.clone());
     lab.start("robot-a").unwrap();

@@ -16,27 +16,6 @@ fn endpoint(lab: &Lab, node: &str, key: &str) -> Option<String> {
         .map(|(_, e)| e)
 }
 
-/// Counter `name` from `daemon`'s metrics.
-fn metric(lab: &Lab, daemon: &str, name: &str) -> u64 {
-    let page = lab.fetch(daemon, "/metrics").unwrap();
-    testbed::metric(&page, name).unwrap_or(0.0) as u64
-}
-
-/// Pings `count` times at `interval` and returns (received, transmitted).
-fn ping(lab: &Lab, from: &str, to: &str, count: u32, interval: &str) -> (u32, String) {
-    let n = count.to_string();
-    let out = lab.exec(from, &["ping", "-c", &n, "-i", interval, "-W", "2", to]);
-    let t = testbed::output_text(&out);
-    let received = t
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once("transmitted, ")?;
-            rest.split(' ').next()?.parse().ok()
-        })
-        .unwrap_or(0);
-    (received, t)
-}
-
 fn two_eim_nats(tag: &str) -> LabSpec {
     LabSpec::campus()
         .tag(tag)
@@ -50,7 +29,7 @@ fn two_eim_nats(tag: &str) -> LabSpec {
 fn robots_behind_two_filtering_nats_talk_directly_and_lose_nothing() {
     let lab = Lab::for_test(two_eim_nats("ne"));
     let b_key = lab.public_key("robot-b").unwrap();
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 20, "0.05");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 20, "0.05");
     assert_eq!(received, 20, "the first packet too:\n{out}\n{}", lab.logs());
     // Direct: robot-a sends to robot-b's NAT, not through anything else.
     let n2_public = lab.address("n2").to_string();
@@ -59,11 +38,8 @@ fn robots_behind_two_filtering_nats_talk_directly_and_lose_nothing() {
         ep.starts_with(&format!("{n2_public}:")),
         "robot-a reaches robot-b at {ep}, not at its NAT {n2_public}"
     );
-    assert_eq!(
-        metric(&lab, "robot-a", "lispwg_xtr_path_failovers_total"),
-        0
-    );
-    assert!(metric(&lab, "robot-b", "lispwg_xtr_punches_total") >= 1);
+    assert_eq!(lab.metric("robot-a", "lispwg_xtr_path_failovers_total"), 0);
+    assert!(lab.metric("robot-b", "lispwg_xtr_punches_total") >= 1);
     // Both NATs hold the pair's mapping.
     let mappings = lab.nat("n1").unwrap().mappings().unwrap();
     assert!(
@@ -86,7 +62,7 @@ fn a_public_robot_and_a_natted_robot_talk_in_both_directions() {
                 .nat("n2", NatKind::Eim, Segment::SubnetB)
                 .behind("robot-b", "n2"),
         );
-        let (received, out) = ping(&lab, from, to, 10, "0.05");
+        let (received, out) = lab.ping(from, to, 10, "0.05");
         assert_eq!(received, 10, "{from} -> {to}:\n{out}\n{}", lab.logs());
     }
 }
@@ -101,7 +77,7 @@ fn two_robots_behind_one_nat_use_their_private_addresses() {
             .behind("robot-b", "n1"),
     );
     let b_key = lab.public_key("robot-b").unwrap();
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.05");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 10, "0.05");
     assert_eq!(received, 10, "{out}\n{}", lab.logs());
     let ep = endpoint(&lab, "robot-a", &b_key).unwrap();
     let b_private = lab.address("robot-b").to_string();
@@ -114,7 +90,7 @@ fn two_robots_behind_one_nat_use_their_private_addresses() {
 #[test]
 fn a_nat_that_forgets_its_mappings_and_remaps_the_robot_recovers_by_itself() {
     let lab = Lab::for_test(two_eim_nats("nr"));
-    let (received, _) = ping(&lab, "robot-a", "10.0.0.2", 5, "0.05");
+    let (received, _) = lab.ping("robot-a", "10.0.0.2", 5, "0.05");
     assert_eq!(received, 5);
     // n2 restarts: its conntrack is gone and it maps robot-b elsewhere now.
     {
@@ -124,7 +100,7 @@ fn a_nat_that_forgets_its_mappings_and_remaps_the_robot_recovers_by_itself() {
     }
     let start = Instant::now();
     let recovered = wait_until(Duration::from_secs(35), || {
-        ping(&lab, "robot-a", "10.0.0.2", 1, "0.2").0 == 1
+        lab.ping("robot-a", "10.0.0.2", 1, "0.2").0 == 1
     });
     assert!(recovered, "never recovered\n{}", lab.logs());
     eprintln!("recovered {:?} after the NAT forgot", start.elapsed());
@@ -234,7 +210,7 @@ fn a_symmetric_nat_facing_a_filtering_one_fails_cleanly() {
         "{:?}",
         start.elapsed()
     );
-    assert!(metric(&lab, "robot-a", "lispwg_xtr_paths_failed_total") >= 1);
+    assert!(lab.metric("robot-a", "lispwg_xtr_paths_failed_total") >= 1);
 }
 
 #[test]
@@ -246,7 +222,7 @@ fn dual_stack_robots_prefer_ipv6_and_ipv6_only_robots_talk() {
             .family("robot-b", Family::Dual),
     );
     let b_key = lab.public_key("robot-b").unwrap();
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.05");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 10, "0.05");
     assert_eq!(received, 10, "{out}\n{}", lab.logs());
     let ep = endpoint(&lab, "robot-a", &b_key).unwrap();
     assert!(ep.starts_with('['), "IPv6 preferred, got {ep}");
@@ -258,7 +234,7 @@ fn dual_stack_robots_prefer_ipv6_and_ipv6_only_robots_talk() {
             .family("robot-a", Family::V6)
             .family("robot-b", Family::V6),
     );
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.05");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 10, "0.05");
     assert_eq!(received, 10, "{out}\n{}", lab.logs());
 }
 
@@ -284,7 +260,7 @@ fn a_dual_stack_robot_that_loses_ipv4_keeps_its_map_server_and_tunnels() {
     assert!(out.status.success(), "{}", testbed::output_text(&out));
     std::thread::sleep(Duration::from_millis(300));
     // It reaches the map-server over IPv6 now: a new pair resolves.
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.05");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 10, "0.05");
     assert_eq!(received, 10, "{out}\n{}", lab.logs());
     let log = std::fs::read_to_string(lab.log_path("robot-a")).unwrap();
     assert!(

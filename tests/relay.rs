@@ -15,27 +15,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counter or gauge `name` from `daemon`'s metrics.
-fn metric(lab: &Lab, daemon: &str, name: &str) -> u64 {
-    let page = lab.fetch(daemon, "/metrics").unwrap();
-    testbed::metric(&page, name).unwrap_or(0.0) as u64
-}
-
-/// Pings `count` times at `interval`: (received, output).
-fn ping(lab: &Lab, from: &str, to: &str, count: u32, interval: &str) -> (u32, String) {
-    let n = count.to_string();
-    let out = lab.exec(from, &["ping", "-c", &n, "-i", interval, "-W", "2", to]);
-    let t = testbed::output_text(&out);
-    let received = t
-        .lines()
-        .find_map(|l| {
-            let (_, rest) = l.split_once("transmitted, ")?;
-            rest.split(' ').next()?.parse().ok()
-        })
-        .unwrap_or(0);
-    (received, t)
-}
-
 /// The round trip of the first reply in ping's output.
 fn first_rtt(out: &str) -> Option<Duration> {
     let l = out.lines().find(|l| l.contains("icmp_seq=1 "))?;
@@ -74,7 +53,7 @@ fn symmetric_nats_on_both_sides_talk_through_the_relay_first_packet_included() {
     // 200 ms apart: what WireGuard queued during the first (direct)
     // attempt, 50 ms here, is lost with it; everything from the first
     // failure on is held by the agent and delivered.
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.2");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 10, "0.2");
     assert_eq!(received, 10, "the first packet too:\n{out}\n{}", lab.logs());
     let first = first_rtt(&out).expect("a first reply");
     assert!(
@@ -82,9 +61,9 @@ fn symmetric_nats_on_both_sides_talk_through_the_relay_first_packet_included() {
         "first reply after {first:?}"
     );
     eprintln!("first reply through the relay after {first:?}");
-    assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
-    assert_eq!(metric(&lab, "robot-b", "lispwg_xtr_paths_relayed"), 1);
-    assert!(metric(&lab, "robot-a", "lispwg_xtr_relay_sent_bytes_total") > 0);
+    assert_eq!(lab.metric("robot-a", "lispwg_xtr_paths_relayed"), 1);
+    assert_eq!(lab.metric("robot-b", "lispwg_xtr_paths_relayed"), 1);
+    assert!(lab.metric("robot-a", "lispwg_xtr_relay_sent_bytes_total") > 0);
     let status = lab.fetch("robot-a", "/status").unwrap();
     assert!(status.contains("path: relayed"), "{status}");
     assert!(status.contains("relay: up at "), "{status}");
@@ -92,7 +71,7 @@ fn symmetric_nats_on_both_sides_talk_through_the_relay_first_packet_included() {
 
 /// Pings robot-b from robot-a until one answers (at most `limit`).
 fn reachable(lab: &Lab, from: &str, to: &str, limit: Duration) -> bool {
-    wait_until(limit, || ping(lab, from, to, 1, "0.2").0 == 1)
+    wait_until(limit, || lab.ping(from, to, 1, "0.2").0 == 1)
 }
 
 #[test]
@@ -103,7 +82,7 @@ fn a_symmetric_nat_on_one_side_talks_through_the_relay_in_both_directions() {
     relay_up(&lab, "robot-b");
     // robot-b (behind the symmetric NAT) asks first; the tunnel then
     // carries robot-a's traffic too.
-    let (_, out) = ping(&lab, "robot-b", "10.0.0.1", 5, "0.2");
+    let (_, out) = lab.ping("robot-b", "10.0.0.1", 5, "0.2");
     // The first packet is held and delivered; one sent into the first
     // (direct) attempt may be lost with it when the machine is slow and
     // that attempt outlasts the 200 ms.
@@ -113,8 +92,8 @@ fn a_symmetric_nat_on_one_side_talks_through_the_relay_in_both_directions() {
         "{out}\n{}",
         lab.logs()
     );
-    assert_eq!(metric(&lab, "robot-b", "lispwg_xtr_paths_relayed"), 1);
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 5, "0.2");
+    assert_eq!(lab.metric("robot-b", "lispwg_xtr_paths_relayed"), 1);
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 5, "0.2");
     assert_eq!(received, 5, "{out}");
 }
 
@@ -124,9 +103,9 @@ fn nats_without_filtering_that_remap_ports_talk_through_the_relay() {
     let lab = Lab::for_test(nats("rf", NatKind::EimNoFirewall, NatKind::EimNoFirewall));
     relay_up(&lab, "robot-a");
     relay_up(&lab, "robot-b");
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.2");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 10, "0.2");
     assert_eq!(received, 10, "{out}\n{}", lab.logs());
-    assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+    assert_eq!(lab.metric("robot-a", "lispwg_xtr_paths_relayed"), 1);
 }
 
 /// The icmp_seq numbers ping's output got replies for.
@@ -149,7 +128,7 @@ fn a_relayed_pair_moves_to_direct_when_the_nats_change_and_loses_nothing() {
         "10.0.0.2",
         Duration::from_secs(5)
     ));
-    assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+    assert_eq!(lab.metric("robot-a", "lispwg_xtr_paths_relayed"), 1);
     // A 20 ms ping through the change: both NATs become EIM (a new rule set,
     // their mappings flushed, as a router that was reconfigured). The flush
     // itself cuts the pair until each side has noticed (its relay
@@ -173,8 +152,8 @@ fn a_relayed_pair_moves_to_direct_when_the_nats_change_and_loses_nothing() {
     }
     let t0 = Instant::now();
     let direct = wait_until(Duration::from_secs(25), || {
-        metric(&lab, "robot-a", "lispwg_xtr_paths_direct") == 1
-            && metric(&lab, "robot-b", "lispwg_xtr_paths_direct") == 1
+        lab.metric("robot-a", "lispwg_xtr_paths_direct") == 1
+            && lab.metric("robot-b", "lispwg_xtr_paths_direct") == 1
     });
     if !direct {
         for n in ["robot-a", "robot-b"] {
@@ -208,7 +187,7 @@ fn a_relayed_pair_moves_to_direct_when_the_nats_change_and_loses_nothing() {
         hole - 1
     );
     assert_eq!(lost_after, 0, "lost while moving to direct\n{}", lab.logs());
-    assert!(metric(&lab, "robot-a", "lispwg_xtr_relay_switches_to_direct_total") >= 1);
+    assert!(lab.metric("robot-a", "lispwg_xtr_relay_switches_to_direct_total") >= 1);
 }
 
 /// Seconds-since-epoch of each reply in `ping -D` output.
@@ -253,7 +232,7 @@ fn handover_while_relayed_either_side_moving_to_another_symmetric_nat() {
         "10.0.0.2",
         Duration::from_secs(5)
     ));
-    assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+    assert_eq!(lab.metric("robot-a", "lispwg_xtr_paths_relayed"), 1);
     // robot-a asked first: it is the initiator; both hold an allocation.
     for mover in ["robot-a", "robot-b"] {
         let log = lab.dir().join(format!("handover-{mover}.log"));
@@ -283,7 +262,7 @@ fn handover_while_relayed_either_side_moving_to_another_symmetric_nat() {
             lab.logs()
         );
         assert!(times.len() >= 140, "{mover}: {} replies", times.len());
-        assert_eq!(metric(&lab, "robot-a", "lispwg_xtr_paths_relayed"), 1);
+        assert_eq!(lab.metric("robot-a", "lispwg_xtr_paths_relayed"), 1);
     }
 }
 
@@ -299,7 +278,7 @@ fn a_restarted_coturn_is_noticed_and_the_pair_comes_back_by_itself() {
         "10.0.0.2",
         Duration::from_secs(5)
     ));
-    let before = metric(&lab, "robot-a", "lispwg_xtr_relay_allocations_total");
+    let before = lab.metric("robot-a", "lispwg_xtr_relay_allocations_total");
     lab.stop("coturn").unwrap();
     lab.start("coturn").unwrap();
     let t0 = Instant::now();
@@ -310,11 +289,11 @@ fn a_restarted_coturn_is_noticed_and_the_pair_comes_back_by_itself() {
         t0.elapsed()
     );
     assert!(back, "the pair never came back\n{}", lab.logs());
-    assert!(metric(&lab, "robot-a", "lispwg_xtr_relay_allocations_total") > before);
+    assert!(lab.metric("robot-a", "lispwg_xtr_relay_allocations_total") > before);
     assert!(wait_until(Duration::from_secs(10), || {
-        metric(&lab, "robot-b", "lispwg_xtr_relay_up") == 1
+        lab.metric("robot-b", "lispwg_xtr_relay_up") == 1
     }));
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 10, "0.05");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 10, "0.05");
     assert_eq!(received, 10, "{out}");
 }
 
@@ -345,18 +324,18 @@ fn a_robot_whose_network_lets_only_tcp_out_registers_and_talks_through_the_relay
     let status = lab.fetch("robot-b", "/status").unwrap();
     assert!(status.contains("via tls "), "{status}");
     assert!(status.contains("relay only"), "{status}");
-    assert_eq!(metric(&lab, "robot-b", "lispwg_xtr_relay_only"), 1);
+    assert_eq!(lab.metric("robot-b", "lispwg_xtr_relay_only"), 1);
     // Both directions.
-    let (received, out) = ping(&lab, "robot-b", "10.0.0.1", 5, "0.2");
+    let (received, out) = lab.ping("robot-b", "10.0.0.1", 5, "0.2");
     assert!(
         received >= 4 && replied(&out).contains(&1),
         "{out}\n{}",
         lab.logs()
     );
-    let (received, out) = ping(&lab, "robot-a", "10.0.0.2", 5, "0.2");
+    let (received, out) = lab.ping("robot-a", "10.0.0.2", 5, "0.2");
     assert!(received >= 4, "{out}");
     // It fetched fresh credentials over the tunnel and keeps them.
-    assert!(metric(&lab, "robot-b", "lispwg_xtr_relay_grants_total") >= 2);
+    assert!(lab.metric("robot-b", "lispwg_xtr_relay_grants_total") >= 2);
 }
 
 #[test]

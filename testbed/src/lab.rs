@@ -893,6 +893,32 @@ impl Lab {
         t
     }
 
+    /// Pings `count` times at `interval` (seconds, as ping takes it) from
+    /// node `from`: (replies received, ping's output).
+    pub fn ping(&self, from: &str, to: &str, count: u32, interval: &str) -> (u32, String) {
+        let n = count.to_string();
+        let out = self.exec(from, &["ping", "-c", &n, "-i", interval, "-W", "2", to]);
+        let t = crate::output_text(&out);
+        let received = t
+            .lines()
+            .find_map(|l| {
+                let (_, rest) = l.split_once("transmitted, ")?;
+                rest.split(' ').next()?.parse().ok()
+            })
+            .unwrap_or(0);
+        (received, t)
+    }
+
+    /// Counter or gauge `name` on `daemon`'s metrics page (0 when absent).
+    /// Panics when the page cannot be fetched.
+    #[track_caller]
+    pub fn metric(&self, daemon: &str, name: &str) -> u64 {
+        let page = self
+            .fetch(daemon, "/metrics")
+            .unwrap_or_else(|e| panic!("{daemon}'s /metrics: {e:#}"));
+        crate::metric(&page, name).unwrap_or(0.0) as u64
+    }
+
     /// `wg show <its interface> <field>` in node `name`'s namespace, as
     /// (key, value) lines.
     pub fn wg_show(&self, name: &str, field: &str) -> Vec<(String, String)> {

@@ -73,6 +73,6 @@ pub use http::metric;
 pub use lab::Lab;
 pub use leftovers::{assert_no_leftovers, wireguard_go_pids};
 pub use nat::{NatKind, NatRouter, NatRules};
-pub use netns::{link, veth, Netns, NsRuntime};
+pub use netns::{link, veth, Netns, NetnsResolvConf, NsRuntime};
 pub use topology::{Attach, Family, LabSpec, Segment};
 pub use wg::WgNode;

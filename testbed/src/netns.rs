@@ -372,3 +372,37 @@ impl Drop for NsRuntime {
         }
     }
 }
+
+/// `/etc/netns/NS/resolv.conf` pointing at `nameserver` (an agent's DNS),
+/// for a namespace the caller created: `ip netns exec` bind-mounts it over
+/// /etc/resolv.conf. Removed with its folder (and /etc/netns, if this made
+/// it and it is empty again) when dropped.
+pub struct NetnsResolvConf(PathBuf, bool);
+
+impl NetnsResolvConf {
+    pub fn point_at(ns: &str, nameserver: &str) -> Result<NetnsResolvConf> {
+        let made_parent = !Path::new("/etc/netns").exists();
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // Made before the write: a failed write still removes the folder.
+        let conf = NetnsResolvConf(dir, made_parent);
+        std::fs::write(
+            conf.0.join("resolv.conf"),
+            format!(
+                "nameserver {nameserver}\nsearch lispwg.internal\noptions timeout:3 attempts:1\n"
+            ),
+        )
+        .with_context(|| format!("write {}/resolv.conf", conf.0.display()))?;
+        Ok(conf)
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if self.1 {
+            // Fails, and so keeps it, if anything else is in there now.
+            let _ = std::fs::remove_dir("/etc/netns");
+        }
+    }
+}
