@@ -498,15 +498,7 @@ fn ask_rotation(
     name: &str,
     public: &str,
 ) -> std::result::Result<(), String> {
-    let url = format!(
-        "http://{}/v1/rotate",
-        SocketAddr::new(control_address, conf::NODE_API_PORT)
-    );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(8)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let (url, agent) = node_api(control_address, "/v1/rotate", Duration::from_secs(8));
     let mut resp = agent
         .post(&url)
         .send(public)
@@ -519,18 +511,26 @@ fn ask_rotation(
     }
 }
 
-/// Asks map-server `ms` for a relay grant, over the control tunnel (run
-/// off the event loop).
-fn fetch_grant(control_address: IpAddr, name: String) -> GrantResult {
+/// The URL of `path` on a map-server's node API (inside the control
+/// tunnel) and a client that gives up after `timeout` and hands back every
+/// HTTP status for the caller to read.
+fn node_api(control_address: IpAddr, path: &str, timeout: Duration) -> (String, ureq::Agent) {
     let url = format!(
-        "http://{}/v1/relay",
+        "http://{}{path}",
         SocketAddr::new(control_address, conf::NODE_API_PORT)
     );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .build()
         .into();
+    (url, agent)
+}
+
+/// Asks map-server `ms` for a relay grant, over the control tunnel (run
+/// off the event loop).
+fn fetch_grant(control_address: IpAddr, name: String) -> GrantResult {
+    let (url, agent) = node_api(control_address, "/v1/relay", Duration::from_secs(5));
     let mut resp = agent
         .get(&url)
         .call()
