@@ -2252,13 +2252,6 @@ fn name_request(n: &Node, nonce: u64, name: &str) -> Vec<u8> {
     .unwrap()
 }
 
-fn reply_in(t: &Transmit) -> MapReply {
-    match parse(&t.payload).unwrap() {
-        Message::MapReply(r) => r,
-        other => panic!("expected Map-Reply, got {other:?}"),
-    }
-}
-
 #[test]
 fn a_name_lookup_is_answered_with_the_nodes_records_after_it_learns_the_requester() {
     let now = Instant::now();
@@ -2279,7 +2272,7 @@ fn a_name_lookup_is_answered_with_the_nodes_records_after_it_learns_the_requeste
     let out = drain(&mut ms);
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].dst, src);
-    let reply = reply_in(&out[0]);
+    let reply = reply_of(&out[0]);
     assert_eq!(reply.nonce, 7);
     assert_eq!(reply.records.len(), 1);
     assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), b.eid);
@@ -2300,7 +2293,7 @@ fn a_name_lookup_is_answered_with_the_nodes_records_after_it_learns_the_requeste
     ms.handle_datagram(now, from(&a), Via::Tunnel, &ack_bytes(&a, &notify));
     let out = drain(&mut ms);
     assert_eq!(out.len(), 1);
-    let reply = reply_in(&out[0]);
+    let reply = reply_of(&out[0]);
     assert_eq!(reply.nonce, 8);
     assert_eq!(EidPrefix::of_record(&reply.records[0]).unwrap(), a.eid);
     assert_eq!(ms.counters().name_lookups, 2);
@@ -2321,7 +2314,7 @@ fn an_unknown_or_unregistered_name_gets_a_negative_record_for_the_name() {
         ms.handle_datagram(now, src, Via::Tunnel, &name_request(&a, nonce, name));
         let out = drain(&mut ms);
         assert_eq!(out.len(), 1, "{name}: {out:?}");
-        let reply = reply_in(&out[0]);
+        let reply = reply_of(&out[0]);
         assert_eq!(reply.nonce, nonce);
         assert_eq!(reply.records.len(), 1);
         let r = &reply.records[0];
@@ -2368,7 +2361,7 @@ fn a_name_asked_many_times_in_one_request_costs_one_record_and_one_notify() {
     ms.handle_datagram(now, from(&b), Via::Tunnel, &ack_bytes(&b, &notify));
     let out = drain(&mut ms);
     assert_eq!(out.len(), 1);
-    let reply = reply_in(&out[0]);
+    let reply = reply_of(&out[0]);
     // "robot-b.lispwg.internal" is another spelling of the same node: its
     // prefix is in the reply already.
     assert_eq!(reply.records.len(), 1, "{reply:?}");
